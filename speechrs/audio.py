@@ -1,0 +1,117 @@
+"""Audio in and out: decode any common container, downmix, resample, and Voxtral's log-mel front end.
+
+The log-mel matches transformers' WhisperFeatureExtractor (torch path) as VoxtralProcessor drives it:
+pad to a multiple of 30 s, periodic Hann STFT n_fft 400 hop 160, last frame dropped, power spectrum,
+Slaney mel 0-8 kHz, log10 clamped at 1e-10, floor at (max over the whole clip) - 8, then (x + 4) / 4.
+"""
+import base64
+import binascii
+import io
+import urllib.parse
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from .errors import AudioError
+
+AudioInput = str | Path | bytes | tuple[np.ndarray, int]  # path, file:// or data: URL, encoded bytes, (pcm, rate)
+
+
+def _bytes_from_url(url: str) -> bytes:
+    if url.startswith("data:"):
+        header, _, payload = url.partition(",")
+        if ";base64" not in header:
+            raise AudioError("data: URLs must be base64-encoded (data:audio/wav;base64,...)")
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise AudioError(f"invalid base64 in data: URL: {e}") from e
+    if url.startswith("file://"):
+        return _read_path(Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)))
+    raise AudioError(f"unsupported audio URL scheme in '{url[:40]}'; use a path, file:// or data: URL")
+
+
+def _read_path(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise AudioError(f"audio file not found: {path}") from None
+    except OSError as e:
+        raise AudioError(f"cannot read audio file {path}: {e.strerror}") from None
+
+
+def decode(data: bytes, name: str = "audio") -> tuple[np.ndarray, int]:
+    """Encoded bytes (wav, flac, ogg, mp3, ...) -> (float32 mono samples, sample rate)."""
+    if not data:
+        raise AudioError(f"{name} is empty")
+    try:
+        pcm, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(f"cannot decode {name}: not a readable wav/flac/ogg/mp3 file ({e})") from None
+    if pcm.shape[0] == 0:
+        raise AudioError(f"{name} contains no samples")
+    return pcm.mean(axis=1).astype(np.float32), int(rate)  # downmix: average channels
+
+
+def load(audio: AudioInput, sample_rate: int) -> np.ndarray:
+    """Any AudioInput -> float32 mono at `sample_rate`."""
+    if isinstance(audio, tuple):
+        pcm, rate = audio
+        pcm = np.asarray(pcm, dtype=np.float32)
+        if pcm.ndim == 2:  # (samples, channels)
+            pcm = pcm.mean(axis=1)
+        if pcm.size == 0:
+            raise AudioError("audio array is empty")
+    elif isinstance(audio, bytes):
+        pcm, rate = decode(audio)
+    else:
+        text = str(audio)
+        if text.startswith(("data:", "file://")):
+            pcm, rate = decode(_bytes_from_url(text), name=text[:40])
+        else:
+            pcm, rate = decode(_read_path(Path(text)), name=text)
+    if not np.isfinite(pcm).all():
+        raise AudioError("audio contains NaN or infinite samples")
+    return resample(pcm, rate, sample_rate)
+
+
+def resample(pcm: np.ndarray, rate: int, target: int) -> np.ndarray:
+    if rate == target:
+        return pcm
+    import librosa  # imported lazily: it costs about a second
+
+    return librosa.resample(pcm, orig_sr=rate, target_sr=target, res_type="soxr_hq").astype(np.float32)
+
+
+def pad_to_multiple(pcm: np.ndarray, multiple: int) -> np.ndarray:
+    n = -(-len(pcm) // multiple) * multiple
+    return np.pad(pcm, (0, n - len(pcm)))
+
+
+@lru_cache(maxsize=4)
+def mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
+    """Slaney-scale, Slaney-normalised filterbank (n_mels, n_fft/2+1), 0 Hz to 8 kHz, as Whisper uses."""
+    import librosa
+
+    fb = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=8000.0,
+                             htk=False, norm="slaney", dtype=np.float64)
+    return torch.from_numpy(fb).float()
+
+
+def log_mel(pcm: np.ndarray, n_mels: int = 128, n_fft: int = 400, hop: int = 160,
+            sample_rate: int = 16000) -> torch.Tensor:
+    """float32 samples -> log-mel (n_mels, len // hop); the floor uses the max of the whole clip."""
+    wave = torch.from_numpy(np.ascontiguousarray(pcm, dtype=np.float32))
+    stft = torch.stft(wave, n_fft, hop, window=torch.hann_window(n_fft), return_complex=True)
+    power = (stft[..., :-1].abs() ** 2).contiguous()  # (n_fft/2+1, frames); last frame dropped
+    mel = mel_filters(sample_rate, n_fft, n_mels) @ power
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+    return (log_spec + 4.0) / 4.0
+
+
+def write_wav(path: Path, pcm: np.ndarray, sample_rate: int) -> None:
+    sf.write(str(path), pcm, sample_rate, subtype="PCM_16")

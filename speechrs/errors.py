@@ -1,0 +1,21 @@
+"""Errors a user can act on. Front doors turn them into one line (CLI) or a 4xx body (server)."""
+
+
+class SpeechrsError(Exception):
+    """Base of every error speechrs raises on purpose; the message says what to change."""
+
+
+class ModelNotFoundError(SpeechrsError):
+    """The model id or directory does not resolve to a checkpoint speechrs can read."""
+
+
+class UnsupportedModelError(SpeechrsError):
+    """The checkpoint was found but is of an architecture or layout speechrs does not run."""
+
+
+class AudioError(SpeechrsError):
+    """The audio input is empty, corrupt, in an unknown format or too long."""
+
+
+class InvalidRequestError(SpeechrsError):
+    """A request field is missing, malformed or out of range."""

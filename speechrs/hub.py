@@ -1,0 +1,107 @@
+"""Model resolution: a hub id or a local directory -> a directory holding exactly one usable layout.
+
+Hub ids go through huggingface_hub, so its cache, HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE and HF_TOKEN
+apply. Only the files of one layout are fetched: Voxtral repos carry both layouts, ~9.4 GB each.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelNotFoundError, UnsupportedModelError
+
+VOXTRAL_NATIVE_FILES = ["params.json", "consolidated.safetensors", "consolidated.safetensors.index.json",
+                        "tekken.json"]
+VOXTRAL_HF_FILES = ["config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
+                    "tekken.json"]
+DIA_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    directory: Path
+    family: str  # "voxtral" | "dia"
+    layout: str  # voxtral: "native" | "hf"; dia: "nari_v01" | "hf_0626"
+
+
+def detect(directory: Path) -> ModelSource:
+    """Tell family and layout from the config files; params.json wins over config.json (as mistral.rs)."""
+    params, config = directory / "params.json", directory / "config.json"
+    if params.exists():
+        p = _read(params)
+        whisper = (p.get("multimodal") or {}).get("whisper_model_args")
+        if whisper is not None:
+            if (whisper.get("encoder_args") or {}).get("causal", False):
+                raise UnsupportedModelError(
+                    f"{params}: causal audio encoder, i.e. Voxtral Realtime; speechrs runs Voxtral-Mini-3B-2507 only")
+            return ModelSource(directory, "voxtral", "native")
+        if not config.exists():
+            raise UnsupportedModelError(f"{params} is not a Voxtral config (no multimodal.whisper_model_args); "
+                                        f"keys={sorted(p)}")
+    if config.exists():
+        c = _read(config)
+        archs = c.get("architectures") or []
+        if "VoxtralForConditionalGeneration" in archs:
+            return ModelSource(directory, "voxtral", "hf")
+        if any("Realtime" in a for a in archs):
+            raise UnsupportedModelError(f"{config}: {archs} is Voxtral Realtime; speechrs runs Voxtral-Mini-3B-2507")
+        if {"version", "model", "data"} <= set(c):
+            return ModelSource(directory, "dia", "nari_v01")
+        if "DiaForConditionalGeneration" in archs or {"encoder_config", "decoder_config"} <= set(c):
+            return ModelSource(directory, "dia", "hf_0626")
+        raise UnsupportedModelError(f"{config}: unknown architecture {archs or None}; keys={sorted(c)[:12]}")
+    raise ModelNotFoundError(f"{directory} has neither params.json nor config.json")
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UnsupportedModelError(f"cannot parse {path}: {e}") from e
+
+
+def resolve(model: str) -> ModelSource:
+    """A local directory is used as is; anything else is a hub repo id."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return detect(path)
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelNotFoundError(f"model '{model}' is neither a directory nor a hub id of the form org/name")
+    return detect(_download(model))
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    misses: list[Exception] = []
+
+    def fetch_config(name: str) -> Path | None:
+        try:
+            return Path(hf_hub_download(repo_id, name))
+        except EntryNotFoundError as e:  # includes LocalEntryNotFoundError: offline and not cached
+            misses.append(e)
+            return None
+
+    try:
+        # Decide the layout from the small config files first, then fetch that layout's weights only.
+        params = fetch_config("params.json")
+        if params is not None and detect(params.parent).family == "voxtral":
+            patterns = VOXTRAL_NATIVE_FILES
+        else:
+            config = fetch_config("config.json")
+            if config is None:
+                if any(isinstance(e, LocalEntryNotFoundError) for e in misses):
+                    raise misses[-1]
+                raise ModelNotFoundError(f"hub repo {repo_id} has neither params.json nor config.json")
+            source = detect(config.parent)
+            patterns = VOXTRAL_HF_FILES if source.family == "voxtral" else DIA_FILES
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"hub repo {repo_id} not found (or gated: set HF_TOKEN)") from None
+    except LocalEntryNotFoundError:
+        raise ModelNotFoundError(
+            f"{repo_id} is not in the local Hugging Face cache and the hub cannot be reached "
+            "(HF_HUB_OFFLINE is set or no network); download it first or pass a local directory") from None
+    except HfHubHTTPError as e:
+        raise ModelNotFoundError(f"hub error for {repo_id}: {e}") from None

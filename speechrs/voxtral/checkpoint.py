@@ -1,0 +1,91 @@
+"""Both Voxtral layouts into one canonical model (native Mistral names).
+
+Native: params.json + consolidated.safetensors. HF: config.json + model.safetensors or shards + index.
+The HF table is the inverse of transformers' convert_voxtral_weights_to_hf.py STATE_DICT_MAPPING.
+"""
+from pathlib import Path
+
+import torch
+
+from ..weights import checkpoint_files, load_into, read_safetensors, rename
+from .config import VoxtralConfig
+from .model import Voxtral
+
+_ENC = "mm_whisper_embeddings.whisper_encoder"
+
+NATIVE_TO_CANONICAL = [
+    (r"mm_whisper_embeddings\.tok_embeddings\.weight", "tok_embeddings.weight"),
+    # Realtime-era files nest the conv under `.conv.`; the 3B stores it flat (vllm accepts both)
+    (rf"{_ENC}\.conv_layers\.(\d)\.conv\.(weight|bias)", rf"{_ENC}.conv_layers.\1.\2"),
+]
+
+HF_TO_CANONICAL = [
+    (r"language_model\.lm_head\.weight", "output.weight"),
+    (r"language_model\.model\.norm\.weight", "norm.weight"),
+    (r"language_model\.model\.embed_tokens\.weight", "tok_embeddings.weight"),
+    (r"language_model\.model\.layers\.(\d+)\.input_layernorm\.weight", r"layers.\1.attention_norm.weight"),
+    (r"language_model\.model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"layers.\1.ffn_norm.weight"),
+    (r"language_model\.model\.layers\.(\d+)\.self_attn\.([qkvo])_proj\.weight", r"layers.\1.attention.w\2.weight"),
+    (r"language_model\.model\.layers\.(\d+)\.mlp\.gate_proj\.weight", r"layers.\1.feed_forward.w1.weight"),
+    (r"language_model\.model\.layers\.(\d+)\.mlp\.down_proj\.weight", r"layers.\1.feed_forward.w2.weight"),
+    (r"language_model\.model\.layers\.(\d+)\.mlp\.up_proj\.weight", r"layers.\1.feed_forward.w3.weight"),
+    (r"audio_tower\.conv1\.(weight|bias)", rf"{_ENC}.conv_layers.0.\1"),
+    (r"audio_tower\.conv2\.(weight|bias)", rf"{_ENC}.conv_layers.1.\1"),
+    (r"audio_tower\.embed_positions\.weight", None),  # fixed sinusoids, recomputed by setup_buffers()
+    (r"audio_tower\.layer_norm\.(weight|bias)", rf"{_ENC}.transformer.norm.\1"),
+    (r"audio_tower\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)",
+     rf"{_ENC}.transformer.layers.\1.attention.w\2.\3"),
+    (r"audio_tower\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", rf"{_ENC}.transformer.layers.\1.attention.wo.\2"),
+    (r"audio_tower\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)",
+     rf"{_ENC}.transformer.layers.\1.attention_norm.\2"),
+    (r"audio_tower\.layers\.(\d+)\.final_layer_norm\.(weight|bias)", rf"{_ENC}.transformer.layers.\1.ffn_norm.\2"),
+    (r"audio_tower\.layers\.(\d+)\.fc([12])\.(weight|bias)", rf"{_ENC}.transformer.layers.\1.feed_forward.w\2.\3"),
+    (r"multi_modal_projector\.linear_1\.weight", "mm_whisper_embeddings.audio_language_projection.0.weight"),
+    (r"multi_modal_projector\.linear_2\.weight", "mm_whisper_embeddings.audio_language_projection.2.weight"),
+]
+
+
+def unpermute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """HF half-split RoPE rows -> native interleaved rows; inverse of transformers' permute_for_rope."""
+    out_dim, in_dim = w.shape
+    return w.view(n_heads, 2, out_dim // n_heads // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def permute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Native interleaved rows -> HF half-split rows (transformers' permute_for_rope)."""
+    out_dim, in_dim = w.shape
+    return w.view(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def _native_tensors(directory: Path):
+    for path in checkpoint_files(directory, "consolidated.safetensors", "consolidated.safetensors.index.json"):
+        for name, t in read_safetensors(path):
+            yield rename(name, NATIVE_TO_CANONICAL), t
+
+
+def _hf_tensors(directory: Path, cfg: VoxtralConfig):
+    for path in checkpoint_files(directory, "model.safetensors", "model.safetensors.index.json"):
+        for name, t in read_safetensors(path):
+            new = rename(name, HF_TO_CANONICAL)
+            if new is None:
+                continue
+            if new.endswith("attention.wq.weight") and not new.startswith("mm_"):
+                t = unpermute_rope(t, cfg.n_heads)
+            elif new.endswith("attention.wk.weight") and not new.startswith("mm_"):
+                t = unpermute_rope(t, cfg.n_kv_heads)
+            yield new, t
+
+
+def load_voxtral(directory: Path, layout: str, dtype: torch.dtype | None, device="cpu") -> Voxtral:
+    """Build on the meta device, assign the checkpoint's tensors, then derive the fixed buffers."""
+    if layout == "native":
+        cfg = VoxtralConfig.from_params_json(directory / "params.json")
+        tensors = _native_tensors(directory)
+    else:
+        cfg = VoxtralConfig.from_hf_config(directory / "config.json")
+        tensors = _hf_tensors(directory, cfg)
+    with torch.device("meta"):
+        model = Voxtral(cfg)
+    load_into(model, tensors, dtype, device)
+    model.setup_buffers()
+    return model.eval()

@@ -1,0 +1,207 @@
+"""Voxtral-Mini-3B-2507 in pure torch, with Mistral's native parameter names.
+
+Axes: B batch, T positions, D model dim, H heads, K kv heads, E head dim, M mel bins, F mel frames,
+N audio chunks, A audio tokens, V vocab.
+Sources: transformers models/voxtral (encoder = Whisper encoder, projector), mistral-common (names).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, rope_table
+from .config import EncoderConfig, VoxtralConfig
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
+    """Whisper's fixed positional embedding, (length, channels): [sin | cos]."""
+    log_increment = math.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-log_increment * torch.arange(channels // 2).float())
+    scaled = torch.arange(length).float()[:, None] * inv_timescales[None, :]
+    return torch.cat([scaled.sin(), scaled.cos()], dim=1)
+
+
+class EncoderAttention(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        inner = cfg.n_heads * cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, inner, bias=True)
+        self.wk = nn.Linear(cfg.dim, inner, bias=False)  # Whisper's k_proj has no bias
+        self.wv = nn.Linear(cfg.dim, inner, bias=True)
+        self.wo = nn.Linear(inner, cfg.dim, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (w(x).unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)
+                   for w in (self.wq, self.wk, self.wv))  # (N, H, F, E)
+        out = F.scaled_dot_product_attention(q, k, v)  # non-causal, scale E^-0.5
+        return self.wo(out.transpose(1, 2).flatten(2))
+
+
+class EncoderFeedForward(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=True)
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.gelu(self.w1(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attention = EncoderAttention(cfg)
+        self.ffn_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.feed_forward = EncoderFeedForward(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x))
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class EncoderTransformer(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+
+
+class WhisperEncoder(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.conv_layers = nn.ModuleList([
+            nn.Conv1d(cfg.num_mel_bins, cfg.dim, kernel_size=3, padding=1),
+            nn.Conv1d(cfg.dim, cfg.dim, kernel_size=3, stride=2, padding=1),
+        ])
+        self.transformer = EncoderTransformer(cfg)
+        # not stored in either checkpoint layout's canonical form; filled by setup_buffers()
+        self.register_buffer("embed_positions", torch.empty(0), persistent=False)
+
+    def forward(self, mel_NxMxF: torch.Tensor) -> torch.Tensor:
+        """mel (N, M, 3000) -> hidden states (N, 1500, D)."""
+        expected = self.cfg.max_source_positions * 2
+        if mel_NxMxF.shape[-1] != expected:
+            raise ValueError(f"encoder expects {expected} mel frames per chunk, got {mel_NxMxF.shape[-1]}")
+        x = mel_NxMxF.to(self.conv_layers[0].weight.dtype)
+        x = F.gelu(self.conv_layers[0](x))
+        x = F.gelu(self.conv_layers[1](x)).transpose(1, 2)  # (N, 1500, D)
+        x = x + self.embed_positions.to(x.dtype)
+        for layer in self.transformer.layers:
+            x = layer(x)
+        return self.transformer.norm(x)
+
+
+class AudioEmbeddings(nn.Module):
+    """Native `mm_whisper_embeddings`: the encoder and the frame-stacking adapter."""
+
+    def __init__(self, cfg: VoxtralConfig):
+        super().__init__()
+        self.downsample_factor = cfg.downsample_factor
+        self.whisper_encoder = WhisperEncoder(cfg.encoder)
+        self.audio_language_projection = nn.Sequential(
+            nn.Linear(cfg.adapter_in_dim, cfg.dim, bias=False), nn.GELU(), nn.Linear(cfg.dim, cfg.dim, bias=False))
+
+    def forward(self, mel_NxMxF: torch.Tensor) -> torch.Tensor:
+        """mel (N, M, 3000) -> audio token embeddings (N * 375, D), chunk-major."""
+        hidden = self.whisper_encoder(mel_NxMxF)  # (N, 1500, De)
+        stacked = hidden.reshape(-1, hidden.shape[-1] * self.downsample_factor)  # (A, 4 * De)
+        return self.audio_language_projection(stacked)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: VoxtralConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x, start: int, cos, sin, cache: KVCache) -> torch.Tensor:
+        q = self.wq(x).unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)  # (B, H, T, E)
+        k = self.wk(x).unflatten(-1, (self.n_kv_heads, self.head_dim)).transpose(1, 2)  # (B, K, T, E)
+        v = self.wv(x).unflatten(-1, (self.n_kv_heads, self.head_dim)).transpose(1, 2)
+        q, k = apply_rope_interleaved(q, cos, sin), apply_rope_interleaved(k, cos, sin)
+        k, v = cache.update(start, k, v)
+        out = attend(q, k, v, start)
+        return self.wo(out.transpose(1, 2).flatten(2))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: VoxtralConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # gate
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
+        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: VoxtralConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, x, start: int, cos, sin, cache: KVCache) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), start, cos, sin, cache)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Voxtral(nn.Module):
+    def __init__(self, cfg: VoxtralConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.mm_whisper_embeddings = AudioEmbeddings(cfg)
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.caches: list[KVCache] = []
+        self._rope_len = 0
+
+    def setup_buffers(self) -> None:
+        """Derived tensors that no checkpoint stores; call after weights are assigned (meta -> real)."""
+        enc = self.cfg.encoder
+        device = self.tok_embeddings.weight.device
+        self.mm_whisper_embeddings.whisper_encoder.embed_positions = sinusoids(
+            enc.max_source_positions, enc.dim).to(device)
+
+    def setup_caches(self, batch: int, max_len: int) -> None:
+        """Preallocate the KV cache and RoPE table for sequences up to max_len tokens."""
+        p = self.tok_embeddings.weight
+        if not self.caches or self.caches[0].max_len < max_len or self.caches[0].k.shape[0] != batch:
+            self.caches = [KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, p.dtype, p.device)
+                           for _ in self.layers]
+        if self._rope_len < max_len:
+            self.rope_cos, self.rope_sin = rope_table(self.cfg.head_dim, self.cfg.rope_theta, max_len, p.device)
+            self._rope_len = max_len
+
+    def encode_audio(self, mel_NxMxF: torch.Tensor) -> torch.Tensor:
+        return self.mm_whisper_embeddings(mel_NxMxF)
+
+    def embed(self, ids_BxT: torch.Tensor, audio_embeds_AxD: torch.Tensor | None, audio_token_id: int):
+        """Token embeddings with the audio embeddings scattered onto the [AUDIO] positions, in order."""
+        x = self.tok_embeddings(ids_BxT)  # (B, T, D)
+        if audio_embeds_AxD is not None:
+            mask = (ids_BxT == audio_token_id).unsqueeze(-1)
+            x = x.masked_scatter(mask, audio_embeds_AxD.to(x.dtype))
+        return x
+
+    def forward(self, x_BxTxD: torch.Tensor, start: int, last_only: bool = True) -> torch.Tensor:
+        """Run the decoder on embeddings at positions [start, start+T) -> logits (B, 1 or T, V) in float32."""
+        end = start + x_BxTxD.shape[1]
+        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+        x = x_BxTxD
+        for layer, cache in zip(self.layers, self.caches):
+            x = layer(x, start, cos, sin, cache)
+        if last_only:
+            x = x[:, -1:]
+        return self.output(self.norm(x)).float()

@@ -1,0 +1,169 @@
+"""One Voxtral request at a time, synchronously, as a generator of events (tokens, then a summary)."""
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import audio as audio_io
+from ..errors import AudioError, InvalidRequestError
+from ..sampling import make_generator, sample_token
+from .checkpoint import load_voxtral
+from .model import Voxtral
+from .tekken import AudioPart, StreamDecoder, Tekken, chat_prompt, transcription_prompt
+
+CHAT_MAX_TOKENS = 1024  # default completion budget for chat; transcription scales with the audio
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_tokens: int | None = None  # None: CHAT_MAX_TOKENS for chat, one per audio token for transcription
+    temperature: float = 0.0  # 0 is greedy; the model card advises 0 for transcription, 0.2 for chat
+    top_p: float = 1.0  # nucleus mass kept when sampling
+    seed: int | None = None  # fixes the sampling RNG; None draws a fresh seed
+
+    def validate(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise InvalidRequestError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0 <= self.temperature <= 10:
+            raise InvalidRequestError(f"temperature must be in [0, 10], got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class Audio:
+    """An audio part of a chat message; `source` is anything audio_io.load accepts."""
+    source: audio_io.AudioInput
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    audio_seconds: float = 0.0
+    encode_s: float = 0.0  # mel + audio encoder + adapter
+    prefill_s: float = 0.0
+    decode_s: float = 0.0  # every step after the first token
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Token:
+    id: int
+    text: str  # delta; may be "" while a UTF-8 character is incomplete
+
+
+@dataclass
+class Done:
+    text: str
+    finish_reason: str  # "stop" at </s>, "length" at max_tokens
+    usage: Usage = field(default_factory=Usage)
+
+
+class VoxtralPipeline:
+    family = "voxtral"
+
+    def __init__(self, model: Voxtral, tokenizer: Tekken):
+        if tokenizer.audio is None:
+            raise AudioError("tekken.json has no audio section; this is not a Voxtral tokenizer")
+        self.model, self.tokenizer, self.framing = model, tokenizer, tokenizer.audio
+        self.device = model.tok_embeddings.weight.device
+        self.audio_token_id = tokenizer.special_id("[AUDIO]")
+
+    @classmethod
+    def load(cls, directory: Path, layout: str, dtype=None, device="cpu") -> "VoxtralPipeline":
+        return cls(load_voxtral(directory, layout, dtype, device), Tekken(directory / "tekken.json"))
+
+    def transcribe(self, audio, language: str | None = None,
+                   opts: GenerationOptions = GenerationOptions()) -> Iterator[Token | Done]:
+        opts.validate()
+        mel, n_tokens, seconds = self._prepare_audio(audio)
+        ids = transcription_prompt(self.tokenizer, n_tokens, language)
+        return self._generate(ids, [mel], seconds, opts, default_max=max(64, n_tokens))
+
+    def chat(self, messages: list[tuple[str, list | str]],
+             opts: GenerationOptions = GenerationOptions()) -> Iterator[Token | Done]:
+        """messages: (role, content) with content a str or a list of str and Audio parts, in order."""
+        opts.validate()
+        mels, seconds, parsed = [], 0.0, []
+        for role, content in messages:
+            parts = [content] if isinstance(content, str) else list(content)
+            out = []
+            for part in parts:
+                if isinstance(part, Audio):
+                    mel, n_tokens, s = self._prepare_audio(part.source)
+                    mels.append(mel)
+                    seconds += s
+                    out.append(AudioPart(n_tokens))
+                elif isinstance(part, str):
+                    out.append(part)
+                else:
+                    raise InvalidRequestError(f"unsupported content part {type(part).__name__}")
+            parsed.append((role, out))
+        ids = chat_prompt(self.tokenizer, parsed)
+        return self._generate(ids, mels, seconds, opts, default_max=CHAT_MAX_TOKENS)
+
+    def _prepare_audio(self, source) -> tuple[torch.Tensor, int, float]:
+        """-> mel chunks (N, M, 3000), number of [AUDIO] tokens, duration in seconds."""
+        f = self.framing
+        pcm = audio_io.load(source, f.sampling_rate)
+        seconds = len(pcm) / f.sampling_rate
+        padded = audio_io.pad_to_multiple(pcm, f.chunk_samples)
+        mel = audio_io.log_mel(padded, f.num_mel_bins, f.window_size, f.hop_length, f.sampling_rate)
+        frames_per_chunk = self.model.cfg.encoder.max_source_positions * 2
+        mel_chunks = mel.reshape(f.num_mel_bins, -1, frames_per_chunk).transpose(0, 1)  # (N, M, 3000)
+        return mel_chunks, f.n_audio_tokens(len(padded)), seconds
+
+    @torch.inference_mode()
+    def _generate(self, ids: list[int], mels: list[torch.Tensor], seconds: float, opts: GenerationOptions,
+                  default_max: int) -> Iterator[Token | Done]:
+        model, tok = self.model, self.tokenizer
+        limit = model.cfg.max_seq_len
+        if len(ids) >= limit:
+            raise AudioError(f"prompt of {len(ids)} tokens ({seconds:.0f} s of audio) exceeds the model's "
+                             f"context of {limit} tokens; send shorter audio")
+        max_tokens = min(opts.max_tokens or default_max, limit - len(ids))
+        usage = Usage(prompt_tokens=len(ids), audio_seconds=seconds)
+        t0 = time.perf_counter()
+        audio_embeds = None
+        if mels:
+            audio_embeds = model.encode_audio(torch.cat(mels).to(self.device))  # (A, D)
+            if audio_embeds.shape[0] != ids.count(self.audio_token_id):
+                raise AudioError(f"{audio_embeds.shape[0]} audio embeddings for "
+                                 f"{ids.count(self.audio_token_id)} [AUDIO] tokens")
+        t1 = time.perf_counter()
+        usage.encode_s = t1 - t0
+        model.setup_caches(1, len(ids) + max_tokens)
+        ids_t = torch.tensor([ids], device=self.device)
+        logits = model(model.embed(ids_t, audio_embeds, self.audio_token_id), 0)
+        generator = make_generator(opts.seed)
+        stream = StreamDecoder(tok)
+        generated: list[int] = []
+        finish = "length"
+        pos = len(ids)
+        for step in range(max_tokens):
+            next_id = sample_token(logits[0, -1], opts.temperature, opts.top_p, generator)
+            if step == 0:
+                usage.prefill_s = time.perf_counter() - t1
+            if next_id == tok.eos:
+                finish = "stop"
+                break
+            generated.append(next_id)
+            yield Token(next_id, stream.push(next_id))
+            if step + 1 == max_tokens:
+                break
+            x = model.tok_embeddings(torch.tensor([[next_id]], device=self.device))
+            logits = model(x, pos)
+            pos += 1
+        tail = stream.flush()
+        if tail:
+            yield Token(-1, tail)
+        usage.completion_tokens = len(generated) + (finish == "stop")  # </s> is generated too
+        usage.decode_s = time.perf_counter() - t1 - usage.prefill_s
+        yield Done(tok.decode(generated), finish, usage)
