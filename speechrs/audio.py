@@ -69,7 +69,7 @@ def load(audio: AudioInput, sample_rate: int) -> np.ndarray:
         pcm, rate = decode(audio)
     else:
         text = str(audio)
-        if text.startswith(("data:", "file://")):
+        if text.startswith("data:") or "://" in text:
             pcm, rate = decode(_bytes_from_url(text), name=text[:40])
         else:
             pcm, rate = decode(_read_path(Path(text)), name=text)

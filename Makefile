@@ -1,0 +1,41 @@
+# One command for the demo, one for the tests; each sets up its own venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# the CPU build of torch lies on this machine's disk; an unpinned torch pulls a multi-GB CUDA build
+TORCH_SPEC ?= torch==2.13.0
+DEMO_DIR ?= .cache/demo
+
+.PHONY: test demo bench clean
+
+$(VENV)/.base:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base pyproject.toml
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.demo: $(VENV)/.base pyproject.toml
+	$(PY) -m pip install -q -e '.[demo]'
+	touch $@
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q
+
+$(DEMO_DIR)/voxtral-native/params.json: $(VENV)/.demo tests/tiny.py
+	$(PY) tests/tiny.py $(DEMO_DIR)
+
+demo: $(DEMO_DIR)/voxtral-native/params.json
+	@echo "== speechrs transcribe (tiny random-weight Voxtral, native layout: the text is noise) =="
+	$(VENV)/bin/speechrs transcribe tests/data/clip_en_16k.wav -m $(DEMO_DIR)/voxtral-native --language en --max-tokens 32
+	@echo "== the same weights in the HF layout, as JSON with usage =="
+	$(VENV)/bin/speechrs transcribe tests/data/clip_en_16k.wav -m $(DEMO_DIR)/voxtral-hf --language en --max-tokens 32 --format json
+
+bench: $(VENV)/.test
+	$(PY) benchmarks/bench_voxtral.py
+
+clean:
+	rm -rf $(VENV) .cache

@@ -1,0 +1,51 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+import tiny  # noqa: E402
+
+CLIP = TESTS / "data" / "clip_en_16k.wav"
+
+
+@pytest.fixture(scope="session")
+def voxtral_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """(native dir, HF dir) of one tiny seeded Voxtral."""
+    return tiny.write_voxtral(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="session")
+def native_dir(voxtral_dirs) -> Path:
+    return voxtral_dirs[0]
+
+
+@pytest.fixture(scope="session")
+def hf_dir(voxtral_dirs) -> Path:
+    return voxtral_dirs[1]
+
+
+@pytest.fixture(scope="session")
+def native_pipeline(native_dir):
+    from speechrs.voxtral.pipeline import VoxtralPipeline
+
+    return VoxtralPipeline.load(native_dir, "native")
+
+
+@pytest.fixture(scope="session")
+def hf_pipeline(hf_dir):
+    from speechrs.voxtral.pipeline import VoxtralPipeline
+
+    return VoxtralPipeline.load(hf_dir, "hf")
+
+
+@pytest.fixture(scope="session")
+def clip() -> Path:
+    return CLIP
+
+
+def noise(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    return (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * rate))).astype(np.float32)
