@@ -14,7 +14,7 @@ from .errors import SpeechrsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Local speech models: Voxtral transcription and audio chat.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one message, one line: no hard wraps
 
 
 class OutputFormat(str, Enum):
@@ -39,7 +39,7 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
 
 
 def _fail(message: str, code: int = 1):
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
 

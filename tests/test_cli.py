@@ -1,0 +1,95 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from speechrs.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.reference
+def test_transcribe_prints_exactly_what_transformers_decodes(native_dir, hf_dir, clip):
+    from reference import hf_greedy, hf_processor
+
+    processor = hf_processor(hf_dir / "tekken.json")
+    inputs = processor.apply_transcription_request(language=None, audio=str(clip), model_id="x")
+    ref_ids, _ = hf_greedy(hf_dir, inputs, 32)
+    expected = processor.batch_decode([ref_ids], skip_special_tokens=True)[0]
+    result = invoke("transcribe", clip, "-m", native_dir, "--temperature", "0", "--max-tokens", "32")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == expected + "\n"
+    assert "tok/s" in result.stderr and "native layout" in result.stderr
+
+
+def test_json_format_reports_usage(hf_dir, clip):
+    result = invoke("transcribe", clip, "-m", hf_dir, "--language", "en", "--max-tokens", "6", "--format", "json", "-q")
+    assert result.exit_code == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 6
+    assert body["usage"]["prompt_tokens"] == 383 and result.stderr == ""
+
+
+@pytest.mark.parametrize("content,match", [(b"", "empty"), (b"not audio at all", "cannot decode")])
+def test_bad_audio_is_one_line_and_exit_1(native_dir, tmp_path, content, match):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(content)
+    result = invoke("transcribe", bad, "-m", native_dir, "-q")
+    assert result.exit_code == 1 and match in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_audio_and_missing_model(native_dir, tmp_path, clip):
+    result = invoke("transcribe", tmp_path / "nope.wav", "-m", native_dir)
+    assert result.exit_code == 1 and "audio file not found" in result.stderr
+    result = invoke("transcribe", clip, "-m", tmp_path / "no-model-here", "-q")
+    assert result.exit_code == 1 and "neither a directory nor a hub id" in result.stderr
+
+
+def test_bad_options_are_refused(native_dir, clip):
+    result = invoke("transcribe", clip, "-m", native_dir, "--top-p", "0", "-q")
+    assert result.exit_code == 1 and "top_p" in result.stderr
+    result = invoke("transcribe", clip, "-m", native_dir, "--dtype", "int3", "-q")
+    assert result.exit_code == 2
+
+
+def _fake_hub_cache(home: Path, repo: str, files: list[Path]) -> None:
+    """The on-disk layout huggingface_hub's cache uses: refs/main -> snapshots/<sha>/<files>."""
+    sha = "0" * 40
+    root = home / "hub" / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(sha)
+    snap = root / "snapshots" / sha
+    snap.mkdir(parents=True)
+    for f in files:
+        os.link(f, snap / f.name) if f.stat().st_dev == snap.stat().st_dev else shutil.copy(f, snap / f.name)
+
+
+def _run_cli(args, env_extra):
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, "-m", "speechrs", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_hub_id_resolves_offline_from_the_hf_cache_and_prefers_native(native_dir, hf_dir, tmp_path, clip):
+    home = tmp_path / "hf-home"
+    files = list(native_dir.iterdir()) + [p for p in hf_dir.iterdir() if p.name != "tekken.json"]
+    _fake_hub_cache(home, "mistralai/Voxtral-Mini-3B-2507", files)
+    env = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    result = _run_cli(["transcribe", clip, "--max-tokens", "4"], env)  # default model id
+    assert result.returncode == 0, result.stderr
+    assert "native layout" in result.stderr and result.stdout.strip()
+
+    result = _run_cli(["transcribe", clip, "-m", "someone/not-cached", "-q"], env)
+    assert result.returncode == 1 and "not in the local Hugging Face cache" in result.stderr
+    assert "Traceback" not in result.stderr
