@@ -7,19 +7,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def rope_table(head_dim: int, theta: float, max_len: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of shape (max_len, head_dim/2), computed in float32 as Llama/Mistral do."""
+def rope_table(head_dim: int, theta: float, max_len: int, device=None) -> torch.Tensor:
+    """Unit rotations e^(i * pos * freq) of shape (max_len, head_dim/2), complex64, angles in float32 as
+    Llama/Mistral compute them."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
     angles = torch.arange(max_len, dtype=torch.int64, device=device).float()[:, None] * inv_freq[None, :]
-    return angles.cos(), angles.sin()
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs (x[2i], x[2i+1]): Mistral's native layout. x: (B, H, T, E); cos/sin: (T, E/2)."""
-    x_pairs = x.float().unflatten(-1, (-1, 2))  # (B, H, T, E/2, 2)
-    x0, x1 = x_pairs[..., 0], x_pairs[..., 1]
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+def apply_rope_interleaved(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs (x[2i], x[2i+1]) as complex numbers: Mistral's native layout.
+
+    x: (B, H, T, E); rot: (T, E/2) complex. One complex multiply instead of six real ops.
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, H, T, E/2)
+    return torch.view_as_real(pairs * rot).flatten(-2).type_as(x)
 
 
 class KVCache(nn.Module):
@@ -70,6 +72,4 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.type_as(x)
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).type_as(x)

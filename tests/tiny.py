@@ -59,8 +59,9 @@ def _tensor(name: str, shape: tuple, kind: str, seed: int, fan_in: int = 1) -> t
     raise ValueError(kind)
 
 
-def voxtral_native_state(params: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Canonical (native) tensors for a params.json, float32."""
+def voxtral_native_state(params: dict, seed: int = 0, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """Canonical (native) tensors for a params.json, drawn in float32 and stored in dtype one by one
+    (a full-size model never exists in float32 at once)."""
     enc = params["multimodal"]["whisper_model_args"]["encoder_args"]
     ds = params["multimodal"]["whisper_model_args"]["downsample_args"]["downsample_factor"]
     d, hd, nh, nkv, ffn, V = (params[k] for k in ("dim", "head_dim", "n_heads", "n_kv_heads", "hidden_dim",
@@ -105,7 +106,7 @@ def voxtral_native_state(params: dict, seed: int = 0) -> dict[str, torch.Tensor]
         sd[f"{p}.feed_forward.w2.weight"] = ((d, ffn), "linear", ffn)
     sd["norm.weight"] = ((d,), "gain")
     sd["output.weight"] = ((V, d), "head", d)
-    return {name: _tensor(name, spec[0], spec[1], seed, *spec[2:]).contiguous() for name, spec in sd.items()}
+    return {name: _tensor(name, spec[0], spec[1], seed, *spec[2:]).to(dtype).contiguous() for name, spec in sd.items()}
 
 
 def write_tekken(path: Path) -> None:

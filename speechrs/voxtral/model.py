@@ -121,11 +121,11 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, start: int, cos, sin, cache: KVCache) -> torch.Tensor:
+    def forward(self, x, start: int, rot, cache: KVCache) -> torch.Tensor:
         q = self.wq(x).unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)  # (B, H, T, E)
         k = self.wk(x).unflatten(-1, (self.n_kv_heads, self.head_dim)).transpose(1, 2)  # (B, K, T, E)
         v = self.wv(x).unflatten(-1, (self.n_kv_heads, self.head_dim)).transpose(1, 2)
-        q, k = apply_rope_interleaved(q, cos, sin), apply_rope_interleaved(k, cos, sin)
+        q, k = apply_rope_interleaved(q, rot), apply_rope_interleaved(k, rot)
         k, v = cache.update(start, k, v)
         out = attend(q, k, v, start)
         return self.wo(out.transpose(1, 2).flatten(2))
@@ -150,8 +150,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x, start: int, cos, sin, cache: KVCache) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), start, cos, sin, cache)
+    def forward(self, x, start: int, rot, cache: KVCache) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), start, rot, cache)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -181,7 +181,7 @@ class Voxtral(nn.Module):
             self.caches = [KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, p.dtype, p.device)
                            for _ in self.layers]
         if self._rope_len < max_len:
-            self.rope_cos, self.rope_sin = rope_table(self.cfg.head_dim, self.cfg.rope_theta, max_len, p.device)
+            self.rope = rope_table(self.cfg.head_dim, self.cfg.rope_theta, max_len, p.device)
             self._rope_len = max_len
 
     def encode_audio(self, mel_NxMxF: torch.Tensor) -> torch.Tensor:
@@ -198,10 +198,10 @@ class Voxtral(nn.Module):
     def forward(self, x_BxTxD: torch.Tensor, start: int, last_only: bool = True) -> torch.Tensor:
         """Run the decoder on embeddings at positions [start, start+T) -> logits (B, 1 or T, V) in float32."""
         end = start + x_BxTxD.shape[1]
-        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+        rot = self.rope[start:end]
         x = x_BxTxD
         for layer, cache in zip(self.layers, self.caches):
-            x = layer(x, start, cos, sin, cache)
+            x = layer(x, start, rot, cache)
         if last_only:
             x = x[:, -1:]
         return self.output(self.norm(x)).float()

@@ -1,0 +1,163 @@
+"""speechrs vs transformers on the same Voxtral checkpoint (HF layout), one run, printed side by side.
+
+    python benchmarks/bench_voxtral.py                    # tiny random-weight checkpoint, float32
+    python benchmarks/bench_voxtral.py --size full --dtype bfloat16 --new-tokens 16   # 4.7B random weights
+
+Each implementation runs in its own subprocess (so peak memory is its own) on the same clip and prompt:
+load time, audio encoder time, prefill tokens/s, decode tokens/s (greedy, after a warm-up), peak RSS.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+# Voxtral-Mini-3B-2507's real sizes (testing.md §1)
+FULL = {
+    "dim": 3072, "n_layers": 30, "head_dim": 128, "hidden_dim": 8192, "n_heads": 32, "n_kv_heads": 8,
+    "rope_theta": 1e8, "norm_eps": 1e-5, "vocab_size": 131072, "max_seq_len": 131072,
+    "multimodal": {"whisper_model_args": {
+        "encoder_args": {"audio_encoding_args": {"sampling_rate": 16000, "num_mel_bins": 128, "hop_length": 160,
+                                                 "window_size": 400},
+                         "dim": 1280, "n_layers": 32, "head_dim": 64, "hidden_dim": 5120, "n_heads": 20,
+                         "vocab_size": 51866, "max_source_positions": 1500},
+        "downsample_args": {"downsample_factor": 4}}},
+}
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_checkpoint(size: str, dtype: str, out: Path) -> Path:
+    """HF layout (both implementations read it); full size is written tensor-group by tensor-group in dtype."""
+    import torch
+
+    import tiny
+
+    hf = out / "voxtral-hf"
+    if (hf / "model.safetensors.index.json").exists():
+        return hf
+    params = tiny.TINY_VOXTRAL if size == "tiny" else FULL
+    if size == "tiny":
+        return tiny.write_voxtral(out, params=params)[1]
+    from safetensors.torch import save_file
+
+    torch_dtype = getattr(torch, dtype)
+    hf.mkdir(parents=True, exist_ok=True)
+    tiny.write_tekken(hf / "tekken.json")
+    (hf / "config.json").write_text(json.dumps({**tiny.hf_voxtral_config(params), "torch_dtype": dtype}))
+    sd = tiny.native_to_hf(tiny.voxtral_native_state(params, dtype=torch_dtype), params)
+    sd["audio_tower.embed_positions.weight"] = sd["audio_tower.embed_positions.weight"].to(torch_dtype)
+    save_file(sd, str(hf / "model.safetensors"), metadata={"format": "pt"})
+    total = sum(t.numel() * t.element_size() for t in sd.values())
+    (hf / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": {k: "model.safetensors" for k in sd}}))
+    return hf
+
+
+def run_speechrs(ckpt: Path, clip: Path, n_new: int, dtype: str) -> dict:
+    import torch
+
+    from speechrs.voxtral.pipeline import GenerationOptions, VoxtralPipeline
+    from speechrs.weights import parse_dtype
+
+    base = rss_mb()
+    t0 = time.perf_counter()
+    p = VoxtralPipeline.load(ckpt, "hf", parse_dtype(dtype))
+    load_s = time.perf_counter() - t0
+    list(p.transcribe(str(clip), "en", GenerationOptions(max_tokens=4)))  # warm-up
+    done = list(p.transcribe(str(clip), "en", GenerationOptions(max_tokens=n_new)))[-1]
+    u = done.usage
+    return {"load_s": load_s, "encode_s": u.encode_s, "prompt_tokens": u.prompt_tokens,
+            "prefill_tps": u.prompt_tokens / u.prefill_s, "new_tokens": u.completion_tokens,
+            "decode_tps": (u.completion_tokens - 1) / u.decode_s, "peak_rss_mb": rss_mb(), "base_rss_mb": base,
+            "threads": torch.get_num_threads()}
+
+
+def run_transformers(ckpt: Path, clip: Path, n_new: int, dtype: str) -> dict:
+    import torch
+    from transformers import VoxtralForConditionalGeneration
+
+    from reference import hf_processor
+
+    base = rss_mb()
+    t0 = time.perf_counter()
+    torch_dtype = torch.float32 if dtype == "auto" else getattr(torch, dtype)
+    model = VoxtralForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch_dtype).eval()
+    load_s = time.perf_counter() - t0
+    inputs = hf_processor(ckpt / "tekken.json").apply_transcription_request(language="en", audio=str(clip),
+                                                                            model_id="x")
+    inputs = {k: (v.to(torch_dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
+
+    def generate(n):
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=n, do_sample=False, pad_token_id=11)
+        return time.perf_counter() - t, out.shape[1] - inputs["input_ids"].shape[1]
+
+    generate(4)  # warm-up
+    with torch.inference_mode():
+        t = time.perf_counter()
+        model.get_audio_features(inputs["input_features"])
+        encode_s = time.perf_counter() - t
+    first_s, _ = generate(1)
+    total_s, n = generate(n_new)
+    prompt = inputs["input_ids"].shape[1]
+    return {"load_s": load_s, "encode_s": encode_s, "prompt_tokens": prompt,
+            "prefill_tps": prompt / (first_s - encode_s), "new_tokens": n,
+            "decode_tps": (n - 1) / (total_s - first_s), "peak_rss_mb": rss_mb(), "base_rss_mb": base,
+            "threads": torch.get_num_threads()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--clip", type=Path, default=ROOT / "tests" / "data" / "clip_en_16k.wav")
+    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
+    ap.add_argument("--worker", choices=["speechrs", "transformers"], help=argparse.SUPPRESS)
+    ap.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        fn = run_speechrs if args.worker == "speechrs" else run_transformers
+        print(json.dumps(fn(args.ckpt, args.clip, args.new_tokens, args.dtype)))
+        return
+
+    ckpt = write_checkpoint(args.size, args.dtype, args.cache / f"{args.size}-{args.dtype}")
+    ckpt_mb = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2**20
+    results = {}
+    for name in ("speechrs", "transformers"):
+        cmd = [sys.executable, __file__, "--worker", name, "--ckpt", str(ckpt), "--clip", str(args.clip),
+               "--new-tokens", str(args.new_tokens), "--dtype", args.dtype]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+        if proc.returncode:
+            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    s, t = results["speechrs"], results["transformers"]
+    print(f"Voxtral {args.size} ({ckpt_mb:.0f} MiB of {args.dtype} weights), {s['prompt_tokens']}-token transcription "
+          f"prompt, {args.new_tokens} greedy tokens, {s['threads']} threads")
+    print(f"{'metric':<22}{'speechrs':>12}{'transformers':>14}{'ratio':>9}")
+    rows = [("load s", "load_s", False), ("audio encoder s", "encode_s", False),
+            ("prefill tok/s", "prefill_tps", True), ("decode tok/s", "decode_tps", True),
+            ("peak RSS MiB", "peak_rss_mb", False)]
+    for label, key, higher_better in rows:
+        ratio = s[key] / t[key] if higher_better else t[key] / s[key]
+        print(f"{label:<22}{s[key]:>12.2f}{t[key]:>14.2f}{ratio:>8.2f}x")
+    for name, r in results.items():
+        print(f"{name}: peak RSS above the post-import baseline = {(r['peak_rss_mb'] - r['base_rss_mb']) / ckpt_mb:.2f}"
+              f" x checkpoint bytes")
+    print("ratio > 1 means speechrs is better (faster or smaller)")
+
+
+if __name__ == "__main__":
+    main()
