@@ -33,6 +33,10 @@ FULL = {
 
 
 def rss_mb() -> float:
+    """Peak resident set of this process (VmHWM: reset at exec, unlike ru_maxrss, which a forked child inherits)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -142,7 +142,7 @@ class VoxtralPipeline:
         model.setup_caches(1, len(ids) + max_tokens)
         ids_t = torch.tensor([ids], device=self.device)
         logits = model(model.embed(ids_t, audio_embeds, self.audio_token_id), 0)
-        generator = make_generator(opts.seed)
+        generator = make_generator(opts.seed, self.device)
         stream = StreamDecoder(tok)
         generated: list[int] = []
         finish = "length"
