@@ -73,3 +73,19 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).type_as(x)
+
+
+def rope_half_table(head_dim: int, min_timescale: float, max_timescale: float, positions: torch.Tensor):
+    """cos/sin (T, E) for half-split RoPE: angle_i = pos / (min * (max/min)^(2i/E)), repeated over both halves."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim
+    inv_freq = 1.0 / (min_timescale * (max_timescale / min_timescale) ** exponent)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the halves [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin] (Dia, Llama-HF). x: (B, H, T, E)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos.to(x.dtype) + rotated * sin.to(x.dtype)).type_as(x)

@@ -24,3 +24,37 @@ def sample_token(logits_V: torch.Tensor, temperature: float, top_p: float, gener
         sorted_probs[drop] = 0.0
         return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def dia_pick(cond_CxV: torch.Tensor, uncond_CxV: torch.Tensor, *, cfg_scale: float, temperature: float,
+             top_p: float, top_k: int, eos: int, sample_from_cond: bool,
+             generator: torch.Generator) -> torch.Tensor:
+    """One code per channel (C,) from Dia's conditional and unconditional logits.
+
+    sample_from_cond=True is the 0626 rule (nari 65028e0, transformers): the top-k of the CFG logits picks
+    the candidates, the cond logits rank them. False is the v0.1 rule as mistral.rs runs it: CFG logits
+    throughout. Both: PAD/BOS never, EOS only in channel 0, and EOS only when it is the best candidate
+    (then it is forced). temperature 0 is greedy: transformers' do_sample=False.
+    """
+    cfg_CxV = cond_CxV + cfg_scale * (cond_CxV - uncond_CxV)
+    if sample_from_cond:
+        keep = torch.zeros_like(cfg_CxV, dtype=torch.bool).scatter_(-1, cfg_CxV.topk(top_k, dim=-1).indices, True)
+        logits = cond_CxV.masked_fill(~keep, float("-inf"))
+    else:
+        logits = cfg_CxV.clone()
+    logits[:, eos + 1:] = float("-inf")  # PAD and BOS are never generated
+    logits[1:, eos:] = float("-inf")  # only channel 0 may end the utterance
+    eos_best = logits.argmax(-1) == eos
+    logits[eos_best, :eos] = float("-inf")  # EOS as the argmax is forced...
+    logits[~eos_best, eos] = float("-inf")  # ...and suppressed otherwise
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # a no-op after the 0626 filter
+    logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p  # the top token always stays
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(drop, 0.0))
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -31,15 +31,27 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     return DTYPES[key]
 
 
+def _header(path: Path) -> tuple[int, dict]:
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        return header_len, json.loads(f.read(header_len))
+
+
+def tensor_names(path: Path) -> list[str]:
+    """Names in a safetensors file, from its header alone."""
+    return [name for name in _header(path)[1] if name != "__metadata__"]
+
+
 def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) views of a memory-mapped file: nothing is copied until a tensor is touched.
 
     Like gpt-fast's torch.load(mmap=True): the file's pages are the weights, so a 9 GB checkpoint
     costs 9 GB of resident memory at most, not 18.
     """
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
+    try:
+        header_len, header = _header(path)
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UnsupportedModelError(f"{path} is not a readable safetensors file: {e}") from None
     size = Path(path).stat().st_size
     storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
     data_start = 8 + header_len

@@ -1,0 +1,76 @@
+"""Both Dia weight layouts into one canonical model (transformers' names without `model.`).
+
+nari (nari-labs/Dia-1.6B, v0.1): JAX DenseGeneral kernels [in..., out...] -> flatten, transpose; nine
+`decoder.embeddings.{c}` tables -> one concatenated table; `decoder.logits_dense` -> `logits_dense`;
+`mlp.wi_fused` / `mlp.wo` -> `gate_up_proj` / `down_proj`. The inverse of transformers' convert_dia_to_hf.py.
+HF (DiaForConditionalGeneration): strip the `model.` prefix.
+"""
+import dataclasses
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import UnsupportedModelError
+from ..weights import checkpoint_files, load_into, read_safetensors, rename, tensor_names
+from .config import DiaConfig
+from .model import Dia
+
+NARI_TO_CANONICAL = [
+    (r"decoder\.logits_dense\.weight", "logits_dense.weight"),
+    (r"(.*)\.mlp\.wi_fused\.weight", r"\1.mlp.gate_up_proj.weight"),
+    (r"(.*)\.mlp\.wo\.weight", r"\1.mlp.down_proj.weight"),
+]
+_EMBED = re.compile(r"decoder\.embeddings\.(\d+)\.weight")
+
+
+def dense_general_to_linear(name: str, t: torch.Tensor) -> torch.Tensor:
+    """A DenseGeneral kernel [in..., out...] as a Linear weight (out, in). o_proj's inputs are (H, E)."""
+    if t.ndim < 2 or not name.endswith(("_proj.weight", "logits_dense.weight")):
+        return t
+    if name.endswith("o_proj.weight"):
+        return t.reshape(-1, t.shape[-1]).T.contiguous()
+    return t.reshape(t.shape[0], -1).T.contiguous()
+
+
+def _nari_tensors(directory: Path):
+    embeddings: dict[int, torch.Tensor] = {}
+    for path in checkpoint_files(directory, "model.safetensors", "model.safetensors.index.json"):
+        for name, t in read_safetensors(path):
+            if m := _EMBED.fullmatch(name):
+                embeddings[int(m.group(1))] = t
+                continue
+            new = rename(name, NARI_TO_CANONICAL)
+            yield new, dense_general_to_linear(new, t)
+    if embeddings:  # nari's C separate tables are transformers' one table with offsets c * V
+        yield "decoder.embeddings.embed.weight", torch.cat([embeddings[c] for c in sorted(embeddings)])
+
+
+def _hf_tensors(directory: Path):
+    for path in checkpoint_files(directory, "model.safetensors", "model.safetensors.index.json"):
+        for name, t in read_safetensors(path):
+            yield name.removeprefix("model."), t
+
+
+def weight_naming(directory: Path) -> str:
+    """"nari" or "hf", told from the tensor names (the config schema does not imply the weight names)."""
+    files = checkpoint_files(directory, "model.safetensors", "model.safetensors.index.json")
+    names = {n for f in files for n in tensor_names(f)}
+    if "decoder.embeddings.0.weight" in names:
+        return "nari"
+    if "logits_dense.weight" in names or any(n.startswith("model.") for n in names):
+        return "hf"
+    raise UnsupportedModelError(f"{directory}: tensor names are neither nari's nor transformers' Dia names, "
+                                f"e.g. {sorted(names)[:3]}")
+
+
+def load_dia(directory: Path, dtype: torch.dtype | None, device="cpu", generation: str | None = None) -> Dia:
+    """The config decides the semantics (`generation` overrides it, for tests); the tensor names the mapping."""
+    cfg = DiaConfig.load(directory / "config.json")
+    if generation is not None:
+        cfg = dataclasses.replace(cfg, generation=generation)
+    tensors = _nari_tensors(directory) if weight_naming(directory) == "nari" else _hf_tensors(directory)
+    with torch.device("meta"):
+        model = Dia(cfg)
+    load_into(model, tensors, dtype, device)
+    return model.eval()

@@ -1,0 +1,200 @@
+"""DAC 44 kHz decoder: residual-VQ `from_codes` and the upsampling decoder, pure torch.
+
+Canonical names are descript-audio-codec's (decoder.model.1.block.0.alpha ...) with weight norm folded
+(w = g * v / ||v||, norm over every dim but 0). Three layouts load: descript's originals with weight_g/weight_v
+(EricB/dac_44khz model.safetensors, or a descript weights .pth) and transformers' DacModel names
+(descript/dac_44khz). Axes: B batch, Q codebooks, T frames, N samples (= T * 512).
+"""
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelNotFoundError, UnsupportedModelError
+from ..weights import load_into, read_safetensors, rename
+
+
+@dataclass(frozen=True)
+class DacConfig:
+    latent_dim: int = 1024
+    decoder_dim: int = 1536
+    rates: tuple[int, ...] = (8, 8, 4, 2)
+    n_codebooks: int = 9
+    codebook_size: int = 1024
+    codebook_dim: int = 8
+    sample_rate: int = 44100
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.rates)  # 512 samples per frame
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "DacConfig":
+        return cls(latent_dim=cfg.get("hidden_size", 1024), decoder_dim=cfg.get("decoder_hidden_size", 1536),
+                   rates=tuple(cfg.get("upsampling_ratios", (8, 8, 4, 2))), n_codebooks=cfg.get("n_codebooks", 9),
+                   codebook_size=cfg.get("codebook_size", 1024), codebook_dim=cfg.get("codebook_dim", 8),
+                   sample_rate=cfg.get("sampling_rate", 44100))
+
+
+class Snake(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+
+
+class ResidualUnit(nn.Module):
+    def __init__(self, dim: int, dilation: int):
+        super().__init__()
+        self.block = nn.Sequential(Snake(dim), nn.Conv1d(dim, dim, 7, dilation=dilation, padding=3 * dilation),
+                                   Snake(dim), nn.Conv1d(dim, dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        trim = (x.shape[-1] - y.shape[-1]) // 2  # descript crops the skip path when lengths differ
+        return (x[..., trim:-trim] if trim > 0 else x) + y
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, stride: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            Snake(in_dim),
+            nn.ConvTranspose1d(in_dim, out_dim, 2 * stride, stride=stride, padding=math.ceil(stride / 2)),
+            ResidualUnit(out_dim, 1), ResidualUnit(out_dim, 3), ResidualUnit(out_dim, 9))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: DacConfig):
+        super().__init__()
+        dims = [cfg.decoder_dim // 2 ** i for i in range(len(cfg.rates) + 1)]  # 1536 768 384 192 96
+        layers = [nn.Conv1d(cfg.latent_dim, dims[0], 7, padding=3)]
+        layers += [DecoderBlock(dims[i], dims[i + 1], s) for i, s in enumerate(cfg.rates)]
+        layers += [Snake(dims[-1]), nn.Conv1d(dims[-1], 1, 7, padding=3)]  # descript's Tanh follows (decode())
+        self.model = nn.Sequential(*layers)
+
+
+class Quantizer(nn.Module):
+    def __init__(self, cfg: DacConfig):
+        super().__init__()
+        self.in_proj = nn.Conv1d(cfg.latent_dim, cfg.codebook_dim, 1)  # encoder side; kept for strict loading
+        self.out_proj = nn.Conv1d(cfg.codebook_dim, cfg.latent_dim, 1)
+        self.codebook = nn.Embedding(cfg.codebook_size, cfg.codebook_dim)
+
+
+class ResidualVQ(nn.Module):
+    def __init__(self, cfg: DacConfig):
+        super().__init__()
+        self.quantizers = nn.ModuleList(Quantizer(cfg) for _ in range(cfg.n_codebooks))
+
+    def from_codes(self, codes_BxQxT: torch.Tensor) -> torch.Tensor:
+        """Sum over codebooks of out_proj(codebook[codes]) -> latents (B, latent, T)."""
+        z = 0.0
+        for i, q in enumerate(self.quantizers):
+            z = z + q.out_proj(q.codebook(codes_BxQxT[:, i]).transpose(1, 2))
+        return z
+
+
+class DAC(nn.Module):
+    def __init__(self, cfg: DacConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.quantizer = ResidualVQ(cfg)
+        self.decoder = Decoder(cfg)
+
+    def decode_pre_tanh(self, codes_BxQxT: torch.Tensor) -> torch.Tensor:
+        """codes (B, Q, T) -> waveform before the final tanh, (B, N)."""
+        return self.decoder.model(self.quantizer.from_codes(codes_BxQxT)).squeeze(1)
+
+    def decode(self, codes_BxQxT: torch.Tensor) -> torch.Tensor:
+        """codes (B, Q, T) -> waveform in [-1, 1], (B, T * hop): descript's decode, transformers' DacModel.decode."""
+        return torch.tanh(self.decode_pre_tanh(codes_BxQxT))
+
+
+# transformers DacModel names -> descript's Sequential indices
+HF_TO_CANONICAL = [
+    (r"decoder\.conv1\.(.*)", r"decoder.model.0.\1"),
+    (r"decoder\.block\.(\d+)\.snake1\.alpha", lambda m: f"decoder.model.{int(m[1]) + 1}.block.0.alpha"),
+    (r"decoder\.block\.(\d+)\.conv_t1\.(.*)", lambda m: f"decoder.model.{int(m[1]) + 1}.block.1.{m[2]}"),
+    (r"decoder\.block\.(\d+)\.res_unit(\d)\.(snake1|conv1|snake2|conv2)\.(.*)",
+     lambda m: f"decoder.model.{int(m[1]) + 1}.block.{int(m[2]) + 1}.block."
+               f"{['snake1', 'conv1', 'snake2', 'conv2'].index(m[3])}.{m[4]}"),
+    (r"decoder\.snake1\.alpha", "decoder.model.{n_blocks_plus_1}.alpha"),
+    (r"decoder\.conv2\.(.*)", r"decoder.model.{n_blocks_plus_2}.\1"),
+    (r"encoder\..*", None),  # the decoder side only; voice cloning would need the encoder
+    (r"quantizer\.quantizers\.\d+\.(codebook|in_proj|out_proj)\..*", r"\g<0>"),
+]
+
+
+def _rename_hf(name: str, n_blocks: int) -> str | None:
+    for pattern, repl in HF_TO_CANONICAL:
+        m = re.fullmatch(pattern, name)
+        if m:
+            if repl is None:
+                return None
+            if callable(repl):
+                return repl(m)
+            repl = repl.replace("{n_blocks_plus_1}", str(n_blocks + 1)).replace("{n_blocks_plus_2}", str(n_blocks + 2))
+            return m.expand(repl)
+    return name
+
+
+def fold_weight_norm(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{x.weight_g, x.weight_v} (or x.parametrizations.weight.original0/1) -> x.weight = g * v / ||v||."""
+    out, pairs = {}, {}
+    for name, t in tensors.items():
+        m = re.fullmatch(r"(.*)\.(?:weight_(g|v)|parametrizations\.weight\.original([01]))", name)
+        if m is None:
+            out[name] = t
+        else:
+            kind = m[2] or {"0": "g", "1": "v"}[m[3]]
+            pairs.setdefault(m[1], {})[kind] = t
+    for prefix, gv in pairs.items():
+        if set(gv) != {"g", "v"}:
+            raise UnsupportedModelError(f"weight norm of {prefix} lacks weight_{({'g', 'v'} - set(gv)).pop()}")
+        v = gv["v"].float()
+        norm = v.norm(dim=tuple(range(1, v.ndim)), keepdim=True)
+        out[f"{prefix}.weight"] = (gv["g"].float() * v / norm).to(gv["v"].dtype)
+    return out
+
+
+def _read_any(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """All tensors of a DAC checkpoint directory (model.safetensors or a descript .pth) and its config dict."""
+    config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").exists() else {}
+    if (directory / "model.safetensors").exists():
+        return dict(read_safetensors(directory / "model.safetensors")), config
+    pths = sorted(directory.glob("*.pth"))
+    if pths:
+        state = torch.load(pths[0], map_location="cpu", weights_only=True)
+        return state.get("state_dict", state), {**config, **(state.get("metadata", {}).get("kwargs", {}))}
+    raise ModelNotFoundError(f"{directory} holds no DAC weights (model.safetensors or a descript .pth)")
+
+
+def load_dac(directory: Path, device="cpu") -> DAC:
+    """Load any of the three layouts; DAC always runs in float32 (as mistral.rs and nari do)."""
+    raw, config = _read_any(directory)
+    cfg = DacConfig.from_hf(config) if "upsampling_ratios" in config else DacConfig(
+        latent_dim=config.get("latent_dim", 1024), decoder_dim=config.get("decoder_dim", 1536),
+        rates=tuple(config.get("decoder_rates", (8, 8, 4, 2))), n_codebooks=config.get("n_codebooks", 9),
+        codebook_size=config.get("codebook_size", 1024), codebook_dim=config.get("codebook_dim", 8))
+    hf_names = any(n.startswith("decoder.conv1.") for n in raw)
+    tensors = fold_weight_norm(raw)
+    renamed = {}
+    for name, t in tensors.items():
+        new = _rename_hf(name, len(cfg.rates)) if hf_names else rename(name, [(r"encoder\..*", None)])
+        if new is not None:
+            renamed[new] = t
+    with torch.device("meta"):
+        model = DAC(cfg)
+    load_into(model, iter(renamed.items()), torch.float32, device)
+    return model.eval()

@@ -1,0 +1,172 @@
+"""Dia-1.6B in pure torch: byte-text encoder, 9-channel audio-code decoder with cross-attention.
+
+Axes: B batch (2 rows for CFG), T decoder steps, S text positions, C channels, V codes, D dim,
+H heads, K kv heads, E head dim. Parameter names are transformers' (DiaForConditionalGeneration) without
+the `model.` prefix; Linear weights are (out, in). Attention softmax scale is 1, as in every reference.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import KVCache, RMSNorm, apply_rope_half, attend, rope_half_table
+from .config import DiaConfig
+
+
+class Attention(nn.Module):
+    def __init__(self, q_dim: int, kv_dim: int, n_heads: int, n_kv_heads: int, head_dim: int, out_dim: int):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.q_proj = nn.Linear(q_dim, n_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(n_heads * head_dim, out_dim, bias=False)
+
+    def heads(self, proj: nn.Linear, x: torch.Tensor, n: int) -> torch.Tensor:
+        return proj(x).unflatten(-1, (n, self.head_dim)).transpose(1, 2)  # (B, n, T, E)
+
+    def out(self, o_BxHxTxE: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(o_BxHxTxE.transpose(1, 2).flatten(2))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(dim, 2 * hidden, bias=False)  # rows [gate; up] (nari wi_fused[:, 0/1])
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: DiaConfig):
+        super().__init__()
+        self.pre_sa_norm = RMSNorm(cfg.enc_dim, cfg.norm_eps)
+        self.self_attention = Attention(cfg.enc_dim, cfg.enc_dim, cfg.enc_heads, cfg.enc_kv_heads, cfg.enc_head_dim,
+                                        cfg.enc_dim)
+        self.post_sa_norm = RMSNorm(cfg.enc_dim, cfg.norm_eps)
+        self.mlp = MLP(cfg.enc_dim, cfg.enc_hidden)
+
+    def forward(self, x, cos, sin, mask):
+        a, h = self.self_attention, self.pre_sa_norm(x)
+        q = apply_rope_half(a.heads(a.q_proj, h, a.n_heads), cos, sin)
+        k = apply_rope_half(a.heads(a.k_proj, h, a.n_kv_heads), cos, sin)
+        v = a.heads(a.v_proj, h, a.n_kv_heads)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=a.n_heads != a.n_kv_heads)
+        x = x + a.out(o)
+        return x + self.mlp(self.post_sa_norm(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: DiaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.text_vocab, cfg.enc_dim)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
+        self.norm = RMSNorm(cfg.enc_dim, cfg.norm_eps)
+
+    def forward(self, text_BxS: torch.Tensor, mask_BxS: torch.Tensor | None = None) -> torch.Tensor:
+        """Byte ids (B, S) -> (B, S, D_enc); mask_BxS marks real (non-pad) bytes; keys that are pad are ignored."""
+        cfg = self.cfg
+        cos, sin = rope_half_table(cfg.enc_head_dim, cfg.rope_min_timescale, cfg.rope_max_timescale,
+                                   torch.arange(text_BxS.shape[1], device=text_BxS.device))
+        attn_mask = None if mask_BxS is None else mask_BxS[:, None, None, :]  # (B, 1, 1, S)
+        x = self.embedding(text_BxS)
+        for layer in self.layers:
+            x = layer(x, cos, sin, attn_mask)
+        return self.norm(x)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: DiaConfig):
+        super().__init__()
+        self.pre_sa_norm = RMSNorm(cfg.dec_dim, cfg.norm_eps)
+        self.self_attention = Attention(cfg.dec_dim, cfg.dec_dim, cfg.dec_heads, cfg.dec_kv_heads, cfg.dec_head_dim,
+                                        cfg.dec_dim)
+        self.pre_ca_norm = RMSNorm(cfg.dec_dim, cfg.norm_eps)
+        self.cross_attention = Attention(cfg.dec_dim, cfg.enc_dim, cfg.cross_heads, cfg.cross_kv_heads,
+                                         cfg.cross_head_dim, cfg.dec_dim)
+        self.pre_mlp_norm = RMSNorm(cfg.dec_dim, cfg.norm_eps)
+        self.mlp = MLP(cfg.dec_dim, cfg.dec_hidden)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: DiaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embeddings = MultiChannelEmbedding(cfg)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
+        self.norm = RMSNorm(cfg.dec_dim, cfg.norm_eps)
+
+
+class MultiChannelEmbedding(nn.Module):
+    """One table of C * V rows; channel c's code v is row c * V + v; the C embeddings are summed."""
+
+    def __init__(self, cfg: DiaConfig):
+        super().__init__()
+        self.embed = nn.Embedding(cfg.audio_vocab * cfg.channels, cfg.dec_dim)
+        self.vocab = cfg.audio_vocab
+
+    def forward(self, codes_BxTxC: torch.Tensor) -> torch.Tensor:
+        offsets = torch.arange(codes_BxTxC.shape[-1], device=codes_BxTxC.device) * self.vocab
+        return self.embed(codes_BxTxC + offsets).sum(dim=2)  # (B, T, D)
+
+
+class CrossCache:
+    """Cross-attention K/V of every decoder layer, computed once per request from the encoder output."""
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], mask: torch.Tensor | None):
+        self.k, self.v, self.mask = k, v, mask
+
+
+class Dia(nn.Module):
+    def __init__(self, cfg: DiaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.logits_dense = nn.Linear(cfg.dec_dim, cfg.channels * cfg.audio_vocab, bias=False)
+        self.caches: list[KVCache] = []
+
+    def setup_caches(self, batch: int, max_len: int) -> None:
+        p, cfg = self.logits_dense.weight, self.cfg
+        if not self.caches or self.caches[0].max_len < max_len or self.caches[0].k.shape[0] != batch:
+            self.caches = [KVCache(batch, cfg.dec_kv_heads, max_len, cfg.dec_head_dim, p.dtype, p.device)
+                           for _ in self.decoder.layers]
+        self._rope_cos, self._rope_sin = rope_half_table(
+            cfg.dec_head_dim, cfg.rope_min_timescale, cfg.rope_max_timescale, torch.arange(max_len, device=p.device))
+
+    def cross_cache(self, enc_BxSxD: torch.Tensor, mask_BxS: torch.Tensor | None) -> CrossCache:
+        cfg, ks, vs = self.cfg, [], []
+        if cfg.cross_rope:  # v0.1: keys rotated once at encoder positions 0..S-1
+            cos, sin = rope_half_table(cfg.cross_head_dim, cfg.rope_min_timescale, cfg.rope_max_timescale,
+                                       torch.arange(enc_BxSxD.shape[1], device=enc_BxSxD.device))
+        for layer in self.decoder.layers:
+            a = layer.cross_attention
+            k = a.heads(a.k_proj, enc_BxSxD, a.n_kv_heads)
+            ks.append(apply_rope_half(k, cos, sin) if cfg.cross_rope else k)
+            vs.append(a.heads(a.v_proj, enc_BxSxD, a.n_kv_heads))
+        return CrossCache(ks, vs, None if mask_BxS is None else mask_BxS[:, None, None, :])
+
+    def forward(self, codes_BxTxC: torch.Tensor, start: int, cross: CrossCache) -> torch.Tensor:
+        """Delayed code rows at steps [start, start+T) -> logits (B, T, C, V) in float32."""
+        cfg, T = self.cfg, codes_BxTxC.shape[1]
+        cos, sin = self._rope_cos[start:start + T], self._rope_sin[start:start + T]
+        x = self.decoder.embeddings(codes_BxTxC)
+        for layer, cache, ck, cv in zip(self.decoder.layers, self.caches, cross.k, cross.v):
+            a, h = layer.self_attention, layer.pre_sa_norm(x)
+            q = apply_rope_half(a.heads(a.q_proj, h, a.n_heads), cos, sin)
+            k = apply_rope_half(a.heads(a.k_proj, h, a.n_kv_heads), cos, sin)
+            k, v = cache.update(start, k, a.heads(a.v_proj, h, a.n_kv_heads))
+            x = x + a.out(attend(q, k, v, start, scale=1.0))
+            c, h = layer.cross_attention, layer.pre_ca_norm(x)
+            q = c.heads(c.q_proj, h, c.n_heads)
+            if cfg.cross_rope:  # v0.1: queries rotated at the decoder step
+                q = apply_rope_half(q, cos, sin)
+            o = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cross.mask, scale=1.0,
+                                               enable_gqa=c.n_heads != c.n_kv_heads)
+            x = x + c.out(o)
+            x = x + layer.mlp(layer.pre_mlp_norm(x))
+        logits = self.logits_dense(self.decoder.norm(x))
+        return logits.unflatten(-1, (cfg.channels, cfg.audio_vocab)).float()

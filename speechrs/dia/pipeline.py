@@ -1,0 +1,193 @@
+"""One Dia request at a time: text -> delayed codes (CFG, EOS countdown) -> codes -> DAC -> PCM.
+
+Delayed layout: row 0 is all BOS; channel c at row t holds frame t - 1 - delay[c] (BOS while t <= delay[c]).
+Step t reads row t and writes row t + 1. After channel 0 ends at row s (by itself, or forced at row
+max_tokens - max_delay), channel c is forced to EOS at row s + delay[c] and to PAD after it; the last row
+written is s + max_delay (transformers' DiaEOSDelayPatternLogitsProcessor; nari stops one row earlier).
+"""
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import loudness
+from ..errors import InvalidRequestError
+from ..sampling import dia_pick, make_generator
+from .checkpoint import load_dia
+from .config import HF_0626, NARI_V01, DiaConfig
+from .dac import DAC, load_dac
+from .model import Dia
+
+
+@dataclass(frozen=True)
+class SpeakOptions:
+    max_tokens: int | None = None  # decoder steps, EOS countdown included; None: the config's audio_length
+    temperature: float | None = None  # 0 is greedy; None: the generation's default (DEFAULTS)
+    top_p: float | None = None
+    top_k: int | None = None  # cfg_filter_top_k
+    cfg_scale: float | None = None
+    seed: int | None = None  # None draws a fresh seed
+    normalize: bool = True  # -14 LUFS then tanh (mistral.rs); False returns the DAC output as is
+
+
+# Per-generation sampling defaults, one place. v0.1: mistral.rs SpeechGenerationConfig::default.
+# 0626: the published settings (nari README / hf.py, transformers docs), not the bare generate() signature.
+DEFAULTS = {
+    NARI_V01: SpeakOptions(temperature=1.3, top_p=0.95, top_k=35, cfg_scale=3.0),
+    HF_0626: SpeakOptions(temperature=1.8, top_p=0.90, top_k=45, cfg_scale=3.0),
+}
+
+
+@dataclass
+class Step:
+    step: int  # decoder steps done
+    max_steps: int  # upper bound, for a progress bar
+
+
+@dataclass
+class SpeechResult:
+    pcm: np.ndarray  # float32 mono in [-1, 1]
+    sample_rate: int
+    codes: np.ndarray  # (T, C) undelayed codes, int64
+    channels: int = 1
+    timings: dict = field(default_factory=dict)  # encode_s, decode_s, dac_s, steps
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.pcm) / self.sample_rate
+
+    def save(self, path) -> None:
+        from ..audio import write_wav
+
+        write_wav(Path(path), self.pcm, self.sample_rate)
+
+
+def encode_text(text: str, cfg: DiaConfig) -> list[int]:
+    """UTF-8 bytes with [S1] -> 0x01 and [S2] -> 0x02 (nari, transformers' DiaTokenizer)."""
+    if not text or not text.strip():
+        raise InvalidRequestError("text is empty; give something to say, e.g. '[S1] Hello.'")
+    data = text.replace("[S1]", "\x01").replace("[S2]", "\x02").encode("utf-8")
+    if len(data) > cfg.text_length:
+        raise InvalidRequestError(f"text is {len(data)} bytes; Dia takes at most {cfg.text_length} "
+                                  "(about 20 s of speech): split it into shorter requests")
+    return list(data)
+
+
+def delay(codes_TxC: torch.Tensor, delays: list[int], bos: int, pad: int) -> torch.Tensor:
+    """Undelayed (T, C) -> delayed (T + 1 + max_delay, C) with the BOS row first and PAD past the end."""
+    T, C = codes_TxC.shape
+    out = torch.full((T + 1 + max(delays), C), pad, dtype=codes_TxC.dtype)
+    for c, d in enumerate(delays):
+        out[: d + 1, c] = bos
+        out[d + 1: d + 1 + T, c] = codes_TxC[:, c]
+    return out
+
+
+def undelay(delayed_RxC: torch.Tensor, delays: list[int], n_frames: int) -> torch.Tensor:
+    """Delayed rows (BOS row first) -> (n_frames, C): frame f of channel c is row 1 + f + delay[c]."""
+    return torch.stack([delayed_RxC[1 + d: 1 + d + n_frames, c] for c, d in enumerate(delays)], dim=1)
+
+
+class DiaPipeline:
+    family = "dia"
+
+    def __init__(self, model: Dia, dac: DAC | None):
+        self.model, self.dac, self.cfg = model, dac, model.cfg
+        self.device = model.logits_dense.weight.device
+        self.defaults = DEFAULTS[self.cfg.generation]
+
+    @classmethod
+    def load(cls, directory: Path, dac_directory: Path | None, dtype=None, device="cpu") -> "DiaPipeline":
+        return cls(load_dia(directory, dtype, device), load_dac(dac_directory, device) if dac_directory else None)
+
+    def options(self, opts: SpeakOptions) -> SpeakOptions:
+        """Fill unset fields from this generation's defaults and check ranges."""
+        full = replace(opts, **{k: getattr(self.defaults, k) for k in ("temperature", "top_p", "top_k", "cfg_scale")
+                                if getattr(opts, k) is None})
+        low = self.cfg.max_delay + 1
+        if full.max_tokens is not None and not low <= full.max_tokens <= self.cfg.audio_length:
+            raise InvalidRequestError(f"max_tokens must be in [{low}, {self.cfg.audio_length}], got {full.max_tokens}")
+        if not 0 <= full.temperature <= 10:
+            raise InvalidRequestError(f"temperature must be in [0, 10], got {full.temperature}")
+        if not 0 < full.top_p <= 1:
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {full.top_p}")
+        if not 1 <= full.top_k <= self.cfg.audio_vocab:
+            raise InvalidRequestError(f"top_k must be in [1, {self.cfg.audio_vocab}], got {full.top_k}")
+        if full.cfg_scale < 1:
+            raise InvalidRequestError(f"cfg_scale must be >= 1, got {full.cfg_scale}")
+        return full
+
+    def speak(self, text: str, opts: SpeakOptions = SpeakOptions()) -> Iterator[Step | SpeechResult]:
+        """Steps as they happen, then one SpeechResult. Errors in the request are raised before any step."""
+        opts = self.options(opts)
+        text_ids = encode_text(text, self.cfg)
+        if self.dac is None:
+            raise InvalidRequestError("no DAC decoder loaded; pass a DAC checkpoint (--dac)")
+        return self._speak(text_ids, opts)
+
+    @torch.inference_mode()
+    def generate_codes(self, text_ids: list[int], opts: SpeakOptions) -> Iterator[Step | torch.Tensor]:
+        """Steps, then the delayed rows (R, C) written so far, BOS row included; opts must be complete."""
+        cfg, model = self.cfg, self.model
+        delays, C = list(cfg.delay_pattern), cfg.channels
+        max_steps = opts.max_tokens or cfg.audio_length
+        cond = torch.tensor([text_ids], device=self.device)
+        enc = model.encoder(torch.cat([cond, torch.zeros_like(cond)]))  # rows [cond, uncond]: uncond is all zeros
+        cross = model.cross_cache(enc, None)
+        model.setup_caches(2, max_steps + 1)
+        rows = torch.full((max_steps + 1, C), cfg.bos, dtype=torch.long)
+        forced_bos = torch.tensor(delays)  # channel c keeps BOS while row <= delay[c]
+        generator = make_generator(opts.seed, self.device)
+        end_row = None  # row where channel 0 ended
+        t = 0
+        while True:
+            x = rows[t].to(self.device).expand(2, 1, C)
+            logits = model(x, t, cross)[:, -1]  # (2, C, V)
+            codes = dia_pick(logits[0], logits[1], cfg_scale=opts.cfg_scale, temperature=opts.temperature,
+                             top_p=opts.top_p, top_k=opts.top_k, eos=cfg.eos,
+                             sample_from_cond=cfg.generation == HF_0626, generator=generator).cpu()
+            r = t + 1
+            codes = torch.where(r <= forced_bos, cfg.bos, codes)
+            # every reference counts the countdown inside max_tokens: EOS is forced max_delay steps before the end
+            if end_row is None and (codes[0] == cfg.eos or r == max_steps - cfg.max_delay):
+                end_row = r
+            if end_row is not None:  # the EOS countdown: EOS at end_row + delay[c], PAD after it
+                after = r - end_row
+                codes = torch.where(after == forced_bos, cfg.eos, torch.where(after > forced_bos, cfg.pad, codes))
+            rows[r] = codes
+            t = r
+            yield Step(t, max_steps)
+            if end_row is not None and r - end_row >= cfg.max_delay:
+                break
+        yield rows[: t + 1]
+
+    def _speak(self, text_ids: list[int], opts: SpeakOptions) -> Iterator[Step | SpeechResult]:
+        t0 = time.perf_counter()
+        delayed = None
+        for event in self.generate_codes(text_ids, opts):
+            if isinstance(event, Step):
+                yield event
+            else:
+                delayed = event
+        t1 = time.perf_counter()
+        cfg = self.cfg
+        n_frames = len(delayed) - 1 - cfg.max_delay - 1  # rows 1 .. end_row - 1 carry frames
+        codes = undelay(delayed, list(cfg.delay_pattern), max(n_frames, 0))
+        codes = torch.where((codes < 0) | (codes >= cfg.eos), 0, codes)  # mistral.rs: codes outside 0..1023 -> 0
+        pcm = self.decode(codes, opts.normalize)
+        yield SpeechResult(pcm, self.dac.cfg.sample_rate, codes.numpy(),
+                           timings={"steps": len(delayed) - 1, "decode_s": t1 - t0,
+                                    "dac_s": time.perf_counter() - t1})
+
+    @torch.inference_mode()
+    def decode(self, codes_TxC: torch.Tensor, normalize: bool = True) -> np.ndarray:
+        """Undelayed codes (T, C) -> float32 PCM, T * 512 samples."""
+        if codes_TxC.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        wave = self.dac.decode_pre_tanh(codes_TxC.T[None].to(self.device))[0].float().cpu().numpy()
+        if normalize:
+            return loudness.normalize(wave, self.dac.cfg.sample_rate)
+        return np.tanh(wave).astype(np.float32)  # descript's own final tanh
