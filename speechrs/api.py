@@ -2,8 +2,8 @@
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .errors import UnsupportedModelError
-from .hub import ModelSource, resolve
+from .dia.pipeline import DiaPipeline, SpeakOptions, SpeechResult, Step
+from .hub import DEFAULT_DAC, ModelSource, resolve, resolve_dac
 from .messages import parse_messages
 from .voxtral.pipeline import Done, GenerationOptions, Token, Usage, VoxtralPipeline
 from .weights import parse_dtype
@@ -46,11 +46,33 @@ def _collect(events: Iterator[Token | Done]) -> TextResult:
     raise RuntimeError("generation ended without a Done event")
 
 
-def load(model: str = DEFAULT_VOXTRAL, *, dtype: str = "auto", device: str = "cpu") -> VoxtralModel:
-    """Resolve a hub id or directory, detect the family and layout, and load it on `device`."""
+class DiaModel:
+    """Text in, speech out. speak() takes max_tokens, temperature, top_p, top_k, cfg_scale, seed, normalize."""
+
+    def __init__(self, pipeline: DiaPipeline, source: ModelSource, model_id: str):
+        self.pipeline, self.source, self.model_id = pipeline, source, model_id
+
+    def speak(self, text: str, **options) -> SpeechResult:
+        """[S1]/[S2] speaker tags and nonverbals like (laughs) are plain text. Returns pcm, codes, save()."""
+        for event in self.speak_stream(text, **options):
+            if isinstance(event, SpeechResult):
+                return event
+        raise RuntimeError("generation ended without a result")
+
+    def speak_stream(self, text: str, **options) -> Iterator[Step | SpeechResult]:
+        """Step(step, max_steps) events while decoding, then the SpeechResult."""
+        return self.pipeline.speak(text, SpeakOptions(**options))
+
+
+def load(model: str = DEFAULT_VOXTRAL, *, dtype: str = "auto", device: str = "cpu",
+         dac: str | None = None) -> VoxtralModel | DiaModel:
+    """Resolve a hub id or directory, detect the family and layout, and load it on `device`.
+
+    dac: for Dia, a DAC 44 kHz hub id or directory (default: the one the checkpoint's generation uses).
+    """
     source = resolve(model)
     if source.family == "dia":
-        raise UnsupportedModelError(f"{model} is a Dia checkpoint ({source.layout}); Dia text-to-speech is not "
-                                    "implemented in this version of speechrs yet")
+        dac_dir = resolve_dac(dac or DEFAULT_DAC[source.layout])
+        return DiaModel(DiaPipeline.load(source.directory, dac_dir, parse_dtype(dtype), device), source, model)
     return VoxtralModel(VoxtralPipeline.load(source.directory, source.layout, parse_dtype(dtype), device),
                         source, model)

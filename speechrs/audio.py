@@ -113,5 +113,17 @@ def log_mel(pcm: np.ndarray, n_mels: int = 128, n_fft: int = 400, hop: int = 160
     return (log_spec + 4.0) / 4.0
 
 
+def to_s16le(pcm: np.ndarray) -> bytes:
+    """Raw 16-bit little-endian PCM: clamp to [-1, 1], scale by 32767 (mistral.rs)."""
+    return (np.clip(pcm, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def wav_bytes(pcm: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit PCM RIFF/WAV, mono."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(pcm, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
 def write_wav(path: Path, pcm: np.ndarray, sample_rate: int) -> None:
-    sf.write(str(path), pcm, sample_rate, subtype="PCM_16")
+    Path(path).write_bytes(wav_bytes(pcm, sample_rate))

@@ -13,13 +13,18 @@ from rich.console import Console
 from .errors import SpeechrsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Local speech models: Voxtral transcription and audio chat.")
+                  help="Local speech models: Voxtral transcription, Dia dialogue text-to-speech.")
 err = Console(stderr=True, soft_wrap=True)  # one message, one line: no hard wraps
 
 
 class OutputFormat(str, Enum):
     text = "text"
     json = "json"
+
+
+class AudioFormat(str, Enum):
+    wav = "wav"
+    pcm = "pcm"
 
 
 class DType(str, Enum):
@@ -83,12 +88,92 @@ def transcribe(
                          ensure_ascii=False))
 
 
-def _load(model: str, dtype: str, device: str, quiet: bool):
+@app.command()
+def speak(
+    text: Annotated[str, typer.Argument(help="What to say, with [S1]/[S2] speaker tags; '-' reads stdin.")] = "-",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the audio.")] = Path("out.wav"),
+    text_file: Annotated[Optional[Path], typer.Option("--file", help="Read the text from this file instead.")]
+    = None,
+    model: Annotated[str, typer.Option("-m", "--model", help="Hub id or local directory.")] = "nari-labs/Dia-1.6B",
+    dac: Annotated[Optional[str], typer.Option(help="DAC 44 kHz hub id or directory [default: the generation's]")]
+    = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="0 is greedy [default: 1.3 v0.1, 1.8 0626]")] = None,
+    cfg_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance [default: 3]")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="[default: 0.95 v0.1, 0.90 0626]")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="CFG filter top-k [default: 35 v0.1, 45 0626]")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Decoder steps, 86 per second of audio "
+                                                           "[default: the config's audio_length]")] = None,
+    normalize: Annotated[bool, typer.Option(help="Loudness to -14 LUFS, then tanh.")] = True,
+    output_format: Annotated[AudioFormat, typer.Option("--format", help="wav (16-bit) or pcm (raw s16le).")]
+    = AudioFormat.wav,
+    dtype: Annotated[DType, typer.Option(help="Weights dtype; auto keeps the checkpoint's.")] = DType.auto,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress on stderr.")] = False,
+):
+    """Speak TEXT with Dia and write a 44.1 kHz mono file."""
+    from .api import DiaModel
+
+    if text_file is not None:
+        try:
+            text = text_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(f"cannot read text file {text_file}: {e}")
+    elif text == "-":
+        text = sys.stdin.read()
+    try:
+        loaded = _load(model, dtype.value, device, quiet, dac=dac)
+        if not isinstance(loaded, DiaModel):
+            _fail(f"{model} is not a Dia model; speak needs text-in, speech-out")
+        events = loaded.speak_stream(text, seed=seed, temperature=temperature, cfg_scale=cfg_scale, top_p=top_p,
+                                     top_k=top_k, max_tokens=max_tokens, normalize=normalize)
+        result = _run_speech(events, quiet)
+        from .audio import to_s16le, wav_bytes
+
+        data = wav_bytes(result.pcm, result.sample_rate) if output_format == AudioFormat.wav else \
+            to_s16le(result.pcm)
+        output.write_bytes(data)
+    except SpeechrsError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"cannot write {output}: {e.strerror}")
+    if not quiet:
+        err.print(f"wrote {output} ({result.duration_s:.2f} s, {result.sample_rate} Hz mono, "
+                  f"{output_format.value})", highlight=False)
+
+
+def _run_speech(events, quiet: bool):
+    """Drive the step events through a rich progress bar; print the real-time factor; return the result."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .dia.pipeline import SpeechResult, Step
+
+    t0 = time.perf_counter()
+    result = None
+    with Progress(TextColumn("decoding"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                  TextColumn("{task.fields[audio]:.1f} s audio"), TimeElapsedColumn(), console=err,
+                  disable=quiet, transient=True) as progress:
+        task = progress.add_task("decode", total=None, audio=0.0)
+        for event in events:
+            if isinstance(event, Step):
+                progress.update(task, completed=event.step, total=event.max_steps, audio=event.step / 86.13)
+            elif isinstance(event, SpeechResult):
+                result = event
+    wall = time.perf_counter() - t0
+    if not quiet and result is not None:
+        steps, secs = result.timings["steps"], result.duration_s
+        err.print(f"{steps} steps in {result.timings['decode_s']:.1f} s ({steps / max(result.timings['decode_s'], 1e-9):.1f}"
+                  f" steps/s), DAC {result.timings['dac_s']:.2f} s; {secs:.2f} s of audio in {wall:.1f} s: "
+                  f"{secs / wall:.2f}x real time", highlight=False)
+    return result
+
+
+def _load(model: str, dtype: str, device: str, quiet: bool, dac: str | None = None):
     from .api import load
 
     t0 = time.perf_counter()
     with err.status(f"loading {model}", spinner="dots") if not quiet else _nullcontext():
-        loaded = load(model, dtype=dtype, device=device)
+        loaded = load(model, dtype=dtype, device=device, dac=dac)
     if not quiet:
         err.print(f"loaded {model} ({loaded.source.family}, {loaded.source.layout} layout) "
                   f"in {time.perf_counter() - t0:.1f} s", highlight=False)

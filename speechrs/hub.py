@@ -14,6 +14,9 @@ VOXTRAL_NATIVE_FILES = ["params.json", "consolidated.safetensors", "consolidated
 VOXTRAL_HF_FILES = ["config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
                     "tekken.json"]
 DIA_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json"]
+DAC_FILES = ["config.json", "model.safetensors", "*.pth"]
+# the DAC each Dia generation was released with: mistral.rs loads EricB's for v0.1, transformers descript's for 0626
+DEFAULT_DAC = {"nari_v01": "EricB/dac_44khz", "hf_0626": "descript/dac_44khz"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,27 @@ def resolve(model: str) -> ModelSource:
     if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise ModelNotFoundError(f"model '{model}' is neither a directory nor a hub id of the form org/name")
     return detect(_download(model))
+
+
+def resolve_dac(model: str) -> Path:
+    """A DAC 44 kHz checkpoint: a local directory as is, or a hub repo id fetched through the HF cache."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelNotFoundError(f"DAC '{model}' is neither a directory nor a hub id of the form org/name")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(model, allow_patterns=DAC_FILES))
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"DAC hub repo {model} not found") from None
+    except LocalEntryNotFoundError:
+        raise ModelNotFoundError(f"DAC {model} is not in the local Hugging Face cache and the hub cannot be "
+                                 "reached; download it first or pass --dac DIR") from None
+    except HfHubHTTPError as e:
+        raise ModelNotFoundError(f"hub error for DAC {model}: {e}") from None
 
 
 def _download(repo_id: str) -> Path:

@@ -49,3 +49,26 @@ def clip() -> Path:
 
 def noise(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
     return (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * rate))).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def dia_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """(nari v0.1 dir, HF 0626 dir) of one tiny seeded Dia."""
+    import tiny_dia
+
+    return tiny_dia.write_dia(tmp_path_factory.mktemp("dia"))
+
+
+@pytest.fixture(scope="session")
+def dac_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """(descript weight_g/weight_v dir, transformers folded dir) of one real-size random DAC."""
+    import tiny_dia
+
+    return tiny_dia.write_dac(tmp_path_factory.mktemp("dac"))
+
+
+@pytest.fixture(scope="session")
+def dac(dac_dirs):
+    from speechrs.dia.dac import load_dac
+
+    return load_dac(dac_dirs[0])

@@ -1,6 +1,7 @@
 """Tiny seeded Dia checkpoints (nari v0.1 and HF 0626 layouts, same weights) and a real-size random DAC
 in descript's (weight_g/weight_v) and transformers' (folded) layouts. testing.md §1-2."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def hf_0626_config(v01: dict) -> dict:
     return {
         "architectures": ["DiaForConditionalGeneration"], "model_type": "dia", "is_encoder_decoder": True,
         "torch_dtype": "float32", "norm_eps": 1e-5, "delay_pattern": d["delay_pattern"],
-        "bos_token_id": 1026, "eos_token_id": 1024, "pad_token_id": 1025,
+        "bos_token_id": 1026, "eos_token_id": 1024, "pad_token_id": 1025,  # generate() reads them here
         "encoder_config": {"model_type": "dia_encoder", "hidden_size": e["n_embd"], "intermediate_size": e["n_hidden"],
                            "num_hidden_layers": e["n_layer"], "num_attention_heads": e["n_head"],
                            "num_key_value_heads": e["n_head"], "head_dim": e["head_dim"], "vocab_size": 256,
@@ -112,7 +113,8 @@ def write_dia(out: Path, seed: int = 0, v01: dict = TINY_DIA_V01) -> tuple[Path,
 
 
 def dac_canonical_state(cfg: DacConfig = DacConfig(), seed: int = 0) -> dict[str, torch.Tensor]:
-    """Folded weights: conv weight = ||v|| (1 + 0.05 N) * v/||v||, Snake alpha 1 + 0.1 N, last conv gain x 0.025."""
+    """Folded weights: conv weight = ||v|| (1 + 0.05 N) * v/||v||, Snake alpha 1 + 0.1 N; the last conv's gain
+    x 0.1 and the residual units' 1x1 convs x 0.3 keep the random decoder unsaturated and well conditioned."""
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in DAC(cfg).state_dict().items()}
     last_conv = f"decoder.model.{len(cfg.rates) + 2}.weight"
@@ -125,12 +127,14 @@ def dac_canonical_state(cfg: DacConfig = DacConfig(), seed: int = 0) -> dict[str
         elif name.endswith("codebook.weight"):
             sd[name] = _tensor(name, shape, "embed", seed)
         else:
-            fan_in = shape[0] * shape[2] if ".block.1.weight" in name and "model.0" not in name and \
-                name.count("block") == 1 else shape[1] * shape[2]
+            transposed = re.fullmatch(r"decoder\.model\.\d+\.block\.1\.weight", name)  # (in, out, k)
+            fan_in = shape[0] * shape[2] // 2 if transposed else shape[1] * shape[2]
             v = _tensor(name + "_v", shape, "linear", seed, fan_in)
             gain = 1 + 0.05 * _tensor(name + "_g", (shape[0], 1, 1), "embed", seed)
             if name == last_conv:
-                gain = gain * 0.025
+                gain = gain * 0.1
+            elif re.fullmatch(r"decoder\.model\.\d+\.block\.[234]\.block\.3\.weight", name):
+                gain = gain * 0.3  # damp the residual branches: a random Snake stack is otherwise chaotic
             sd[name] = v * gain
     return sd
 
@@ -148,7 +152,8 @@ def write_dac(out: Path, seed: int = 0) -> tuple[Path, Path]:
             prefix = name[: -len(".weight")]
             norm = w.norm(dim=(1, 2), keepdim=True)
             unfolded[f"{prefix}.weight_g"] = norm.contiguous()
-            unfolded[f"{prefix}.weight_v"] = (w / norm * (1 + 0.5 * torch.rand_like(norm))).contiguous()  # any scale
+            scale = 1 + 0.5 * torch.rand(norm.shape, generator=torch.Generator().manual_seed(seed))  # v: any scale
+            unfolded[f"{prefix}.weight_v"] = (w / norm * scale).contiguous()
         else:
             unfolded[name] = w
     save_file(unfolded, str(orig / "model.safetensors"))

@@ -162,9 +162,9 @@ def fold_weight_norm(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     for prefix, gv in pairs.items():
         if set(gv) != {"g", "v"}:
             raise UnsupportedModelError(f"weight norm of {prefix} lacks weight_{({'g', 'v'} - set(gv)).pop()}")
-        v = gv["v"].float()
+        v = gv["v"].double()  # float64: the folded weight is then the float32 nearest to g * v / ||v||
         norm = v.norm(dim=tuple(range(1, v.ndim)), keepdim=True)
-        out[f"{prefix}.weight"] = (gv["g"].float() * v / norm).to(gv["v"].dtype)
+        out[f"{prefix}.weight"] = (gv["g"].double() * v / norm).to(gv["v"].dtype)
     return out
 
 

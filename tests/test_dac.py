@@ -1,0 +1,58 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from speechrs import loudness
+from speechrs.dia.dac import fold_weight_norm, load_dac
+
+
+@pytest.fixture(scope="module")
+def codes():
+    return torch.randint(0, 1024, (1, 9, 24), generator=torch.Generator().manual_seed(0))
+
+
+def test_both_dac_layouts_decode_alike_and_samples_are_frames_times_512(dac, dac_dirs, codes):
+    other = load_dac(dac_dirs[1])
+    with torch.inference_mode():
+        a, b = dac.decode(codes), other.decode(codes)
+    assert a.shape == (1, 24 * 512)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    assert 0.05 < float(a.std()) and float(a.abs().max()) < 1.0  # a live, unsaturated random decoder
+
+
+def test_folded_weight_norm_equals_torch_weight_norm():
+    conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(6, 4, 3))
+    with torch.no_grad():
+        conv.parametrizations.weight.original0.mul_(1.7)
+    state = {k: v.detach() for k, v in conv.state_dict().items()}
+    folded = fold_weight_norm({f"c.{k}": v for k, v in state.items()})
+    torch.testing.assert_close(folded["c.weight"], conv.weight.detach(), atol=1e-6, rtol=1e-6)
+    assert set(folded) == {"c.weight", "c.bias"}
+
+
+@pytest.mark.reference
+def test_dac_decode_matches_transformers_dacmodel(dac, dac_dirs, codes):
+    from transformers import DacModel
+
+    reference = DacModel.from_pretrained(str(dac_dirs[1])).eval()
+    with torch.inference_mode():
+        expected = reference.decode(audio_codes=codes).audio_values
+        for ours in (dac, load_dac(dac_dirs[1])):
+            torch.testing.assert_close(ours.decode(codes), expected, atol=1e-4, rtol=0)
+
+
+def test_bs1770_reference_tone_and_normalisation():
+    rate = 44100
+    t = np.arange(rate * 3) / rate
+    tone = np.sin(2 * np.pi * 997 * t)
+    assert abs(loudness.integrated_loudness(tone, rate) - (-3.01)) < 0.05  # BS.1770: 0 dBFS 997 Hz -> -3.01 LKFS
+    quiet = 0.05 * tone
+    gain = 10 ** ((loudness.TARGET_LUFS - loudness.integrated_loudness(quiet, rate)) / 20)
+    assert abs(loudness.integrated_loudness(quiet * gain, rate) - loudness.TARGET_LUFS) < 0.01
+    out = loudness.normalize(quiet.astype(np.float32), rate)
+    np.testing.assert_allclose(out, np.tanh(quiet * gain), atol=1e-6)
+    silent = np.zeros(rate, np.float32)
+    assert np.array_equal(loudness.normalize(silent, rate), silent) and math.isinf(
+        loudness.integrated_loudness(silent, rate))

@@ -1,0 +1,104 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from speechrs.dia.checkpoint import load_dia
+from speechrs.dia.config import HF_0626, NARI_V01, DiaConfig
+from speechrs.dia.pipeline import DiaPipeline, SpeakOptions, SpeechResult, delay, encode_text, undelay
+from speechrs.errors import InvalidRequestError, UnsupportedModelError
+
+TEXT = "[S1] Hello there. [S2] Hi! (laughs)"
+
+
+def step0_logits(model, text=TEXT):
+    ids = torch.tensor([encode_text(text, model.cfg)])
+    with torch.inference_mode():
+        cross = model.cross_cache(model.encoder(torch.cat([ids, torch.zeros_like(ids)])), None)
+        model.setup_caches(2, 4)
+        return model(torch.full((2, 1, model.cfg.channels), model.cfg.bos), 0, cross)
+
+
+def test_delay_then_undelay_is_identity():
+    codes = torch.randint(0, 1024, (37, 9))
+    delays = [0, 8, 9, 10, 11, 12, 13, 14, 15]
+    delayed = delay(codes, delays, bos=1026, pad=1025)
+    assert delayed.shape == (37 + 16, 9) and (delayed[0] == 1026).all()
+    assert (delayed[:9, 1] == 1026).all() and delayed[9, 1] == codes[0, 1]
+    assert torch.equal(undelay(delayed, delays, 37), codes)
+
+
+@pytest.mark.parametrize("generation", [HF_0626, NARI_V01])
+def test_nari_and_hf_layouts_give_identical_logits_under_the_same_semantics(dia_dirs, generation):
+    nari, hf = (load_dia(d, None, generation=generation) for d in dia_dirs)
+    torch.testing.assert_close(step0_logits(nari), step0_logits(hf), atol=1e-6, rtol=0)
+
+
+def test_the_generations_differ_only_by_cross_attention_rope(dia_dirs):
+    v01, hf0626 = (load_dia(d, None) for d in dia_dirs)
+    assert v01.cfg.cross_rope and not hf0626.cfg.cross_rope
+    assert not torch.allclose(step0_logits(v01), step0_logits(hf0626), atol=1e-3)
+
+
+def test_configs_parse_to_the_same_shapes(dia_dirs):
+    a, b = (DiaConfig.load(d / "config.json") for d in dia_dirs)
+    assert (a.generation, b.generation) == (NARI_V01, HF_0626)
+    assert {k: v for k, v in vars(a).items() if k != "generation"} == \
+           {k: v for k, v in vars(b).items() if k != "generation"}
+
+
+def test_unknown_config_schema_names_the_keys(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"hidden": 1, "layers": 2}))
+    with pytest.raises(UnsupportedModelError, match=r"keys=\['hidden', 'layers'\]"):
+        DiaConfig.load(tmp_path / "config.json")
+
+
+def test_text_bytes_and_limits(dia_dirs):
+    cfg = DiaConfig.load(dia_dirs[0] / "config.json")
+    assert encode_text("[S1] hé (laughs)", cfg) == [1, 32, 104, 0xC3, 0xA9, 32, *b"(laughs)"]
+    with pytest.raises(InvalidRequestError, match="empty"):
+        encode_text("   ", cfg)
+    with pytest.raises(InvalidRequestError, match="1025 bytes; Dia takes at most 1024"):
+        encode_text("a" * 1025, cfg)
+
+
+@pytest.fixture(scope="module")
+def pipeline(dia_dirs, dac):
+    return DiaPipeline(load_dia(dia_dirs[0], None), dac)
+
+
+def test_same_seed_same_audio_and_samples_are_frames_times_512(pipeline):
+    def run(seed):
+        return [e for e in pipeline.speak(TEXT, SpeakOptions(max_tokens=60, seed=seed))][-1]
+
+    a, b, c = run(3), run(3), run(4)
+    assert isinstance(a, SpeechResult) and a.sample_rate == 44100 and a.pcm.dtype == np.float32
+    np.testing.assert_array_equal(a.pcm, b.pcm)
+    assert not np.array_equal(a.codes, c.codes)
+    assert a.codes.shape == (60 - 16, 9) and len(a.pcm) == a.codes.shape[0] * 512
+    assert np.abs(a.pcm).max() <= 1.0
+
+
+def test_eos_countdown_writes_eos_on_the_delay_diagonal_then_pad(pipeline):
+    opts = pipeline.options(SpeakOptions(max_tokens=40, temperature=0))
+    rows = list(pipeline.generate_codes(encode_text(TEXT, pipeline.cfg), opts))[-1]
+    end = 40 - 15
+    assert rows.shape[0] == 41
+    for c, d in enumerate(pipeline.cfg.delay_pattern):
+        assert rows[end + d, c] == 1024 and (rows[end + d + 1:, c] == 1025).all()
+        assert (rows[1:end + d, c] < 1024).sum() == end - 1  # real codes before the EOS, BOS before them
+    assert (rows[:1] == 1026).all()
+
+
+def test_bad_options_are_refused(pipeline):
+    for bad in (dict(top_p=0), dict(top_k=0), dict(cfg_scale=0.5), dict(max_tokens=5), dict(temperature=-1)):
+        with pytest.raises(InvalidRequestError):
+            pipeline.speak(TEXT, SpeakOptions(**bad))
+
+
+def test_generation_defaults_differ_per_checkpoint_generation(dia_dirs, dac):
+    v01 = DiaPipeline(load_dia(dia_dirs[0], None), dac).options(SpeakOptions())
+    new = DiaPipeline(load_dia(dia_dirs[1], None), dac).options(SpeakOptions())
+    assert (v01.temperature, v01.top_p, v01.top_k, v01.cfg_scale) == (1.3, 0.95, 35, 3.0)
+    assert (new.temperature, new.top_p, new.top_k, new.cfg_scale) == (1.8, 0.90, 45, 3.0)
