@@ -28,11 +28,18 @@ test: $(VENV)/.test
 $(DEMO_DIR)/voxtral-native/params.json: $(VENV)/.demo tests/tiny.py
 	$(PY) tests/tiny.py $(DEMO_DIR)
 
-demo: $(DEMO_DIR)/voxtral-native/params.json
+$(DEMO_DIR)/dia-v01/config.json: $(VENV)/.demo tests/tiny_dia.py
+	$(PY) tests/tiny_dia.py $(DEMO_DIR)
+
+demo: $(DEMO_DIR)/voxtral-native/params.json $(DEMO_DIR)/dia-v01/config.json
 	@echo "== speechrs transcribe (tiny random-weight Voxtral, native layout: the text is noise) =="
 	$(VENV)/bin/speechrs transcribe tests/data/clip_en_16k.wav -m $(DEMO_DIR)/voxtral-native --language en --max-tokens 32
 	@echo "== the same weights in the HF layout, as JSON with usage =="
 	$(VENV)/bin/speechrs transcribe tests/data/clip_en_16k.wav -m $(DEMO_DIR)/voxtral-hf --language en --max-tokens 32 --format json
+	@echo "== speechrs speak (tiny random-weight Dia v0.1 + random DAC in descript's layout: the audio is noise) =="
+	$(VENV)/bin/speechrs speak "[S1] Hello there. [S2] Hi! (laughs)" -m $(DEMO_DIR)/dia-v01 --dac $(DEMO_DIR)/dac-descript --seed 0 --max-tokens 256 -o $(DEMO_DIR)/out.wav
+	@echo "== the 0626 generation (HF layout) with transformers' DAC layout, greedy =="
+	$(VENV)/bin/speechrs speak "[S1] Hello there. [S2] Hi! (laughs)" -m $(DEMO_DIR)/dia-0626 --dac $(DEMO_DIR)/dac-hf --temperature 0 --max-tokens 256 -o $(DEMO_DIR)/out-0626.wav
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench_voxtral.py

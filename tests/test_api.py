@@ -1,11 +1,10 @@
 import base64
-import json
 
 import pytest
 import soundfile as sf
 
 import speechrs
-from speechrs.errors import InvalidRequestError, UnsupportedModelError
+from speechrs.errors import InvalidRequestError
 from speechrs.voxtral.pipeline import Done, Token
 
 
@@ -52,9 +51,16 @@ def test_chat_errors_are_invalid_requests(model, clip):
         model.chat([])
 
 
-def test_dia_checkpoints_are_detected_and_refused_clearly(tmp_path):
-    d = tmp_path / "dia"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps({"version": "0.1", "model": {}, "data": {}}))
-    with pytest.raises(UnsupportedModelError, match="Dia"):
-        speechrs.load(str(d))
+
+
+def test_dia_speak_result(dia_dirs, dac_dirs, tmp_path):
+    import soundfile as sf
+
+    tts = speechrs.load(str(dia_dirs[1]), dac=str(dac_dirs[1]))
+    result = tts.speak("[S1] Hi. [S2] Hello! (laughs)", max_tokens=40, seed=0)
+    assert result.sample_rate == 44100 and result.channels == 1 and result.codes.shape == (24, 9)
+    assert len(result.pcm) == 24 * 512 and result.pcm.dtype.name == "float32"
+    result.save(tmp_path / "x.wav")
+    assert sf.info(str(tmp_path / "x.wav")).frames == 24 * 512
+    steps = [e.step for e in tts.speak_stream("[S1] Hi.", max_tokens=20, seed=0) if hasattr(e, "step")]
+    assert steps == list(range(1, 21))

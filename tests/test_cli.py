@@ -93,3 +93,53 @@ def test_hub_id_resolves_offline_from_the_hf_cache_and_prefers_native(native_dir
     result = _run_cli(["transcribe", clip, "-m", "someone/not-cached", "-q"], env)
     assert result.returncode == 1 and "not in the local Hugging Face cache" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+SPEAK = "[S1] Hello there. [S2] Hi! (laughs)"
+
+
+def test_speak_writes_a_44k_mono_16bit_wav(dia_dirs, dac_dirs, tmp_path):
+    import soundfile as sf
+
+    out = tmp_path / "out.wav"
+    result = invoke("speak", SPEAK, "-m", dia_dirs[0], "--dac", dac_dirs[0], "-o", out, "--max-tokens", "48",
+                    "--seed", "1")
+    assert result.exit_code == 0, result.stderr
+    info = sf.info(str(out))
+    assert (info.samplerate, info.channels, info.subtype, info.frames) == (44100, 1, "PCM_16", (48 - 16) * 512)
+    assert "real time" in result.stderr and result.stdout == ""
+
+
+def test_speak_pcm_from_stdin_and_file(dia_dirs, dac_dirs, tmp_path):
+    out = tmp_path / "out.pcm"
+    result = runner.invoke(app, ["speak", "-m", str(dia_dirs[1]), "--dac", str(dac_dirs[1]), "-o", str(out),
+                                 "--max-tokens", "20", "--format", "pcm", "-q", "--seed", "2"], input=SPEAK)
+    assert result.exit_code == 0, result.stderr
+    assert out.stat().st_size == (20 - 16) * 512 * 2
+    text = tmp_path / "script.txt"
+    text.write_text(SPEAK)
+    again = tmp_path / "again.pcm"
+    result = invoke("speak", "--file", text, "-m", dia_dirs[1], "--dac", dac_dirs[1], "-o", again, "--max-tokens",
+                    "20", "--format", "pcm", "-q", "--seed", "2")
+    assert result.exit_code == 0 and again.read_bytes() == out.read_bytes()
+
+
+@pytest.mark.parametrize("case", ["empty", "too_long", "unknown_config", "missing_dac", "voxtral_model"])
+def test_speak_errors_are_one_line(case, dia_dirs, dac_dirs, native_dir, tmp_path):
+    text, model, dac = SPEAK, dia_dirs[0], dac_dirs[0]
+    if case == "empty":
+        text, match = " ", "text is empty"
+    elif case == "too_long":
+        text, match = "[S1] " + "la " * 400, "Dia takes at most 1024"
+    elif case == "unknown_config":
+        model = tmp_path / "odd"
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({"model_type": "mystery", "hidden": 3}))
+        match = "unknown architecture"
+    elif case == "missing_dac":
+        dac, match = tmp_path / "no-dac", "neither a directory nor a hub id"
+    else:
+        model, match = native_dir, "not a Dia model"
+    result = invoke("speak", text, "-m", model, "--dac", dac, "-o", tmp_path / "x.wav", "-q")
+    assert result.exit_code == 1 and match in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.wav").exists()
