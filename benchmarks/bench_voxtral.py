@@ -8,14 +8,12 @@ load time, audio encoder time, prefill tokens/s, decode tokens/s (greedy, after 
 """
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, print_table, rss_mb, run_workers
+
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -30,14 +28,6 @@ FULL = {
                          "vocab_size": 51866, "max_source_positions": 1500},
         "downsample_args": {"downsample_factor": 4}}},
 }
-
-
-def rss_mb() -> float:
-    """Peak resident set of this process (VmHWM: reset at exec, unlike ru_maxrss, which a forked child inherits)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def write_checkpoint(size: str, dtype: str, out: Path) -> Path:
@@ -139,28 +129,18 @@ def main():
 
     ckpt = write_checkpoint(args.size, args.dtype, args.cache / f"{args.size}-{args.dtype}")
     ckpt_mb = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2**20
-    results = {}
-    for name in ("speechrs", "transformers"):
-        cmd = [sys.executable, __file__, "--worker", name, "--ckpt", str(ckpt), "--clip", str(args.clip),
-               "--new-tokens", str(args.new_tokens), "--dtype", args.dtype]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
-        if proc.returncode:
-            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    s, t = results["speechrs"], results["transformers"]
+    results = run_workers(__file__, ["speechrs", "transformers"],
+                          ["--ckpt", str(ckpt), "--clip", str(args.clip), "--new-tokens", str(args.new_tokens),
+                           "--dtype", args.dtype])
+    s = results["speechrs"]
     print(f"Voxtral {args.size} ({ckpt_mb:.0f} MiB of {args.dtype} weights), {s['prompt_tokens']}-token transcription "
           f"prompt, {args.new_tokens} greedy tokens, {s['threads']} threads")
-    print(f"{'metric':<22}{'speechrs':>12}{'transformers':>14}{'ratio':>9}")
-    rows = [("load s", "load_s", False), ("audio encoder s", "encode_s", False),
-            ("prefill tok/s", "prefill_tps", True), ("decode tok/s", "decode_tps", True),
-            ("peak RSS MiB", "peak_rss_mb", False)]
-    for label, key, higher_better in rows:
-        ratio = s[key] / t[key] if higher_better else t[key] / s[key]
-        print(f"{label:<22}{s[key]:>12.2f}{t[key]:>14.2f}{ratio:>8.2f}x")
+    print_table(results, [("load s", "load_s", False), ("audio encoder s", "encode_s", False),
+                          ("prefill tok/s", "prefill_tps", True), ("decode tok/s", "decode_tps", True),
+                          ("peak RSS MiB", "peak_rss_mb", False)])
     for name, r in results.items():
         print(f"{name}: peak RSS above the post-import baseline = {(r['peak_rss_mb'] - r['base_rss_mb']) / ckpt_mb:.2f}"
               f" x checkpoint bytes")
-    print("ratio > 1 means speechrs is better (faster or smaller)")
 
 
 if __name__ == "__main__":

@@ -36,17 +36,18 @@ def dia_pick(cond_CxV: torch.Tensor, uncond_CxV: torch.Tensor, *, cfg_scale: flo
     throughout. Both: PAD/BOS never, EOS only in channel 0, and EOS only when it is the best candidate
     (then it is forced). temperature 0 is greedy: transformers' do_sample=False.
     """
-    cfg_CxV = cond_CxV + cfg_scale * (cond_CxV - uncond_CxV)
+    cfg_CxV = torch.add(cond_CxV, cond_CxV - uncond_CxV, alpha=cfg_scale)
     if sample_from_cond:
-        keep = torch.zeros_like(cfg_CxV, dtype=torch.bool).scatter_(-1, cfg_CxV.topk(top_k, dim=-1).indices, True)
-        logits = cond_CxV.masked_fill(~keep, float("-inf"))
+        top = cfg_CxV.topk(top_k, dim=-1).indices
+        logits = torch.full_like(cond_CxV, float("-inf")).scatter_(-1, top, cond_CxV.gather(-1, top))
     else:
-        logits = cfg_CxV.clone()
+        logits = cfg_CxV
     logits[:, eos + 1:] = float("-inf")  # PAD and BOS are never generated
-    logits[1:, eos:] = float("-inf")  # only channel 0 may end the utterance
-    eos_best = logits.argmax(-1) == eos
-    logits[eos_best, :eos] = float("-inf")  # EOS as the argmax is forced...
-    logits[~eos_best, eos] = float("-inf")  # ...and suppressed otherwise
+    logits[1:, eos] = float("-inf")  # only channel 0 may end the utterance
+    if bool(logits[0].argmax() == eos):
+        logits[0, :eos] = float("-inf")  # EOS as the argmax is forced...
+    else:
+        logits[0, eos] = float("-inf")  # ...and suppressed otherwise
     if temperature <= 0:
         return logits.argmax(-1)
     logits = logits / temperature

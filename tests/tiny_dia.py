@@ -51,7 +51,7 @@ def hf_0626_config(v01: dict) -> dict:
     }
 
 
-def dia_canonical_state(cfg: DiaConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+def dia_canonical_state(cfg: DiaConfig, seed: int = 0, dtype=torch.float32) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in Dia(cfg).state_dict().items()}
     sd = {}
@@ -64,6 +64,7 @@ def dia_canonical_state(cfg: DiaConfig, seed: int = 0) -> dict[str, torch.Tensor
             sd[name] = _tensor(name, shape, "head", seed, shape[1])
         else:
             sd[name] = _tensor(name, shape, "linear", seed, shape[1])
+        sd[name] = sd[name].to(dtype)  # one tensor at a time: a full-size model never exists in float32
     return sd
 
 

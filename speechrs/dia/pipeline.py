@@ -150,7 +150,8 @@ class DiaPipeline:
                              top_p=opts.top_p, top_k=opts.top_k, eos=cfg.eos,
                              sample_from_cond=cfg.generation == HF_0626, generator=generator).cpu()
             r = t + 1
-            codes = torch.where(r <= forced_bos, cfg.bos, codes)
+            if r <= cfg.max_delay:
+                codes = torch.where(r <= forced_bos, cfg.bos, codes)
             # every reference counts the countdown inside max_tokens: EOS is forced max_delay steps before the end
             if end_row is None and (codes[0] == cfg.eos or r == max_steps - cfg.max_delay):
                 end_row = r
