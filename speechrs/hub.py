@@ -3,11 +3,11 @@
 Hub ids go through huggingface_hub, so its cache, HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE and HF_TOKEN
 apply. Only the files of one layout are fetched: Voxtral repos carry both layouts, ~9.4 GB each.
 """
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelNotFoundError, UnsupportedModelError
+from .jsonconf import read_json
 
 VOXTRAL_NATIVE_FILES = ["params.json", "consolidated.safetensors", "consolidated.safetensors.index.json",
                         "tekken.json"]
@@ -30,7 +30,7 @@ def detect(directory: Path) -> ModelSource:
     """Tell family and layout from the config files; params.json wins over config.json (as mistral.rs)."""
     params, config = directory / "params.json", directory / "config.json"
     if params.exists():
-        p = _read(params)
+        p = read_json(params)
         whisper = (p.get("multimodal") or {}).get("whisper_model_args")
         if whisper is not None:
             if (whisper.get("encoder_args") or {}).get("causal", False):
@@ -41,7 +41,7 @@ def detect(directory: Path) -> ModelSource:
             raise UnsupportedModelError(f"{params} is not a Voxtral config (no multimodal.whisper_model_args); "
                                         f"keys={sorted(p)}")
     if config.exists():
-        c = _read(config)
+        c = read_json(config)
         archs = c.get("architectures") or []
         if "VoxtralForConditionalGeneration" in archs:
             return ModelSource(directory, "voxtral", "hf")
@@ -53,13 +53,6 @@ def detect(directory: Path) -> ModelSource:
             return ModelSource(directory, "dia", "hf_0626")
         raise UnsupportedModelError(f"{config}: unknown architecture {archs or None}; keys={sorted(c)[:12]}")
     raise ModelNotFoundError(f"{directory} has neither params.json nor config.json")
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UnsupportedModelError(f"cannot parse {path}: {e}") from e
 
 
 def resolve(model: str) -> ModelSource:

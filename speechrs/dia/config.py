@@ -1,10 +1,12 @@
 """Dia config: the v0.1 schema (version/model/data, nari-labs/Dia-1.6B) or the HF 0626 schema
 (encoder_config/decoder_config, DiaForConditionalGeneration), each parsed here into one frozen DiaConfig."""
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UnsupportedModelError
+from ..jsonconf import getter as _getter
+from ..jsonconf import read_json
+from ..jsonconf import section as _sub
 
 NARI_V01, HF_0626 = "nari_v01", "hf_0626"
 
@@ -51,10 +53,7 @@ class DiaConfig:
 
     @classmethod
     def load(cls, path: Path) -> "DiaConfig":
-        try:
-            cfg = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UnsupportedModelError(f"cannot read Dia config {path}: {e}") from e
+        cfg = read_json(path)
         if {"version", "model", "data"} <= set(cfg):
             return cls.from_nari_v01(cfg, path)
         if {"encoder_config", "decoder_config"} <= set(cfg):
@@ -106,17 +105,3 @@ class DiaConfig:
             audio_length=dec.get("max_position_embeddings", 3072), eos=token("eos_token_id", 1024),
             pad=token("pad_token_id", 1025), bos=token("bos_token_id", 1026),
             delay_pattern=tuple(cfg.get("delay_pattern") or (0, 8, 9, 10, 11, 12, 13, 14, 15)))
-
-
-def _sub(d: dict, key: str, path: Path, prefix: str = "") -> dict:
-    if not isinstance(d.get(key), dict):
-        raise UnsupportedModelError(f"{path}: missing section '{prefix}{key}'")
-    return d[key]
-
-
-def _getter(d: dict, path: Path, prefix: str = ""):
-    def get(key: str):
-        if key not in d:
-            raise UnsupportedModelError(f"{path}: missing key '{prefix}{key}'")
-        return d[key]
-    return get

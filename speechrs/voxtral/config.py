@@ -1,9 +1,11 @@
 """Voxtral configs, parsed in one place per on-disk format: params.json (native) or config.json (HF)."""
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UnsupportedModelError
+from ..jsonconf import getter as _getter
+from ..jsonconf import read_json as _read_json
+from ..jsonconf import section
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class VoxtralConfig:
     def from_params_json(cls, path: Path) -> "VoxtralConfig":
         params = _read_json(path)
         get = _getter(params, path)
-        whisper = _getter(get("multimodal"), path, "multimodal.")("whisper_model_args")
+        whisper = section(section(params, "multimodal", path), "whisper_model_args", path, "multimodal.")
         enc = whisper.get("encoder_args")
         if enc is None:
             raise UnsupportedModelError(f"{path}: multimodal.whisper_model_args has no encoder_args")
@@ -75,8 +77,7 @@ class VoxtralConfig:
         archs = cfg.get("architectures") or []
         if "VoxtralForConditionalGeneration" not in archs:
             raise UnsupportedModelError(f"{path}: architectures={archs}, expected VoxtralForConditionalGeneration")
-        text = _getter(cfg, path)("text_config")
-        audio = _getter(cfg, path)("audio_config")
+        text, audio = section(cfg, "text_config", path), section(cfg, "audio_config", path)
         t, a = _getter(text, path, "text_config."), _getter(audio, path, "audio_config.")
         encoder = EncoderConfig(
             dim=a("hidden_size"), n_layers=a("num_hidden_layers"), n_heads=a("num_attention_heads"),
@@ -96,18 +97,3 @@ class VoxtralConfig:
             rope_theta=text.get("rope_theta") or (text.get("rope_parameters") or {}).get("rope_theta", 1e6),
             vocab_size=t("vocab_size"), max_seq_len=text.get("max_position_embeddings", 131072),
             encoder=encoder, downsample_factor=downsample)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UnsupportedModelError(f"cannot read model config {path}: {e}") from e
-
-
-def _getter(d: dict, path: Path, prefix: str = ""):
-    def get(key: str):
-        if key not in d:
-            raise UnsupportedModelError(f"{path}: missing key '{prefix}{key}'")
-        return d[key]
-    return get
