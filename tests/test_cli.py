@@ -143,3 +143,16 @@ def test_speak_errors_are_one_line(case, dia_dirs, dac_dirs, native_dir, tmp_pat
     result = invoke("speak", text, "-m", model, "--dac", dac, "-o", tmp_path / "x.wav", "-q")
     assert result.exit_code == 1 and match in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.wav").exists()
+
+
+def test_speak_default_model_and_dac_resolve_offline_from_the_hf_cache(dia_dirs, dac_dirs, tmp_path):
+    home = tmp_path / "hf-home"
+    _fake_hub_cache(home, "nari-labs/Dia-1.6B", list(dia_dirs[0].iterdir()))
+    env = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "x.wav"
+    result = _run_cli(["speak", SPEAK, "-o", out, "--max-tokens", "20"], env)
+    assert result.returncode == 1 and "EricB/dac_44khz is not in the local Hugging Face cache" in result.stderr
+    _fake_hub_cache(home, "EricB/dac_44khz", list(dac_dirs[0].iterdir()))
+    result = _run_cli(["speak", SPEAK, "-o", out, "--max-tokens", "20", "--seed", "0"], env)
+    assert result.returncode == 0, result.stderr
+    assert "nari_v01 layout" in result.stderr and out.stat().st_size > 44

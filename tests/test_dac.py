@@ -56,3 +56,24 @@ def test_bs1770_reference_tone_and_normalisation():
     silent = np.zeros(rate, np.float32)
     assert np.array_equal(loudness.normalize(silent, rate), silent) and math.isinf(
         loudness.integrated_loudness(silent, rate))
+
+
+def test_descript_pth_loads_like_its_safetensors(dac, dac_dirs, codes, tmp_path):
+    """descript-audio-codec's weights.pth: {"state_dict": ..., "metadata": {"kwargs": ...}} with weight_g/v."""
+    from safetensors.torch import load_file
+
+    pth = tmp_path / "dac-pth"
+    pth.mkdir()
+    torch.save({"state_dict": load_file(dac_dirs[0] / "model.safetensors"),
+                "metadata": {"kwargs": {"latent_dim": 1024, "decoder_dim": 1536, "decoder_rates": [8, 8, 4, 2],
+                                        "n_codebooks": 9, "codebook_size": 1024, "codebook_dim": 8}}},
+               pth / "weights.pth")
+    with torch.inference_mode():
+        torch.testing.assert_close(load_dac(pth).decode(codes), dac.decode(codes), atol=0, rtol=0)
+
+
+def test_missing_dac_weights_are_named(tmp_path):
+    from speechrs.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="holds no DAC weights"):
+        load_dac(tmp_path)
