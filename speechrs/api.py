@@ -1,12 +1,15 @@
-"""The Python API: speechrs.load(model) -> an object with the family's tasks as plain methods."""
+"""The Python API: speechrs.load(model) -> an object with the family's tasks as plain methods.
+
+Requests run synchronously in the caller's thread through the engine (Engine.run), with the same option
+dataclasses the server builds. One object serves one request at a time.
+"""
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .dia.pipeline import DiaPipeline, SpeakOptions, SpeechResult, Step
-from .hub import DEFAULT_DAC, ModelSource, resolve, resolve_dac
+from .dia.pipeline import SpeakOptions, SpeechResult, Step
+from .engine import Engine, Loaded, load_pipeline
 from .messages import parse_messages
-from .voxtral.pipeline import Done, GenerationOptions, Token, Usage, VoxtralPipeline
-from .weights import parse_dtype
+from .voxtral.pipeline import Done, GenerationOptions, Token, Usage
 
 DEFAULT_VOXTRAL = "mistralai/Voxtral-Mini-3B-2507"
 
@@ -21,36 +24,33 @@ class TextResult:
 class VoxtralModel:
     """Audio in, text out. Every method takes max_tokens, temperature, top_p and seed as keywords."""
 
-    def __init__(self, pipeline: VoxtralPipeline, source: ModelSource, model_id: str):
-        self.pipeline, self.source, self.model_id = pipeline, source, model_id
+    def __init__(self, loaded: Loaded):
+        self.loaded, self.source, self.model_id = loaded, loaded.source, loaded.name
+        self.pipeline = loaded.pipeline
 
     def transcribe(self, audio, language: str | None = None, **options) -> TextResult:
         """audio: a path, file:// or data: URL, encoded bytes, or (float array, sample rate)."""
         return _collect(self.transcribe_stream(audio, language, **options))
 
     def transcribe_stream(self, audio, language: str | None = None, **options) -> Iterator[Token | Done]:
-        return self.pipeline.transcribe(audio, language, GenerationOptions(**options))
+        opts = GenerationOptions(**options)
+        return Engine.run(lambda: self.pipeline.transcribe(audio, language, opts))
 
     def chat(self, messages: list[dict], **options) -> TextResult:
         """messages: OpenAI-style dicts; audio parts as audio_url, input_audio or {"type": "audio", "audio": x}."""
         return _collect(self.chat_stream(messages, **options))
 
     def chat_stream(self, messages: list[dict], **options) -> Iterator[Token | Done]:
-        return self.pipeline.chat(parse_messages(messages), GenerationOptions(**options))
-
-
-def _collect(events: Iterator[Token | Done]) -> TextResult:
-    for event in events:
-        if isinstance(event, Done):
-            return TextResult(event.text, event.finish_reason, event.usage)
-    raise RuntimeError("generation ended without a Done event")
+        parsed, opts = parse_messages(messages), GenerationOptions(**options)
+        return Engine.run(lambda: self.pipeline.chat(parsed, opts))
 
 
 class DiaModel:
     """Text in, speech out. speak() takes max_tokens, temperature, top_p, top_k, cfg_scale, seed, normalize."""
 
-    def __init__(self, pipeline: DiaPipeline, source: ModelSource, model_id: str):
-        self.pipeline, self.source, self.model_id = pipeline, source, model_id
+    def __init__(self, loaded: Loaded):
+        self.loaded, self.source, self.model_id = loaded, loaded.source, loaded.name
+        self.pipeline = loaded.pipeline
 
     def speak(self, text: str, **options) -> SpeechResult:
         """[S1]/[S2] speaker tags and nonverbals like (laughs) are plain text. Returns pcm, codes, save()."""
@@ -61,7 +61,15 @@ class DiaModel:
 
     def speak_stream(self, text: str, **options) -> Iterator[Step | SpeechResult]:
         """Step(step, max_steps) events while decoding, then the SpeechResult."""
-        return self.pipeline.speak(text, SpeakOptions(**options))
+        opts = SpeakOptions(**options)
+        return Engine.run(lambda: self.pipeline.speak(text, opts))
+
+
+def _collect(events: Iterator[Token | Done]) -> TextResult:
+    for event in events:
+        if isinstance(event, Done):
+            return TextResult(event.text, event.finish_reason, event.usage)
+    raise RuntimeError("generation ended without a Done event")
 
 
 def load(model: str = DEFAULT_VOXTRAL, *, dtype: str = "auto", device: str = "cpu",
@@ -70,9 +78,5 @@ def load(model: str = DEFAULT_VOXTRAL, *, dtype: str = "auto", device: str = "cp
 
     dac: for Dia, a DAC 44 kHz hub id or directory (default: the one the checkpoint's generation uses).
     """
-    source = resolve(model)
-    if source.family == "dia":
-        dac_dir = resolve_dac(dac or DEFAULT_DAC[source.layout])
-        return DiaModel(DiaPipeline.load(source.directory, dac_dir, parse_dtype(dtype), device), source, model)
-    return VoxtralModel(VoxtralPipeline.load(source.directory, source.layout, parse_dtype(dtype), device),
-                        source, model)
+    loaded = load_pipeline(model, dtype, device, dac)
+    return DiaModel(loaded) if loaded.family == "dia" else VoxtralModel(loaded)

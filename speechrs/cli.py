@@ -142,6 +142,37 @@ def speak(
                   f"{output_format.value})", highlight=False)
 
 
+@app.command()
+def serve(
+    model: Annotated[list[str], typer.Option("-m", "--model", help="Hub id or directory; repeat to serve several.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 1234,
+    dtype: Annotated[DType, typer.Option(help="Weights dtype; auto keeps the checkpoint's.")] = DType.auto,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    dac: Annotated[Optional[str], typer.Option(help="DAC for Dia models [default: the generation's]")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body or fetched audio, MiB.")] = 25.0,
+    max_audio_seconds: Annotated[float, typer.Option(help="Longest audio accepted per input.")] = 1800.0,
+    allowed_local_media_path: Annotated[Optional[list[Path]], typer.Option(
+        help="Allow file:// audio under this directory (repeatable); any path is allowed on loopback hosts.")]
+    = None,
+    allow_private_media: Annotated[bool, typer.Option(help="Let http(s) audio URLs reach loopback/private "
+                                                           "addresses (trusted networks only).")] = False,
+    warmup: Annotated[bool, typer.Option(help="Run one tiny request per model before serving.")] = True,
+):
+    """Serve the models over an OpenAI-compatible HTTP API."""
+    from .server import run
+
+    try:
+        run(model, host=host, port=port, dtype=dtype.value, device=device, dac=dac,
+            max_upload_bytes=int(max_upload_mb * 2**20), max_audio_s=max_audio_seconds,
+            allowed_dirs=tuple(allowed_local_media_path or ()), allow_private_hosts=allow_private_media,
+            warmup=warmup, log=lambda msg: err.print(msg, highlight=False))
+    except SpeechrsError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"cannot listen on {host}:{port}: {e.strerror}")
+
+
 def _run_speech(events, quiet: bool):
     """Drive the step events through a rich progress bar; print the real-time factor; return the result."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

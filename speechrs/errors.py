@@ -18,4 +18,8 @@ class AudioError(SpeechrsError):
 
 
 class InvalidRequestError(SpeechrsError):
-    """A request field is missing, malformed or out of range."""
+    """A request field is missing, malformed or out of range; `param` names the field when known."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param

@@ -75,6 +75,7 @@ class VoxtralPipeline:
         self.model, self.tokenizer, self.framing = model, tokenizer, tokenizer.audio
         self.device = model.tok_embeddings.weight.device
         self.audio_token_id = tokenizer.special_id("[AUDIO]")
+        self.max_audio_s: float | None = None  # a server's per-audio duration limit
 
     @classmethod
     def load(cls, directory: Path, layout: str, dtype=None, device="cpu") -> "VoxtralPipeline":
@@ -114,6 +115,8 @@ class VoxtralPipeline:
         f = self.framing
         pcm = audio_io.load(source, f.sampling_rate)
         seconds = len(pcm) / f.sampling_rate
+        if self.max_audio_s is not None and seconds > self.max_audio_s:
+            raise AudioError(f"audio is {seconds:.1f} s long; this server accepts at most {self.max_audio_s:g} s")
         padded = audio_io.pad_to_multiple(pcm, f.chunk_samples)
         mel = audio_io.log_mel(padded, f.num_mel_bins, f.window_size, f.hop_length, f.sampling_rate)
         frames_per_chunk = self.model.cfg.encoder.max_source_positions * 2

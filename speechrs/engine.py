@@ -1,0 +1,158 @@
+"""The engine: loaded pipelines by model id, one worker thread per device, and the asyncio bridge.
+
+Pipelines are synchronous and serve one request at a time. The CLI and the Python API iterate them in the
+caller's thread (`Engine.run`); the server submits them to the worker (`Engine.stream`), which feeds an
+asyncio queue through call_soon_threadsafe. A consumer that stops early (a client that went away) sets the
+job's cancel flag; the worker checks it between events, so the next request starts at once.
+"""
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+
+from .errors import InvalidRequestError, ModelNotFoundError
+from .hub import DEFAULT_DAC, ModelSource, resolve, resolve_dac
+from .weights import parse_dtype
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaded:
+    name: str  # the id it was loaded by, as clients name it
+    source: ModelSource
+    pipeline: object  # VoxtralPipeline | DiaPipeline
+
+    @property
+    def family(self) -> str:
+        return self.source.family
+
+
+def load_pipeline(model: str, dtype: str = "auto", device: str = "cpu", dac: str | None = None) -> Loaded:
+    """Resolve a hub id or directory, detect family and layout, and build its pipeline on `device`."""
+    from .dia.pipeline import DiaPipeline
+    from .voxtral.pipeline import VoxtralPipeline
+
+    source = resolve(model)
+    torch_dtype = parse_dtype(dtype)
+    if source.family == "dia":
+        dac_dir = resolve_dac(dac or DEFAULT_DAC[source.layout])
+        return Loaded(model, source, DiaPipeline.load(source.directory, dac_dir, torch_dtype, device))
+    return Loaded(model, source, VoxtralPipeline.load(source.directory, source.layout, torch_dtype, device))
+
+
+@dataclass
+class _Job:
+    make_events: Callable[[], Iterator]
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+_END = object()
+
+
+class Engine:
+    def __init__(self, models: list[Loaded]):
+        if not models:
+            raise ValueError("an engine needs at least one model")
+        self.models = models
+        self._jobs: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self.queue_depth = 0  # requests submitted and not yet finished (running one included)
+        self.busy_s = 0.0  # worker time spent on requests
+
+    def get(self, model: str | None, family: str, route: str) -> Loaded:
+        """`model` as a client names it; "default" (or None) is the first loaded model of `family`."""
+        if model in (None, "", "default"):
+            for m in self.models:
+                if m.family == family:
+                    return m
+            raise InvalidRequestError(f"{route} needs a {family} model; this server runs "
+                                      f"{', '.join(f'{m.name} ({m.family})' for m in self.models)}")
+        for m in self.models:
+            if m.name == model:
+                if m.family != family:
+                    raise InvalidRequestError(f"model '{model}' is a {m.family} model; {route} needs {family}")
+                return m
+        raise ModelNotFoundError(f"model '{model}' is not loaded; available: "
+                                 f"{', '.join(m.name for m in self.models)} (or 'default')")
+
+    @staticmethod
+    def run(make_events: Callable[[], Iterator]) -> Iterator:
+        """Synchronous path (CLI, Python API): the pipeline's generator in the caller's thread."""
+        return make_events()
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="speechrs-worker", daemon=True)
+            self._worker.start()
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._jobs.put(None)
+            self._worker.join(timeout=30)
+            self._worker = None
+
+    async def stream(self, make_events: Callable[[], Iterator]) -> AsyncIterator:
+        """Run `make_events()` on the worker and yield its events here; exceptions are re-raised here."""
+        self.start()
+        job = _Job(make_events, asyncio.get_running_loop(), asyncio.Queue())
+        self.queue_depth += 1
+        self._jobs.put(job)
+        try:
+            while True:
+                item = await job.events.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            job.cancelled.set()  # no-op when finished; frees the worker when the consumer left early
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            t0 = time.perf_counter()
+            events = None
+            try:
+                if not job.cancelled.is_set():
+                    events = job.make_events()
+                    for event in events:
+                        if job.cancelled.is_set():
+                            log.info("request cancelled by its client; worker freed")
+                            break
+                        job.loop.call_soon_threadsafe(job.events.put_nowait, event)
+                result = _END
+            except Exception as e:  # handed to the awaiting request, which turns it into a response
+                result = e
+            finally:
+                if hasattr(events, "close"):
+                    events.close()
+                self.busy_s += time.perf_counter() - t0
+            job.loop.call_soon_threadsafe(self._finish, job, result)
+
+    def _finish(self, job: _Job, result) -> None:
+        self.queue_depth -= 1
+        job.events.put_nowait(result)
+
+    def warm_up(self) -> None:
+        """One tiny request per model, so the first client does not pay for lazy initialisation."""
+        import numpy as np
+
+        from .dia.pipeline import SpeakOptions
+        from .voxtral.pipeline import GenerationOptions
+
+        for m in self.models:
+            t0 = time.perf_counter()
+            if m.family == "voxtral":
+                list(m.pipeline.transcribe((np.zeros(16000, np.float32), 16000), None, GenerationOptions(max_tokens=1)))
+            else:
+                list(m.pipeline.speak("[S1] Warm up.", SpeakOptions(max_tokens=m.pipeline.cfg.max_delay + 2, seed=0)))
+            log.info("warmed up %s in %.1f s", m.name, time.perf_counter() - t0)

@@ -1,0 +1,113 @@
+"""Where request audio comes from: data: URLs, http(s) fetches and file:// paths, under one policy.
+
+http(s): a size cap, a timeout and a redirect limit; hosts that resolve to loopback, private, link-local or
+otherwise non-global addresses are refused (checked again at every redirect). file://: allowed when the server
+listens on a loopback address, or for paths under directories given with --allowed-local-media-path.
+"""
+import asyncio
+import base64
+import binascii
+import ipaddress
+import socket
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import AudioError, InvalidRequestError
+
+
+@dataclass(frozen=True)
+class MediaPolicy:
+    max_bytes: int = 25 * 2**20
+    timeout_s: float = 30.0
+    max_redirects: int = 3
+    allow_local_files: bool = False  # any file:// path (the server listens on loopback)
+    allowed_dirs: tuple[Path, ...] = field(default_factory=tuple)  # file:// under these
+    allow_private_hosts: bool = False  # http(s) to loopback/private addresses (trusted networks only)
+
+
+async def fetch_audio(url: str, policy: MediaPolicy, param: str) -> bytes:
+    """The bytes an audio URL points to, or a 4xx-class error that says what to change."""
+    if url.startswith("data:"):
+        header, _, payload = url.partition(",")
+        if ";base64" not in header:
+            raise InvalidRequestError("data: URLs must be base64 (data:audio/wav;base64,...)", param)
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequestError("invalid base64 in the data: URL", param) from None
+        return _capped(data, policy, param)
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme == "file":
+        return _capped(_read_local(url, policy, param), policy, param)
+    if scheme in ("http", "https"):
+        return await _fetch_http(url, policy, param)
+    raise InvalidRequestError(f"unsupported audio URL scheme '{scheme or url[:20]}': use data:, http(s):// "
+                              "or file://", param)
+
+
+def _capped(data: bytes, policy: MediaPolicy, param: str) -> bytes:
+    if len(data) > policy.max_bytes:
+        raise InvalidRequestError(f"audio is {len(data)} bytes; the limit is {policy.max_bytes}", param)
+    return data
+
+
+def _read_local(url: str, policy: MediaPolicy, param: str) -> bytes:
+    path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).resolve()
+    allowed = policy.allow_local_files or any(path.is_relative_to(d.resolve()) for d in policy.allowed_dirs)
+    if not allowed:
+        raise InvalidRequestError("file:// audio is refused: this server does not listen on loopback; start it "
+                                  "with --allowed-local-media-path DIR to allow files under DIR", param)
+    try:
+        if path.stat().st_size > policy.max_bytes:
+            raise InvalidRequestError(f"{path} is larger than the {policy.max_bytes}-byte limit", param)
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise AudioError(f"audio file not found: {path}") from None
+    except OSError as e:
+        raise AudioError(f"cannot read {path}: {e.strerror}") from None
+
+
+async def _check_host(host: str, port: int, policy: MediaPolicy, param: str) -> None:
+    if policy.allow_private_hosts:
+        return
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise InvalidRequestError(f"cannot resolve host '{host}'", param) from None
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0])
+        if not addr.is_global:
+            raise InvalidRequestError(f"refusing to fetch audio from '{host}' ({addr}): loopback, private and "
+                                      "link-local addresses are not allowed", param)
+
+
+async def _fetch_http(url: str, policy: MediaPolicy, param: str) -> bytes:
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=policy.timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for _ in range(policy.max_redirects + 1):
+            parts = urllib.parse.urlparse(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise InvalidRequestError(f"refusing to follow a redirect to '{url[:80]}'", param)
+            await _check_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), policy, param)
+            try:
+                async with session.get(url, allow_redirects=False) as resp:
+                    if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                        url = urllib.parse.urljoin(url, resp.headers["Location"])
+                        continue
+                    if resp.status != 200:
+                        raise InvalidRequestError(f"fetching audio from {parts.hostname} gave HTTP {resp.status}",
+                                                  param)
+                    data = bytearray()
+                    async for chunk in resp.content.iter_chunked(1 << 16):
+                        data += chunk
+                        if len(data) > policy.max_bytes:
+                            raise InvalidRequestError(f"audio at {parts.hostname} exceeds the "
+                                                      f"{policy.max_bytes}-byte limit", param)
+                    return bytes(data)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                raise InvalidRequestError(f"cannot fetch audio from {parts.hostname}: {e or 'timeout'}", param) \
+                    from None
+        raise InvalidRequestError(f"more than {policy.max_redirects} redirects fetching audio", param)

@@ -1,0 +1,140 @@
+"""OpenAI request bodies -> speechrs option dataclasses, and results -> OpenAI response bodies.
+
+No HTTP here (server.py does that), so every rule is testable on plain dicts.
+"""
+import io
+import time
+import uuid
+
+import numpy as np
+
+from .dia.pipeline import SpeakOptions
+from .errors import InvalidRequestError
+from .voxtral.pipeline import GenerationOptions, Usage
+
+# response_format -> (soundfile format, subtype, sample rate or None to keep, content type)
+SPEECH_FORMATS = {
+    "wav": None, "pcm": None,  # written by hand: exact mistral.rs bytes and content types
+    "flac": ("FLAC", "PCM_16", None, "audio/flac"),
+    "mp3": ("MP3", "MPEG_LAYER_III", None, "audio/mpeg"),
+    "opus": ("OGG", "OPUS", 48000, "audio/ogg; codecs=opus"),  # Opus runs at 48 kHz, not 44.1
+}
+TRANSCRIPTION_FORMATS = ("json", "text")
+
+
+def _number(body: dict, key: str, kind=float, default=None):
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise InvalidRequestError(f"'{key}' must be a{'n integer' if kind is int else ' number'}", key)
+    return kind(value)
+
+
+def generation_options(body: dict) -> GenerationOptions:
+    """temperature, top_p, max_tokens (or max_completion_tokens), seed: the same dataclass the CLI builds."""
+    max_tokens = _number(body, "max_completion_tokens", int) or _number(body, "max_tokens", int)
+    return GenerationOptions(max_tokens=max_tokens, temperature=_number(body, "temperature", default=0.0),
+                             top_p=_number(body, "top_p", default=1.0), seed=_number(body, "seed", int))
+
+
+def chat_request(body: dict) -> tuple[str, list, GenerationOptions, bool, bool]:
+    """-> (model, messages, options, stream, include_usage)."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the body must be a JSON object")
+    if "messages" not in body:
+        raise InvalidRequestError("'messages' is required", "messages")
+    if body.get("n", 1) != 1:
+        raise InvalidRequestError("only n=1 is supported", "n")
+    stream = bool(body.get("stream", False))
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+    return body.get("model") or "default", body["messages"], generation_options(body), stream, include_usage
+
+
+def speech_request(body: dict) -> tuple[str, str, str, SpeakOptions]:
+    """-> (model, input text, response_format, options). voice, speed and instructions are accepted, unused."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the body must be a JSON object")
+    text = body.get("input")
+    if not isinstance(text, str):
+        raise InvalidRequestError("'input' is required and must be a string", "input")
+    fmt = body.get("response_format") or "mp3"  # OpenAI's default
+    if fmt not in SPEECH_FORMATS:
+        raise InvalidRequestError(f"response_format '{fmt}' is not supported; use one of "
+                                  f"{', '.join(SPEECH_FORMATS)}", "response_format")
+    if body.get("stream_format") not in (None, "audio"):
+        raise InvalidRequestError("stream_format 'sse' is not supported yet; omit it or use 'audio'", "stream_format")
+    normalize = body.get("normalize", True)
+    if not isinstance(normalize, bool):
+        raise InvalidRequestError("'normalize' must be a boolean", "normalize")
+    opts = SpeakOptions(max_tokens=_number(body, "max_tokens", int), temperature=_number(body, "temperature"),
+                        top_p=_number(body, "top_p"), top_k=_number(body, "top_k", int),
+                        cfg_scale=_number(body, "cfg_scale"), seed=_number(body, "seed", int), normalize=normalize)
+    return body.get("model") or "default", text, fmt, opts
+
+
+def transcription_request(form: dict) -> tuple[str, str | None, str, bool, GenerationOptions]:
+    """Multipart fields (strings) -> (model, language, response_format, stream, options)."""
+    fmt = form.get("response_format") or "json"
+    if fmt not in TRANSCRIPTION_FORMATS:
+        raise InvalidRequestError(f"response_format '{fmt}' is not supported; use one of "
+                                  f"{', '.join(TRANSCRIPTION_FORMATS)}", "response_format")
+    numbers = {}
+    for key, kind in (("temperature", float), ("top_p", float), ("max_tokens", int), ("seed", int)):
+        if form.get(key) not in (None, ""):
+            try:
+                numbers[key] = kind(form[key])
+            except ValueError:
+                raise InvalidRequestError(f"'{key}' must be a number", key) from None
+    stream = str(form.get("stream", "false")).lower() in ("true", "1")
+    return form.get("model") or "default", form.get("language") or None, fmt, stream, \
+        generation_options(numbers)
+
+
+# ---- responses ----
+
+def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def usage_body(u: Usage) -> dict:
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens}
+
+
+def chat_completion(model: str, text: str, finish_reason: str, usage: Usage) -> dict:
+    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                         "finish_reason": finish_reason}],
+            "usage": usage_body(usage)}
+
+
+def chat_chunk(cid: str, model: str, delta: dict, finish_reason: str | None = None, usage: Usage | None = None):
+    body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [] if usage is not None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+    if usage is not None:
+        body["usage"] = usage_body(usage)
+    return body
+
+
+def transcription(text: str, usage: Usage) -> dict:
+    return {"text": text, "usage": {"type": "tokens", "input_tokens": usage.prompt_tokens,
+                                    "output_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens}}
+
+
+def speech_bytes(pcm: np.ndarray, rate: int, fmt: str) -> tuple[bytes, str]:
+    """Encoded audio and its content type; wav and pcm as mistral.rs writes them."""
+    from .audio import resample, to_s16le, wav_bytes
+
+    if fmt == "wav":
+        return wav_bytes(pcm, rate), f"audio/wav; rate={rate}; channels=1"
+    if fmt == "pcm":
+        return to_s16le(pcm), f"audio/pcm; codecs=1; format=s16le; rate={rate}; channels=1"
+    import soundfile as sf
+
+    container, subtype, out_rate, content_type = SPEECH_FORMATS[fmt]
+    if out_rate and out_rate != rate:
+        pcm, rate = resample(pcm, rate, out_rate), out_rate
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(pcm, -1, 1), rate, format=container, subtype=subtype)
+    return buf.getvalue(), content_type

@@ -1,0 +1,282 @@
+"""OpenAI-compatible HTTP server: a translation layer over the engine (parse -> options -> engine -> format)."""
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from . import openai_api as oa
+from .engine import Engine
+from .errors import AudioError, InvalidRequestError, ModelNotFoundError, SpeechrsError, UnsupportedModelError
+from .media import MediaPolicy, fetch_audio
+from .messages import parse_messages
+from .voxtral.pipeline import Audio, Done, Token
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Metrics:
+    requests: Counter = field(default_factory=Counter)  # (route, status) -> count
+    audio_in_s: float = 0.0
+    audio_out_s: float = 0.0
+    speech_wall_s: float = 0.0  # time spent producing audio_out_s
+
+    def prometheus(self, engine: Engine) -> str:
+        lines = ["# TYPE speechrs_requests_total counter"]
+        lines += [f'speechrs_requests_total{{route="{r}",status="{s}"}} {n}' for (r, s), n in sorted(self.requests.items())]
+        rtf = self.audio_out_s / self.speech_wall_s if self.speech_wall_s else 0.0
+        lines += ["# TYPE speechrs_audio_input_seconds_total counter", f"speechrs_audio_input_seconds_total {self.audio_in_s:.3f}",
+                  "# TYPE speechrs_audio_output_seconds_total counter", f"speechrs_audio_output_seconds_total {self.audio_out_s:.3f}",
+                  "# HELP speechrs_speech_realtime_factor seconds of speech produced per second of work",
+                  "# TYPE speechrs_speech_realtime_factor gauge", f"speechrs_speech_realtime_factor {rtf:.3f}",
+                  "# TYPE speechrs_queue_depth gauge", f"speechrs_queue_depth {engine.queue_depth}",
+                  "# TYPE speechrs_worker_busy_seconds_total counter", f"speechrs_worker_busy_seconds_total {engine.busy_s:.3f}"]
+        return "\n".join(lines) + "\n"
+
+
+ENGINE = web.AppKey("engine", Engine)
+POLICY = web.AppKey("policy", MediaPolicy)
+METRICS = web.AppKey("metrics", Metrics)
+
+_STATUS = {InvalidRequestError: 400, AudioError: 400, ModelNotFoundError: 404, UnsupportedModelError: 400}
+
+
+@web.middleware
+async def errors(request: web.Request, handler):
+    """Every failure becomes an OpenAI error body; only real faults are 5xx, and none shows a traceback."""
+    metrics = request.app[METRICS]
+    try:
+        response = await handler(request)
+    except ConnectionResetError:  # the client went away; nobody to answer
+        raise
+    except web.HTTPException as e:
+        kind = "invalid_request_error" if e.status < 500 else "server_error"
+        message = e.text if e.status != 413 else f"request body too large ({e.text})"
+        response = web.json_response(oa.error_body(message, kind, code=str(e.status)), status=e.status)
+    except SpeechrsError as e:
+        status = _STATUS.get(type(e), 400)
+        code = "model_not_found" if status == 404 else None
+        response = web.json_response(oa.error_body(str(e), "invalid_request_error", getattr(e, "param", None), code),
+                                     status=status)
+    except Exception:
+        log.exception("internal error on %s", request.path)
+        response = web.json_response(oa.error_body("internal server error; see the server log", "server_error"),
+                                     status=500)
+    metrics.requests[(request.path if request.match_info.route.resource else "unmatched", response.status)] += 1
+    return response
+
+
+async def _json(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidRequestError("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the body must be a JSON object")
+    return body
+
+
+async def _resolve_audio(messages: list, policy: MediaPolicy) -> list:
+    """audio_url parts hold URLs; fetch them here under the media policy so the pipeline sees bytes only."""
+    out = []
+    for i, (role, parts) in enumerate(messages):
+        resolved = []
+        for j, part in enumerate(parts):
+            if isinstance(part, Audio) and isinstance(part.source, str):
+                part = Audio(await fetch_audio(part.source, policy, f"messages[{i}].content[{j}]"))
+            resolved.append(part)
+        out.append((role, resolved))
+    return out
+
+
+async def _first(stream):
+    """Pull the first event before any byte is sent, so request errors still become 4xx responses."""
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    engine, policy = request.app[ENGINE], request.app[POLICY]
+    model_id, messages, opts, stream, include_usage = oa.chat_request(await _json(request))
+    loaded = engine.get(model_id, "voxtral", "/v1/chat/completions")
+    parsed = await _resolve_audio(parse_messages(messages), policy)
+    async with aclosing(engine.stream(lambda: loaded.pipeline.chat(parsed, opts))) as events:
+        return await _chat_response(request, loaded.name, events, stream, include_usage)
+
+
+async def _chat_response(request, model: str, events, stream: bool, include_usage: bool) -> web.StreamResponse:
+    first = await _first(events)
+    if not stream:
+        done = first
+        async for done in events:
+            pass
+        request.app[METRICS].audio_in_s += done.usage.audio_seconds
+        return web.json_response(oa.chat_completion(model, done.text, done.finish_reason, done.usage))
+    cid = f"chatcmpl-{uuid.uuid4().hex}"
+    resp = await _sse(request)
+    await _send(resp, oa.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
+    event = first
+    while event is not None:
+        if isinstance(event, Token) and event.text:
+            await _send(resp, oa.chat_chunk(cid, model, {"content": event.text}))
+        elif isinstance(event, Done):
+            request.app[METRICS].audio_in_s += event.usage.audio_seconds
+            await _send(resp, oa.chat_chunk(cid, model, {}, event.finish_reason))
+            if include_usage:
+                await _send(resp, oa.chat_chunk(cid, model, {}, usage=event.usage))
+        event = await _first(events)
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+async def transcriptions(request: web.Request) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidRequestError("send multipart/form-data with a 'file' field", "file")
+    form, audio = {}, None
+    reader = await request.multipart()
+    async for part in reader:
+        if part.name == "file":
+            audio = bytes(await part.read())
+        elif part.name:
+            form[part.name] = await part.text()
+    if not audio:
+        raise InvalidRequestError("'file' is required and must not be empty", "file")
+    model_id, language, fmt, stream, opts = oa.transcription_request(form)
+    loaded = engine.get(model_id, "voxtral", "/v1/audio/transcriptions")
+    async with aclosing(engine.stream(lambda: loaded.pipeline.transcribe(audio, language, opts))) as events:
+        return await _transcription_response(request, events, fmt, stream)
+
+
+async def _transcription_response(request, events, fmt: str, stream: bool) -> web.StreamResponse:
+    first = await _first(events)
+    if stream:
+        resp = await _sse(request)
+        event = first
+        while event is not None:
+            if isinstance(event, Token) and event.text:
+                await _send(resp, {"type": "transcript.text.delta", "delta": event.text})
+            elif isinstance(event, Done):
+                request.app[METRICS].audio_in_s += event.usage.audio_seconds
+                await _send(resp, {"type": "transcript.text.done", "text": event.text,
+                                   "usage": oa.transcription(event.text, event.usage)["usage"]})
+            event = await _first(events)
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+    done = first
+    async for done in events:
+        pass
+    request.app[METRICS].audio_in_s += done.usage.audio_seconds
+    if fmt == "text":
+        return web.Response(text=done.text, content_type="text/plain")
+    return web.json_response(oa.transcription(done.text, done.usage))
+
+
+async def speech(request: web.Request) -> web.Response:
+    from .dia.pipeline import SpeechResult
+
+    engine = request.app[ENGINE]
+    model_id, text, fmt, opts = oa.speech_request(await _json(request))
+    loaded = engine.get(model_id, "dia", "/v1/audio/speech")
+    t0 = time.perf_counter()
+    result = None
+    async with aclosing(engine.stream(lambda: loaded.pipeline.speak(text, opts))) as events:
+        async for event in events:
+            if isinstance(event, SpeechResult):
+                result = event
+    metrics = request.app[METRICS]
+    metrics.audio_out_s += result.duration_s
+    metrics.speech_wall_s += time.perf_counter() - t0
+    data, content_type = oa.speech_bytes(result.pcm, result.sample_rate, fmt)
+    return web.Response(body=data, headers={"Content-Type": content_type})
+
+
+async def models(request: web.Request) -> web.Response:
+    data = [{"id": m.name, "object": "model", "created": 0, "owned_by": "speechrs", "family": m.family}
+            for m in request.app[ENGINE].models]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[METRICS].prometheus(request.app[ENGINE]), content_type="text/plain")
+
+
+async def _sse(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    return resp
+
+
+async def _send(resp: web.StreamResponse, body: dict) -> None:
+    await resp.write(f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode())
+
+
+def make_app(engine: Engine, policy: MediaPolicy = MediaPolicy(), max_upload_bytes: int = 25 * 2**20) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=max_upload_bytes)
+    app[ENGINE], app[POLICY], app[METRICS] = engine, policy, Metrics()
+    app.router.add_routes([
+        web.post("/v1/chat/completions", chat_completions),
+        web.post("/v1/audio/transcriptions", transcriptions),
+        web.post("/v1/audio/speech", speech),
+        web.get("/v1/models", models),
+        web.get("/health", health),
+        web.get("/metrics", metrics),
+    ])
+
+    async def worker(app: web.Application):
+        app[ENGINE].start()
+        yield
+        app[ENGINE].stop()
+
+    app.cleanup_ctx.append(worker)
+    return app
+
+
+def build(models: list[str], *, dtype="auto", device="cpu", dac=None, max_audio_s=None, log=print) -> Engine:
+    from .engine import load_pipeline
+
+    loaded = []
+    for name in models:
+        t0 = time.perf_counter()
+        m = load_pipeline(name, dtype, device, dac)
+        if m.family == "voxtral":
+            m.pipeline.max_audio_s = max_audio_s
+        loaded.append(m)
+        log(f"loaded {name} ({m.family}, {m.source.layout} layout) in {time.perf_counter() - t0:.1f} s")
+    return Engine(loaded)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(models: list[str], *, host: str, port: int, dtype: str, device: str, dac: str | None,
+        max_upload_bytes: int, max_audio_s: float, allowed_dirs: tuple, allow_private_hosts: bool,
+        warmup: bool, log=print) -> None:
+    """Load, warm up and serve until interrupted. file:// audio is open on loopback hosts, else per allowed_dirs."""
+    engine = build(models, dtype=dtype, device=device, dac=dac, max_audio_s=max_audio_s, log=log)
+    if warmup:
+        engine.warm_up()
+    policy = MediaPolicy(max_bytes=max_upload_bytes, allow_local_files=is_loopback(host),
+                         allowed_dirs=tuple(allowed_dirs), allow_private_hosts=allow_private_hosts)
+    log(f"serving {', '.join(m.name for m in engine.models)} on http://{host}:{port}/v1")
+    web.run_app(make_app(engine, policy, max_upload_bytes), host=host, port=port, handler_cancellation=True,
+                print=None, access_log=None)
