@@ -180,6 +180,14 @@ def test_chat_errors(server, clip):
     status, err = error_of(post(server, "/v1/chat/completions", {"messages": [
         {"role": "system", "content": "x"}, {"role": "user", "content": "y"}]}))
     assert status == 400 and "system" in err["message"]
+    status, err = error_of(post(server, "/v1/chat/completions", {"messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}))
+    assert status == 400 and "unsupported content part type 'image_url'" in err["message"]
+    big = "data:audio/wav;base64," + base64.b64encode(bytes(3 * 2**20)).decode()  # the server takes 2 MiB
+    status, err = error_of(post(server, "/v1/chat/completions", {"messages": [
+        {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": big}}]}]}))
+    assert status == 413 and "too large" in err["message"]
+    assert error_of(post(server, "/v1/chat/completions", {"model": "default"}))[1]["param"] == "messages"
 
 
 def test_transcription_errors(server):
@@ -215,6 +223,10 @@ def test_speech_errors(server):
     status, err = error_of(post(server, "/v1/audio/speech", {"model": "tiny-voxtral", "input": "hi"}))
     assert status == 400 and "voxtral model" in err["message"]
     assert error_of(post(server, "/v1/audio/speech", b"[1, 2"))[0] == 400
+    status, err = error_of(post(server, "/v1/audio/speech", {"model": "ghost", "input": SPEAK}))
+    assert status == 404 and err["code"] == "model_not_found"
+    status, err = error_of(post(server, "/v1/audio/speech", {"input": "[S1] " + "x" * 3 * 2**20}))
+    assert status == 413
     assert error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "top_p": "high"}))[1]["param"] == "top_p"
 
 

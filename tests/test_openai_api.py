@@ -1,0 +1,53 @@
+"""Body parsing and formatting, without HTTP."""
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speechrs import openai_api as oa
+from speechrs.errors import InvalidRequestError
+from speechrs.voxtral.pipeline import GenerationOptions
+
+
+def test_chat_request_fields_become_the_cli_options():
+    model, messages, opts, stream, usage = oa.chat_request(
+        {"messages": [], "max_completion_tokens": 7, "temperature": 0.5, "top_p": 0.9, "seed": 3, "stream": True,
+         "stream_options": {"include_usage": True}})
+    assert (model, stream, usage) == ("default", True, True)
+    assert opts == GenerationOptions(max_tokens=7, temperature=0.5, top_p=0.9, seed=3)
+    with pytest.raises(InvalidRequestError, match="n=1"):
+        oa.chat_request({"messages": [], "n": 2})
+    with pytest.raises(InvalidRequestError, match="'temperature' must be a number") as e:
+        oa.chat_request({"messages": [], "temperature": "hot"})
+    assert e.value.param == "temperature"
+
+
+def test_speech_request_defaults_and_extensions():
+    model, text, fmt, opts = oa.speech_request({"input": "[S1] hi", "voice": "alloy", "speed": 2.0,
+                                                "instructions": "cheerful"})
+    assert (model, text, fmt) == ("default", "[S1] hi", "mp3") and opts.temperature is None
+    _, _, fmt, opts = oa.speech_request({"input": "x", "response_format": "pcm", "seed": 1, "cfg_scale": 4,
+                                         "top_k": 50, "normalize": False})
+    assert fmt == "pcm" and (opts.seed, opts.cfg_scale, opts.top_k, opts.normalize) == (1, 4.0, 50, False)
+    with pytest.raises(InvalidRequestError, match="sse"):
+        oa.speech_request({"input": "x", "stream_format": "sse"})
+
+
+def test_transcription_form_fields():
+    model, language, fmt, stream, opts = oa.transcription_request(
+        {"model": "m", "language": "fr", "response_format": "text", "stream": "true", "temperature": "0.3",
+         "max_tokens": "9"})
+    assert (model, language, fmt, stream) == ("m", "fr", "text", True)
+    assert (opts.temperature, opts.max_tokens) == (0.3, 9)
+    with pytest.raises(InvalidRequestError, match="'seed' must be a number"):
+        oa.transcription_request({"seed": "abc"})
+
+
+@pytest.mark.parametrize("fmt,rate", [("flac", 44100), ("mp3", 44100), ("opus", 48000)])
+def test_compressed_speech_decodes_back(fmt, rate):
+    pcm = (0.3 * np.sin(np.arange(44100) * 2 * np.pi * 440 / 44100)).astype(np.float32)
+    data, content_type = oa.speech_bytes(pcm, 44100, fmt)
+    back, back_rate = sf.read(io.BytesIO(data))
+    assert back_rate == rate and abs(len(back) / back_rate - 1.0) < 0.1
+    assert content_type.startswith("audio/")
