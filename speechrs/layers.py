@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def rope_table(head_dim: int, theta: float, max_len: int, device=None) -> torch.Tensor:
-    """Unit rotations e^(i * pos * freq) of shape (max_len, head_dim/2), complex64, angles in float32 as
-    Llama/Mistral compute them."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+def rope_table(head_dim: int, theta: float, max_len: int, device=None, min_timescale: float = 1.0) -> torch.Tensor:
+    """Unit rotations e^(i * pos / timescale_j) of shape (max_len, head_dim/2), complex64, angles in float32 as
+    Llama/Mistral compute them; timescale_j = min * (theta / min)^(2j / head_dim) (Dia's form; min is 1 elsewhere)."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    inv_freq = 1.0 / (min_timescale * (theta / min_timescale) ** exponent)
     angles = torch.arange(max_len, dtype=torch.int64, device=device).float()[:, None] * inv_freq[None, :]
     return torch.polar(torch.ones_like(angles), angles)
 
@@ -22,6 +23,19 @@ def apply_rope_interleaved(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     """
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, H, T, E/2)
     return torch.view_as_real(pairs * rot).flatten(-2).type_as(x)
+
+
+def half_split_to_interleaved(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder q/k projection rows from half-split RoPE ([x1 | x2] rotated as pairs (x1_j, x2_j)) to interleaved
+    pairs (x_2j, x_2j+1). Inverse of transformers' permute_for_rope."""
+    out_dim, in_dim = w.shape
+    return w.view(n_heads, 2, out_dim // n_heads // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def interleaved_to_half_split(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """transformers' permute_for_rope: interleaved pairs -> half-split rows."""
+    out_dim, in_dim = w.shape
+    return w.view(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
 class KVCache(nn.Module):
@@ -74,18 +88,3 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).type_as(x)
 
-
-def rope_half_table(head_dim: int, min_timescale: float, max_timescale: float, positions: torch.Tensor):
-    """cos/sin (T, E) for half-split RoPE: angle_i = pos / (min * (max/min)^(2i/E)), repeated over both halves."""
-    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim
-    inv_freq = 1.0 / (min_timescale * (max_timescale / min_timescale) ** exponent)
-    angles = positions.float()[:, None] * inv_freq[None, :]
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the halves [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin] (Dia, Llama-HF). x: (B, H, T, E)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (x * cos.to(x.dtype) + rotated * sin.to(x.dtype)).type_as(x)

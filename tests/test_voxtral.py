@@ -7,7 +7,8 @@ import torch
 from conftest import noise
 from speechrs.errors import AudioError, ModelNotFoundError, UnsupportedModelError
 from speechrs.hub import detect, resolve
-from speechrs.voxtral.checkpoint import load_voxtral, permute_rope, unpermute_rope
+from speechrs.layers import half_split_to_interleaved, interleaved_to_half_split
+from speechrs.voxtral.checkpoint import load_voxtral
 from speechrs.voxtral.pipeline import Done, GenerationOptions, VoxtralPipeline
 
 
@@ -30,7 +31,7 @@ def test_native_and_hf_layouts_give_the_same_logits(native_pipeline, hf_pipeline
 
 def test_rope_permutation_round_trips():
     w = torch.randn(4 * 32, 128)
-    assert torch.equal(unpermute_rope(permute_rope(w, 4), 4), w)
+    assert torch.equal(half_split_to_interleaved(interleaved_to_half_split(w, 4), 4), w)
 
 
 def test_cached_decode_matches_full_forward(native_pipeline):

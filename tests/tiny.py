@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from speechrs.voxtral.checkpoint import permute_rope  # noqa: E402
+from speechrs.layers import interleaved_to_half_split as permute_rope  # noqa: E402
 from speechrs.voxtral.model import sinusoids  # noqa: E402
 
 # ranks of the Voxtral v7 tekken (testing.md §3; mistral-common tests/test_tekken.py::get_special_tokens)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UnsupportedModelError
+from ..layers import half_split_to_interleaved
 from ..weights import checkpoint_files, load_into, read_safetensors, rename, tensor_names
 from .config import DiaConfig
 from .model import Dia
@@ -72,5 +73,23 @@ def load_dia(directory: Path, dtype: torch.dtype | None, device="cpu", generatio
     tensors = _nari_tensors(directory) if weight_naming(directory) == "nari" else _hf_tensors(directory)
     with torch.device("meta"):
         model = Dia(cfg)
-    load_into(model, tensors, dtype, device)
+    load_into(model, tensors, dtype, device, transform=lambda name, t: _interleave_qk(name, t, cfg))
     return model.eval()
+
+
+_QK = re.compile(r"(encoder|decoder)\.layers\.\d+\.(self_attention|cross_attention)\.([qk])_proj\.weight")
+
+
+def _interleave_qk(name: str, t: torch.Tensor, cfg: DiaConfig) -> torch.Tensor:
+    """Half-split RoPE rows -> interleaved, for model.py's complex rotation (dot products are unchanged)."""
+    m = _QK.fullmatch(name)
+    if m is None:
+        return t
+    part, attn, qk = m.groups()
+    if part == "encoder":
+        heads = cfg.enc_heads if qk == "q" else cfg.enc_kv_heads
+    elif attn == "self_attention":
+        heads = cfg.dec_heads if qk == "q" else cfg.dec_kv_heads
+    else:
+        heads = cfg.cross_heads if qk == "q" else cfg.cross_kv_heads
+    return half_split_to_interleaved(t, heads)

@@ -3,13 +3,19 @@
 Axes: B batch (2 rows for CFG), T decoder steps, S text positions, C channels, V codes, D dim,
 H heads, K kv heads, E head dim. Parameter names are transformers' (DiaForConditionalGeneration) without
 the `model.` prefix; Linear weights are (out, in). Attention softmax scale is 1, as in every reference.
+Dia's RoPE rotates half-split pairs; the loader reorders every q/k projection's rows to interleaved pairs
+(checkpoint.py), so one complex multiply rotates them: q.k is unchanged when q and k share a permutation.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import KVCache, RMSNorm, apply_rope_half, attend, rope_half_table
+from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, rope_table
 from .config import DiaConfig
+
+
+def _rope(head_dim: int, cfg: DiaConfig, length: int, device) -> torch.Tensor:
+    return rope_table(head_dim, cfg.rope_max_timescale, length, device, cfg.rope_min_timescale)
 
 
 class Attention(nn.Module):
@@ -48,10 +54,10 @@ class EncoderLayer(nn.Module):
         self.post_sa_norm = RMSNorm(cfg.enc_dim, cfg.norm_eps)
         self.mlp = MLP(cfg.enc_dim, cfg.enc_hidden)
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, rot, mask):
         a, h = self.self_attention, self.pre_sa_norm(x)
-        q = apply_rope_half(a.heads(a.q_proj, h, a.n_heads), cos, sin)
-        k = apply_rope_half(a.heads(a.k_proj, h, a.n_kv_heads), cos, sin)
+        q = apply_rope_interleaved(a.heads(a.q_proj, h, a.n_heads), rot)
+        k = apply_rope_interleaved(a.heads(a.k_proj, h, a.n_kv_heads), rot)
         v = a.heads(a.v_proj, h, a.n_kv_heads)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=a.n_heads != a.n_kv_heads)
         x = x + a.out(o)
@@ -69,12 +75,11 @@ class Encoder(nn.Module):
     def forward(self, text_BxS: torch.Tensor, mask_BxS: torch.Tensor | None = None) -> torch.Tensor:
         """Byte ids (B, S) -> (B, S, D_enc); mask_BxS marks real (non-pad) bytes; keys that are pad are ignored."""
         cfg = self.cfg
-        cos, sin = rope_half_table(cfg.enc_head_dim, cfg.rope_min_timescale, cfg.rope_max_timescale,
-                                   torch.arange(text_BxS.shape[1], device=text_BxS.device))
+        rot = _rope(cfg.enc_head_dim, cfg, text_BxS.shape[1], text_BxS.device)
         attn_mask = None if mask_BxS is None else mask_BxS[:, None, None, :]  # (B, 1, 1, S)
         x = self.embedding(text_BxS)
         for layer in self.layers:
-            x = layer(x, cos, sin, attn_mask)
+            x = layer(x, rot, attn_mask)
         return self.norm(x)
 
 
@@ -134,36 +139,34 @@ class Dia(nn.Module):
         if not self.caches or self.caches[0].max_len < max_len or self.caches[0].k.shape[0] != batch:
             self.caches = [KVCache(batch, cfg.dec_kv_heads, max_len, cfg.dec_head_dim, p.dtype, p.device)
                            for _ in self.decoder.layers]
-        self._rope_cos, self._rope_sin = rope_half_table(
-            cfg.dec_head_dim, cfg.rope_min_timescale, cfg.rope_max_timescale, torch.arange(max_len, device=p.device))
+        self._rope = _rope(cfg.dec_head_dim, cfg, max_len, p.device)
 
     def cross_cache(self, enc_BxSxD: torch.Tensor, mask_BxS: torch.Tensor | None) -> CrossCache:
         cfg, ks, vs = self.cfg, [], []
         if cfg.cross_rope:  # v0.1: keys rotated once at encoder positions 0..S-1
-            cos, sin = rope_half_table(cfg.cross_head_dim, cfg.rope_min_timescale, cfg.rope_max_timescale,
-                                       torch.arange(enc_BxSxD.shape[1], device=enc_BxSxD.device))
+            rot = _rope(cfg.cross_head_dim, cfg, enc_BxSxD.shape[1], enc_BxSxD.device)
         for layer in self.decoder.layers:
             a = layer.cross_attention
             k = a.heads(a.k_proj, enc_BxSxD, a.n_kv_heads)
-            ks.append(apply_rope_half(k, cos, sin) if cfg.cross_rope else k)
+            ks.append(apply_rope_interleaved(k, rot) if cfg.cross_rope else k)
             vs.append(a.heads(a.v_proj, enc_BxSxD, a.n_kv_heads))
         return CrossCache(ks, vs, None if mask_BxS is None else mask_BxS[:, None, None, :])
 
     def forward(self, codes_BxTxC: torch.Tensor, start: int, cross: CrossCache) -> torch.Tensor:
         """Delayed code rows at steps [start, start+T) -> logits (B, T, C, V) in float32."""
         cfg, T = self.cfg, codes_BxTxC.shape[1]
-        cos, sin = self._rope_cos[start:start + T], self._rope_sin[start:start + T]
+        rot = self._rope[start:start + T]
         x = self.decoder.embeddings(codes_BxTxC)
         for layer, cache, ck, cv in zip(self.decoder.layers, self.caches, cross.k, cross.v):
             a, h = layer.self_attention, layer.pre_sa_norm(x)
-            q = apply_rope_half(a.heads(a.q_proj, h, a.n_heads), cos, sin)
-            k = apply_rope_half(a.heads(a.k_proj, h, a.n_kv_heads), cos, sin)
+            q = apply_rope_interleaved(a.heads(a.q_proj, h, a.n_heads), rot)
+            k = apply_rope_interleaved(a.heads(a.k_proj, h, a.n_kv_heads), rot)
             k, v = cache.update(start, k, a.heads(a.v_proj, h, a.n_kv_heads))
             x = x + a.out(attend(q, k, v, start, scale=1.0))
             c, h = layer.cross_attention, layer.pre_ca_norm(x)
             q = c.heads(c.q_proj, h, c.n_heads)
             if cfg.cross_rope:  # v0.1: queries rotated at the decoder step
-                q = apply_rope_half(q, cos, sin)
+                q = apply_rope_interleaved(q, rot)
             o = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cross.mask, scale=1.0,
                                                enable_gqa=c.n_heads != c.n_kv_heads)
             x = x + c.out(o)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..layers import half_split_to_interleaved
 from ..weights import checkpoint_files, load_into, read_safetensors, rename
 from .config import VoxtralConfig
 from .model import Voxtral
@@ -45,18 +46,6 @@ HF_TO_CANONICAL = [
 ]
 
 
-def unpermute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """HF half-split RoPE rows -> native interleaved rows; inverse of transformers' permute_for_rope."""
-    out_dim, in_dim = w.shape
-    return w.view(n_heads, 2, out_dim // n_heads // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
-
-
-def permute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Native interleaved rows -> HF half-split rows (transformers' permute_for_rope)."""
-    out_dim, in_dim = w.shape
-    return w.view(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
-
-
 def _native_tensors(directory: Path):
     for path in checkpoint_files(directory, "consolidated.safetensors", "consolidated.safetensors.index.json"):
         for name, t in read_safetensors(path):
@@ -70,9 +59,9 @@ def _hf_tensors(directory: Path, cfg: VoxtralConfig):
             if new is None:
                 continue
             if new.endswith("attention.wq.weight") and not new.startswith("mm_"):
-                t = unpermute_rope(t, cfg.n_heads)
+                t = half_split_to_interleaved(t, cfg.n_heads)
             elif new.endswith("attention.wk.weight") and not new.startswith("mm_"):
-                t = unpermute_rope(t, cfg.n_kv_heads)
+                t = half_split_to_interleaved(t, cfg.n_kv_heads)
             yield new, t
 
 
