@@ -4,18 +4,22 @@
     python benchmarks/bench_voxtral.py --size full --dtype bfloat16 --new-tokens 16   # 4.7B random weights
 
 Each implementation runs in its own subprocess (so peak memory is its own) on the same clip and prompt:
-load time, audio encoder time, prefill tokens/s, decode tokens/s (greedy, after a warm-up), peak RSS.
+load time, audio encoder time, prefill tokens/s, decode tokens/s (greedy, after a warm-up, median of 3 runs),
+peak RSS.
 """
 import argparse
 import json
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 from common import ROOT, print_table, rss_mb, run_workers
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+
+REPEATS = 3  # timings are the median of this many runs (this machine is shared and noisy)
 
 # Voxtral-Mini-3B-2507's real sizes (testing.md §1)
 FULL = {
@@ -68,12 +72,13 @@ def run_speechrs(ckpt: Path, clip: Path, n_new: int, dtype: str) -> dict:
     p = VoxtralPipeline.load(ckpt, "hf", parse_dtype(dtype))
     load_s = time.perf_counter() - t0
     list(p.transcribe(str(clip), "en", GenerationOptions(max_tokens=4)))  # warm-up
-    done = list(p.transcribe(str(clip), "en", GenerationOptions(max_tokens=n_new)))[-1]
-    u = done.usage
-    return {"load_s": load_s, "encode_s": u.encode_s, "prompt_tokens": u.prompt_tokens,
-            "prefill_tps": u.prompt_tokens / u.prefill_s, "new_tokens": u.completion_tokens,
-            "decode_tps": (u.completion_tokens - 1) / u.decode_s, "peak_rss_mb": rss_mb(), "base_rss_mb": base,
-            "threads": torch.get_num_threads()}
+    runs = [list(p.transcribe(str(clip), "en", GenerationOptions(max_tokens=n_new)))[-1].usage
+            for _ in range(REPEATS)]
+    u = runs[0]
+    return {"load_s": load_s, "encode_s": median(r.encode_s for r in runs), "prompt_tokens": u.prompt_tokens,
+            "prefill_tps": median(r.prompt_tokens / r.prefill_s for r in runs), "new_tokens": u.completion_tokens,
+            "decode_tps": median((r.completion_tokens - 1) / r.decode_s for r in runs), "peak_rss_mb": rss_mb(),
+            "base_rss_mb": base, "threads": torch.get_num_threads()}
 
 
 def run_transformers(ckpt: Path, clip: Path, n_new: int, dtype: str) -> dict:
@@ -97,18 +102,22 @@ def run_transformers(ckpt: Path, clip: Path, n_new: int, dtype: str) -> dict:
             out = model.generate(**inputs, max_new_tokens=n, do_sample=False, pad_token_id=11)
         return time.perf_counter() - t, out.shape[1] - inputs["input_ids"].shape[1]
 
+    def encode():
+        with torch.inference_mode():
+            t = time.perf_counter()
+            model.get_audio_features(inputs["input_features"])
+            return time.perf_counter() - t
+
     generate(4)  # warm-up
-    with torch.inference_mode():
-        t = time.perf_counter()
-        model.get_audio_features(inputs["input_features"])
-        encode_s = time.perf_counter() - t
-    first_s, _ = generate(1)
-    total_s, n = generate(n_new)
+    encode_s = median(encode() for _ in range(REPEATS))
+    first_s = median(generate(1)[0] for _ in range(REPEATS))
+    totals = [generate(n_new) for _ in range(REPEATS)]
+    n = totals[0][1]
     prompt = inputs["input_ids"].shape[1]
     return {"load_s": load_s, "encode_s": encode_s, "prompt_tokens": prompt,
             "prefill_tps": prompt / (first_s - encode_s), "new_tokens": n,
-            "decode_tps": (n - 1) / (total_s - first_s), "peak_rss_mb": rss_mb(), "base_rss_mb": base,
-            "threads": torch.get_num_threads()}
+            "decode_tps": median((n - 1) / (total - first_s) for total, _ in totals), "peak_rss_mb": rss_mb(),
+            "base_rss_mb": base, "threads": torch.get_num_threads()}
 
 
 def main():

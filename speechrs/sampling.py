@@ -11,11 +11,20 @@ def make_generator(seed: int | None, device="cpu") -> torch.Generator:
     return g
 
 
+def argmax(x_V: torch.Tensor) -> int:
+    """The first index of the maximum, like torch.argmax, but split into 1024-wide rows that reduce in parallel:
+    ~4x faster on CPU for a 131k vocab (max(dim) returns the first maximum of each row, argmax the first row)."""
+    if x_V.shape[-1] % 1024 or x_V.shape[-1] < 65536:
+        return int(x_V.argmax())
+    values, indices = x_V.view(-1, 1024).max(-1)
+    row = int(values.argmax())
+    return row * 1024 + int(indices[row])
+
+
 def sample_token(logits_V: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     """temperature 0 -> argmax; otherwise softmax(logits / T), keep the smallest set with mass >= top_p, draw."""
     if temperature <= 0:
-        # max(0) picks the first maximum like argmax, and is ~3x faster on CPU for a 131k vocab
-        return int(logits_V.max(0).indices)
+        return argmax(logits_V)
     probs = torch.softmax(logits_V.float() / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)

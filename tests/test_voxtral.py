@@ -127,3 +127,12 @@ def test_wrong_shapes_and_missing_tensors_are_named(native_dir, tmp_path):
     (bad / "params.json").write_text(json.dumps({**params, "hidden_dim": 512}))
     with pytest.raises(UnsupportedModelError, match="feed_forward.w1.weight' has shape"):
         load_voxtral(bad, "native", None)
+
+
+def test_fast_argmax_picks_the_first_maximum_like_torch():
+    from speechrs.sampling import argmax
+
+    x = torch.randn(131072, generator=torch.Generator().manual_seed(0))
+    assert argmax(x) == int(x.argmax())
+    x[5000] = x[70000] = x.max() + 1  # a tie: the first one wins, as in torch.argmax
+    assert argmax(x) == int(x.argmax()) == 5000
