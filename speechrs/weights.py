@@ -1,5 +1,6 @@
 """Checkpoint I/O shared by every family: zero-copy safetensors, regex renames, meta-device assignment."""
 import json
+import mmap
 import re
 import struct
 from collections.abc import Callable, Iterator
@@ -43,30 +44,36 @@ def tensor_names(path: Path) -> list[str]:
 
 
 def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) views of a memory-mapped file: nothing is copied until a tensor is touched.
+    """Yield (name, tensor) views of a memory-mapped file: nothing is read until a tensor is touched.
 
-    Like gpt-fast's torch.load(mmap=True): the file's pages are the weights, so a 9 GB checkpoint
-    costs 9 GB of resident memory at most, not 18.
+    Like gpt-fast's torch.load(mmap=True), the file's pages are the weights. Each tensor has a private mapping
+    of its own, so a tensor that a loader transforms (permutes, casts, fuses) and drops is unmapped with it:
+    a checkpoint never costs its bytes twice in resident memory.
     """
     try:
         header_len, header = _header(path)
     except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UnsupportedModelError(f"{path} is not a readable safetensors file: {e}") from None
-    size = Path(path).stat().st_size
-    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
     data_start = 8 + header_len
-    flat = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (size,))
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _DTYPES:
-            raise UnsupportedModelError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        dtype = _DTYPES[info["dtype"]]
-        begin, end = info["data_offsets"]
-        raw = flat[data_start + begin:data_start + end]
-        if (data_start + begin) % dtype.itemsize:
-            raw = raw.clone()  # misaligned for its dtype: one copy
-        yield name, raw.view(dtype).reshape(info["shape"])
+    with open(path, "rb") as f:
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in _DTYPES:
+                raise UnsupportedModelError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+            dtype = _DTYPES[info["dtype"]]
+            begin, end = info["data_offsets"]
+            start, n_bytes = data_start + begin, end - begin
+            if n_bytes == 0:
+                yield name, torch.empty(info["shape"], dtype=dtype)
+                continue
+            base = start - start % mmap.ALLOCATIONGRANULARITY  # mappings start on a page boundary
+            mapped = mmap.mmap(f.fileno(), start + n_bytes - base, flags=mmap.MAP_PRIVATE,
+                               prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=base)
+            raw = torch.frombuffer(mapped, dtype=torch.uint8, offset=start - base, count=n_bytes)
+            if start % dtype.itemsize:
+                raw = raw.clone()  # misaligned for its dtype: one copy
+            yield name, raw.view(dtype).reshape(info["shape"])
 
 
 def checkpoint_files(directory: Path, single: str, index: str) -> list[Path]:
