@@ -38,6 +38,19 @@ def interleaved_to_half_split(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
+def fuse_linears(*linears: nn.Linear) -> torch.Tensor:
+    """One weight for bias-free Linears that read the same input: their rows, concatenated. Each Linear's weight
+    becomes a view into it, so the canonical parameters remain and nothing is stored twice. One matmul instead
+    of several is what a decode step of a small model is made of."""
+    fused = torch.cat([lin.weight.detach() for lin in linears])
+    row = 0
+    for lin in linears:
+        n = lin.weight.shape[0]
+        lin.weight = nn.Parameter(fused[row:row + n], requires_grad=False)
+        row += n
+    return fused
+
+
 class KVCache(nn.Module):
     """Static preallocated cache (B, K, max_len, E), written at explicit positions (gpt-fast style)."""
 

@@ -74,6 +74,7 @@ def load_dia(directory: Path, dtype: torch.dtype | None, device="cpu", generatio
     with torch.device("meta"):
         model = Dia(cfg)
     load_into(model, tensors, dtype, device, transform=lambda name, t: _interleave_qk(name, t, cfg))
+    model.fuse()
     return model.eval()
 
 

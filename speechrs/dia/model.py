@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, rope_table
+from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, fuse_linears, rope_table
 from .config import DiaConfig
 
 
@@ -26,9 +26,17 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(n_heads * head_dim, out_dim, bias=False)
+        self.qkv = None  # [q; k; v] for self-attention, made by Dia.fuse()
 
     def heads(self, proj: nn.Linear, x: torch.Tensor, n: int) -> torch.Tensor:
         return proj(x).unflatten(-1, (n, self.head_dim)).transpose(1, 2)  # (B, n, T, E)
+
+    def self_qkv(self, x: torch.Tensor, rot: torch.Tensor):
+        """q, k rotated and v, each (B, heads, T, E), from one fused matmul."""
+        H, K, E = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = (t.unflatten(-1, (n, E)).transpose(1, 2)
+                   for t, n in zip(F.linear(x, self.qkv).split([H * E, K * E, K * E], dim=-1), (H, K, K)))
+        return apply_rope_interleaved(q, rot), apply_rope_interleaved(k, rot), v
 
     def out(self, o_BxHxTxE: torch.Tensor) -> torch.Tensor:
         return self.o_proj(o_BxHxTxE.transpose(1, 2).flatten(2))
@@ -55,10 +63,8 @@ class EncoderLayer(nn.Module):
         self.mlp = MLP(cfg.enc_dim, cfg.enc_hidden)
 
     def forward(self, x, rot, mask):
-        a, h = self.self_attention, self.pre_sa_norm(x)
-        q = apply_rope_interleaved(a.heads(a.q_proj, h, a.n_heads), rot)
-        k = apply_rope_interleaved(a.heads(a.k_proj, h, a.n_kv_heads), rot)
-        v = a.heads(a.v_proj, h, a.n_kv_heads)
+        a = self.self_attention
+        q, k, v = a.self_qkv(self.pre_sa_norm(x), rot)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=a.n_heads != a.n_kv_heads)
         x = x + a.out(o)
         return x + self.mlp(self.post_sa_norm(x))
@@ -134,6 +140,12 @@ class Dia(nn.Module):
         self.logits_dense = nn.Linear(cfg.dec_dim, cfg.channels * cfg.audio_vocab, bias=False)
         self.caches: list[KVCache] = []
 
+    def fuse(self) -> None:
+        """Fused self-attention projections; call once the weights are real (after loading)."""
+        for layer in [*self.encoder.layers, *self.decoder.layers]:
+            a = layer.self_attention
+            a.qkv = fuse_linears(a.q_proj, a.k_proj, a.v_proj)
+
     def setup_caches(self, batch: int, max_len: int) -> None:
         p, cfg = self.logits_dense.weight, self.cfg
         if not self.caches or self.caches[0].max_len < max_len or self.caches[0].k.shape[0] != batch:
@@ -158,10 +170,9 @@ class Dia(nn.Module):
         rot = self._rope[start:start + T]
         x = self.decoder.embeddings(codes_BxTxC)
         for layer, cache, ck, cv in zip(self.decoder.layers, self.caches, cross.k, cross.v):
-            a, h = layer.self_attention, layer.pre_sa_norm(x)
-            q = apply_rope_interleaved(a.heads(a.q_proj, h, a.n_heads), rot)
-            k = apply_rope_interleaved(a.heads(a.k_proj, h, a.n_kv_heads), rot)
-            k, v = cache.update(start, k, a.heads(a.v_proj, h, a.n_kv_heads))
+            a = layer.self_attention
+            q, k, v = a.self_qkv(layer.pre_sa_norm(x), rot)
+            k, v = cache.update(start, k, v)
             x = x + a.out(attend(q, k, v, start, scale=1.0))
             c, h = layer.cross_attention, layer.pre_ca_norm(x)
             q = c.heads(c.q_proj, h, c.n_heads)

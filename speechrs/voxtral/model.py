@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, rope_table
+from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, fuse_linears, rope_table
 from .config import EncoderConfig, VoxtralConfig
 
 
@@ -120,11 +120,14 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.wqkv = None  # [wq; wk; wv], made by Voxtral.setup_buffers()
 
     def forward(self, x, start: int, rot, cache: KVCache) -> torch.Tensor:
-        q = self.wq(x).unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)  # (B, H, T, E)
-        k = self.wk(x).unflatten(-1, (self.n_kv_heads, self.head_dim)).transpose(1, 2)  # (B, K, T, E)
-        v = self.wv(x).unflatten(-1, (self.n_kv_heads, self.head_dim)).transpose(1, 2)
+        H, K, E = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = F.linear(x, self.wqkv).split([H * E, K * E, K * E], dim=-1)
+        q = q.unflatten(-1, (H, E)).transpose(1, 2)  # (B, H, T, E)
+        k = k.unflatten(-1, (K, E)).transpose(1, 2)  # (B, K, T, E)
+        v = v.unflatten(-1, (K, E)).transpose(1, 2)
         q, k = apply_rope_interleaved(q, rot), apply_rope_interleaved(k, rot)
         k, v = cache.update(start, k, v)
         out = attend(q, k, v, start)
@@ -137,9 +140,11 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # gate
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
         self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # up
+        self.w13 = None  # [w1; w3], made by Voxtral.setup_buffers()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = F.linear(x, self.w13).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):
@@ -173,6 +178,10 @@ class Voxtral(nn.Module):
         device = self.tok_embeddings.weight.device
         self.mm_whisper_embeddings.whisper_encoder.embed_positions = sinusoids(
             enc.max_source_positions, enc.dim).to(device)
+        for layer in self.layers:
+            a, ff = layer.attention, layer.feed_forward
+            a.wqkv = fuse_linears(a.wq, a.wk, a.wv)
+            ff.w13 = fuse_linears(ff.w1, ff.w3)
 
     def setup_caches(self, batch: int, max_len: int) -> None:
         """Preallocate the KV cache and RoPE table for sequences up to max_len tokens."""
