@@ -43,6 +43,7 @@ demo: $(DEMO_DIR)/voxtral-native/params.json $(DEMO_DIR)/dia-v01/config.json
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench_voxtral.py
+	$(PY) benchmarks/bench_dia.py
 
 clean:
 	rm -rf $(VENV) .cache

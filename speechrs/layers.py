@@ -52,7 +52,8 @@ def fuse_linears(*linears: nn.Linear) -> torch.Tensor:
 
 
 class KVCache(nn.Module):
-    """Static preallocated cache (B, K, max_len, E), written at explicit positions (gpt-fast style)."""
+    """Preallocated cache (B, K, max_len, E), written at explicit positions (gpt-fast style). A write past the
+    end doubles it, so a request asking for a huge max_tokens costs memory only for what it generates."""
 
     def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype, device):
         super().__init__()
@@ -68,10 +69,18 @@ class KVCache(nn.Module):
         """Write k/v (B, K, T, E) at [start, start+T) and return views of everything written so far."""
         end = start + k.shape[2]
         if end > self.max_len:
-            raise ValueError(f"KV cache overflow: position {end} > capacity {self.max_len}")
+            self._grow(max(end, 2 * self.max_len))
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def _grow(self, max_len: int) -> None:
+        old = self.max_len
+        for name in ("k", "v"):
+            t = getattr(self, name)
+            bigger = t.new_zeros(t.shape[0], t.shape[1], max_len, t.shape[3])
+            bigger[:, :, :old] = t
+            setattr(self, name, bigger)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, scale: float | None = None) -> torch.Tensor:

@@ -136,3 +136,15 @@ def test_fast_argmax_picks_the_first_maximum_like_torch():
     assert argmax(x) == int(x.argmax())
     x[5000] = x[70000] = x.max() + 1  # a tie: the first one wins, as in torch.argmax
     assert argmax(x) == int(x.argmax()) == 5000
+
+
+def test_kv_cache_grows_past_its_initial_capacity(native_pipeline):
+    m, ids = native_pipeline.model, list(range(1500, 1540))
+    full = _logits(native_pipeline, ids, [])
+    with torch.inference_mode():
+        m.caches, m._rope_len = [], 0
+        m.setup_caches(1, 8)  # far too small: every write past the end doubles cache and RoPE table
+        m(m.embed(torch.tensor([ids[:4]]), None, 24), 0)
+        steps = [m(m.embed(torch.tensor([[t]]), None, 24), 4 + i)[0, -1] for i, t in enumerate(ids[4:])]
+    assert m.caches[0].max_len >= len(ids)
+    torch.testing.assert_close(torch.stack(steps), full[4:], atol=1e-5, rtol=1e-5)

@@ -184,14 +184,21 @@ class Voxtral(nn.Module):
             ff.w13 = fuse_linears(ff.w1, ff.w3)
 
     def setup_caches(self, batch: int, max_len: int) -> None:
-        """Preallocate the KV cache and RoPE table for sequences up to max_len tokens."""
+        """Preallocate the KV cache and RoPE table for max_len tokens (both grow if a request goes further).
+
+        A cache left much larger by an earlier long request is reallocated, so a server does not keep it."""
         p = self.tok_embeddings.weight
-        if not self.caches or self.caches[0].max_len < max_len or self.caches[0].k.shape[0] != batch:
+        have = self.caches[0].max_len if self.caches else 0
+        if have < max_len or have > 4 * max_len + 4096 or self.caches[0].k.shape[0] != batch:
             self.caches = [KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, p.dtype, p.device)
                            for _ in self.layers]
-        if self._rope_len < max_len:
-            self.rope = rope_table(self.cfg.head_dim, self.cfg.rope_theta, max_len, p.device)
-            self._rope_len = max_len
+        self._ensure_rope(max_len)
+
+    def _ensure_rope(self, length: int) -> None:
+        if self._rope_len < length:
+            self._rope_len = max(length, 2 * self._rope_len)
+            self.rope = rope_table(self.cfg.head_dim, self.cfg.rope_theta, self._rope_len,
+                                   self.tok_embeddings.weight.device)
 
     def encode_audio(self, mel_NxMxF: torch.Tensor) -> torch.Tensor:
         return self.mm_whisper_embeddings(mel_NxMxF)
@@ -207,6 +214,7 @@ class Voxtral(nn.Module):
     def forward(self, x_BxTxD: torch.Tensor, start: int, last_only: bool = True) -> torch.Tensor:
         """Run the decoder on embeddings at positions [start, start+T) -> logits (B, 1 or T, V) in float32."""
         end = start + x_BxTxD.shape[1]
+        self._ensure_rope(end)
         rot = self.rope[start:end]
         x = x_BxTxD
         for layer, cache in zip(self.layers, self.caches):

@@ -15,6 +15,7 @@ from .model import Voxtral
 from .tekken import AudioPart, StreamDecoder, Tekken, chat_prompt, transcription_prompt
 
 CHAT_MAX_TOKENS = 1024  # default completion budget for chat; transcription scales with the audio
+INITIAL_CACHE_TOKENS = 1024  # KV cache room beyond the prompt to start with; it doubles when needed
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Usage:
 
 @dataclass
 class Token:
-    id: int
+    id: int  # -1 for the final flush of an incomplete UTF-8 sequence
     text: str  # delta; may be "" while a UTF-8 character is incomplete
 
 
@@ -142,7 +143,7 @@ class VoxtralPipeline:
                                  f"{ids.count(self.audio_token_id)} [AUDIO] tokens")
         t1 = time.perf_counter()
         usage.encode_s = t1 - t0
-        model.setup_caches(1, len(ids) + max_tokens)
+        model.setup_caches(1, len(ids) + min(max_tokens, INITIAL_CACHE_TOKENS))  # grows if generation goes on
         ids_t = torch.tensor([ids], device=self.device)
         logits = model(model.embed(ids_t, audio_embeds, self.audio_token_id), 0)
         generator = make_generator(opts.seed, self.device)
