@@ -79,11 +79,12 @@ def load(audio: AudioInput, sample_rate: int) -> np.ndarray:
 
 
 def resample(pcm: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """soxr "HQ", as mistral-common and transformers resample (and librosa's soxr_hq)."""
     if rate == target:
         return pcm
-    import librosa  # imported lazily: it costs about a second
+    import soxr
 
-    return librosa.resample(pcm, orig_sr=rate, target_sr=target, res_type="soxr_hq").astype(np.float32)
+    return soxr.resample(pcm, rate, target, quality="HQ").astype(np.float32)
 
 
 def pad_to_multiple(pcm: np.ndarray, multiple: int) -> np.ndarray:
@@ -91,14 +92,33 @@ def pad_to_multiple(pcm: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(pcm, (0, n - len(pcm)))
 
 
-@lru_cache(maxsize=4)
-def mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
-    """Slaney-scale, Slaney-normalised filterbank (n_mels, n_fft/2+1), 0 Hz to 8 kHz, as Whisper uses."""
-    import librosa
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above (librosa htk=False)."""
+    mel = f / (200.0 / 3)
+    log_region = f >= 1000.0
+    return np.where(log_region, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), mel)
 
-    fb = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=8000.0,
-                             htk=False, norm="slaney", dtype=np.float64)
-    return torch.from_numpy(fb).float()
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    hz = m * (200.0 / 3)
+    return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), hz)
+
+
+@lru_cache(maxsize=4)
+def mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_max: float = 8000.0) -> torch.Tensor:
+    """Slaney-scale, Slaney-normalised triangular filterbank (n_mels, n_fft/2+1), 0 Hz to 8 kHz, as Whisper uses.
+
+    The recipe of librosa.filters.mel(sr, n_fft, n_mels, fmax=8000, htk=False, norm="slaney"), in numpy:
+    librosa's own takes most of a second to import and compile."""
+    fft_freqs = np.linspace(0, sample_rate / 2, 1 + n_fft // 2)
+    mel_freqs = _mel_to_hz(np.linspace(_hz_to_mel(np.array(0.0)), _hz_to_mel(np.array(f_max)), n_mels + 2))
+    widths = np.diff(mel_freqs)
+    ramps = mel_freqs[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_freqs[2:] - mel_freqs[:-2]))[:, None]  # Slaney: equal area per filter
+    return torch.from_numpy(weights).float()
 
 
 def log_mel(pcm: np.ndarray, n_mels: int = 128, n_fft: int = 400, hop: int = 160,

@@ -113,3 +113,12 @@ def test_resampling_matches_soxr_hq_as_the_references_use_it():
     pcm = noise(2.0, 44100, seed=4)
     np.testing.assert_allclose(audio_io.resample(pcm, 44100, 16000), soxr.resample(pcm, 44100, 16000, quality="HQ"),
                                atol=1e-6)
+
+
+def test_mel_filterbank_matches_librosa_slaney():
+    import librosa
+
+    ours = audio_io.mel_filters(16000, 400, 128).double().numpy()
+    expected = librosa.filters.mel(sr=16000, n_fft=400, n_mels=128, fmin=0.0, fmax=8000.0, htk=False,
+                                   norm="slaney", dtype=np.float64)
+    np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-9)
