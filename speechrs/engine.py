@@ -36,12 +36,27 @@ def load_pipeline(model: str, dtype: str = "auto", device: str = "cpu", dac: str
     from .dia.pipeline import DiaPipeline
     from .voxtral.pipeline import VoxtralPipeline
 
+    check_device(device)
     source = resolve(model)
     torch_dtype = parse_dtype(dtype)
     if source.family == "dia":
         dac_dir = resolve_dac(dac or DEFAULT_DAC[source.layout])
         return Loaded(model, source, DiaPipeline.load(source.directory, dac_dir, torch_dtype, device))
     return Loaded(model, source, VoxtralPipeline.load(source.directory, source.layout, torch_dtype, device))
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InvalidRequestError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidRequestError(f"device '{device}' asked for, but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InvalidRequestError(f"device '{device}' does not exist; this machine has "
+                                  f"{torch.cuda.device_count()} CUDA device(s)")
 
 
 @dataclass

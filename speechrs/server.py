@@ -1,4 +1,5 @@
 """OpenAI-compatible HTTP server: a translation layer over the engine (parse -> options -> engine -> format)."""
+import asyncio
 import json
 import logging
 import time
@@ -194,7 +195,8 @@ async def speech(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     metrics.audio_out_s += result.duration_s
     metrics.speech_wall_s += time.perf_counter() - t0
-    data, content_type = oa.speech_bytes(result.pcm, result.sample_rate, fmt)
+    # encoding (mp3, opus resampling) takes real time: keep it off the event loop
+    data, content_type = await asyncio.to_thread(oa.speech_bytes, result.pcm, result.sample_rate, fmt)
     return web.Response(body=data, headers={"Content-Type": content_type})
 
 

@@ -3,6 +3,7 @@ import json
 import mmap
 import re
 import struct
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,8 +18,6 @@ _DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-
-_HUGE_PAGE = 2 * 2**20  # a multiple of mmap.ALLOCATIONGRANULARITY
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -45,12 +44,13 @@ def tensor_names(path: Path) -> list[str]:
     return [name for name in _header(path)[1] if name != "__metadata__"]
 
 
-def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+def read_safetensors(path: Path, mappings: list | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) views of a memory-mapped file: nothing is read until a tensor is touched.
 
-    Like gpt-fast's torch.load(mmap=True), the file's pages are the weights. Each tensor has a private mapping
-    of its own, so a tensor that a loader transforms (permutes, casts, fuses) and drops is unmapped with it:
-    a checkpoint never costs its bytes twice in resident memory.
+    Like gpt-fast's torch.load(mmap=True), the file's pages are the weights. One private mapping per file
+    (the kernel can map it with huge pages, so first use pages it in fast). Pass `mappings` to collect the
+    mapping, then call release_unused() once the model holds its final tensors: pages of tensors the loader
+    replaced (permuted, cast, fused) leave resident memory.
     """
     try:
         header_len, header = _header(path)
@@ -58,25 +58,45 @@ def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
         raise UnsupportedModelError(f"{path} is not a readable safetensors file: {e}") from None
     data_start = 8 + header_len
     with open(path, "rb") as f:
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            if info["dtype"] not in _DTYPES:
-                raise UnsupportedModelError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-            dtype = _DTYPES[info["dtype"]]
-            begin, end = info["data_offsets"]
-            start, n_bytes = data_start + begin, end - begin
-            if n_bytes == 0:
-                yield name, torch.empty(info["shape"], dtype=dtype)
-                continue
-            # map from a 2 MiB-aligned offset, so the kernel can back the tensor with huge pages (fewer TLB misses)
-            base = start - start % _HUGE_PAGE
-            mapped = mmap.mmap(f.fileno(), start + n_bytes - base, flags=mmap.MAP_PRIVATE,
-                               prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=base)
-            raw = torch.frombuffer(mapped, dtype=torch.uint8, offset=start - base, count=n_bytes)
-            if start % dtype.itemsize:
-                raw = raw.clone()  # misaligned for its dtype: one copy
-            yield name, raw.view(dtype).reshape(info["shape"])
+        # read-only and shared, as safetensors maps: the kernel can then map page-cache huge pages whole,
+        # where a private writable mapping faults 4 KiB at a time (several seconds for a 9 GB model)
+        mapped = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    with warnings.catch_warnings():  # "not writable": weights are never written in place
+        warnings.simplefilter("ignore", UserWarning)
+        flat = torch.frombuffer(mapped, dtype=torch.uint8)
+    if mappings is not None:
+        mappings.append((mapped, flat.data_ptr(), len(mapped)))
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _DTYPES:
+            raise UnsupportedModelError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        dtype = _DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        raw = flat[data_start + begin:data_start + end]
+        if (data_start + begin) % dtype.itemsize:
+            raw = raw.clone()  # misaligned for its dtype: one copy
+        yield name, raw.view(dtype).reshape(info["shape"])
+
+
+def _extent(t: torch.Tensor) -> tuple[int, int]:
+    """[first, last + 1) byte addresses a tensor (any strides) touches."""
+    last = sum((n - 1) * stride for n, stride in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+
+def release_unused(mappings: list, module: nn.Module) -> None:
+    """madvise(DONTNEED) every page of the mapped files that no parameter or buffer of `module` uses."""
+    live = [_extent(t) for t in [*module.parameters(), *module.buffers()] if t.numel()]
+    for mapped, base, size in mappings:
+        used = sorted((max(a, base) - base, min(b, base + size) - base) for a, b in live if a < base + size and b > base)
+        cursor = 0
+        for a, b in [*used, (size, size)]:
+            start = -(-cursor // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages strictly inside the gap
+            stop = a - a % mmap.PAGESIZE
+            if stop > start:
+                mapped.madvise(mmap.MADV_DONTNEED, start, stop - start)
+            cursor = max(cursor, b)
 
 
 def checkpoint_files(directory: Path, single: str, index: str) -> list[Path]:

@@ -156,3 +156,13 @@ def test_speak_default_model_and_dac_resolve_offline_from_the_hf_cache(dia_dirs,
     result = _run_cli(["speak", SPEAK, "-o", out, "--max-tokens", "20", "--seed", "0"], env)
     assert result.returncode == 0, result.stderr
     assert "nari_v01 layout" in result.stderr and out.stat().st_size > 44
+
+
+@pytest.mark.parametrize("device,match", [("cuda:7", "CUDA"), ("tpu9", "unknown device")])
+def test_bad_device_is_one_line(native_dir, clip, device, match):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that device")
+    result = invoke("transcribe", clip, "-m", native_dir, "--device", device, "-q")
+    assert result.exit_code == 1 and match in result.stderr and "Traceback" not in result.stderr

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import UnsupportedModelError
 from ..layers import half_split_to_interleaved
-from ..weights import checkpoint_files, load_into, read_safetensors, rename, tensor_names
+from ..weights import checkpoint_files, load_into, read_safetensors, release_unused, rename, tensor_names
 from .config import DiaConfig
 from .model import Dia
 
@@ -34,10 +34,10 @@ def dense_general_to_linear(name: str, t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).T.contiguous()
 
 
-def _nari_tensors(directory: Path):
+def _nari_tensors(directory: Path, mappings: list):
     embeddings: dict[int, torch.Tensor] = {}
     for path in checkpoint_files(directory, "model.safetensors", "model.safetensors.index.json"):
-        for name, t in read_safetensors(path):
+        for name, t in read_safetensors(path, mappings):
             if m := _EMBED.fullmatch(name):
                 embeddings[int(m.group(1))] = t
                 continue
@@ -47,9 +47,9 @@ def _nari_tensors(directory: Path):
         yield "decoder.embeddings.embed.weight", torch.cat([embeddings[c] for c in sorted(embeddings)])
 
 
-def _hf_tensors(directory: Path):
+def _hf_tensors(directory: Path, mappings: list):
     for path in checkpoint_files(directory, "model.safetensors", "model.safetensors.index.json"):
-        for name, t in read_safetensors(path):
+        for name, t in read_safetensors(path, mappings):
             yield name.removeprefix("model."), t
 
 
@@ -70,11 +70,14 @@ def load_dia(directory: Path, dtype: torch.dtype | None, device="cpu", generatio
     cfg = DiaConfig.load(directory / "config.json")
     if generation is not None:
         cfg = dataclasses.replace(cfg, generation=generation)
-    tensors = _nari_tensors(directory) if weight_naming(directory) == "nari" else _hf_tensors(directory)
+    mappings: list = []
+    read = _nari_tensors if weight_naming(directory) == "nari" else _hf_tensors
+    tensors = read(directory, mappings)
     with torch.device("meta"):
         model = Dia(cfg)
     load_into(model, tensors, dtype, device, transform=lambda name, t: _interleave_qk(name, t, cfg))
     model.fuse()
+    release_unused(mappings, model)  # pages of transposed / interleaved / fused originals
     return model.eval()
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelNotFoundError, UnsupportedModelError
-from ..weights import load_into, read_safetensors, rename
+from ..weights import load_into, read_safetensors, release_unused, rename
 
 
 @dataclass(frozen=True)
@@ -168,11 +168,11 @@ def fold_weight_norm(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def _read_any(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def _read_any(directory: Path, mappings: list) -> tuple[dict[str, torch.Tensor], dict]:
     """All tensors of a DAC checkpoint directory (model.safetensors or a descript .pth) and its config dict."""
     config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").exists() else {}
     if (directory / "model.safetensors").exists():
-        return dict(read_safetensors(directory / "model.safetensors")), config
+        return dict(read_safetensors(directory / "model.safetensors", mappings)), config
     pths = sorted(directory.glob("*.pth"))
     if pths:
         state = torch.load(pths[0], map_location="cpu", weights_only=True)
@@ -182,7 +182,8 @@ def _read_any(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def load_dac(directory: Path, device="cpu") -> DAC:
     """Load any of the three layouts; DAC always runs in float32 (as mistral.rs and nari do)."""
-    raw, config = _read_any(directory)
+    mappings: list = []
+    raw, config = _read_any(directory, mappings)
     cfg = DacConfig.from_hf(config) if "upsampling_ratios" in config else DacConfig(
         latent_dim=config.get("latent_dim", 1024), decoder_dim=config.get("decoder_dim", 1536),
         rates=tuple(config.get("decoder_rates", (8, 8, 4, 2))), n_codebooks=config.get("n_codebooks", 9),
@@ -197,4 +198,6 @@ def load_dac(directory: Path, device="cpu") -> DAC:
     with torch.device("meta"):
         model = DAC(cfg)
     load_into(model, iter(renamed.items()), torch.float32, device)
+    del raw, tensors, renamed
+    release_unused(mappings, model)  # the encoder's and the unfolded weight-norm pages
     return model.eval()

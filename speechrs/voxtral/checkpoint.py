@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..layers import half_split_to_interleaved
-from ..weights import checkpoint_files, load_into, read_safetensors, rename
+from ..weights import checkpoint_files, load_into, read_safetensors, release_unused, rename
 from .config import VoxtralConfig
 from .model import Voxtral
 
@@ -46,15 +46,15 @@ HF_TO_CANONICAL = [
 ]
 
 
-def _native_tensors(directory: Path):
+def _native_tensors(directory: Path, mappings: list):
     for path in checkpoint_files(directory, "consolidated.safetensors", "consolidated.safetensors.index.json"):
-        for name, t in read_safetensors(path):
+        for name, t in read_safetensors(path, mappings):
             yield rename(name, NATIVE_TO_CANONICAL), t
 
 
-def _hf_tensors(directory: Path, cfg: VoxtralConfig):
+def _hf_tensors(directory: Path, cfg: VoxtralConfig, mappings: list):
     for path in checkpoint_files(directory, "model.safetensors", "model.safetensors.index.json"):
-        for name, t in read_safetensors(path):
+        for name, t in read_safetensors(path, mappings):
             new = rename(name, HF_TO_CANONICAL)
             if new is None:
                 continue
@@ -67,14 +67,16 @@ def _hf_tensors(directory: Path, cfg: VoxtralConfig):
 
 def load_voxtral(directory: Path, layout: str, dtype: torch.dtype | None, device="cpu") -> Voxtral:
     """Build on the meta device, assign the checkpoint's tensors, then derive the fixed buffers."""
+    mappings: list = []
     if layout == "native":
         cfg = VoxtralConfig.from_params_json(directory / "params.json")
-        tensors = _native_tensors(directory)
+        tensors = _native_tensors(directory, mappings)
     else:
         cfg = VoxtralConfig.from_hf_config(directory / "config.json")
-        tensors = _hf_tensors(directory, cfg)
+        tensors = _hf_tensors(directory, cfg, mappings)
     with torch.device("meta"):
         model = Voxtral(cfg)
     load_into(model, tensors, dtype, device)
     model.setup_buffers()
+    release_unused(mappings, model)  # pages of permuted / fused / cast originals
     return model.eval()
