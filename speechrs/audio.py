@@ -20,17 +20,26 @@ from .errors import AudioError
 AudioInput = str | Path | bytes | tuple[np.ndarray, int]  # path, file:// or data: URL, encoded bytes, (pcm, rate)
 
 
+def data_url_bytes(url: str) -> bytes:
+    """The payload of a base64 data: URL (data:audio/wav;base64,...)."""
+    header, _, payload = url.partition(",")
+    if ";base64" not in header:
+        raise AudioError("data: URLs must be base64-encoded (data:audio/wav;base64,...)")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise AudioError(f"invalid base64 in data: URL: {e}") from None
+
+
+def file_url_path(url: str) -> Path:
+    return Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+
+
 def _bytes_from_url(url: str) -> bytes:
     if url.startswith("data:"):
-        header, _, payload = url.partition(",")
-        if ";base64" not in header:
-            raise AudioError("data: URLs must be base64-encoded (data:audio/wav;base64,...)")
-        try:
-            return base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise AudioError(f"invalid base64 in data: URL: {e}") from e
+        return data_url_bytes(url)
     if url.startswith("file://"):
-        return _read_path(Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)))
+        return _read_path(file_url_path(url))
     raise AudioError(f"unsupported audio URL scheme in '{url[:40]}'; use a path, file:// or data: URL")
 
 

@@ -3,9 +3,11 @@
 Hub ids go through huggingface_hub, so its cache, HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE and HF_TOKEN
 apply. Only the files of one layout are fetched: Voxtral repos carry both layouts, ~9.4 GB each.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .dia.config import dia_schema
 from .errors import ModelNotFoundError, UnsupportedModelError
 from .jsonconf import read_json
 
@@ -47,49 +49,61 @@ def detect(directory: Path) -> ModelSource:
             return ModelSource(directory, "voxtral", "hf")
         if any("Realtime" in a for a in archs):
             raise UnsupportedModelError(f"{config}: {archs} is Voxtral Realtime; speechrs runs Voxtral-Mini-3B-2507")
-        if {"version", "model", "data"} <= set(c):
-            return ModelSource(directory, "dia", "nari_v01")
-        if "DiaForConditionalGeneration" in archs or {"encoder_config", "decoder_config"} <= set(c):
-            return ModelSource(directory, "dia", "hf_0626")
+        generation = dia_schema(c)
+        if generation is not None:
+            return ModelSource(directory, "dia", generation)
         raise UnsupportedModelError(f"{config}: unknown architecture {archs or None}; keys={sorted(c)[:12]}")
     raise ModelNotFoundError(f"{directory} has neither params.json nor config.json")
 
 
 def resolve(model: str) -> ModelSource:
     """A local directory is used as is; anything else is a hub repo id."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return detect(path)
-    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise ModelNotFoundError(f"model '{model}' is neither a directory nor a hub id of the form org/name")
-    return detect(_download(model))
+    directory = _local_dir(model, "model")
+    return detect(directory if directory is not None else _download(model))
 
 
 def resolve_dac(model: str) -> Path:
     """A DAC 44 kHz checkpoint: a local directory as is, or a hub repo id fetched through the HF cache."""
+    directory = _local_dir(model, "DAC")
+    if directory is not None:
+        return directory
+    from huggingface_hub import snapshot_download
+
+    with _hub_errors(model, "DAC ", "pass --dac DIR"):
+        return Path(snapshot_download(model, allow_patterns=DAC_FILES))
+
+
+def _local_dir(model: str, what: str) -> Path | None:
+    """The directory `model` names, None for a hub id, or an error for anything else."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
     if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise ModelNotFoundError(f"DAC '{model}' is neither a directory nor a hub id of the form org/name")
-    from huggingface_hub import snapshot_download
+        raise ModelNotFoundError(f"{what} '{model}' is neither a directory nor a hub id of the form org/name")
+    return None
+
+
+@contextmanager
+def _hub_errors(repo_id: str, what: str = "", fix: str = "pass a local directory"):
+    """huggingface_hub's exceptions -> ModelNotFoundError with a message that says what to do."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(model, allow_patterns=DAC_FILES))
+        yield
     except RepositoryNotFoundError:
-        raise ModelNotFoundError(f"DAC hub repo {model} not found") from None
+        raise ModelNotFoundError(f"{what}hub repo {repo_id} not found (or gated: set HF_TOKEN)") from None
     except LocalEntryNotFoundError:
-        raise ModelNotFoundError(f"DAC {model} is not in the local Hugging Face cache and the hub cannot be "
-                                 "reached; download it first or pass --dac DIR") from None
+        raise ModelNotFoundError(
+            f"{what}{repo_id} is not in the local Hugging Face cache and the hub cannot be reached "
+            f"(HF_HUB_OFFLINE is set or no network); download it first or {fix}") from None
     except HfHubHTTPError as e:
-        raise ModelNotFoundError(f"hub error for DAC {model}: {e}") from None
+        raise ModelNotFoundError(f"hub error for {what}{repo_id}: {e}") from None
 
 
 def _download(repo_id: str) -> Path:
+    """Read the small config files first, then fetch the weights of that one layout."""
     from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     misses: list[Exception] = []
 
@@ -100,8 +114,7 @@ def _download(repo_id: str) -> Path:
             misses.append(e)
             return None
 
-    try:
-        # Decide the layout from the small config files first, then fetch that layout's weights only.
+    with _hub_errors(repo_id):
         params = fetch_config("params.json")
         if params is not None and detect(params.parent).family == "voxtral":
             patterns = VOXTRAL_NATIVE_FILES
@@ -111,14 +124,5 @@ def _download(repo_id: str) -> Path:
                 if any(isinstance(e, LocalEntryNotFoundError) for e in misses):
                     raise misses[-1]
                 raise ModelNotFoundError(f"hub repo {repo_id} has neither params.json nor config.json")
-            source = detect(config.parent)
-            patterns = VOXTRAL_HF_FILES if source.family == "voxtral" else DIA_FILES
+            patterns = VOXTRAL_HF_FILES if detect(config.parent).family == "voxtral" else DIA_FILES
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except RepositoryNotFoundError:
-        raise ModelNotFoundError(f"hub repo {repo_id} not found (or gated: set HF_TOKEN)") from None
-    except LocalEntryNotFoundError:
-        raise ModelNotFoundError(
-            f"{repo_id} is not in the local Hugging Face cache and the hub cannot be reached "
-            "(HF_HUB_OFFLINE is set or no network); download it first or pass a local directory") from None
-    except HfHubHTTPError as e:
-        raise ModelNotFoundError(f"hub error for {repo_id}: {e}") from None

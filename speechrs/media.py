@@ -5,14 +5,13 @@ otherwise non-global addresses are refused (checked again at every redirect). fi
 listens on a loopback address, or for paths under directories given with --allowed-local-media-path.
 """
 import asyncio
-import base64
-import binascii
 import ipaddress
 import socket
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .audio import data_url_bytes, file_url_path
 from .errors import AudioError, InvalidRequestError
 
 
@@ -29,14 +28,10 @@ class MediaPolicy:
 async def fetch_audio(url: str, policy: MediaPolicy, param: str) -> bytes:
     """The bytes an audio URL points to, or a 4xx-class error that says what to change."""
     if url.startswith("data:"):
-        header, _, payload = url.partition(",")
-        if ";base64" not in header:
-            raise InvalidRequestError("data: URLs must be base64 (data:audio/wav;base64,...)", param)
         try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidRequestError("invalid base64 in the data: URL", param) from None
-        return _capped(data, policy, param)
+            return _capped(data_url_bytes(url), policy, param)
+        except AudioError as e:
+            raise InvalidRequestError(str(e), param) from None
     scheme = urllib.parse.urlparse(url).scheme
     if scheme == "file":
         return _capped(_read_local(url, policy, param), policy, param)
@@ -53,7 +48,7 @@ def _capped(data: bytes, policy: MediaPolicy, param: str) -> bytes:
 
 
 def _read_local(url: str, policy: MediaPolicy, param: str) -> bytes:
-    path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).resolve()
+    path = file_url_path(url).resolve()
     allowed = policy.allow_local_files or any(path.is_relative_to(d.resolve()) for d in policy.allowed_dirs)
     if not allowed:
         raise InvalidRequestError("file:// audio is refused: this server does not listen on loopback; start it "

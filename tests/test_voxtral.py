@@ -62,16 +62,12 @@ def test_seeded_sampling_is_reproducible_and_differs_from_greedy(native_pipeline
 
 
 def test_bfloat16_load(native_dir, clip):
-    p = VoxtralPipeline(load_voxtral(native_dir, "native", torch.bfloat16), native_pipeline_tok(native_dir))
+    from speechrs.voxtral.tekken import Tekken
+
+    p = VoxtralPipeline(load_voxtral(native_dir, "native", torch.bfloat16), Tekken(native_dir / "tekken.json"))
     assert p.model.output.weight.dtype == torch.bfloat16
     done = list(p.transcribe(str(clip), "en", GenerationOptions(max_tokens=4)))[-1]
     assert isinstance(done, Done) and done.usage.completion_tokens >= 1
-
-
-def native_pipeline_tok(d):
-    from speechrs.voxtral.tekken import Tekken
-
-    return Tekken(d / "tekken.json")
 
 
 def test_usage_and_finish_reason(native_pipeline, clip):

@@ -171,7 +171,7 @@ def write_dac(out: Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def _canonical_to_hf_names(n_blocks: int):
-    from speechrs.dia.dac import _rename_hf
+    from speechrs.dia.dac import hf_to_canonical
 
     def inverse(name: str) -> str:
         if name.startswith("quantizer."):
@@ -194,7 +194,7 @@ def _canonical_to_hf_names(n_blocks: int):
         else:
             sub = ["snake1", "conv1", "snake2", "conv2"][int(parts[6])]
             hf = f"decoder.block.{i - 1}.res_unit{int(b) - 1}.{sub}.{'.'.join(parts[7:])}"
-        assert _rename_hf(hf, n_blocks) == name, (hf, name)
+        assert hf_to_canonical(hf, n_blocks) == name, (hf, name)
         return hf
     return inverse
 

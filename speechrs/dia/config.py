@@ -11,6 +11,15 @@ from ..jsonconf import section as _sub
 NARI_V01, HF_0626 = "nari_v01", "hf_0626"
 
 
+def dia_schema(cfg: dict) -> str | None:
+    """NARI_V01 for version/model/data, HF_0626 for encoder_config/decoder_config, None for neither."""
+    if {"version", "model", "data"} <= set(cfg):
+        return NARI_V01
+    if {"encoder_config", "decoder_config"} <= set(cfg):
+        return HF_0626
+    return None
+
+
 @dataclass(frozen=True)
 class DiaConfig:
     generation: str  # NARI_V01 or HF_0626: decides cross-attention RoPE and the sampling rule
@@ -54,9 +63,10 @@ class DiaConfig:
     @classmethod
     def load(cls, path: Path) -> "DiaConfig":
         cfg = read_json(path)
-        if {"version", "model", "data"} <= set(cfg):
+        schema = dia_schema(cfg)
+        if schema == NARI_V01:
             return cls.from_nari_v01(cfg, path)
-        if {"encoder_config", "decoder_config"} <= set(cfg):
+        if schema == HF_0626:
             return cls.from_hf_0626(cfg, path)
         raise UnsupportedModelError(f"unknown Dia config schema in {path}: keys={sorted(cfg)}")
 

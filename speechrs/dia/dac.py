@@ -121,32 +121,26 @@ class DAC(nn.Module):
         return torch.tanh(self.decode_pre_tanh(codes_BxQxT))
 
 
-# transformers DacModel names -> descript's Sequential indices
-HF_TO_CANONICAL = [
-    (r"decoder\.conv1\.(.*)", r"decoder.model.0.\1"),
-    (r"decoder\.block\.(\d+)\.snake1\.alpha", lambda m: f"decoder.model.{int(m[1]) + 1}.block.0.alpha"),
-    (r"decoder\.block\.(\d+)\.conv_t1\.(.*)", lambda m: f"decoder.model.{int(m[1]) + 1}.block.1.{m[2]}"),
-    (r"decoder\.block\.(\d+)\.res_unit(\d)\.(snake1|conv1|snake2|conv2)\.(.*)",
-     lambda m: f"decoder.model.{int(m[1]) + 1}.block.{int(m[2]) + 1}.block."
-               f"{['snake1', 'conv1', 'snake2', 'conv2'].index(m[3])}.{m[4]}"),
-    (r"decoder\.snake1\.alpha", "decoder.model.{n_blocks_plus_1}.alpha"),
-    (r"decoder\.conv2\.(.*)", r"decoder.model.{n_blocks_plus_2}.\1"),
-    (r"encoder\..*", None),  # the decoder side only; voice cloning would need the encoder
-    (r"quantizer\.quantizers\.\d+\.(codebook|in_proj|out_proj)\..*", r"\g<0>"),
-]
+_RES_PARTS = {"snake1": 0, "conv1": 1, "snake2": 2, "conv2": 3}  # ResidualUnit.block indices
 
 
-def _rename_hf(name: str, n_blocks: int) -> str | None:
-    for pattern, repl in HF_TO_CANONICAL:
-        m = re.fullmatch(pattern, name)
-        if m:
-            if repl is None:
-                return None
-            if callable(repl):
-                return repl(m)
-            repl = repl.replace("{n_blocks_plus_1}", str(n_blocks + 1)).replace("{n_blocks_plus_2}", str(n_blocks + 2))
-            return m.expand(repl)
-    return name
+def hf_to_canonical(name: str, n_blocks: int) -> str | None:
+    """transformers' DacModel names -> descript's Sequential indices; None drops the tensor (the encoder)."""
+    if name.startswith("encoder."):
+        return None  # the decoder side only; voice cloning would need the encoder
+    if m := re.fullmatch(r"decoder\.conv1\.(.*)", name):
+        return f"decoder.model.0.{m[1]}"
+    if m := re.fullmatch(r"decoder\.block\.(\d+)\.snake1\.alpha", name):
+        return f"decoder.model.{int(m[1]) + 1}.block.0.alpha"
+    if m := re.fullmatch(r"decoder\.block\.(\d+)\.conv_t1\.(.*)", name):
+        return f"decoder.model.{int(m[1]) + 1}.block.1.{m[2]}"
+    if m := re.fullmatch(r"decoder\.block\.(\d+)\.res_unit(\d)\.(snake1|conv1|snake2|conv2)\.(.*)", name):
+        return f"decoder.model.{int(m[1]) + 1}.block.{int(m[2]) + 1}.block.{_RES_PARTS[m[3]]}.{m[4]}"
+    if name == "decoder.snake1.alpha":
+        return f"decoder.model.{n_blocks + 1}.alpha"
+    if m := re.fullmatch(r"decoder\.conv2\.(.*)", name):
+        return f"decoder.model.{n_blocks + 2}.{m[1]}"
+    return name  # quantizer.* names are the same in both
 
 
 def fold_weight_norm(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -192,7 +186,7 @@ def load_dac(directory: Path, device="cpu") -> DAC:
     tensors = fold_weight_norm(raw)
     renamed = {}
     for name, t in tensors.items():
-        new = _rename_hf(name, len(cfg.rates)) if hf_names else rename(name, [(r"encoder\..*", None)])
+        new = hf_to_canonical(name, len(cfg.rates)) if hf_names else rename(name, [(r"encoder\..*", None)])
         if new is not None:
             renamed[new] = t
     with torch.device("meta"):
