@@ -77,6 +77,7 @@ def run_speechrs(dia: Path, dac: Path, steps: int, frames: int, dtype: str) -> d
     from speechrs.dia.pipeline import DiaPipeline, SpeakOptions, encode_text
     from speechrs.weights import parse_dtype
 
+    base = rss_mb()
     t0 = time.perf_counter()
     p = DiaPipeline.load(dia, dac, parse_dtype(dtype))
     load_s = time.perf_counter() - t0
@@ -94,7 +95,7 @@ def run_speechrs(dia: Path, dac: Path, steps: int, frames: int, dtype: str) -> d
         p.dac.decode(codes[..., :8])
         dac_s = min(_timed(p.dac.decode, codes) for _ in range(3))
     return {"load_s": load_s, "steps_per_s": (len(rows) - 1) / decode_s, "steps": len(rows) - 1,
-            "dac_rtf": frames * 512 / 44100 / dac_s, "peak_rss_mb": rss_mb()}
+            "dac_rtf": frames * 512 / 44100 / dac_s, "peak_rss_mb": rss_mb(), "base_rss_mb": base}
 
 
 def run_transformers(dia: Path, dac: Path, steps: int, frames: int, dtype: str) -> dict:
@@ -103,6 +104,7 @@ def run_transformers(dia: Path, dac: Path, steps: int, frames: int, dtype: str) 
 
     from speechrs.dia.config import DiaConfig
 
+    base = rss_mb()
     t0 = time.perf_counter()
     torch_dtype = torch.float32 if dtype == "auto" else getattr(torch, dtype)
     model = DiaForConditionalGeneration.from_pretrained(str(dia), dtype=torch_dtype).eval()
@@ -129,7 +131,7 @@ def run_transformers(dia: Path, dac: Path, steps: int, frames: int, dtype: str) 
         codec.decode(audio_codes=codes[..., :8])
         dac_s = min(_timed(lambda c: codec.decode(audio_codes=c), codes) for _ in range(3))
     return {"load_s": load_s, "steps_per_s": (out.shape[1] - 1) / decode_s, "steps": out.shape[1] - 1,
-            "dac_rtf": frames * 512 / 44100 / dac_s, "peak_rss_mb": rss_mb()}
+            "dac_rtf": frames * 512 / 44100 / dac_s, "peak_rss_mb": rss_mb(), "base_rss_mb": base}
 
 
 def main():
@@ -149,6 +151,7 @@ def main():
         return
     dia, dac = write_checkpoints(args.size, args.dtype, args.cache / f"dia-{args.size}-{args.dtype}")
     dia_mb = (dia / "model.safetensors").stat().st_size / 2**20
+    weights_mb = dia_mb + (dac / "model.safetensors").stat().st_size / 2**20
     results = run_workers(__file__, ["speechrs", "transformers"],
                           ["--dia", str(dia), "--dac", str(dac), "--steps", str(args.steps), "--frames",
                            str(args.frames), "--dtype", args.dtype])
@@ -156,6 +159,9 @@ def main():
           f"{results['speechrs']['steps']} / {results['transformers']['steps']} steps, {args.frames} DAC frames")
     print_table(results, [("load s", "load_s", False), ("decode steps/s", "steps_per_s", True),
                           ("DAC x real time", "dac_rtf", True), ("peak RSS MiB", "peak_rss_mb", False)])
+    for name, r in results.items():
+        print(f"{name}: peak RSS above the post-import baseline = "
+              f"{(r['peak_rss_mb'] - r['base_rss_mb']) / weights_mb:.2f} x the Dia + DAC weights")
 
 
 if __name__ == "__main__":
