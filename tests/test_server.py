@@ -304,3 +304,39 @@ def test_a_client_that_disconnects_frees_the_worker(server, engine):
     while engine.queue_depth and time.time() < deadline:
         time.sleep(0.05)
     assert engine.queue_depth == 0
+
+
+def test_speechrs_serve_command_serves_until_stopped(native_dir, tmp_path):
+    """The real entry point: flags -> engine -> policy -> aiohttp, in its own process."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "speechrs", "serve", "-m", str(native_dir), "--port", str(port),
+                             "--no-warmup", "--max-upload-mb", "1"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert json.loads(r.read()) == {"status": "ok"}
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models") as r:
+            assert json.loads(r.read())["data"][0]["family"] == "voxtral"
+        big = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=bytes(2 * 2**20),
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(big)
+        assert e.value.code == 413  # --max-upload-mb 1 reached the app
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert "serving" in proc.stderr.read()
