@@ -2,6 +2,8 @@
 
 Axes: B batch, T query positions, S key positions, H heads, K kv heads, E head dim.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,11 +40,30 @@ def interleaved_to_half_split(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
+def huge_page_empty(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+    """torch.empty, but on the CPU backed by transparent huge pages where the kernel allows them
+    (THP "madvise" mode): 512x fewer page faults to fill it and fewer TLB misses to read it."""
+    import mmap
+    import warnings
+
+    n_bytes = math.prod(shape) * dtype.itemsize
+    if torch.device(device).type != "cpu" or n_bytes < 2**21 or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(shape, dtype=dtype, device=device)
+    buf = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf.madvise(mmap.MADV_HUGEPAGE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).view(shape)
+
+
 def fuse_linears(*linears: nn.Linear) -> torch.Tensor:
     """One weight for bias-free Linears that read the same input: their rows, concatenated. Each Linear's weight
     becomes a view into it, so the canonical parameters remain and nothing is stored twice. One matmul instead
     of several is what a decode step of a small model is made of."""
-    fused = torch.cat([lin.weight.detach() for lin in linears])
+    weights = [lin.weight.detach() for lin in linears]
+    fused = huge_page_empty((sum(w.shape[0] for w in weights), weights[0].shape[1]), weights[0].dtype,
+                            weights[0].device)
+    torch.cat(weights, out=fused)
     row = 0
     for lin in linears:
         n = lin.weight.shape[0]
