@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, print_table, rss_mb, run_workers
+from common import ROOT, print_table, rss_mb, run_workers, warm_page_cache
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -152,6 +152,7 @@ def main():
     dia, dac = write_checkpoints(args.size, args.dtype, args.cache / f"dia-{args.size}-{args.dtype}")
     dia_mb = (dia / "model.safetensors").stat().st_size / 2**20
     weights_mb = dia_mb + (dac / "model.safetensors").stat().st_size / 2**20
+    warm_page_cache(dia, dac)
     results = run_workers(__file__, ["speechrs", "transformers"],
                           ["--dia", str(dia), "--dac", str(dac), "--steps", str(args.steps), "--frames",
                            str(args.frames), "--dtype", args.dtype])

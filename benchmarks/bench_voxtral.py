@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, print_table, rss_mb, run_workers
+from common import ROOT, print_table, rss_mb, run_workers, warm_page_cache
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -139,6 +139,7 @@ def main():
 
     ckpt = write_checkpoint(args.size, args.dtype, args.cache / f"{args.size}-{args.dtype}")
     ckpt_mb = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2**20
+    warm_page_cache(ckpt)
     results = run_workers(__file__, ["speechrs", "transformers"],
                           ["--ckpt", str(ckpt), "--clip", str(args.clip), "--new-tokens", str(args.new_tokens),
                            "--dtype", args.dtype])

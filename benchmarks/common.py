@@ -17,6 +17,15 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def warm_page_cache(*directories: Path) -> None:
+    """Read every checkpoint file once, so neither implementation's load pays (or is spared) the disk."""
+    for directory in directories:
+        for path in sorted(Path(directory).glob("*.safetensors")):
+            with open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
+
+
 def run_workers(script: str, names: list[str], args: list[str]) -> dict[str, dict]:
     """Run `script --worker NAME args...` for each name in its own process; each prints one JSON line."""
     results = {}
