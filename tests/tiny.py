@@ -4,7 +4,6 @@ Each tensor comes from its own generator seeded by its name, so files do not dep
 Voxtral: native (params.json, consolidated.safetensors, tekken.json) and HF (config.json, 2 shards + index,
 tekken.json), the same weights in both, HF q/k permuted as transformers' converter does.
 """
-import base64
 import json
 import sys
 import zlib
