@@ -77,3 +77,12 @@ def test_missing_dac_weights_are_named(tmp_path):
 
     with pytest.raises(ModelNotFoundError, match="holds no DAC weights"):
         load_dac(tmp_path)
+
+
+def test_chunked_decode_equals_one_pass(dac):
+    codes = torch.randint(0, 1024, (1, 9, 100), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        whole = dac.decode_pre_tanh(codes, chunk=1000)
+        pieces = dac.decode_pre_tanh(codes, chunk=24)  # 5 chunks, 16 frames of context each side
+    assert pieces.shape == whole.shape == (1, 100 * 512)
+    torch.testing.assert_close(pieces, whole, atol=1e-5, rtol=0)

@@ -111,9 +111,23 @@ class DAC(nn.Module):
         self.quantizer = ResidualVQ(cfg)
         self.decoder = Decoder(cfg)
 
-    def decode_pre_tanh(self, codes_BxQxT: torch.Tensor) -> torch.Tensor:
-        """codes (B, Q, T) -> waveform before the final tanh, (B, N)."""
-        return self.decoder.model(self.quantizer.from_codes(codes_BxQxT)).squeeze(1)
+    def decode_pre_tanh(self, codes_BxQxT: torch.Tensor, chunk: int = 512, context: int = 16) -> torch.Tensor:
+        """codes (B, Q, T) -> waveform before the final tanh, (B, T * hop).
+
+        Long inputs are decoded `chunk` frames at a time with `context` frames of overlap on each side, then
+        cropped: the decoder sees about 10 frames either way (measured and derived: the latent conv +-3, the
+        first stage's residual units +-4.9, the rest ~2), so with 16 the result equals one full pass to float
+        rounding, while activations stay those of chunk + 32 frames (35 s at once would need ~2 GB)."""
+        T, hop = codes_BxQxT.shape[-1], self.cfg.hop_length
+        if T <= chunk + 2 * context:
+            return self.decoder.model(self.quantizer.from_codes(codes_BxQxT)).squeeze(1)
+        pieces = []
+        for start in range(0, T, chunk):
+            lo, hi = max(0, start - context), min(T, start + chunk + context)
+            wave = self.decoder.model(self.quantizer.from_codes(codes_BxQxT[..., lo:hi])).squeeze(1)
+            keep = min(chunk, T - start)
+            pieces.append(wave[..., (start - lo) * hop:(start - lo + keep) * hop])
+        return torch.cat(pieces, dim=-1)
 
     def decode(self, codes_BxQxT: torch.Tensor) -> torch.Tensor:
         """codes (B, Q, T) -> waveform in [-1, 1], (B, T * hop): descript's decode, transformers' DacModel.decode."""
