@@ -70,6 +70,15 @@ class _Job:
 _END = object()
 
 
+def _post(job: _Job, fn, *args) -> bool:
+    """Run fn(*args) on the request's event loop; False once that loop is gone (the server shut down)."""
+    try:
+        job.loop.call_soon_threadsafe(fn, *args)
+        return True
+    except RuntimeError:
+        return False
+
+
 class Engine:
     def __init__(self, models: list[Loaded]):
         if not models:
@@ -140,10 +149,9 @@ class Engine:
                 if not job.cancelled.is_set():
                     events = job.make_events()
                     for event in events:
-                        if job.cancelled.is_set():
+                        if job.cancelled.is_set() or not _post(job, job.events.put_nowait, event):
                             log.info("request cancelled by its client; worker freed")
                             break
-                        job.loop.call_soon_threadsafe(job.events.put_nowait, event)
                 result = _END
             except Exception as e:  # handed to the awaiting request, which turns it into a response
                 result = e
@@ -151,7 +159,7 @@ class Engine:
                 if hasattr(events, "close"):
                     events.close()
                 self.busy_s += time.perf_counter() - t0
-            job.loop.call_soon_threadsafe(self._finish, job, result)
+            _post(job, self._finish, job, result)
 
     def _finish(self, job: _Job, result) -> None:
         self.queue_depth -= 1
