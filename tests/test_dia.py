@@ -76,7 +76,8 @@ def test_same_seed_same_audio_and_samples_are_frames_times_512(pipeline):
     assert isinstance(a, SpeechResult) and a.sample_rate == 44100 and a.pcm.dtype == np.float32
     np.testing.assert_array_equal(a.pcm, b.pcm)
     assert not np.array_equal(a.codes, c.codes)
-    assert a.codes.shape == (60 - 16, 9) and len(a.pcm) == a.codes.shape[0] * 512
+    assert a.codes.shape[1] == 9 and 0 < a.codes.shape[0] <= 60 - 16  # fewer if the model samples EOS early
+    assert len(a.pcm) == a.codes.shape[0] * 512 and np.array_equal(a.codes, b.codes)
     assert np.abs(a.pcm).max() <= 1.0
 
 
