@@ -106,7 +106,8 @@ def test_speak_writes_a_44k_mono_16bit_wav(dia_dirs, dac_dirs, tmp_path):
                     "--seed", "1")
     assert result.exit_code == 0, result.stderr
     info = sf.info(str(out))
-    assert (info.samplerate, info.channels, info.subtype, info.frames) == (44100, 1, "PCM_16", (48 - 16) * 512)
+    assert (info.samplerate, info.channels, info.subtype) == (44100, 1, "PCM_16")
+    assert info.frames % 512 == 0 and 0 < info.frames <= (48 - 16) * 512  # fewer frames if EOS comes early
     assert "real time" in result.stderr and result.stdout == ""
 
 
@@ -115,7 +116,7 @@ def test_speak_pcm_from_stdin_and_file(dia_dirs, dac_dirs, tmp_path):
     result = runner.invoke(app, ["speak", "-m", str(dia_dirs[1]), "--dac", str(dac_dirs[1]), "-o", str(out),
                                  "--max-tokens", "20", "--format", "pcm", "-q", "--seed", "2"], input=SPEAK)
     assert result.exit_code == 0, result.stderr
-    assert out.stat().st_size == (20 - 16) * 512 * 2
+    assert out.stat().st_size % (512 * 2) == 0 and 0 < out.stat().st_size <= (20 - 16) * 512 * 2
     text = tmp_path / "script.txt"
     text.write_text(SPEAK)
     again = tmp_path / "again.pcm"
