@@ -15,7 +15,7 @@ TEXT = "[S1] Hello there. [S2] Hi! (laughs)"
 def step0_logits(model, text=TEXT):
     ids = torch.tensor([encode_text(text, model.cfg)])
     with torch.inference_mode():
-        cross = model.cross_cache(model.encoder(torch.cat([ids, torch.zeros_like(ids)])), None)
+        cross = model.cross_cache(model.encoder(torch.cat([ids, torch.zeros_like(ids)])))
         model.setup_caches(2, 4)
         return model(torch.full((2, 1, model.cfg.channels), model.cfg.bos), 0, cross)
 

@@ -62,10 +62,10 @@ class EncoderLayer(nn.Module):
         self.post_sa_norm = RMSNorm(cfg.enc_dim, cfg.norm_eps)
         self.mlp = MLP(cfg.enc_dim, cfg.enc_hidden)
 
-    def forward(self, x, rot, mask):
+    def forward(self, x, rot):
         a = self.self_attention
         q, k, v = a.self_qkv(self.pre_sa_norm(x), rot)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=a.n_heads != a.n_kv_heads)
+        o = F.scaled_dot_product_attention(q, k, v, scale=1.0, enable_gqa=a.n_heads != a.n_kv_heads)
         x = x + a.out(o)
         return x + self.mlp(self.post_sa_norm(x))
 
@@ -78,14 +78,14 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
         self.norm = RMSNorm(cfg.enc_dim, cfg.norm_eps)
 
-    def forward(self, text_BxS: torch.Tensor, mask_BxS: torch.Tensor | None = None) -> torch.Tensor:
-        """Byte ids (B, S) -> (B, S, D_enc); mask_BxS marks real (non-pad) bytes; keys that are pad are ignored."""
+    def forward(self, text_BxS: torch.Tensor) -> torch.Tensor:
+        """Byte ids (B, S) -> (B, S, D_enc). The text is not padded to text_length, so no mask is needed: the
+        references' padding masks make non-pad positions see exactly these keys."""
         cfg = self.cfg
         rot = _rope(cfg.enc_head_dim, cfg, text_BxS.shape[1], text_BxS.device)
-        attn_mask = None if mask_BxS is None else mask_BxS[:, None, None, :]  # (B, 1, 1, S)
         x = self.embedding(text_BxS)
         for layer in self.layers:
-            x = layer(x, rot, attn_mask)
+            x = layer(x, rot)
         return self.norm(x)
 
 
@@ -127,8 +127,8 @@ class MultiChannelEmbedding(nn.Module):
 class CrossCache:
     """Cross-attention K/V of every decoder layer, computed once per request from the encoder output."""
 
-    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], mask: torch.Tensor | None):
-        self.k, self.v, self.mask = k, v, mask
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor]):
+        self.k, self.v = k, v
 
 
 class Dia(nn.Module):
@@ -153,7 +153,7 @@ class Dia(nn.Module):
                            for _ in self.decoder.layers]
         self._rope = _rope(cfg.dec_head_dim, cfg, max_len, p.device)
 
-    def cross_cache(self, enc_BxSxD: torch.Tensor, mask_BxS: torch.Tensor | None) -> CrossCache:
+    def cross_cache(self, enc_BxSxD: torch.Tensor) -> CrossCache:
         cfg, ks, vs = self.cfg, [], []
         if cfg.cross_rope:  # v0.1: keys rotated once at encoder positions 0..S-1
             rot = _rope(cfg.cross_head_dim, cfg, enc_BxSxD.shape[1], enc_BxSxD.device)
@@ -162,7 +162,7 @@ class Dia(nn.Module):
             k = a.heads(a.k_proj, enc_BxSxD, a.n_kv_heads)
             ks.append(apply_rope_interleaved(k, rot) if cfg.cross_rope else k)
             vs.append(a.heads(a.v_proj, enc_BxSxD, a.n_kv_heads))
-        return CrossCache(ks, vs, None if mask_BxS is None else mask_BxS[:, None, None, :])
+        return CrossCache(ks, vs)
 
     def forward(self, codes_BxTxC: torch.Tensor, start: int, cross: CrossCache) -> torch.Tensor:
         """Delayed code rows at steps [start, start+T) -> logits (B, T, C, V) in float32."""
@@ -178,7 +178,7 @@ class Dia(nn.Module):
             q = c.heads(c.q_proj, h, c.n_heads)
             if cfg.cross_rope:  # v0.1: queries rotated at the decoder step
                 q = apply_rope_interleaved(q, rot)
-            o = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cross.mask, scale=1.0,
+            o = F.scaled_dot_product_attention(q, ck, cv, scale=1.0,
                                                enable_gqa=c.n_heads != c.n_kv_heads)
             x = x + c.out(o)
             x = x + layer.mlp(layer.pre_mlp_norm(x))

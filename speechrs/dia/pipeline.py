@@ -136,7 +136,7 @@ class DiaPipeline:
         max_steps = opts.max_tokens or cfg.audio_length
         cond = torch.tensor([text_ids], device=self.device)
         enc = model.encoder(torch.cat([cond, torch.zeros_like(cond)]))  # rows [cond, uncond]: uncond is all zeros
-        cross = model.cross_cache(enc, None)
+        cross = model.cross_cache(enc)
         model.setup_caches(2, max_steps + 1)
         rows = torch.full((max_steps + 1, C), cfg.bos, dtype=torch.long)
         forced_bos = torch.tensor(delays)  # channel c keeps BOS while row <= delay[c]

@@ -39,10 +39,6 @@ class VoxtralConfig:
     def adapter_in_dim(self) -> int:
         return self.encoder.dim * self.downsample_factor
 
-    @property
-    def tokens_per_chunk(self) -> int:
-        return self.encoder.max_source_positions // self.downsample_factor
-
     @classmethod
     def from_params_json(cls, path: Path) -> "VoxtralConfig":
         params = _read_json(path)
