@@ -56,10 +56,10 @@ def huge_page_empty(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
         return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).view(shape)
 
 
-def fuse_linears(*linears: nn.Linear) -> torch.Tensor:
-    """One weight for bias-free Linears that read the same input: their rows, concatenated. Each Linear's weight
-    becomes a view into it, so the canonical parameters remain and nothing is stored twice. One matmul instead
-    of several is what a decode step of a small model is made of."""
+def fuse_linears(*linears: nn.Linear) -> nn.Linear:
+    """One bias-free Linear for bias-free Linears that read the same input: their rows, concatenated. Each
+    Linear's weight becomes a view into it, so the canonical parameters remain and nothing is stored twice. One
+    matmul instead of several is what a decode step of a small model is made of."""
     weights = [lin.weight.detach() for lin in linears]
     fused = huge_page_empty((sum(w.shape[0] for w in weights), weights[0].shape[1]), weights[0].dtype,
                             weights[0].device)
@@ -69,7 +69,9 @@ def fuse_linears(*linears: nn.Linear) -> torch.Tensor:
         n = lin.weight.shape[0]
         lin.weight = nn.Parameter(fused[row:row + n], requires_grad=False)
         row += n
-    return fused
+    out = nn.Linear(fused.shape[1], fused.shape[0], bias=False, device="meta")
+    out.weight = nn.Parameter(fused, requires_grad=False)
+    return out
 
 
 class KVCache(nn.Module):

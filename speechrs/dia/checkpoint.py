@@ -76,8 +76,9 @@ def load_dia(directory: Path, dtype: torch.dtype | None, device="cpu", generatio
     with torch.device("meta"):
         model = Dia(cfg)
     load_into(model, tensors, dtype, device, transform=lambda name, t: _interleave_qk(name, t, cfg))
-    model.fuse()
-    release_unused(mappings, model)  # pages of transposed / interleaved / fused originals
+    # pages of transposed / interleaved / fused / packed originals, layer by layer: the peak stays ~1x the weights
+    model.prepare(after_layer=lambda: release_unused(mappings, model))
+    release_unused(mappings, model)
     return model.eval()
 
 

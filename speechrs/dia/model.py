@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, fuse_linears, rope_table
+from ..packing import pack_fused, pack_linears, packable
 from .config import DiaConfig
 
 
@@ -26,7 +27,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(kv_dim, n_kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(n_heads * head_dim, out_dim, bias=False)
-        self.qkv = None  # [q; k; v] for self-attention, made by Dia.fuse()
+        self.qkv = None  # [q; k; v] for self-attention, one Linear made by Dia.prepare()
 
     def heads(self, proj: nn.Linear, x: torch.Tensor, n: int) -> torch.Tensor:
         return proj(x).unflatten(-1, (n, self.head_dim)).transpose(1, 2)  # (B, n, T, E)
@@ -35,7 +36,7 @@ class Attention(nn.Module):
         """q, k rotated and v, each (B, heads, T, E), from one fused matmul."""
         H, K, E = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = (t.unflatten(-1, (n, E)).transpose(1, 2)
-                   for t, n in zip(F.linear(x, self.qkv).split([H * E, K * E, K * E], dim=-1), (H, K, K)))
+                   for t, n in zip(self.qkv(x).split([H * E, K * E, K * E], dim=-1), (H, K, K)))
         return apply_rope_interleaved(q, rot), apply_rope_interleaved(k, rot), v
 
     def out(self, o_BxHxTxE: torch.Tensor) -> torch.Tensor:
@@ -140,14 +141,29 @@ class Dia(nn.Module):
         self.logits_dense = nn.Linear(cfg.dec_dim, cfg.channels * cfg.audio_vocab, bias=False)
         self.caches: list[KVCache] = []
 
-    def fuse(self) -> None:
-        """Fused self-attention projections; call once the weights are real (after loading)."""
-        for layer in [*self.encoder.layers, *self.decoder.layers]:
+    def prepare(self, after_layer=lambda: None) -> None:
+        """Fused self-attention projections, and on the CPU in bf16 every per-step decoder weight packed for
+        oneDNN (packing.py) for the CFG pair's 2 rows. Call once the weights are real (after loading);
+        `after_layer` runs after each decoder layer, so the loader can drop the replaced originals as it goes."""
+        for layer in self.encoder.layers:
             a = layer.self_attention
             a.qkv = fuse_linears(a.q_proj, a.k_proj, a.v_proj)
+        pack = packable(self.logits_dense.weight)
+        for layer in self.decoder.layers:
+            a, c = layer.self_attention, layer.cross_attention
+            if pack:
+                pack_fused(a, ["q_proj", "k_proj", "v_proj"], "qkv", rows=2)
+                pack_linears(a, ["o_proj"], rows=2)
+                pack_linears(c, ["q_proj", "o_proj"], rows=2)  # cross k/v run once per request, on the text
+                pack_linears(layer.mlp, ["gate_up_proj", "down_proj"], rows=2)
+            else:
+                a.qkv = fuse_linears(a.q_proj, a.k_proj, a.v_proj)
+            after_layer()
+        if pack:
+            pack_linears(self, ["logits_dense"], rows=2)
 
     def setup_caches(self, batch: int, max_len: int) -> None:
-        p, cfg = self.logits_dense.weight, self.cfg
+        p, cfg = self.decoder.embeddings.embed.weight, self.cfg
         if not self.caches or self.caches[0].max_len < max_len or self.caches[0].k.shape[0] != batch:
             self.caches = [KVCache(batch, cfg.dec_kv_heads, max_len, cfg.dec_head_dim, p.dtype, p.device)
                            for _ in self.decoder.layers]

@@ -96,7 +96,7 @@ class DiaPipeline:
 
     def __init__(self, model: Dia, dac: DAC | None):
         self.model, self.dac, self.cfg = model, dac, model.cfg
-        self.device = model.logits_dense.weight.device
+        self.device = model.decoder.embeddings.embed.weight.device
         self.defaults = DEFAULTS[self.cfg.generation]
 
     @classmethod

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, fuse_linears, rope_table
+from ..packing import pack_fused, pack_linears, packable
 from .config import EncoderConfig, VoxtralConfig
 
 
@@ -120,11 +121,11 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
-        self.wqkv = None  # [wq; wk; wv], made by Voxtral.setup_buffers()
+        self.wqkv = None  # [wq; wk; wv], one Linear made by Voxtral.setup_buffers()
 
     def forward(self, x, start: int, rot, cache: KVCache) -> torch.Tensor:
         H, K, E = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = F.linear(x, self.wqkv).split([H * E, K * E, K * E], dim=-1)
+        q, k, v = self.wqkv(x).split([H * E, K * E, K * E], dim=-1)
         q = q.unflatten(-1, (H, E)).transpose(1, 2)  # (B, H, T, E)
         k = k.unflatten(-1, (K, E)).transpose(1, 2)  # (B, K, T, E)
         v = v.unflatten(-1, (K, E)).transpose(1, 2)
@@ -140,10 +141,10 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # gate
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
         self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # up
-        self.w13 = None  # [w1; w3], made by Voxtral.setup_buffers()
+        self.w13 = None  # [w1; w3], one Linear made by Voxtral.setup_buffers()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(x, self.w13).chunk(2, dim=-1)
+        gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
 
 
@@ -172,16 +173,28 @@ class Voxtral(nn.Module):
         self.caches: list[KVCache] = []
         self._rope_len = 0
 
-    def setup_buffers(self) -> None:
-        """Derived tensors that no checkpoint stores; call after weights are assigned (meta -> real)."""
+    def setup_buffers(self, after_layer=lambda: None) -> None:
+        """Derived tensors that no checkpoint stores; call after weights are assigned (meta -> real). The
+        decoder's projections are fused, and on the CPU in bf16 packed for oneDNN (packing.py) for one row;
+        `after_layer` runs after each layer, so the loader can drop the replaced originals as it goes."""
         enc = self.cfg.encoder
         device = self.tok_embeddings.weight.device
         self.mm_whisper_embeddings.whisper_encoder.embed_positions = sinusoids(
             enc.max_source_positions, enc.dim).to(device)
+        pack = packable(self.output.weight)
         for layer in self.layers:
             a, ff = layer.attention, layer.feed_forward
-            a.wqkv = fuse_linears(a.wq, a.wk, a.wv)
-            ff.w13 = fuse_linears(ff.w1, ff.w3)
+            if pack:
+                pack_fused(a, ["wq", "wk", "wv"], "wqkv", rows=1)
+                pack_fused(ff, ["w1", "w3"], "w13", rows=1)
+                pack_linears(a, ["wo"], rows=1)
+                pack_linears(ff, ["w2"], rows=1)
+            else:
+                a.wqkv = fuse_linears(a.wq, a.wk, a.wv)
+                ff.w13 = fuse_linears(ff.w1, ff.w3)
+            after_layer()
+        if pack:
+            pack_linears(self, ["output"], rows=1)
 
     def setup_caches(self, batch: int, max_len: int) -> None:
         """Preallocate the KV cache and RoPE table for max_len tokens (both grow if a request goes further).

@@ -1,0 +1,65 @@
+"""oneDNN-packed decode weights (speechrs/packing.py) give the same numbers as torch's Linear, bit for bit."""
+import pytest
+import torch
+
+from speechrs.dia.checkpoint import load_dia
+from speechrs.dia.pipeline import DiaPipeline, SpeakOptions, encode_text
+from speechrs.packing import PackedLinear, packable
+from speechrs.voxtral.checkpoint import load_voxtral
+from speechrs.voxtral.pipeline import GenerationOptions, VoxtralPipeline
+from speechrs.voxtral.tekken import Tekken
+
+bf16 = torch.bfloat16
+needs_packing = pytest.mark.skipif(not packable(torch.zeros(1, dtype=bf16)),
+                                   reason="this CPU's oneDNN has no bf16 (or SPEECHRS_PACK_WEIGHTS=0)")
+
+
+@needs_packing
+@pytest.mark.parametrize("shape", [(2, 64), (1, 64), (7, 64), (2, 3, 64), (2, 40, 64)])
+def test_packed_linear_equals_linear_bit_for_bit(shape):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 64, generator=g).to(bf16)
+    x = torch.randn(*shape, generator=g).to(bf16)
+    assert torch.equal(PackedLinear(w, rows=2)(x), torch.nn.functional.linear(x, w))
+
+
+def test_packing_needs_bf16_on_the_cpu(monkeypatch):
+    assert not packable(torch.zeros(1))  # float32 keeps torch's Linear: the reference-parity tests run there
+    monkeypatch.setenv("SPEECHRS_PACK_WEIGHTS", "0")
+    assert not packable(torch.zeros(1, dtype=bf16))
+
+
+def _unpacked(monkeypatch, load):
+    monkeypatch.setenv("SPEECHRS_PACK_WEIGHTS", "0")
+    model = load()
+    monkeypatch.delenv("SPEECHRS_PACK_WEIGHTS")
+    return model
+
+
+@needs_packing
+def test_packed_dia_generates_the_same_codes(dia_dirs, dac, monkeypatch):
+    load = lambda: load_dia(dia_dirs[1], bf16)  # noqa: E731
+    plain, packed = _unpacked(monkeypatch, load), load()
+    assert isinstance(packed.decoder.layers[0].mlp.gate_up_proj, PackedLinear)
+    assert not hasattr(packed.decoder.layers[0].self_attention, "q_proj")  # the plain copy is gone
+    ids, opts = encode_text("[S1] Hello there. [S2] Hi!", plain.cfg), SpeakOptions(max_tokens=40, temperature=0)
+    rows = [list(DiaPipeline(m, dac).generate_codes(ids, DiaPipeline(m, dac).options(opts)))[-1]
+            for m in (plain, packed)]
+    assert torch.equal(rows[0], rows[1])
+
+
+@needs_packing
+def test_packed_voxtral_gives_the_same_logits_and_text(native_dir, clip, monkeypatch):
+    load = lambda: load_voxtral(native_dir, "native", bf16)  # noqa: E731
+    plain, packed = _unpacked(monkeypatch, load), load()
+    assert isinstance(packed.output, PackedLinear) and not hasattr(packed.layers[0].attention, "wq")
+    ids = torch.tensor([[1, 3, 1500, 2000, 2500, 3000, 4, 7000]])
+    with torch.inference_mode():
+        logits = []
+        for m in (plain, packed):
+            m.setup_caches(1, 16)
+            logits.append(m(m.embed(ids, None, 24), 0, last_only=False))
+    assert torch.equal(logits[0], logits[1])
+    texts = [list(VoxtralPipeline(m, Tekken(native_dir / "tekken.json")).transcribe(
+        str(clip), "en", GenerationOptions(max_tokens=12)))[-1].text for m in (plain, packed)]
+    assert texts[0] == texts[1]
