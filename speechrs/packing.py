@@ -8,10 +8,13 @@ freezing pass uses) streams bf16 weights 5-25% faster than torch's row-major Lin
 Used for bfloat16 weights on a CPU whose oneDNN supports bf16; anything else keeps torch's nn.Linear, as does
 SPEECHRS_PACK_WEIGHTS=0 (for benchmarks, or to rule packing out when chasing a numerical question).
 """
+import math
 import os
 
 import torch
 from torch import nn
+
+from .layers import huge_page_empty
 
 
 def packable(weight: torch.Tensor) -> bool:
@@ -52,10 +55,25 @@ def pack_linears(parent: nn.Module, names: list[str], rows: int) -> None:
         setattr(parent, name, PackedLinear(linear.weight, rows))
 
 
-def pack_fused(parent: nn.Module, names: list[str], fused_name: str, rows: int) -> None:
+class Scratch:
+    """One reusable huge-page buffer for the concatenated weights that are packed one after another: a fresh
+    buffer per weight would fault in every 4 KiB page again, which costs more than the copy on a VM."""
+
+    def __init__(self):
+        self.buf = torch.empty(0, dtype=torch.uint8)
+
+    def view(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        n_bytes = math.prod(shape) * dtype.itemsize
+        if self.buf.numel() < n_bytes:
+            self.buf = huge_page_empty((n_bytes,), torch.uint8, "cpu")
+        return self.buf[:n_bytes].view(dtype).view(shape)
+
+
+def pack_fused(parent: nn.Module, names: list[str], fused_name: str, rows: int, scratch: Scratch) -> None:
     """One PackedLinear `fused_name` over the rows of the Linears `names` (which read the same input); the
     Linears themselves are removed, so their weights' memory can go."""
-    weight = torch.cat([getattr(parent, name).weight.detach() for name in names])
-    setattr(parent, fused_name, PackedLinear(weight, rows))
+    weights = [getattr(parent, name).weight.detach() for name in names]
+    fused = scratch.view((sum(w.shape[0] for w in weights), weights[0].shape[1]), weights[0].dtype)
+    setattr(parent, fused_name, PackedLinear(torch.cat(weights, out=fused), rows))
     for name in names:
         delattr(parent, name)

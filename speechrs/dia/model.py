@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, fuse_linears, rope_table
-from ..packing import pack_fused, pack_linears, packable
+from ..packing import Scratch, pack_fused, pack_linears, packable
 from .config import DiaConfig
 
 
@@ -148,11 +148,11 @@ class Dia(nn.Module):
         for layer in self.encoder.layers:
             a = layer.self_attention
             a.qkv = fuse_linears(a.q_proj, a.k_proj, a.v_proj)
-        pack = packable(self.logits_dense.weight)
+        pack, scratch = packable(self.logits_dense.weight), Scratch()
         for layer in self.decoder.layers:
             a, c = layer.self_attention, layer.cross_attention
             if pack:
-                pack_fused(a, ["q_proj", "k_proj", "v_proj"], "qkv", rows=2)
+                pack_fused(a, ["q_proj", "k_proj", "v_proj"], "qkv", rows=2, scratch=scratch)
                 pack_linears(a, ["o_proj"], rows=2)
                 pack_linears(c, ["q_proj", "o_proj"], rows=2)  # cross k/v run once per request, on the text
                 pack_linears(layer.mlp, ["gate_up_proj", "down_proj"], rows=2)

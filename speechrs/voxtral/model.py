@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, fuse_linears, rope_table
-from ..packing import pack_fused, pack_linears, packable
+from ..packing import Scratch, pack_fused, pack_linears, packable
 from .config import EncoderConfig, VoxtralConfig
 
 
@@ -181,12 +181,12 @@ class Voxtral(nn.Module):
         device = self.tok_embeddings.weight.device
         self.mm_whisper_embeddings.whisper_encoder.embed_positions = sinusoids(
             enc.max_source_positions, enc.dim).to(device)
-        pack = packable(self.output.weight)
+        pack, scratch = packable(self.output.weight), Scratch()
         for layer in self.layers:
             a, ff = layer.attention, layer.feed_forward
             if pack:
-                pack_fused(a, ["wq", "wk", "wv"], "wqkv", rows=1)
-                pack_fused(ff, ["w1", "w3"], "w13", rows=1)
+                pack_fused(a, ["wq", "wk", "wv"], "wqkv", rows=1, scratch=scratch)
+                pack_fused(ff, ["w1", "w3"], "w13", rows=1, scratch=scratch)
                 pack_linears(a, ["wo"], rows=1)
                 pack_linears(ff, ["w2"], rows=1)
             else:
