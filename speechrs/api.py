@@ -6,7 +6,7 @@ dataclasses the server builds. One object serves one request at a time.
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .dia.pipeline import SpeakOptions, SpeechResult, Step
+from .dia.pipeline import AudioChunk, SpeakOptions, SpeechResult, Step
 from .engine import Engine, Loaded, load_pipeline
 from .messages import parse_messages
 from .voxtral.pipeline import Done, GenerationOptions, Token, Usage
@@ -59,10 +59,12 @@ class DiaModel:
                 return event
         raise RuntimeError("generation ended without a result")
 
-    def speak_stream(self, text: str, **options) -> Iterator[Step | SpeechResult]:
-        """Step(step, max_steps) events while decoding, then the SpeechResult."""
+    def speak_stream(self, text: str, stream_audio: bool = False,
+                     **options) -> Iterator[Step | AudioChunk | SpeechResult]:
+        """Step(step, max_steps, frames) events while decoding, then the SpeechResult. With stream_audio, also
+        AudioChunk(pcm, sample_rate) events as soon as the DAC can decode them (not loudness-normalised)."""
         opts = SpeakOptions(**options)
-        return Engine.run(lambda: self.pipeline.speak(text, opts))
+        return Engine.run(lambda: self.pipeline.speak(text, opts, stream_audio=stream_audio))
 
 
 def _collect(events: Iterator[Token | Done]) -> TextResult:

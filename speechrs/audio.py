@@ -7,6 +7,7 @@ Slaney mel 0-8 kHz, log10 clamped at 1e-10, floor at (max over the whole clip) -
 import base64
 import binascii
 import io
+import struct
 import urllib.parse
 from functools import lru_cache
 from pathlib import Path
@@ -152,6 +153,13 @@ def wav_bytes(pcm: np.ndarray, sample_rate: int) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.clip(pcm, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+def wav_stream_header(sample_rate: int) -> bytes:
+    """The 44-byte header of a 16-bit mono WAV whose length is not known yet: RIFF and data sizes 0xFFFFFFFF,
+    as streaming servers write it; players read the samples to the end of the stream."""
+    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 0xFFFFFFFF, b"WAVE", b"fmt ", 16, 1, 1, sample_rate,
+                       2 * sample_rate, 2, 16, b"data", 0xFFFFFFFF)
 
 
 def write_wav(path: Path, pcm: np.ndarray, sample_rate: int) -> None:

@@ -1,4 +1,6 @@
 """speechrs command line: results on stdout, progress and errors on stderr, non-zero exit on failure."""
+import contextlib
+import itertools
 import json
 import logging
 import sys
@@ -91,7 +93,8 @@ def transcribe(
 @app.command()
 def speak(
     text: Annotated[str, typer.Argument(help="What to say, with [S1]/[S2] speaker tags; '-' reads stdin.")] = "-",
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the audio.")] = Path("out.wav"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the audio; - is stdout.")]
+    = Path("out.wav"),
     text_file: Annotated[Optional[Path], typer.Option("--file", help="Read the text from this file instead.")]
     = None,
     model: Annotated[str, typer.Option("-m", "--model", help="Hub id or local directory.")] = "nari-labs/Dia-1.6B",
@@ -104,7 +107,10 @@ def speak(
     top_k: Annotated[Optional[int], typer.Option(help="CFG filter top-k [default: 35 v0.1, 45 0626]")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Decoder steps, 86 per second of audio "
                                                            "[default: the config's audio_length]")] = None,
-    normalize: Annotated[bool, typer.Option(help="Loudness to -14 LUFS, then tanh.")] = True,
+    normalize: Annotated[Optional[bool], typer.Option(
+        help="Loudness to -14 LUFS, then tanh [default: on, off with --stream]")] = None,
+    stream: Annotated[bool, typer.Option(help="Write the audio as it is made (not loudness-normalised), e.g. "
+                                              "--format pcm -o - | aplay -f S16_LE -r 44100")] = False,
     output_format: Annotated[AudioFormat, typer.Option("--format", help="wav (16-bit) or pcm (raw s16le).")]
     = AudioFormat.wav,
     dtype: Annotated[DType, typer.Option(help="Weights dtype; auto keeps the checkpoint's.")] = DType.auto,
@@ -125,14 +131,27 @@ def speak(
         loaded = _load(model, dtype.value, device, quiet, dac=dac)
         if not isinstance(loaded, DiaModel):
             _fail(f"{model} is not a Dia model; speak needs text-in, speech-out")
-        events = loaded.speak_stream(text, seed=seed, temperature=temperature, cfg_scale=cfg_scale, top_p=top_p,
-                                     top_k=top_k, max_tokens=max_tokens, normalize=normalize)
-        result = _run_speech(events, quiet)
-        from .audio import to_s16le, wav_bytes
+        events = loaded.speak_stream(text, stream_audio=stream, seed=seed, temperature=temperature,
+                                     cfg_scale=cfg_scale, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
+                                     normalize=normalize)
+        wav = output_format == AudioFormat.wav
+        if stream:
+            from .audio import to_s16le, wav_stream_header
 
-        data = wav_bytes(result.pcm, result.sample_rate) if output_format == AudioFormat.wav else \
-            to_s16le(result.pcm)
-        output.write_bytes(data)
+            events = iter(events)
+            events = itertools.chain([next(events)], events)  # request errors surface before the output is opened
+            with _open_output(output) as out:
+                if wav:
+                    out.write(wav_stream_header(loaded.pipeline.dac.cfg.sample_rate))
+                result = _run_speech(events, quiet, on_audio=lambda pcm: (out.write(to_s16le(pcm)), out.flush()))
+                if wav and out.seekable():  # a file, not a pipe: write the real sizes
+                    _finish_wav_sizes(out)
+        else:
+            result = _run_speech(events, quiet)
+            from .audio import to_s16le, wav_bytes
+
+            with _open_output(output) as out:
+                out.write(wav_bytes(result.pcm, result.sample_rate) if wav else to_s16le(result.pcm))
     except SpeechrsError as e:
         _fail(str(e))
     except OSError as e:
@@ -173,11 +192,29 @@ def serve(
         _fail(f"cannot listen on {host}:{port}: {e.strerror}")
 
 
-def _run_speech(events, quiet: bool):
-    """Drive the step events through a rich progress bar; print the real-time factor; return the result."""
+def _open_output(path: Path):
+    """The output file, or stdout's bytes for '-' (left open)."""
+    if str(path) == "-":
+        return contextlib.nullcontext(sys.stdout.buffer)
+    return open(path, "wb")
+
+
+def _finish_wav_sizes(f) -> None:
+    """Replace a streamed WAV header's unknown sizes (0xFFFFFFFF) with the real ones."""
+    end = f.tell()
+    f.seek(4)
+    f.write((end - 8).to_bytes(4, "little"))
+    f.seek(40)
+    f.write((end - 44).to_bytes(4, "little"))
+    f.seek(end)
+
+
+def _run_speech(events, quiet: bool, on_audio=None):
+    """Drive the step events through a rich progress bar, hand streamed pcm to on_audio; print the real-time
+    factor; return the result."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .dia.pipeline import SpeechResult, Step
+    from .dia.pipeline import AudioChunk, SpeechResult, Step
 
     t0 = time.perf_counter()
     result = None
@@ -187,7 +224,9 @@ def _run_speech(events, quiet: bool):
         task = progress.add_task("decode", total=None, audio=0.0)
         for event in events:
             if isinstance(event, Step):
-                progress.update(task, completed=event.step, total=event.max_steps, audio=event.step / 86.13)
+                progress.update(task, completed=event.step, total=event.max_steps, audio=event.frames / 86.13)
+            elif isinstance(event, AudioChunk) and on_audio is not None:
+                on_audio(event.pcm)
             elif isinstance(event, SpeechResult):
                 result = event
     wall = time.perf_counter() - t0

@@ -51,26 +51,51 @@ def chat_request(body: dict) -> tuple[str, list, GenerationOptions, bool, bool]:
     return body.get("model") or "default", body["messages"], generation_options(body), stream, include_usage
 
 
-def speech_request(body: dict) -> tuple[str, str, str, SpeakOptions]:
-    """-> (model, input text, response_format, options). voice, speed and instructions are accepted, unused."""
+def speech_request(body: dict) -> tuple[str, str, str, SpeakOptions, str | None]:
+    """-> (model, input text, response_format, options, stream_format). voice, speed and instructions are
+    accepted, unused. stream_format "sse" streams pcm deltas; "audio" streams pcm and wav bytes as they are
+    made (other formats are encoded once the clip is whole); absent, the whole normalised file is returned."""
     if not isinstance(body, dict):
         raise InvalidRequestError("the body must be a JSON object")
     text = body.get("input")
     if not isinstance(text, str):
         raise InvalidRequestError("'input' is required and must be a string", "input")
-    fmt = body.get("response_format") or "mp3"  # OpenAI's default
+    stream_format = body.get("stream_format")
+    if stream_format not in (None, "audio", "sse"):
+        raise InvalidRequestError("stream_format must be 'audio' or 'sse'", "stream_format")
+    fmt = body.get("response_format") or ("pcm" if stream_format == "sse" else "mp3")  # OpenAI's default: mp3
     if fmt not in SPEECH_FORMATS:
         raise InvalidRequestError(f"response_format '{fmt}' is not supported; use one of "
                                   f"{', '.join(SPEECH_FORMATS)}", "response_format")
-    if body.get("stream_format") not in (None, "audio"):
-        raise InvalidRequestError("stream_format 'sse' is not supported yet; omit it or use 'audio'", "stream_format")
-    normalize = body.get("normalize", True)
-    if not isinstance(normalize, bool):
+    if stream_format == "sse" and fmt != "pcm":
+        raise InvalidRequestError("stream_format 'sse' sends pcm deltas; use response_format 'pcm' (or "
+                                  "stream_format 'audio' for a wav stream)", "response_format")
+    normalize = body.get("normalize")  # None: normalised unless streamed (SpeakOptions)
+    if normalize is not None and not isinstance(normalize, bool):
         raise InvalidRequestError("'normalize' must be a boolean", "normalize")
     opts = SpeakOptions(max_tokens=_number(body, "max_tokens", int), temperature=_number(body, "temperature"),
                         top_p=_number(body, "top_p"), top_k=_number(body, "top_k", int),
                         cfg_scale=_number(body, "cfg_scale"), seed=_number(body, "seed", int), normalize=normalize)
-    return body.get("model") or "default", text, fmt, opts
+    return body.get("model") or "default", text, fmt, opts, stream_format
+
+
+def streams_audio(fmt: str, stream_format: str | None) -> bool:
+    """Whether a speech request gets its audio as it is made: SSE, or raw pcm / wav bytes."""
+    return stream_format == "sse" or (stream_format == "audio" and fmt in ("pcm", "wav"))
+
+
+def speech_content_type(fmt: str, rate: int) -> str:
+    if fmt == "wav":
+        return f"audio/wav; rate={rate}; channels=1"
+    if fmt == "pcm":
+        return f"audio/pcm; codecs=1; format=s16le; rate={rate}; channels=1"
+    return SPEECH_FORMATS[fmt][3]
+
+
+def speech_done(n_in: int, steps: int) -> dict:
+    """The last SSE event: input tokens are Dia's text bytes, output tokens its decoder steps."""
+    return {"type": "speech.audio.done", "usage": {"input_tokens": n_in, "output_tokens": steps,
+                                                   "total_tokens": n_in + steps}}
 
 
 def transcription_request(form: dict) -> tuple[str, str | None, str, bool, GenerationOptions]:
@@ -127,9 +152,9 @@ def speech_bytes(pcm: np.ndarray, rate: int, fmt: str) -> tuple[bytes, str]:
     from .audio import resample, to_s16le, wav_bytes
 
     if fmt == "wav":
-        return wav_bytes(pcm, rate), f"audio/wav; rate={rate}; channels=1"
+        return wav_bytes(pcm, rate), speech_content_type(fmt, rate)
     if fmt == "pcm":
-        return to_s16le(pcm), f"audio/pcm; codecs=1; format=s16le; rate={rate}; channels=1"
+        return to_s16le(pcm), speech_content_type(fmt, rate)
     import soundfile as sf
 
     container, subtype, out_rate, content_type = SPEECH_FORMATS[fmt]

@@ -1,5 +1,6 @@
 """OpenAI-compatible HTTP server: a translation layer over the engine (parse -> options -> engine -> format)."""
 import asyncio
+import base64
 import json
 import logging
 import time
@@ -180,24 +181,60 @@ async def _transcription_response(request, events, fmt: str, stream: bool) -> we
     return web.json_response(oa.transcription(done.text, done.usage))
 
 
-async def speech(request: web.Request) -> web.Response:
-    from .dia.pipeline import SpeechResult
-
+async def speech(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
-    model_id, text, fmt, opts = oa.speech_request(await _json(request))
+    model_id, text, fmt, opts, stream_format = oa.speech_request(await _json(request))
     loaded = engine.get(model_id, "dia", "/v1/audio/speech")
+    streamed = oa.streams_audio(fmt, stream_format)
     t0 = time.perf_counter()
-    result = None
-    async with aclosing(engine.stream(lambda: loaded.pipeline.speak(text, opts))) as events:
-        async for event in events:
-            if isinstance(event, SpeechResult):
-                result = event
-    metrics = request.app[METRICS]
-    metrics.audio_out_s += result.duration_s
-    metrics.speech_wall_s += time.perf_counter() - t0
+    async with aclosing(engine.stream(lambda: loaded.pipeline.speak(text, opts, stream_audio=streamed))) as events:
+        first = await _first(events)  # request errors (bad options, text too long) are still 4xx here
+        if streamed:
+            return await _speech_stream(request, loaded.pipeline, text, first, events, fmt, stream_format, t0)
+        result = first
+        async for result in events:
+            pass
+    _count_speech(request, result, t0)
     # encoding (mp3, opus resampling) takes real time: keep it off the event loop
     data, content_type = await asyncio.to_thread(oa.speech_bytes, result.pcm, result.sample_rate, fmt)
     return web.Response(body=data, headers={"Content-Type": content_type})
+
+
+async def _speech_stream(request, pipeline, text: str, first, events, fmt: str, stream_format: str, t0: float):
+    """SSE speech.audio.delta / .done events, or raw pcm / wav bytes in a chunked response, as pieces arrive."""
+    from .audio import to_s16le, wav_stream_header
+    from .dia.pipeline import AudioChunk, SpeechResult, encode_text
+
+    rate = pipeline.dac.cfg.sample_rate
+    if stream_format == "sse":
+        resp = await _sse(request)
+    else:
+        resp = web.StreamResponse(headers={"Content-Type": oa.speech_content_type(fmt, rate)})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        if fmt == "wav":
+            await resp.write(wav_stream_header(rate))
+    event = first
+    while event is not None:
+        if isinstance(event, AudioChunk):
+            pcm = to_s16le(event.pcm)
+            if stream_format == "sse":
+                await _send(resp, {"type": "speech.audio.delta", "audio": base64.b64encode(pcm).decode()})
+            else:
+                await resp.write(pcm)
+        elif isinstance(event, SpeechResult):
+            _count_speech(request, event, t0)
+            if stream_format == "sse":
+                await _send(resp, oa.speech_done(len(encode_text(text, pipeline.cfg)), event.timings["steps"]))
+        event = await _first(events)
+    await resp.write_eof()
+    return resp
+
+
+def _count_speech(request, result, t0: float) -> None:
+    metrics = request.app[METRICS]
+    metrics.audio_out_s += result.duration_s
+    metrics.speech_wall_s += time.perf_counter() - t0
 
 
 async def models(request: web.Request) -> web.Response:

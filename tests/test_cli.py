@@ -125,6 +125,32 @@ def test_speak_pcm_from_stdin_and_file(dia_dirs, dac_dirs, tmp_path):
     assert result.exit_code == 0 and again.read_bytes() == out.read_bytes()
 
 
+def test_speak_stream_writes_the_streamed_audio_to_a_file_and_to_stdout(dia_dirs, dac_dirs, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    import speechrs
+    from speechrs.audio import to_s16le
+    from speechrs.dia.pipeline import AudioChunk
+
+    # greedy: a sampled run in another process could draw differently on a near tie after float rounding
+    events = speechrs.load(str(dia_dirs[0]), dac=str(dac_dirs[0])).speak_stream(SPEAK, stream_audio=True,
+                                                                                   temperature=0, max_tokens=60)
+    expected = to_s16le(np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)]))
+    out = tmp_path / "s.wav"
+    common = ["-m", dia_dirs[0], "--dac", dac_dirs[0], "--max-tokens", "60", "--temperature", "0", "--stream", "-q"]
+    result = invoke("speak", SPEAK, "-o", out, *common)
+    assert result.exit_code == 0, result.stderr
+    data, rate = sf.read(str(out), dtype="int16")  # the header's sizes were written once the clip ended
+    assert rate == 44100 and data.tobytes() == expected
+    result = subprocess.run([sys.executable, "-m", "speechrs", "speak", SPEAK, "-o", "-", "--format", "pcm",
+                             *map(str, common)], capture_output=True, timeout=300)
+    assert result.returncode == 0 and result.stdout == expected, result.stderr
+    result = invoke("speak", SPEAK, "-o", tmp_path / "n.wav", "--normalize", *common)
+    assert result.exit_code == 1 and "cannot be loudness-normalised" in result.stderr
+    assert not (tmp_path / "n.wav").exists()
+
+
 @pytest.mark.parametrize("case", ["empty", "too_long", "unknown_config", "missing_dac", "voxtral_model"])
 def test_speak_errors_are_one_line(case, dia_dirs, dac_dirs, native_dir, tmp_path):
     text, model, dac = SPEAK, dia_dirs[0], dac_dirs[0]

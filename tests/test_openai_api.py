@@ -24,14 +24,22 @@ def test_chat_request_fields_become_the_cli_options():
 
 
 def test_speech_request_defaults_and_extensions():
-    model, text, fmt, opts = oa.speech_request({"input": "[S1] hi", "voice": "alloy", "speed": 2.0,
-                                                "instructions": "cheerful"})
-    assert (model, text, fmt) == ("default", "[S1] hi", "mp3") and opts.temperature is None
-    _, _, fmt, opts = oa.speech_request({"input": "x", "response_format": "pcm", "seed": 1, "cfg_scale": 4,
-                                         "top_k": 50, "normalize": False})
+    model, text, fmt, opts, stream_format = oa.speech_request({"input": "[S1] hi", "voice": "alloy", "speed": 2.0,
+                                                               "instructions": "cheerful"})
+    assert (model, text, fmt, stream_format) == ("default", "[S1] hi", "mp3", None) and opts.temperature is None
+    assert opts.normalize is None  # normalised unless streamed
+    _, _, fmt, opts, _ = oa.speech_request({"input": "x", "response_format": "pcm", "seed": 1, "cfg_scale": 4,
+                                            "top_k": 50, "normalize": False})
     assert fmt == "pcm" and (opts.seed, opts.cfg_scale, opts.top_k, opts.normalize) == (1, 4.0, 50, False)
-    with pytest.raises(InvalidRequestError, match="sse"):
-        oa.speech_request({"input": "x", "stream_format": "sse"})
+
+
+@pytest.mark.parametrize("fmt,stream_format,streams", [
+    (None, None, False), ("pcm", None, False), ("pcm", "audio", True), ("wav", "audio", True),
+    ("mp3", "audio", False), (None, "sse", True), ("pcm", "sse", True)])
+def test_which_speech_requests_stream(fmt, stream_format, streams):
+    body = {"input": "x", "response_format": fmt, "stream_format": stream_format}
+    _, _, fmt, _, stream_format = oa.speech_request({k: v for k, v in body.items() if v is not None})
+    assert oa.streams_audio(fmt, stream_format) is streams and (stream_format != "sse" or fmt == "pcm")
 
 
 def test_transcription_form_fields():

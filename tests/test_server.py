@@ -3,18 +3,21 @@ import asyncio
 import base64
 import http.client
 import http.server
+import io
 import json
 import threading
 import time
 import urllib.request
 
+import numpy as np
 import pytest
+import soundfile as sf
 from aiohttp import web
 
 import speechrs
 from speechrs.audio import to_s16le, wav_bytes
 from speechrs.dia.checkpoint import load_dia
-from speechrs.dia.pipeline import DiaPipeline
+from speechrs.dia.pipeline import AudioChunk, DiaPipeline
 from speechrs.engine import Engine, Loaded
 from speechrs.hub import detect
 from speechrs.media import MediaPolicy
@@ -139,6 +142,57 @@ def test_speech_equals_the_python_api(client, api, server, fmt):
     expected_type = {"wav": "audio/wav; rate=44100; channels=1",
                      "pcm": "audio/pcm; codecs=1; format=s16le; rate=44100; channels=1"}[fmt]
     assert out.response.headers["content-type"] == expected_type
+
+
+def _streamed_pcm(api, **options) -> np.ndarray:
+    events = api[1].speak_stream(SPEAK, stream_audio=True, **options)
+    return np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)])
+
+
+def test_speech_streams_sse_deltas_equal_to_the_python_api(client, api):
+    with client.audio.speech.with_streaming_response.create(
+            model="default", voice="alloy", input=SPEAK, stream_format="sse",
+            extra_body={"seed": 3, "max_tokens": 60}) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: ")]
+    deltas, done = events[:-1], events[-1]
+    assert len(deltas) >= 1 and all(e["type"] == "speech.audio.delta" for e in deltas)
+    audio = b"".join(base64.b64decode(e["audio"]) for e in deltas)
+    assert audio == to_s16le(_streamed_pcm(api, seed=3, max_tokens=60))
+    n_in = len(SPEAK.replace("[S1]", "1").replace("[S2]", "2"))
+    assert done["type"] == "speech.audio.done" and done["usage"]["input_tokens"] == n_in
+    assert done["usage"]["total_tokens"] == n_in + done["usage"]["output_tokens"] > n_in
+
+
+@pytest.mark.parametrize("fmt", ["wav", "pcm"])
+def test_speech_streams_raw_audio_bytes(server, api, fmt):
+    req = urllib.request.Request(server.url + "/v1/audio/speech", headers={"Content-Type": "application/json"},
+                                 data=json.dumps({"input": SPEAK, "response_format": fmt, "stream_format": "audio",
+                                                  "seed": 5, "max_tokens": 60}).encode())
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        body = resp.read()
+    pcm = to_s16le(_streamed_pcm(api, seed=5, max_tokens=60))
+    if fmt == "wav":
+        assert body[:4] == b"RIFF" and body[40:44] == b"\xff\xff\xff\xff" and body[44:] == pcm
+        data, rate = sf.read(io.BytesIO(body[:4] + (len(body) - 8).to_bytes(4, "little") + body[8:40]
+                                        + (len(pcm)).to_bytes(4, "little") + body[44:]), dtype="int16")
+        assert rate == 44100 and len(data) == len(pcm) // 2
+    else:
+        assert body == pcm
+
+
+def test_streamed_speech_errors(server):
+    status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "stream_format": "sse",
+                                                              "response_format": "mp3"}))
+    assert status == 400 and err["param"] == "response_format" and "pcm" in err["message"]
+    status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "stream_format": "sse",
+                                                              "normalize": True}))
+    assert status == 400 and "whole clip" in err["message"]
+    status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "stream_format": "video"}))
+    assert status == 400 and err["param"] == "stream_format"
+    status, err = error_of(post(server, "/v1/audio/speech", {"input": "", "stream_format": "sse"}))
+    assert status == 400 and "empty" in err["message"]
 
 
 @pytest.mark.parametrize("fmt,magic", [("flac", b"fLaC"), ("mp3", None), ("opus", b"OggS")])

@@ -30,7 +30,9 @@ class SpeakOptions:
     top_k: int | None = None  # cfg_filter_top_k
     cfg_scale: float | None = None
     seed: int | None = None  # None draws a fresh seed
-    normalize: bool = True  # -14 LUFS then tanh (mistral.rs); False returns the DAC output as is
+    # -14 LUFS then tanh (mistral.rs); False: the DAC output with descript's tanh. None: True for a whole clip,
+    # False for streamed audio (integrated loudness needs the whole clip, so streamed audio cannot have it)
+    normalize: bool | None = None
 
 
 # Per-generation sampling defaults, one place. v0.1: mistral.rs SpeechGenerationConfig::default.
@@ -45,6 +47,14 @@ DEFAULTS = {
 class Step:
     step: int  # decoder steps done
     max_steps: int  # upper bound, for a progress bar
+    frames: int = 0  # complete audio frames (512 samples each) so far: all 9 channels known
+
+
+@dataclass
+class AudioChunk:
+    """The next samples of a streamed clip (speak(..., stream_audio=True)): float32 mono, in order."""
+    pcm: np.ndarray
+    sample_rate: int
 
 
 @dataclass
@@ -120,17 +130,38 @@ class DiaPipeline:
             raise InvalidRequestError(f"cfg_scale must be >= 1, got {full.cfg_scale}")
         return full
 
-    def speak(self, text: str, opts: SpeakOptions = SpeakOptions()) -> Iterator[Step | SpeechResult]:
-        """Steps as they happen, then one SpeechResult. Errors in the request are raised before any step."""
+    def speak(self, text: str, opts: SpeakOptions = SpeakOptions(),
+              stream_audio: bool = False) -> Iterator[Step | AudioChunk | SpeechResult]:
+        """Steps as they happen, then one SpeechResult. With stream_audio, AudioChunks as well, as soon as the
+        DAC can decode them (streaming.py); the result then holds their concatenation. Errors in the request are
+        raised before any step."""
         opts = self.options(opts)
+        if opts.normalize is None:
+            opts = replace(opts, normalize=not stream_audio)
+        elif opts.normalize and stream_audio:
+            raise InvalidRequestError("streamed audio cannot be loudness-normalised (that needs the whole clip); "
+                                      "leave normalize unset or false when streaming")
         text_ids = encode_text(text, self.cfg)
         if self.dac is None:
             raise InvalidRequestError("no DAC decoder loaded; pass a DAC checkpoint (--dac)")
+        if stream_audio:
+            from .streaming import speak_streamed
+
+            return speak_streamed(self, text_ids, opts)
         return self._speak(text_ids, opts)
 
-    @torch.inference_mode()
     def generate_codes(self, text_ids: list[int], opts: SpeakOptions) -> Iterator[Step | torch.Tensor]:
         """Steps, then the delayed rows (R, C) written so far, BOS row included; opts must be complete."""
+        rows = None
+        for step, rows in self.generate_rows(text_ids, opts):
+            yield step
+        yield rows
+
+    @torch.inference_mode()
+    def generate_rows(self, text_ids: list[int], opts: SpeakOptions) -> Iterator[tuple[Step, torch.Tensor]]:
+        """(Step, delayed rows written so far) after each decoder step; the rows are a view, valid until the next
+        step. Complete frames never change: a frame is complete once its last channel (delay max_delay) is
+        written, by which time channel 0 has told whether it is a frame at all (EOS) max_delay steps before."""
         cfg, model = self.cfg, self.model
         delays, C = list(cfg.delay_pattern), cfg.channels
         max_steps = opts.max_tokens or cfg.audio_length
@@ -160,10 +191,10 @@ class DiaPipeline:
                 codes = torch.where(after == forced_bos, cfg.eos, torch.where(after > forced_bos, cfg.pad, codes))
             rows[r] = codes
             t = r
-            yield Step(t, max_steps)
+            frames = max(0, r - cfg.max_delay if end_row is None else min(r - cfg.max_delay, end_row - 1))
+            yield Step(t, max_steps, frames), rows[: t + 1]
             if end_row is not None and r - end_row >= cfg.max_delay:
                 break
-        yield rows[: t + 1]
 
     def _speak(self, text_ids: list[int], opts: SpeakOptions) -> Iterator[Step | SpeechResult]:
         t0 = time.perf_counter()
@@ -174,14 +205,17 @@ class DiaPipeline:
             else:
                 delayed = event
         t1 = time.perf_counter()
-        cfg = self.cfg
-        n_frames = len(delayed) - 1 - cfg.max_delay - 1  # rows 1 .. end_row - 1 carry frames
-        codes = undelay(delayed, list(cfg.delay_pattern), max(n_frames, 0))
-        codes = torch.where((codes < 0) | (codes >= cfg.eos), 0, codes)  # mistral.rs: codes outside 0..1023 -> 0
+        n_frames = len(delayed) - 1 - self.cfg.max_delay - 1  # rows 1 .. end_row - 1 carry frames
+        codes = self.frames(delayed, 0, max(n_frames, 0))
         pcm = self.decode(codes, opts.normalize)
         yield SpeechResult(pcm, self.dac.cfg.sample_rate, codes.numpy(),
                            timings={"steps": len(delayed) - 1, "decode_s": t1 - t0,
                                     "dac_s": time.perf_counter() - t1})
+
+    def frames(self, delayed_RxC: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Undelayed frames [start, stop) (T, C) of the delayed rows, codes outside 0..1023 set to 0 (mistral.rs)."""
+        codes = undelay(delayed_RxC, list(self.cfg.delay_pattern), stop)[start:]
+        return torch.where((codes < 0) | (codes >= self.cfg.eos), 0, codes)
 
     @torch.inference_mode()
     def decode(self, codes_TxC: torch.Tensor, normalize: bool = True) -> np.ndarray:
