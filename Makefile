@@ -40,6 +40,8 @@ demo: $(DEMO_DIR)/voxtral-native/params.json $(DEMO_DIR)/dia-v01/config.json
 	$(VENV)/bin/speechrs speak "[S1] Hello there. [S2] Hi! (laughs)" -m $(DEMO_DIR)/dia-v01 --dac $(DEMO_DIR)/dac-descript --seed 0 --max-tokens 256 -o $(DEMO_DIR)/out.wav
 	@echo "== the 0626 generation (HF layout) with transformers' DAC layout, greedy =="
 	$(VENV)/bin/speechrs speak "[S1] Hello there. [S2] Hi! (laughs)" -m $(DEMO_DIR)/dia-0626 --dac $(DEMO_DIR)/dac-hf --temperature 0 --max-tokens 256 -o $(DEMO_DIR)/out-0626.wav
+	@echo "== streamed: audio written while the decoder runs (pieces of 16, 32, 64, 128 frames) =="
+	$(VENV)/bin/speechrs speak "[S1] Hello there. [S2] Hi! (laughs)" -m $(DEMO_DIR)/dia-0626 --dac $(DEMO_DIR)/dac-hf --temperature 0 --max-tokens 256 --stream -o $(DEMO_DIR)/out-stream.wav
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench_voxtral.py
