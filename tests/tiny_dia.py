@@ -116,8 +116,11 @@ def write_dia(out: Path, seed: int = 0, v01: dict = TINY_DIA_V01) -> tuple[Path,
 def dac_canonical_state(cfg: DacConfig = DacConfig(), seed: int = 0) -> dict[str, torch.Tensor]:
     """Folded weights: conv weight = ||v|| (1 + 0.05 N) * v/||v||, Snake alpha 1 + 0.1 N; the last conv's gain
     x 0.1 and the residual units' 1x1 convs x 0.3 keep the random decoder unsaturated and well conditioned."""
+    from speechrs.dia.dac_encoder import Encoder
+
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in DAC(cfg).state_dict().items()}
+        shapes.update({"encoder." + k: tuple(v.shape) for k, v in Encoder(cfg.latent_dim).state_dict().items()})
     last_conv = f"decoder.model.{len(cfg.rates) + 2}.weight"
     sd = {}
     for name, shape in shapes.items():
@@ -134,7 +137,8 @@ def dac_canonical_state(cfg: DacConfig = DacConfig(), seed: int = 0) -> dict[str
             gain = 1 + 0.05 * _tensor(name + "_g", (shape[0], 1, 1), "embed", seed)
             if name == last_conv:
                 gain = gain * 0.1
-            elif re.fullmatch(r"decoder\.model\.\d+\.block\.[234]\.block\.3\.weight", name):
+            elif re.fullmatch(r"decoder\.model\.\d+\.block\.[234]\.block\.3\.weight", name) or \
+                    re.fullmatch(r"encoder\.block\.\d+\.block\.[012]\.block\.3\.weight", name):
                 gain = gain * 0.3  # damp the residual branches: a random Snake stack is otherwise chaotic
             sd[name] = v * gain
     return sd
@@ -176,6 +180,8 @@ def _canonical_to_hf_names(n_blocks: int):
     def inverse(name: str) -> str:
         if name.startswith("quantizer."):
             return name
+        if name.startswith("encoder."):
+            return _encoder_hf_name(name, n_blocks)
         parts = name.split(".")
         i = int(parts[2])
         tail = ".".join(parts[3:])
@@ -203,3 +209,26 @@ if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else ".cache/demo")
     for d in (*write_dia(target), *write_dac(target)):
         print(d)
+
+
+def _encoder_hf_name(name: str, n_blocks: int) -> str:
+    """descript's encoder.block.* -> transformers' DacModel encoder names (the inverse of hf_encoder_to_canonical)."""
+    from speechrs.dia.dac_encoder import hf_encoder_to_canonical
+
+    parts = name.split(".")
+    i, rest = int(parts[2]), ".".join(parts[3:])
+    if i == 0:
+        hf = f"encoder.conv1.{rest}"
+    elif i == n_blocks + 1:
+        hf = "encoder.snake1.alpha"
+    elif i == n_blocks + 2:
+        hf = f"encoder.conv2.{rest}"
+    elif parts[4] == "3":
+        hf = f"encoder.block.{i - 1}.snake1.alpha"
+    elif parts[4] == "4":
+        hf = f"encoder.block.{i - 1}.conv1.{'.'.join(parts[5:])}"
+    else:
+        sub = ["snake1", "conv1", "snake2", "conv2"][int(parts[6])]
+        hf = f"encoder.block.{i - 1}.res_unit{int(parts[4]) + 1}.{sub}.{'.'.join(parts[7:])}"
+    assert hf_encoder_to_canonical(hf, n_blocks) == name, (hf, name)
+    return hf

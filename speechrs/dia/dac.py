@@ -89,7 +89,7 @@ class Decoder(nn.Module):
 class Quantizer(nn.Module):
     def __init__(self, cfg: DacConfig):
         super().__init__()
-        self.in_proj = nn.Conv1d(cfg.latent_dim, cfg.codebook_dim, 1)  # encoder side; kept for strict loading
+        self.in_proj = nn.Conv1d(cfg.latent_dim, cfg.codebook_dim, 1)  # encoder side (dac_encoder.py)
         self.out_proj = nn.Conv1d(cfg.codebook_dim, cfg.latent_dim, 1)
         self.codebook = nn.Embedding(cfg.codebook_size, cfg.codebook_dim)
 
@@ -113,6 +113,8 @@ class DAC(nn.Module):
         self.cfg = cfg
         self.quantizer = ResidualVQ(cfg)
         self.decoder = Decoder(cfg)
+        self.source: Path | None = None  # the checkpoint directory, where dac_encoder.py finds the encoder
+        self.encoder: nn.Module | None = None  # loaded on first use (voice cloning)
 
     def decode_pre_tanh(self, codes_BxQxT: torch.Tensor, chunk: int = 128, context: int = 16) -> torch.Tensor:
         """codes (B, Q, T) -> waveform before the final tanh, (B, T * hop).
@@ -143,9 +145,10 @@ _RES_PARTS = {"snake1": 0, "conv1": 1, "snake2": 2, "conv2": 3}  # ResidualUnit.
 
 
 def hf_to_canonical(name: str, n_blocks: int) -> str | None:
-    """transformers' DacModel names -> descript's Sequential indices; None drops the tensor (the encoder)."""
+    """transformers' DacModel names -> descript's Sequential indices; None drops the tensor (the encoder, which
+    dac_encoder.py loads when voice cloning first needs it)."""
     if name.startswith("encoder."):
-        return None  # the decoder side only; voice cloning would need the encoder
+        return None
     if m := re.fullmatch(r"decoder\.conv1\.(.*)", name):
         return f"decoder.model.0.{m[1]}"
     if m := re.fullmatch(r"decoder\.block\.(\d+)\.snake1\.alpha", name):
@@ -180,7 +183,7 @@ def fold_weight_norm(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def _read_any(directory: Path, mappings: list) -> tuple[dict[str, torch.Tensor], dict]:
+def read_any(directory: Path, mappings: list) -> tuple[dict[str, torch.Tensor], dict]:
     """All tensors of a DAC checkpoint directory (model.safetensors or a descript .pth) and its config dict."""
     config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").exists() else {}
     if (directory / "model.safetensors").exists():
@@ -195,7 +198,7 @@ def _read_any(directory: Path, mappings: list) -> tuple[dict[str, torch.Tensor],
 def load_dac(directory: Path, device="cpu") -> DAC:
     """Load any of the three layouts; DAC always runs in float32 (as mistral.rs and nari do)."""
     mappings: list = []
-    raw, config = _read_any(directory, mappings)
+    raw, config = read_any(directory, mappings)
     cfg = DacConfig.from_hf(config) if "upsampling_ratios" in config else DacConfig(
         latent_dim=config.get("latent_dim", 1024), decoder_dim=config.get("decoder_dim", 1536),
         rates=tuple(config.get("decoder_rates", (8, 8, 4, 2))), n_codebooks=config.get("n_codebooks", 9),
@@ -212,4 +215,5 @@ def load_dac(directory: Path, device="cpu") -> DAC:
     load_into(model, iter(renamed.items()), torch.float32, device)
     del raw, tensors, renamed
     release_unused(mappings, model)  # the encoder's and the unfolded weight-norm pages
+    model.source = directory
     return model.eval()

@@ -158,41 +158,50 @@ class DiaPipeline:
         yield rows
 
     @torch.inference_mode()
-    def generate_rows(self, text_ids: list[int], opts: SpeakOptions) -> Iterator[tuple[Step, torch.Tensor]]:
+    def generate_rows(self, text_ids: list[int], opts: SpeakOptions,
+                      prompt_TxC: torch.Tensor | None = None) -> Iterator[tuple[Step, torch.Tensor]]:
         """(Step, delayed rows written so far) after each decoder step; the rows are a view, valid until the next
         step. Complete frames never change: a frame is complete once its last channel (delay max_delay) is
-        written, by which time channel 0 has told whether it is a frame at all (EOS) max_delay steps before."""
+        written, by which time channel 0 has told whether it is a frame at all (EOS) max_delay steps before.
+
+        prompt_TxC: undelayed codes of L reference frames (voice cloning). Rows 0..L are then the delayed prompt,
+        fed in one forward pass, and channel c keeps the prompt's codes up to row L + delay[c] (transformers'
+        delay mask; with no prompt that is BOS up to row delay[c]). Steps and frames count what follows."""
         cfg, model = self.cfg, self.model
-        delays, C = list(cfg.delay_pattern), cfg.channels
-        max_steps = opts.max_tokens or cfg.audio_length
+        C = cfg.channels
+        prompt = prompt_TxC if prompt_TxC is not None else torch.zeros(0, C, dtype=torch.long)
+        L = len(prompt)
+        known = delay(prompt.long(), list(cfg.delay_pattern), cfg.bos, cfg.pad)  # PAD: to be generated
+        max_steps = opts.max_tokens or cfg.audio_length - L
         cond = torch.tensor([text_ids], device=self.device)
         enc = model.encoder(torch.cat([cond, torch.zeros_like(cond)]))  # rows [cond, uncond]: uncond is all zeros
         cross = model.cross_cache(enc)
-        model.setup_caches(2, max_steps + 1)
-        rows = torch.full((max_steps + 1, C), cfg.bos, dtype=torch.long)
-        forced_bos = torch.tensor(delays)  # channel c keeps BOS while row <= delay[c]
+        model.setup_caches(2, L + max_steps + 1)
+        rows = torch.full((L + max_steps + 1, C), cfg.bos, dtype=torch.long)
+        rows[: L + 1] = known[: L + 1]
+        delays = torch.tensor(cfg.delay_pattern)
         generator = make_generator(opts.seed, self.device)
         end_row = None  # row where channel 0 ended
-        t = 0
+        t, start = L, 0  # the first pass reads the whole known prefix, later ones one row
         while True:
-            x = rows[t].to(self.device).expand(2, 1, C)
-            logits = model(x, t, cross)[:, -1]  # (2, C, V)
+            x = rows[start:t + 1].to(self.device).expand(2, -1, C)
+            logits = model(x, start, cross)[:, -1]  # (2, C, V)
             codes = dia_pick(logits[0], logits[1], cfg_scale=opts.cfg_scale, temperature=opts.temperature,
                              top_p=opts.top_p, top_k=opts.top_k, eos=cfg.eos,
                              sample_from_cond=cfg.generation == HF_0626, generator=generator).cpu()
             r = t + 1
-            if r <= cfg.max_delay:
-                codes = torch.where(r <= forced_bos, cfg.bos, codes)
+            if r < len(known):
+                codes = torch.where(known[r] != cfg.pad, known[r], codes)
             # every reference counts the countdown inside max_tokens: EOS is forced max_delay steps before the end
-            if end_row is None and (codes[0] == cfg.eos or r == max_steps - cfg.max_delay):
+            if end_row is None and (codes[0] == cfg.eos or r == L + max_steps - cfg.max_delay):
                 end_row = r
             if end_row is not None:  # the EOS countdown: EOS at end_row + delay[c], PAD after it
                 after = r - end_row
-                codes = torch.where(after == forced_bos, cfg.eos, torch.where(after > forced_bos, cfg.pad, codes))
+                codes = torch.where(after == delays, cfg.eos, torch.where(after > delays, cfg.pad, codes))
             rows[r] = codes
-            t = r
-            frames = max(0, r - cfg.max_delay if end_row is None else min(r - cfg.max_delay, end_row - 1))
-            yield Step(t, max_steps, frames), rows[: t + 1]
+            t = start = r
+            frames = r - cfg.max_delay if end_row is None else min(r - cfg.max_delay, end_row - 1)
+            yield Step(r - L, max_steps, max(0, frames - L)), rows[: t + 1]
             if end_row is not None and r - end_row >= cfg.max_delay:
                 break
 
