@@ -55,3 +55,35 @@ def test_greedy_delayed_codes_match_transformers_generate(dia_dirs, layout):
             top_k=45, max_new_tokens=n)[0]
     assert expected.shape == ours.shape == (n + 1, 9)
     assert torch.equal(ours, expected)
+
+
+def test_voice_cloning_matches_transformers_generate_with_an_audio_prompt(dia_dirs, dac_dirs):
+    """DiaProcessor(text=[transcript + text], audio=reference) -> generate, against speak(ref_audio, ref_text):
+    the same DAC codes for the reference, the same prefill and delay mask, the same greedy rows after it."""
+    from transformers import DacModel, DiaFeatureExtractor, DiaProcessor, DiaTokenizer
+
+    from speechrs.dia.dac import load_dac
+    from speechrs.dia.voices import encode_reference
+    from test_dac_encoder import _speechlike
+
+    hf_dir, ref_text, text = dia_dirs[1], "[S1] This is how I sound.", "[S2] And now something new."
+    pipeline = DiaPipeline(load_dia(hf_dir, None), load_dac(dac_dirs[0]))
+    wave = _speechlike(0.9).numpy()
+    prompt = encode_reference(pipeline, (wave, 44100))
+    n = 40
+    opts = pipeline.options(SpeakOptions(max_tokens=n, temperature=0, top_k=45, cfg_scale=3.0))
+    ours = list(pipeline.generate_codes(encode_text(ref_text + " " + text, pipeline.cfg), opts, prompt))[-1]
+
+    processor = DiaProcessor(DiaFeatureExtractor(sampling_rate=44100), DiaTokenizer(),
+                             DacModel.from_pretrained(str(dac_dirs[1])))
+    inputs = processor(text=[ref_text + " " + text], audio=[wave], return_tensors="pt")
+    assert processor.get_audio_prompt_len(inputs["decoder_attention_mask"]) == len(prompt) + 1  # BOS + frames
+    with torch.inference_mode():
+        expected = reference(hf_dir).generate(**inputs, do_sample=False, guidance_scale=3.0, top_k=45,
+                                              max_new_tokens=n)[0]
+    assert ours.shape == expected.shape and torch.equal(ours, expected)
+    result = list(pipeline.speak(text, SpeakOptions(max_tokens=n, temperature=0, top_k=45, cfg_scale=3.0),
+                                 ref_audio=(wave, 44100), ref_text=ref_text))[-1]
+    L = len(prompt)
+    assert result.codes.shape[0] <= n - 16 and len(result.pcm) == result.codes.shape[0] * 512
+    assert torch.equal(torch.from_numpy(result.codes), pipeline.frames(ours, L, L + result.codes.shape[0]))

@@ -6,6 +6,7 @@ max_tokens - max_delay), channel c is forced to EOS at row s + delay[c] and to P
 written is s + max_delay (transformers' DiaEOSDelayPatternLogitsProcessor; nari stops one row earlier).
 """
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -108,6 +109,7 @@ class DiaPipeline:
         self.model, self.dac, self.cfg = model, dac, model.cfg
         self.device = model.decoder.embeddings.embed.weight.device
         self.defaults = DEFAULTS[self.cfg.generation]
+        self.voices: OrderedDict = OrderedDict()  # recent reference encodings (voices.py)
 
     @classmethod
     def load(cls, directory: Path, dac_directory: Path | None, dtype=None, device="cpu") -> "DiaPipeline":
@@ -130,30 +132,54 @@ class DiaPipeline:
             raise InvalidRequestError(f"cfg_scale must be >= 1, got {full.cfg_scale}")
         return full
 
-    def speak(self, text: str, opts: SpeakOptions = SpeakOptions(),
-              stream_audio: bool = False) -> Iterator[Step | AudioChunk | SpeechResult]:
+    def speak(self, text: str, opts: SpeakOptions = SpeakOptions(), stream_audio: bool = False,
+              ref_audio=None, ref_text: str | None = None) -> Iterator[Step | AudioChunk | SpeechResult]:
         """Steps as they happen, then one SpeechResult. With stream_audio, AudioChunks as well, as soon as the
-        DAC can decode them (streaming.py); the result then holds their concatenation. Errors in the request are
-        raised before any step."""
+        DAC can decode them (streaming.py); the result then holds their concatenation. ref_audio (anything
+        audio.load takes) with ref_text, its transcript, clones that voice: the reference is DAC-encoded and
+        prefilled, its transcript goes before `text` (as nari's and transformers' examples do), and only the new
+        speech comes back. Errors in the request are raised before any step."""
         opts = self.options(opts)
         if opts.normalize is None:
             opts = replace(opts, normalize=not stream_audio)
         elif opts.normalize and stream_audio:
             raise InvalidRequestError("streamed audio cannot be loudness-normalised (that needs the whole clip); "
                                       "leave normalize unset or false when streaming")
-        text_ids = encode_text(text, self.cfg)
         if self.dac is None:
             raise InvalidRequestError("no DAC decoder loaded; pass a DAC checkpoint (--dac)")
+        prompt = None
+        if ref_audio is not None or ref_text is not None:
+            text, prompt = self._reference(text, ref_audio, ref_text, opts)
+        text_ids = encode_text(text, self.cfg)
         if stream_audio:
             from .streaming import speak_streamed
 
-            return speak_streamed(self, text_ids, opts)
-        return self._speak(text_ids, opts)
+            return speak_streamed(self, text_ids, opts, prompt)
+        return self._speak(text_ids, opts, prompt)
 
-    def generate_codes(self, text_ids: list[int], opts: SpeakOptions) -> Iterator[Step | torch.Tensor]:
+    def _reference(self, text: str, ref_audio, ref_text: str | None, opts: SpeakOptions) -> tuple[str, torch.Tensor]:
+        """-> (the transcript and the text, joined by a space; the reference's codes (L, C)), checked."""
+        from .voices import encode_reference
+
+        if ref_audio is None or not (ref_text or "").strip():
+            raise InvalidRequestError("voice cloning takes both ref_audio and ref_text (the transcript of "
+                                      "ref_audio, with its [S1]/[S2] tags)", "ref_text" if ref_audio else "ref_audio")
+        if not text or not text.strip():
+            raise InvalidRequestError("text is empty; give something to say, e.g. '[S1] Hello.'")
+        codes = encode_reference(self, ref_audio)
+        room = self.cfg.audio_length - (opts.max_tokens or self.cfg.max_delay + 1)
+        if len(codes) > room:
+            raise InvalidRequestError(f"ref_audio is {len(codes) * 512 / 44100:.1f} s; with these max_tokens Dia "
+                                      f"has room for {max(room, 0) * 512 / 44100:.1f} s (5-10 s works best)",
+                                      "ref_audio")
+        joined = ref_text if ref_text[-1:].isspace() else ref_text + " "
+        return joined + text, codes
+
+    def generate_codes(self, text_ids: list[int], opts: SpeakOptions,
+                       prompt_TxC: torch.Tensor | None = None) -> Iterator[Step | torch.Tensor]:
         """Steps, then the delayed rows (R, C) written so far, BOS row included; opts must be complete."""
         rows = None
-        for step, rows in self.generate_rows(text_ids, opts):
+        for step, rows in self.generate_rows(text_ids, opts, prompt_TxC):
             yield step
         yield rows
 
@@ -205,20 +231,22 @@ class DiaPipeline:
             if end_row is not None and r - end_row >= cfg.max_delay:
                 break
 
-    def _speak(self, text_ids: list[int], opts: SpeakOptions) -> Iterator[Step | SpeechResult]:
+    def _speak(self, text_ids: list[int], opts: SpeakOptions,
+               prompt: torch.Tensor | None = None) -> Iterator[Step | SpeechResult]:
         t0 = time.perf_counter()
         delayed = None
-        for event in self.generate_codes(text_ids, opts):
+        for event in self.generate_codes(text_ids, opts, prompt):
             if isinstance(event, Step):
                 yield event
             else:
                 delayed = event
         t1 = time.perf_counter()
         n_frames = len(delayed) - 1 - self.cfg.max_delay - 1  # rows 1 .. end_row - 1 carry frames
-        codes = self.frames(delayed, 0, max(n_frames, 0))
+        L = 0 if prompt is None else len(prompt)
+        codes = self.frames(delayed, L, max(n_frames, L))  # only what follows the reference
         pcm = self.decode(codes, opts.normalize)
         yield SpeechResult(pcm, self.dac.cfg.sample_rate, codes.numpy(),
-                           timings={"steps": len(delayed) - 1, "decode_s": t1 - t0,
+                           timings={"steps": len(delayed) - 1 - L, "decode_s": t1 - t0,
                                     "dac_s": time.perf_counter() - t1})
 
     def frames(self, delayed_RxC: torch.Tensor, start: int, stop: int) -> torch.Tensor:

@@ -19,38 +19,44 @@ CONTEXT = 16  # frames of DAC context on each side of a piece (dac.py: the decod
 FIRST_PIECE, LARGEST_PIECE = 16, 128  # frames: 0.19 s, then doubling to 1.5 s
 
 
-def speak_streamed(p: DiaPipeline, text_ids: list[int], opts: SpeakOptions) -> Iterator[Step | AudioChunk | SpeechResult]:
+def speak_streamed(p: DiaPipeline, text_ids: list[int], opts: SpeakOptions,
+                   prompt: torch.Tensor | None = None) -> Iterator[Step | AudioChunk | SpeechResult]:
+    """Frame indices here count from the first frame of the rows, the reference's (if any) included; only frames
+    after the reference's L are decoded, as in the whole-clip path (transformers decodes the new codes only)."""
     t0 = time.perf_counter()
     rate, hop = p.dac.cfg.sample_rate, p.dac.cfg.hop_length
-    sent, size, pieces, dac_s = 0, FIRST_PIECE, [], 0.0
+    L = 0 if prompt is None else len(prompt)
+    sent, size, pieces, dac_s = L, FIRST_PIECE, [], 0.0
     rows, step = None, None
-    for step, rows in p.generate_rows(text_ids, opts):
+    for step, rows in p.generate_rows(text_ids, opts, prompt):
         yield step
-        while step.frames >= sent + size + CONTEXT:  # the piece and its right context are complete
+        while L + step.frames >= sent + size + CONTEXT:  # the piece and its right context are complete
             t = time.perf_counter()
-            pieces.append(_decode_piece(p, rows, sent, size, step.frames, hop))
+            pieces.append(_decode_piece(p, rows, sent, size, L, L + step.frames, hop))
             dac_s += time.perf_counter() - t
             yield AudioChunk(pieces[-1], rate)
             sent, size = sent + size, min(2 * size, LARGEST_PIECE)
-    total = step.frames if step is not None else 0
+    total = L + (step.frames if step is not None else 0)
     while sent < total:  # the clip has ended: its tail has no right context to wait for
         t = time.perf_counter()
         keep = min(size, total - sent)
-        pieces.append(_decode_piece(p, rows, sent, keep, total, hop))
+        pieces.append(_decode_piece(p, rows, sent, keep, L, total, hop))
         dac_s += time.perf_counter() - t
         yield AudioChunk(pieces[-1], rate)
         sent, size = sent + keep, min(2 * size, LARGEST_PIECE)
     pcm = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-    codes = p.frames(rows, 0, total) if rows is not None else torch.zeros(0, p.cfg.channels, dtype=torch.long)
+    codes = p.frames(rows, L, total) if rows is not None else torch.zeros(0, p.cfg.channels, dtype=torch.long)
     yield SpeechResult(pcm, rate, codes.numpy(),
                        timings={"steps": step.step if step else 0, "decode_s": time.perf_counter() - t0 - dac_s,
                                 "dac_s": dac_s})
 
 
 @torch.inference_mode()
-def _decode_piece(p: DiaPipeline, rows: torch.Tensor, start: int, size: int, ready: int, hop: int) -> np.ndarray:
-    """Frames [start, start + size) as float32 PCM, decoded with up to CONTEXT complete frames on each side."""
-    lo, hi = max(0, start - CONTEXT), min(ready, start + size + CONTEXT)
+def _decode_piece(p: DiaPipeline, rows: torch.Tensor, start: int, size: int, first: int, ready: int,
+                  hop: int) -> np.ndarray:
+    """Frames [start, start + size) as float32 PCM, decoded with up to CONTEXT frames on each side from the
+    complete frames [first, ready)."""
+    lo, hi = max(first, start - CONTEXT), min(ready, start + size + CONTEXT)
     codes = p.frames(rows, lo, hi)
     wave = p.dac.decode_pre_tanh(codes.T[None].to(p.device), chunk=hi - lo)[0]
     piece = wave[(start - lo) * hop:(start - lo + size) * hop]
