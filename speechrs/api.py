@@ -52,19 +52,21 @@ class DiaModel:
         self.loaded, self.source, self.model_id = loaded, loaded.source, loaded.name
         self.pipeline = loaded.pipeline
 
-    def speak(self, text: str, **options) -> SpeechResult:
-        """[S1]/[S2] speaker tags and nonverbals like (laughs) are plain text. Returns pcm, codes, save()."""
-        for event in self.speak_stream(text, **options):
+    def speak(self, text: str, ref_audio=None, ref_text: str | None = None, **options) -> SpeechResult:
+        """[S1]/[S2] speaker tags and nonverbals like (laughs) are plain text. Returns pcm, codes, save().
+        ref_audio (a path, URL, bytes or (array, rate), 5-10 s) with ref_text, its transcript, clones a voice."""
+        for event in self.speak_stream(text, ref_audio=ref_audio, ref_text=ref_text, **options):
             if isinstance(event, SpeechResult):
                 return event
         raise RuntimeError("generation ended without a result")
 
-    def speak_stream(self, text: str, stream_audio: bool = False,
+    def speak_stream(self, text: str, stream_audio: bool = False, ref_audio=None, ref_text: str | None = None,
                      **options) -> Iterator[Step | AudioChunk | SpeechResult]:
         """Step(step, max_steps, frames) events while decoding, then the SpeechResult. With stream_audio, also
         AudioChunk(pcm, sample_rate) events as soon as the DAC can decode them (not loudness-normalised)."""
         opts = SpeakOptions(**options)
-        return Engine.run(lambda: self.pipeline.speak(text, opts, stream_audio=stream_audio))
+        return Engine.run(lambda: self.pipeline.speak(text, opts, stream_audio=stream_audio, ref_audio=ref_audio,
+                                                      ref_text=ref_text))
 
 
 def _collect(events: Iterator[Token | Done]) -> TextResult:

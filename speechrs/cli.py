@@ -109,6 +109,10 @@ def speak(
                                                            "[default: the config's audio_length]")] = None,
     normalize: Annotated[Optional[bool], typer.Option(
         help="Loudness to -14 LUFS, then tanh [default: on, off with --stream]")] = None,
+    ref_audio: Annotated[Optional[Path], typer.Option(help="Clone this voice: a 5-10 s recording (with --ref-text)")]
+    = None,
+    ref_text: Annotated[Optional[str], typer.Option(help="The transcript of --ref-audio, with [S1]/[S2] tags")]
+    = None,
     stream: Annotated[bool, typer.Option(help="Write the audio as it is made (not loudness-normalised), e.g. "
                                               "--format pcm -o - | aplay -f S16_LE -r 44100")] = False,
     output_format: Annotated[AudioFormat, typer.Option("--format", help="wav (16-bit) or pcm (raw s16le).")]
@@ -131,7 +135,8 @@ def speak(
         loaded = _load(model, dtype.value, device, quiet, dac=dac)
         if not isinstance(loaded, DiaModel):
             _fail(f"{model} is not a Dia model; speak needs text-in, speech-out")
-        events = loaded.speak_stream(text, stream_audio=stream, seed=seed, temperature=temperature,
+        events = loaded.speak_stream(text, stream_audio=stream, ref_audio=ref_audio, ref_text=ref_text,
+                                     seed=seed, temperature=temperature,
                                      cfg_scale=cfg_scale, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
                                      normalize=normalize)
         wav = output_format == AudioFormat.wav

@@ -79,6 +79,17 @@ def speech_request(body: dict) -> tuple[str, str, str, SpeakOptions, str | None]
     return body.get("model") or "default", text, fmt, opts, stream_format
 
 
+def speech_reference(body: dict) -> tuple[str | None, str | None]:
+    """-> (ref_audio, ref_text) for voice cloning (vllm-omni's and mistral-common's field names): ref_audio is a
+    data:, http(s):// or file:// URL, or base64-encoded audio; ref_text its transcript. Neither: (None, None)."""
+    ref_audio, ref_text = body.get("ref_audio"), body.get("ref_text")
+    if ref_audio is not None and (not isinstance(ref_audio, str) or not ref_audio):
+        raise InvalidRequestError("'ref_audio' must be a URL (data:, http(s)://, file://) or base64 audio", "ref_audio")
+    if ref_text is not None and not isinstance(ref_text, str):
+        raise InvalidRequestError("'ref_text' must be a string: the transcript of ref_audio", "ref_text")
+    return ref_audio, ref_text
+
+
 def streams_audio(fmt: str, stream_format: str | None) -> bool:
     """Whether a speech request gets its audio as it is made: SSE, or raw pcm / wav bytes."""
     return stream_format == "sse" or (stream_format == "audio" and fmt in ("pcm", "wav"))

@@ -1,6 +1,7 @@
 """OpenAI-compatible HTTP server: a translation layer over the engine (parse -> options -> engine -> format)."""
 import asyncio
 import base64
+import binascii
 import json
 import logging
 import time
@@ -183,11 +184,19 @@ async def _transcription_response(request, events, fmt: str, stream: bool) -> we
 
 async def speech(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
-    model_id, text, fmt, opts, stream_format = oa.speech_request(await _json(request))
+    body = await _json(request)
+    model_id, text, fmt, opts, stream_format = oa.speech_request(body)
+    ref_audio, ref_text = oa.speech_reference(body)
     loaded = engine.get(model_id, "dia", "/v1/audio/speech")
+    if ref_audio is not None:
+        ref_audio = await _reference_bytes(ref_audio, request.app[POLICY])
     streamed = oa.streams_audio(fmt, stream_format)
     t0 = time.perf_counter()
-    async with aclosing(engine.stream(lambda: loaded.pipeline.speak(text, opts, stream_audio=streamed))) as events:
+
+    def run():
+        return loaded.pipeline.speak(text, opts, stream_audio=streamed, ref_audio=ref_audio, ref_text=ref_text)
+
+    async with aclosing(engine.stream(run)) as events:
         first = await _first(events)  # request errors (bad options, text too long) are still 4xx here
         if streamed:
             return await _speech_stream(request, loaded.pipeline, text, first, events, fmt, stream_format, t0)
@@ -229,6 +238,20 @@ async def _speech_stream(request, pipeline, text: str, first, events, fmt: str, 
         event = await _first(events)
     await resp.write_eof()
     return resp
+
+
+async def _reference_bytes(ref_audio: str, policy: MediaPolicy) -> bytes:
+    """A URL is fetched under the media policy, like chat audio; anything else must be base64 audio."""
+    if ref_audio.startswith("data:") or "://" in ref_audio[:10]:
+        return await fetch_audio(ref_audio, policy, "ref_audio")
+    try:
+        data = base64.b64decode(ref_audio, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequestError("'ref_audio' is neither a data:, http(s):// or file:// URL nor base64 audio",
+                                  "ref_audio") from None
+    if len(data) > policy.max_bytes:
+        raise InvalidRequestError(f"ref_audio is {len(data)} bytes; the limit is {policy.max_bytes}", "ref_audio")
+    return data
 
 
 def _count_speech(request, result, t0: float) -> None:

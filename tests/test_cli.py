@@ -151,6 +151,28 @@ def test_speak_stream_writes_the_streamed_audio_to_a_file_and_to_stdout(dia_dirs
     assert not (tmp_path / "n.wav").exists()
 
 
+def test_speak_clones_a_reference_voice(dia_dirs, dac_dirs, clip, tmp_path):
+    import soundfile as sf
+
+    import speechrs
+    from speechrs.audio import to_s16le
+
+    wav, ref = tmp_path / "ref.wav", "[S1] A reference voice."
+    pcm, rate = sf.read(str(clip), dtype="float32")
+    sf.write(str(wav), pcm[: int(1.5 * rate)], rate)
+    expected = speechrs.load(str(dia_dirs[1]), dac=str(dac_dirs[1])).speak(
+        SPEAK, ref_audio=str(wav), ref_text=ref, temperature=0, max_tokens=40, normalize=False)
+    out = tmp_path / "clone.pcm"
+    common = ["-m", dia_dirs[1], "--dac", dac_dirs[1], "--max-tokens", "40", "--temperature", "0", "-q"]
+    result = invoke("speak", SPEAK, "--ref-audio", wav, "--ref-text", ref, "--no-normalize", "--format", "pcm",
+                    "-o", out, *common)
+    assert result.exit_code == 0, result.stderr
+    assert out.read_bytes() == to_s16le(expected.pcm) and len(expected.pcm) > 0
+    result = invoke("speak", SPEAK, "--ref-audio", wav, "-o", tmp_path / "x.wav", *common)
+    assert result.exit_code == 1 and "takes both ref_audio and ref_text" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.wav").exists()
+
+
 @pytest.mark.parametrize("case", ["empty", "too_long", "unknown_config", "missing_dac", "voxtral_model"])
 def test_speak_errors_are_one_line(case, dia_dirs, dac_dirs, native_dir, tmp_path):
     text, model, dac = SPEAK, dia_dirs[0], dac_dirs[0]

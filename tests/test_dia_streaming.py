@@ -45,3 +45,15 @@ def test_a_clip_shorter_than_the_first_piece_still_streams(pipeline):
 def test_streaming_refuses_loudness_normalisation(pipeline):
     with pytest.raises(InvalidRequestError, match="cannot be loudness-normalised"):
         pipeline.speak(TEXT, SpeakOptions(normalize=True), stream_audio=True)
+
+
+def test_a_cloned_voice_streams_the_same_samples(pipeline):
+    from test_dac_encoder import _speechlike
+
+    ref = dict(ref_audio=(_speechlike(0.8).numpy(), 44100), ref_text="[S1] This is how I sound.")
+    opts = SpeakOptions(max_tokens=90, temperature=0, normalize=False)
+    whole = list(pipeline.speak(TEXT, opts, **ref))[-1]
+    events = list(pipeline.speak(TEXT, opts, stream_audio=True, **ref))
+    assert np.array_equal(events[-1].codes, whole.codes) and len(whole.codes) > 0
+    streamed = np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)])
+    np.testing.assert_allclose(streamed, whole.pcm, atol=2e-5, rtol=0)

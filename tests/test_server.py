@@ -195,6 +195,30 @@ def test_streamed_speech_errors(server):
     assert status == 400 and "empty" in err["message"]
 
 
+def test_speech_clones_a_voice_like_the_python_api(client, api, server, clip, tmp_path):
+    ref, wav = "[S1] A reference voice.", tmp_path / "ref.wav"
+    pcm, rate = sf.read(str(clip), dtype="float32")
+    sf.write(str(wav), pcm[: int(1.5 * rate)], rate)  # the tiny Dia's 256-row context holds 1.5 s
+    expected = api[1].speak(SPEAK, ref_audio=str(wav), ref_text=ref, temperature=0, max_tokens=40)
+    for ref_audio in (base64.b64encode(wav.read_bytes()).decode(), wav.as_uri(),
+                      "data:audio/wav;base64," + base64.b64encode(wav.read_bytes()).decode()):
+        out = client.audio.speech.create(model="default", voice="alloy", input=SPEAK, response_format="pcm",
+                                         extra_body={"ref_audio": ref_audio, "ref_text": ref, "temperature": 0,
+                                                     "max_tokens": 40})
+        assert out.content == to_s16le(expected.pcm)
+    status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "ref_audio": wav.as_uri()}))
+    assert status == 400 and err["param"] == "ref_text" and "transcript" in err["message"]
+    status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "ref_audio": "not base64!",
+                                                              "ref_text": ref}))
+    assert status == 400 and err["param"] == "ref_audio"
+    short = base64.b64encode(wav_bytes(np.zeros(4410, dtype=np.float32), 44100)).decode()
+    status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "ref_audio": short, "ref_text": ref}))
+    assert status == 400 and "at least 0.5 s" in err["message"]
+    status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "ref_audio": "http://127.0.0.1:9/x",
+                                                              "ref_text": ref}))
+    assert status == 400 and err["param"] == "ref_audio"  # private hosts refused by the media policy
+
+
 @pytest.mark.parametrize("fmt,magic", [("flac", b"fLaC"), ("mp3", None), ("opus", b"OggS")])
 def test_speech_in_compressed_formats(server, fmt, magic):
     status, headers, body = post(server, "/v1/audio/speech", {"input": SPEAK, "response_format": fmt,
