@@ -103,3 +103,14 @@ def test_generation_defaults_differ_per_checkpoint_generation(dia_dirs, dac):
     new = DiaPipeline(load_dia(dia_dirs[1], None), dac).options(SpeakOptions())
     assert (v01.temperature, v01.top_p, v01.top_k, v01.cfg_scale) == (1.3, 0.95, 35, 3.0)
     assert (new.temperature, new.top_p, new.top_k, new.cfg_scale) == (1.8, 0.90, 45, 3.0)
+
+
+def test_voice_cloning_errors(pipeline, clip):
+    with pytest.raises(InvalidRequestError, match="takes both ref_audio and ref_text") as e:
+        pipeline.speak(TEXT, ref_audio=str(clip))
+    assert e.value.param == "ref_text"
+    with pytest.raises(InvalidRequestError, match="takes both") as e:
+        pipeline.speak(TEXT, ref_text="[S1] words")
+    assert e.value.param == "ref_audio"
+    with pytest.raises(InvalidRequestError, match=r"ref_audio is 5\.\d s; with these max_tokens Dia has room"):
+        pipeline.speak(TEXT, ref_audio=str(clip), ref_text="[S1] words")  # the tiny Dia holds 256 rows

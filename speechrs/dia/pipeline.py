@@ -167,11 +167,11 @@ class DiaPipeline:
         if not text or not text.strip():
             raise InvalidRequestError("text is empty; give something to say, e.g. '[S1] Hello.'")
         codes = encode_reference(self, ref_audio)
-        room = self.cfg.audio_length - (opts.max_tokens or self.cfg.max_delay + 1)
+        room = self.cfg.audio_length - (opts.max_tokens or self.cfg.max_delay + 1)  # rows the reference may take
         if len(codes) > room:
-            raise InvalidRequestError(f"ref_audio is {len(codes) * 512 / 44100:.1f} s; with these max_tokens Dia "
-                                      f"has room for {max(room, 0) * 512 / 44100:.1f} s (5-10 s works best)",
-                                      "ref_audio")
+            seconds = self.dac.cfg.hop_length / self.dac.cfg.sample_rate
+            raise InvalidRequestError(f"ref_audio is {len(codes) * seconds:.1f} s; with these max_tokens Dia has "
+                                      f"room for {max(room, 0) * seconds:.1f} s (5-10 s works best)", "ref_audio")
         joined = ref_text if ref_text[-1:].isspace() else ref_text + " "
         return joined + text, codes
 
