@@ -5,6 +5,8 @@ otherwise non-global addresses are refused (checked again at every redirect). fi
 listens on a loopback address, or for paths under directories given with --allowed-local-media-path.
 """
 import asyncio
+import base64
+import binascii
 import ipaddress
 import socket
 import urllib.parse
@@ -39,6 +41,17 @@ async def fetch_audio(url: str, policy: MediaPolicy, param: str) -> bytes:
         return await _fetch_http(url, policy, param)
     raise InvalidRequestError(f"unsupported audio URL scheme '{scheme or url[:20]}': use data:, http(s):// "
                               "or file://", param)
+
+
+async def fetch_url_or_base64(value: str, policy: MediaPolicy, param: str) -> bytes:
+    """A field that holds either an audio URL (fetched as fetch_audio does) or base64-encoded audio."""
+    if value.startswith("data:") or "://" in value[:10]:
+        return await fetch_audio(value, policy, param)
+    try:
+        return _capped(base64.b64decode(value, validate=True), policy, param)
+    except (binascii.Error, ValueError):
+        raise InvalidRequestError(f"'{param}' is neither a data:, http(s):// or file:// URL nor base64 audio",
+                                  param) from None
 
 
 def _capped(data: bytes, policy: MediaPolicy, param: str) -> bytes:

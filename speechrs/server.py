@@ -1,7 +1,6 @@
 """OpenAI-compatible HTTP server: a translation layer over the engine (parse -> options -> engine -> format)."""
 import asyncio
 import base64
-import binascii
 import json
 import logging
 import time
@@ -15,7 +14,7 @@ from aiohttp import web
 from . import openai_api as oa
 from .engine import Engine
 from .errors import AudioError, InvalidRequestError, ModelNotFoundError, SpeechrsError, UnsupportedModelError
-from .media import MediaPolicy, fetch_audio
+from .media import MediaPolicy, fetch_audio, fetch_url_or_base64
 from .messages import parse_messages
 from .voxtral.pipeline import Audio, Done, Token
 
@@ -189,7 +188,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
     ref_audio, ref_text = oa.speech_reference(body)
     loaded = engine.get(model_id, "dia", "/v1/audio/speech")
     if ref_audio is not None:
-        ref_audio = await _reference_bytes(ref_audio, request.app[POLICY])
+        ref_audio = await fetch_url_or_base64(ref_audio, request.app[POLICY], "ref_audio")
     streamed = oa.streams_audio(fmt, stream_format)
     t0 = time.perf_counter()
 
@@ -199,7 +198,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
     async with aclosing(engine.stream(run)) as events:
         first = await _first(events)  # request errors (bad options, text too long) are still 4xx here
         if streamed:
-            return await _speech_stream(request, loaded.pipeline, text, first, events, fmt, stream_format, t0)
+            return await _speech_stream(request, loaded.pipeline, first, events, fmt, stream_format, t0)
         result = first
         async for result in events:
             pass
@@ -209,10 +208,10 @@ async def speech(request: web.Request) -> web.StreamResponse:
     return web.Response(body=data, headers={"Content-Type": content_type})
 
 
-async def _speech_stream(request, pipeline, text: str, first, events, fmt: str, stream_format: str, t0: float):
+async def _speech_stream(request, pipeline, first, events, fmt: str, stream_format: str, t0: float):
     """SSE speech.audio.delta / .done events, or raw pcm / wav bytes in a chunked response, as pieces arrive."""
     from .audio import to_s16le, wav_stream_header
-    from .dia.pipeline import AudioChunk, SpeechResult, encode_text
+    from .dia.pipeline import AudioChunk, SpeechResult
 
     rate = pipeline.dac.cfg.sample_rate
     if stream_format == "sse":
@@ -234,24 +233,10 @@ async def _speech_stream(request, pipeline, text: str, first, events, fmt: str, 
         elif isinstance(event, SpeechResult):
             _count_speech(request, event, t0)
             if stream_format == "sse":
-                await _send(resp, oa.speech_done(len(encode_text(text, pipeline.cfg)), event.timings["steps"]))
+                await _send(resp, oa.speech_done(event.timings["text_tokens"], event.timings["steps"]))
         event = await _first(events)
     await resp.write_eof()
     return resp
-
-
-async def _reference_bytes(ref_audio: str, policy: MediaPolicy) -> bytes:
-    """A URL is fetched under the media policy, like chat audio; anything else must be base64 audio."""
-    if ref_audio.startswith("data:") or "://" in ref_audio[:10]:
-        return await fetch_audio(ref_audio, policy, "ref_audio")
-    try:
-        data = base64.b64decode(ref_audio, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequestError("'ref_audio' is neither a data:, http(s):// or file:// URL nor base64 audio",
-                                  "ref_audio") from None
-    if len(data) > policy.max_bytes:
-        raise InvalidRequestError(f"ref_audio is {len(data)} bytes; the limit is {policy.max_bytes}", "ref_audio")
-    return data
 
 
 def _count_speech(request, result, t0: float) -> None:

@@ -64,7 +64,7 @@ class SpeechResult:
     sample_rate: int
     codes: np.ndarray  # (T, C) undelayed codes, int64
     channels: int = 1
-    timings: dict = field(default_factory=dict)  # encode_s, decode_s, dac_s, steps
+    timings: dict = field(default_factory=dict)  # steps, text_tokens (with a reference's transcript), decode_s, dac_s
 
     @property
     def duration_s(self) -> float:
@@ -246,7 +246,7 @@ class DiaPipeline:
         codes = self.frames(delayed, L, max(n_frames, L))  # only what follows the reference
         pcm = self.decode(codes, opts.normalize)
         yield SpeechResult(pcm, self.dac.cfg.sample_rate, codes.numpy(),
-                           timings={"steps": len(delayed) - 1 - L, "decode_s": t1 - t0,
+                           timings={"steps": len(delayed) - 1 - L, "text_tokens": len(text_ids), "decode_s": t1 - t0,
                                     "dac_s": time.perf_counter() - t1})
 
     def frames(self, delayed_RxC: torch.Tensor, start: int, stop: int) -> torch.Tensor:

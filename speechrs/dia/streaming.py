@@ -47,7 +47,8 @@ def speak_streamed(p: DiaPipeline, text_ids: list[int], opts: SpeakOptions,
     pcm = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
     codes = p.frames(rows, L, total) if rows is not None else torch.zeros(0, p.cfg.channels, dtype=torch.long)
     yield SpeechResult(pcm, rate, codes.numpy(),
-                       timings={"steps": step.step if step else 0, "decode_s": time.perf_counter() - t0 - dac_s,
+                       timings={"steps": step.step if step else 0, "text_tokens": len(text_ids),
+                                "decode_s": time.perf_counter() - t0 - dac_s,
                                 "dac_s": dac_s})
 
 
