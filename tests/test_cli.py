@@ -145,7 +145,10 @@ def test_speak_stream_writes_the_streamed_audio_to_a_file_and_to_stdout(dia_dirs
     assert rate == 44100 and data.tobytes() == expected
     result = subprocess.run([sys.executable, "-m", "speechrs", "speak", SPEAK, "-o", "-", "--format", "pcm",
                              *map(str, common)], capture_output=True, timeout=300)
-    assert result.returncode == 0 and result.stdout == expected, result.stderr
+    assert result.returncode == 0, result.stderr
+    # another process: its convolutions may round differently in the last float bit, one 16-bit step at most
+    got, want = np.frombuffer(result.stdout, "<i2").astype(int), np.frombuffer(expected, "<i2").astype(int)
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1, (got.shape, want.shape, result.stderr)
     result = invoke("speak", SPEAK, "-o", tmp_path / "n.wav", "--normalize", *common)
     assert result.exit_code == 1 and "cannot be loudness-normalised" in result.stderr
     assert not (tmp_path / "n.wav").exists()
