@@ -133,7 +133,6 @@ def test_speak_stream_writes_the_streamed_audio_to_a_file_and_to_stdout(dia_dirs
     from speechrs.audio import to_s16le
     from speechrs.dia.pipeline import AudioChunk
 
-    # greedy: a sampled run in another process could draw differently on a near tie after float rounding
     events = speechrs.load(str(dia_dirs[0]), dac=str(dac_dirs[0])).speak_stream(SPEAK, stream_audio=True,
                                                                                    temperature=0, max_tokens=60)
     expected = to_s16le(np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)]))
@@ -143,12 +142,10 @@ def test_speak_stream_writes_the_streamed_audio_to_a_file_and_to_stdout(dia_dirs
     assert result.exit_code == 0, result.stderr
     data, rate = sf.read(str(out), dtype="int16")  # the header's sizes were written once the clip ended
     assert rate == 44100 and data.tobytes() == expected
-    result = subprocess.run([sys.executable, "-m", "speechrs", "speak", SPEAK, "-o", "-", "--format", "pcm",
-                             *map(str, common)], capture_output=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    # another process: its convolutions may round differently in the last float bit, one 16-bit step at most
-    got, want = np.frombuffer(result.stdout, "<i2").astype(int), np.frombuffer(expected, "<i2").astype(int)
-    assert got.shape == want.shape and np.abs(got - want).max() <= 1, (got.shape, want.shape, result.stderr)
+    # in this process: two processes' float32 matmuls may round differently (MKL picks kernels by alignment),
+    # and a greedy near-tie would then change the codes
+    result = invoke("speak", SPEAK, "-o", "-", "--format", "pcm", *common)
+    assert result.exit_code == 0 and result.stdout_bytes == expected, (len(result.stdout_bytes), len(expected))
     result = invoke("speak", SPEAK, "-o", tmp_path / "n.wav", "--normalize", *common)
     assert result.exit_code == 1 and "cannot be loudness-normalised" in result.stderr
     assert not (tmp_path / "n.wav").exists()
