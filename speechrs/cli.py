@@ -57,7 +57,7 @@ def transcribe(
     = "mistralai/Voxtral-Mini-3B-2507",
     language: Annotated[Optional[str], typer.Option(help="ISO 639-1 code, e.g. en; omit to let the model choose.")]
     = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens to generate [default: one per audio token]")]
+    max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens to generate \\[default: one per audio token]")]
     = None,
     temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus mass kept when sampling.")] = 1.0,
@@ -98,17 +98,17 @@ def speak(
     text_file: Annotated[Optional[Path], typer.Option("--file", help="Read the text from this file instead.")]
     = None,
     model: Annotated[str, typer.Option("-m", "--model", help="Hub id or local directory.")] = "nari-labs/Dia-1.6B",
-    dac: Annotated[Optional[str], typer.Option(help="DAC 44 kHz hub id or directory [default: the generation's]")]
+    dac: Annotated[Optional[str], typer.Option(help="DAC 44 kHz hub id or directory \\[default: the generation's]")]
     = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="0 is greedy [default: 1.3 v0.1, 1.8 0626]")] = None,
-    cfg_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance [default: 3]")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="[default: 0.95 v0.1, 0.90 0626]")] = None,
-    top_k: Annotated[Optional[int], typer.Option(help="CFG filter top-k [default: 35 v0.1, 45 0626]")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="0 is greedy \\[default: 1.3 v0.1, 1.8 0626]")] = None,
+    cfg_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance \\[default: 3]")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="\\[default: 0.95 v0.1, 0.90 0626]")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="CFG filter top-k \\[default: 35 v0.1, 45 0626]")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Decoder steps, 86 per second of audio "
-                                                           "[default: the config's audio_length]")] = None,
+                                                           "\\[default: the config's audio_length]")] = None,
     normalize: Annotated[Optional[bool], typer.Option(
-        help="Loudness to -14 LUFS, then tanh [default: on, off with --stream]")] = None,
+        help="Loudness to -14 LUFS, then tanh \\[default: on, off with --stream]")] = None,
     ref_audio: Annotated[Optional[Path], typer.Option(help="Clone this voice: a 5-10 s recording (with --ref-text)")]
     = None,
     ref_text: Annotated[Optional[str], typer.Option(help="The transcript of --ref-audio, with [S1]/[S2] tags")]
@@ -173,7 +173,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 1234,
     dtype: Annotated[DType, typer.Option(help="Weights dtype; auto keeps the checkpoint's.")] = DType.auto,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
-    dac: Annotated[Optional[str], typer.Option(help="DAC for Dia models [default: the generation's]")] = None,
+    dac: Annotated[Optional[str], typer.Option(help="DAC for Dia models \\[default: the generation's]")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body or fetched audio, MiB.")] = 25.0,
     max_audio_seconds: Annotated[float, typer.Option(help="Longest audio accepted per input.")] = 1800.0,
     allowed_local_media_path: Annotated[Optional[list[Path]], typer.Option(

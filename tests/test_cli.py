@@ -215,3 +215,10 @@ def test_bad_device_is_one_line(native_dir, clip, device, match):
         pytest.skip("this machine has that device")
     result = invoke("transcribe", clip, "-m", native_dir, "--device", device, "-q")
     assert result.exit_code == 1 and match in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_shows_the_defaults_that_depend_on_the_checkpoint():
+    result = runner.invoke(app, ["speak", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for shown in ("[default: 1.3 v0.1, 1.8 0626]", "[default: the generation's]", "[default: on, off with --stream]"):
+        assert shown in result.stdout  # rich markup would eat an unescaped [default: ...]
