@@ -2,8 +2,9 @@
 
 A decode step multiplies one or two rows by every decoder weight, so on a CPU it runs at the speed the weights
 stream from memory. oneDNN's blocked weight layout (`mkldnn._reorder_linear_weight`, the one torch.compile's CPU
-freezing pass uses) streams bf16 weights 5-25% faster than torch's row-major Linear on this project's machine
-(the larger the matrix, the larger the gain) with the same products bit for bit (tests/test_packing.py).
+freezing pass uses) streams bf16 weights 10-25% faster than torch's row-major Linear on this project's machine.
+The results are torch's bit for bit for 2 or more rows; for a single row torch's Linear sums in another order,
+and about one output in 5,000 differs by one bf16 ulp (tests/test_packing.py).
 
 Used for bfloat16 weights on a CPU whose oneDNN supports bf16; anything else keeps torch's nn.Linear, as does
 SPEECHRS_PACK_WEIGHTS=0 (for benchmarks, or to rule packing out when chasing a numerical question).
@@ -28,16 +29,21 @@ def packable(weight: torch.Tensor) -> bool:
         return False
 
 
+# The batch size oneDNN tunes the layout for. Measured on the real shapes (bf16, 2 cores), the 8-row layout was
+# the fastest of 1/2/4/8/16 for 1-row and 2-row decode steps (24.3 vs 22.1 GB/s for 2 rows against the 2-row
+# layout) and as fast as any for a 383-row prefill; any row count gives the same results.
+LAYOUT_ROWS = 8
+
+
 class PackedLinear(nn.Module):
     """A bias-free Linear over a packed copy of `weight` (out, in). The copy is an opaque oneDNN tensor: it has no
-    storage to share, so the plain weight should be dropped by the caller once this is made. `rows` is the batch
-    the layout is tuned for; any other row count gives the same results."""
+    storage to share, so the plain weight should be dropped by the caller once this is made."""
 
-    def __init__(self, weight: torch.Tensor, rows: int):
+    def __init__(self, weight: torch.Tensor):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.dtype = weight.dtype
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), LAYOUT_ROWS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
@@ -46,13 +52,13 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, packed"
 
 
-def pack_linears(parent: nn.Module, names: list[str], rows: int) -> None:
+def pack_linears(parent: nn.Module, names: list[str]) -> None:
     """Replace the bias-free nn.Linear children `names` of `parent` with PackedLinear."""
     for name in names:
         linear = getattr(parent, name)
         if linear.bias is not None:
             raise ValueError(f"{name}: PackedLinear has no bias")
-        setattr(parent, name, PackedLinear(linear.weight, rows))
+        setattr(parent, name, PackedLinear(linear.weight))
 
 
 class Scratch:
@@ -69,11 +75,11 @@ class Scratch:
         return self.buf[:n_bytes].view(dtype).view(shape)
 
 
-def pack_fused(parent: nn.Module, names: list[str], fused_name: str, rows: int, scratch: Scratch) -> None:
+def pack_fused(parent: nn.Module, names: list[str], fused_name: str, scratch: Scratch) -> None:
     """One PackedLinear `fused_name` over the rows of the Linears `names` (which read the same input); the
     Linears themselves are removed, so their weights' memory can go."""
     weights = [getattr(parent, name).weight.detach() for name in names]
     fused = scratch.view((sum(w.shape[0] for w in weights), weights[0].shape[1]), weights[0].dtype)
-    setattr(parent, fused_name, PackedLinear(torch.cat(weights, out=fused), rows))
+    setattr(parent, fused_name, PackedLinear(torch.cat(weights, out=fused)))
     for name in names:
         delattr(parent, name)

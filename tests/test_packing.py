@@ -1,4 +1,5 @@
-"""oneDNN-packed decode weights (speechrs/packing.py) give the same numbers as torch's Linear, bit for bit."""
+"""oneDNN-packed decode weights (speechrs/packing.py) give torch's Linear's numbers: bit for bit from 2 rows, to
+one bf16 ulp in a few outputs for a single row (torch's Linear then sums in another order)."""
 import pytest
 import torch
 
@@ -15,12 +16,21 @@ needs_packing = pytest.mark.skipif(not packable(torch.zeros(1, dtype=bf16)),
 
 
 @needs_packing
-@pytest.mark.parametrize("shape", [(2, 64), (1, 64), (7, 64), (2, 3, 64), (2, 40, 64)])
-def test_packed_linear_equals_linear_bit_for_bit(shape):
+@pytest.mark.parametrize("shape", [(2, 3072), (7, 3072), (2, 1, 3072), (2, 40, 3072)])
+def test_packed_linear_equals_linear_bit_for_bit_from_two_rows(shape):
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(96, 64, generator=g).to(bf16)
+    w = torch.randn(1024, 3072, generator=g).to(bf16)
     x = torch.randn(*shape, generator=g).to(bf16)
-    assert torch.equal(PackedLinear(w, rows=2)(x), torch.nn.functional.linear(x, w))
+    assert torch.equal(PackedLinear(w)(x), torch.nn.functional.linear(x, w))
+
+
+@needs_packing
+def test_packed_linear_for_one_row_is_within_one_bf16_ulp():
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(16384, 3072, generator=g).to(bf16), torch.randn(1, 3072, generator=g).to(bf16)
+    packed, plain = PackedLinear(w)(x).float(), torch.nn.functional.linear(x, w).float()
+    ulp = 2.0 ** (torch.frexp(plain.abs())[1] - 8).float()  # bf16 keeps 8 significant bits
+    assert ((packed - plain).abs() <= ulp).all() and (packed != plain).sum() <= plain.numel() // 1000
 
 
 def test_packing_needs_bf16_on_the_cpu(monkeypatch):

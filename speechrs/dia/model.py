@@ -143,7 +143,7 @@ class Dia(nn.Module):
 
     def prepare(self, after_layer=lambda: None) -> None:
         """Fused self-attention projections, and on the CPU in bf16 every per-step decoder weight packed for
-        oneDNN (packing.py) for the CFG pair's 2 rows. Call once the weights are real (after loading);
+        oneDNN (packing.py). Call once the weights are real (after loading);
         `after_layer` runs after each decoder layer, so the loader can drop the replaced originals as it goes."""
         for layer in self.encoder.layers:
             a = layer.self_attention
@@ -152,15 +152,15 @@ class Dia(nn.Module):
         for layer in self.decoder.layers:
             a, c = layer.self_attention, layer.cross_attention
             if pack:
-                pack_fused(a, ["q_proj", "k_proj", "v_proj"], "qkv", rows=2, scratch=scratch)
-                pack_linears(a, ["o_proj"], rows=2)
-                pack_linears(c, ["q_proj", "o_proj"], rows=2)  # cross k/v run once per request, on the text
-                pack_linears(layer.mlp, ["gate_up_proj", "down_proj"], rows=2)
+                pack_fused(a, ["q_proj", "k_proj", "v_proj"], "qkv", scratch=scratch)
+                pack_linears(a, ["o_proj"])
+                pack_linears(c, ["q_proj", "o_proj"])  # cross k/v run once per request, on the text
+                pack_linears(layer.mlp, ["gate_up_proj", "down_proj"])
             else:
                 a.qkv = fuse_linears(a.q_proj, a.k_proj, a.v_proj)
             after_layer()
         if pack:
-            pack_linears(self, ["logits_dense"], rows=2)
+            pack_linears(self, ["logits_dense"])
 
     def setup_caches(self, batch: int, max_len: int) -> None:
         p, cfg = self.decoder.embeddings.embed.weight, self.cfg

@@ -175,10 +175,8 @@ class Voxtral(nn.Module):
 
     def setup_buffers(self, after_layer=lambda: None) -> None:
         """Derived tensors that no checkpoint stores; call after weights are assigned (meta -> real). The
-        decoder's projections are fused, and on the CPU in bf16 packed for oneDNN (packing.py) in the layout
-        tuned for 2 rows, which ran ~10% faster than the 1-row layout for both a 1-row decode step and a
-        383-row prefill here; `after_layer` runs after each layer, so the loader can drop the replaced
-        originals as it goes."""
+        decoder's projections are fused, and on the CPU in bf16 packed for oneDNN (packing.py); `after_layer`
+        runs after each layer, so the loader can drop the replaced originals as it goes."""
         enc = self.cfg.encoder
         device = self.tok_embeddings.weight.device
         self.mm_whisper_embeddings.whisper_encoder.embed_positions = sinusoids(
@@ -187,16 +185,16 @@ class Voxtral(nn.Module):
         for layer in self.layers:
             a, ff = layer.attention, layer.feed_forward
             if pack:
-                pack_fused(a, ["wq", "wk", "wv"], "wqkv", rows=2, scratch=scratch)
-                pack_fused(ff, ["w1", "w3"], "w13", rows=2, scratch=scratch)
-                pack_linears(a, ["wo"], rows=2)
-                pack_linears(ff, ["w2"], rows=2)
+                pack_fused(a, ["wq", "wk", "wv"], "wqkv", scratch=scratch)
+                pack_fused(ff, ["w1", "w3"], "w13", scratch=scratch)
+                pack_linears(a, ["wo"])
+                pack_linears(ff, ["w2"])
             else:
                 a.wqkv = fuse_linears(a.wq, a.wk, a.wv)
                 ff.w13 = fuse_linears(ff.w1, ff.w3)
             after_layer()
         if pack:
-            pack_linears(self, ["output"], rows=2)
+            pack_linears(self, ["output"])
 
     def setup_caches(self, batch: int, max_len: int) -> None:
         """Preallocate the KV cache and RoPE table for max_len tokens (both grow if a request goes further).
