@@ -28,22 +28,23 @@ def speak_streamed(p: DiaPipeline, text_ids: list[int], opts: SpeakOptions,
     L = 0 if prompt is None else len(prompt)
     sent, size, pieces, dac_s = L, FIRST_PIECE, [], 0.0
     rows, step = None, None
+
+    def piece(keep: int, ready: int) -> AudioChunk:
+        """The next `keep` frames, decoded from the complete frames before `ready`."""
+        nonlocal sent, size, dac_s
+        t = time.perf_counter()
+        pieces.append(_decode_piece(p, rows, sent, keep, L, ready, hop))
+        dac_s += time.perf_counter() - t
+        sent, size = sent + keep, min(2 * size, LARGEST_PIECE)
+        return AudioChunk(pieces[-1], rate)
+
     for step, rows in p.generate_rows(text_ids, opts, prompt):
         yield step
         while L + step.frames >= sent + size + CONTEXT:  # the piece and its right context are complete
-            t = time.perf_counter()
-            pieces.append(_decode_piece(p, rows, sent, size, L, L + step.frames, hop))
-            dac_s += time.perf_counter() - t
-            yield AudioChunk(pieces[-1], rate)
-            sent, size = sent + size, min(2 * size, LARGEST_PIECE)
+            yield piece(size, L + step.frames)
     total = L + (step.frames if step is not None else 0)
     while sent < total:  # the clip has ended: its tail has no right context to wait for
-        t = time.perf_counter()
-        keep = min(size, total - sent)
-        pieces.append(_decode_piece(p, rows, sent, keep, L, total, hop))
-        dac_s += time.perf_counter() - t
-        yield AudioChunk(pieces[-1], rate)
-        sent, size = sent + keep, min(2 * size, LARGEST_PIECE)
+        yield piece(min(size, total - sent), total)
     pcm = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
     codes = p.frames(rows, L, total) if rows is not None else torch.zeros(0, p.cfg.channels, dtype=torch.long)
     yield SpeechResult(pcm, rate, codes.numpy(),
