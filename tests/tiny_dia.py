@@ -205,12 +205,6 @@ def _canonical_to_hf_names(n_blocks: int):
     return inverse
 
 
-if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else ".cache/demo")
-    for d in (*write_dia(target), *write_dac(target)):
-        print(d)
-
-
 def _encoder_hf_name(name: str, n_blocks: int) -> str:
     """descript's encoder.block.* -> transformers' DacModel encoder names (the inverse of hf_encoder_to_canonical)."""
     from speechrs.dia.dac_encoder import hf_encoder_to_canonical
@@ -232,3 +226,9 @@ def _encoder_hf_name(name: str, n_blocks: int) -> str:
         hf = f"encoder.block.{i - 1}.res_unit{int(parts[4]) + 1}.{sub}.{'.'.join(parts[7:])}"
     assert hf_encoder_to_canonical(hf, n_blocks) == name, (hf, name)
     return hf
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else ".cache/demo")
+    for d in (*write_dia(target), *write_dac(target)):
+        print(d)
