@@ -206,8 +206,8 @@ def _canonical_to_hf_names(n_blocks: int):
 
 
 def _encoder_hf_name(name: str, n_blocks: int) -> str:
-    """descript's encoder.block.* -> transformers' DacModel encoder names (the inverse of hf_encoder_to_canonical)."""
-    from speechrs.dia.dac_encoder import hf_encoder_to_canonical
+    """descript's encoder.block.* -> transformers' DacModel encoder names (the inverse of hf_to_canonical)."""
+    from speechrs.dia.dac import hf_to_canonical
 
     parts = name.split(".")
     i, rest = int(parts[2]), ".".join(parts[3:])
@@ -224,7 +224,7 @@ def _encoder_hf_name(name: str, n_blocks: int) -> str:
     else:
         sub = ["snake1", "conv1", "snake2", "conv2"][int(parts[6])]
         hf = f"encoder.block.{i - 1}.res_unit{int(parts[4]) + 1}.{sub}.{'.'.join(parts[7:])}"
-    assert hf_encoder_to_canonical(hf, n_blocks) == name, (hf, name)
+    assert hf_to_canonical(hf, n_blocks) == name, (hf, name)
     return hf
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelNotFoundError, UnsupportedModelError
-from ..weights import load_into, read_safetensors, release_unused, rename
+from ..weights import load_into, read_safetensors, release_unused
 
 
 @dataclass(frozen=True)
@@ -142,26 +142,33 @@ class DAC(nn.Module):
 
 
 _RES_PARTS = {"snake1": 0, "conv1": 1, "snake2": 2, "conv2": 3}  # ResidualUnit.block indices
+# Per half of the codec: the name of descript's Sequential, and where each part of a strided block sits in it
+# (the encoder's residual units come before its strided conv, the decoder's after its transposed conv).
+_HF_HALVES = {
+    "encoder": ("block", {"res_unit1": 0, "res_unit2": 1, "res_unit3": 2, "snake1": 3, "conv1": 4}),
+    "decoder": ("model", {"snake1": 0, "conv_t1": 1, "res_unit1": 2, "res_unit2": 3, "res_unit3": 4}),
+}
 
 
-def hf_to_canonical(name: str, n_blocks: int) -> str | None:
-    """transformers' DacModel names -> descript's Sequential indices; None drops the tensor (the encoder, which
-    dac_encoder.py loads when voice cloning first needs it)."""
-    if name.startswith("encoder."):
-        return None
-    if m := re.fullmatch(r"decoder\.conv1\.(.*)", name):
-        return f"decoder.model.0.{m[1]}"
-    if m := re.fullmatch(r"decoder\.block\.(\d+)\.snake1\.alpha", name):
-        return f"decoder.model.{int(m[1]) + 1}.block.0.alpha"
-    if m := re.fullmatch(r"decoder\.block\.(\d+)\.conv_t1\.(.*)", name):
-        return f"decoder.model.{int(m[1]) + 1}.block.1.{m[2]}"
-    if m := re.fullmatch(r"decoder\.block\.(\d+)\.res_unit(\d)\.(snake1|conv1|snake2|conv2)\.(.*)", name):
-        return f"decoder.model.{int(m[1]) + 1}.block.{int(m[2]) + 1}.block.{_RES_PARTS[m[3]]}.{m[4]}"
-    if name == "decoder.snake1.alpha":
-        return f"decoder.model.{n_blocks + 1}.alpha"
-    if m := re.fullmatch(r"decoder\.conv2\.(.*)", name):
-        return f"decoder.model.{n_blocks + 2}.{m[1]}"
-    return name  # quantizer.* names are the same in both
+def hf_to_canonical(name: str, n_blocks: int) -> str:
+    """transformers' DacModel names -> descript's Sequential indices (encoder.block.i..., decoder.model.i...):
+    conv1 is item 0, block j is item j + 1, snake1 and conv2 follow the blocks."""
+    m = re.fullmatch(r"(encoder|decoder)\.(.*)", name)
+    if m is None:
+        return name  # quantizer.* names are the same in both
+    half, rest = m[1], m[2]
+    seq, parts = _HF_HALVES[half]
+    if top := re.fullmatch(r"(conv1|snake1|conv2)\.(.*)", rest):
+        index = {"conv1": 0, "snake1": n_blocks + 1, "conv2": n_blocks + 2}[top[1]]
+        return f"{half}.{seq}.{index}.{top[2]}"
+    block = re.fullmatch(r"block\.(\d+)\.(\w+)\.(.*)", rest)
+    if block is None or block[2] not in parts:
+        raise UnsupportedModelError(f"unexpected DAC tensor {name}")
+    prefix = f"{half}.{seq}.{int(block[1]) + 1}.block.{parts[block[2]]}"
+    if block[2].startswith("res_unit"):
+        unit = re.fullmatch(r"(snake1|conv1|snake2|conv2)\.(.*)", block[3])
+        return f"{prefix}.block.{_RES_PARTS[unit[1]]}.{unit[2]}"
+    return f"{prefix}.{block[3]}"
 
 
 def fold_weight_norm(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -207,8 +214,8 @@ def load_dac(directory: Path, device="cpu") -> DAC:
     tensors = fold_weight_norm(raw)
     renamed = {}
     for name, t in tensors.items():
-        new = hf_to_canonical(name, len(cfg.rates)) if hf_names else rename(name, [(r"encoder\..*", None)])
-        if new is not None:
+        new = hf_to_canonical(name, len(cfg.rates)) if hf_names else name
+        if not new.startswith("encoder."):  # the encoder waits for voice cloning (dac_encoder.py)
             renamed[new] = t
     with torch.device("meta"):
         model = DAC(cfg)

@@ -3,11 +3,10 @@
 descript-audio-codec's Encoder (conv, four strided blocks of three residual units, Snake, conv to the latent)
 and VectorQuantize.decode_latents (nearest codebook entry by cosine, the straight-through sum kept, since its
 rounding feeds the residual of the next codebook). Canonical names are descript's (encoder.block.1.block.0...);
-transformers' DacModel names (encoder.block.0.res_unit1...) are renamed to them. The encoder is loaded on first
-use from the checkpoint the decoder came from, so speech without cloning never holds it.
+transformers' DacModel names (encoder.block.0.res_unit1...) are renamed by dac.hf_to_canonical. The encoder is
+loaded on first use from the checkpoint the decoder came from, so speech without cloning never holds it.
 """
 import math
-import re
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,7 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from ..weights import load_into
-from .dac import _RES_PARTS, DAC, ResidualUnit, Snake, fold_weight_norm, read_any
+from .dac import DAC, ResidualUnit, Snake, fold_weight_norm, hf_to_canonical, read_any
 
 ENCODER_STRIDES, ENCODER_DIM = (2, 4, 8, 8), 64  # descript 44 kHz: 64 -> 1024 channels, 512 samples per frame
 
@@ -45,23 +44,6 @@ class Encoder(nn.Module):
         return self.block(wave_Bx1xN)
 
 
-def hf_encoder_to_canonical(name: str, n_blocks: int) -> str | None:
-    """transformers' DacModel encoder names -> descript's Sequential indices; anything else -> None."""
-    if m := re.fullmatch(r"encoder\.conv1\.(.*)", name):
-        return f"encoder.block.0.{m[1]}"
-    if m := re.fullmatch(r"encoder\.block\.(\d+)\.res_unit(\d)\.(snake1|conv1|snake2|conv2)\.(.*)", name):
-        return f"encoder.block.{int(m[1]) + 1}.block.{int(m[2]) - 1}.block.{_RES_PARTS[m[3]]}.{m[4]}"
-    if m := re.fullmatch(r"encoder\.block\.(\d+)\.snake1\.alpha", name):
-        return f"encoder.block.{int(m[1]) + 1}.block.3.alpha"
-    if m := re.fullmatch(r"encoder\.block\.(\d+)\.conv1\.(.*)", name):
-        return f"encoder.block.{int(m[1]) + 1}.block.4.{m[2]}"
-    if name == "encoder.snake1.alpha":
-        return f"encoder.block.{n_blocks + 1}.alpha"
-    if m := re.fullmatch(r"encoder\.conv2\.(.*)", name):
-        return f"encoder.block.{n_blocks + 2}.{m[1]}"
-    return None
-
-
 def load_encoder(dac: DAC) -> Encoder:
     """The encoder of the checkpoint `dac` was loaded from, in float32 on its device."""
     if dac.source is None:
@@ -70,9 +52,8 @@ def load_encoder(dac: DAC) -> Encoder:
     hf_names = any(n.startswith("encoder.conv1.") for n in raw)
     tensors = {}
     for name, t in fold_weight_norm({k: v for k, v in raw.items() if k.startswith("encoder.")}).items():
-        new = hf_encoder_to_canonical(name, len(ENCODER_STRIDES)) if hf_names else name
-        if new is not None:
-            tensors[new.removeprefix("encoder.")] = t
+        new = hf_to_canonical(name, len(ENCODER_STRIDES)) if hf_names else name
+        tensors[new.removeprefix("encoder.")] = t
     if not tensors:
         raise UnsupportedModelError(f"the DAC checkpoint in {dac.source} has no encoder weights, which voice "
                                     "cloning needs; use one that has (descript/dac_44khz, EricB/dac_44khz)")
