@@ -174,58 +174,33 @@ def write_dac(out: Path, seed: int = 0) -> tuple[Path, Path]:
     return orig, hf
 
 
+# transformers' part names inside a strided block, by position in descript's block (dac.py has its own table)
+_BLOCK_PARTS = {"encoder": ["res_unit1", "res_unit2", "res_unit3", "snake1", "conv1"],
+                "decoder": ["snake1", "conv_t1", "res_unit1", "res_unit2", "res_unit3"]}
+
+
 def _canonical_to_hf_names(n_blocks: int):
+    """descript's names (encoder.block.i..., decoder.model.i...) -> transformers' DacModel names."""
     from speechrs.dia.dac import hf_to_canonical
 
+    top = {0: "conv1", n_blocks + 1: "snake1", n_blocks + 2: "conv2"}  # the Sequential's items around the blocks
+
     def inverse(name: str) -> str:
-        if name.startswith("quantizer."):
-            return name
-        if name.startswith("encoder."):
-            return _encoder_hf_name(name, n_blocks)
         parts = name.split(".")
-        i = int(parts[2])
-        tail = ".".join(parts[3:])
-        if i == 0:
-            return f"decoder.conv1.{tail}"
-        if i == n_blocks + 1:
-            return "decoder.snake1.alpha"
-        if i == n_blocks + 2:
-            return f"decoder.conv2.{tail}"
-        b = parts[4]  # decoder.model.{i}.block.{b}...
-        rest = ".".join(parts[5:])
-        if b == "0":
-            hf = f"decoder.block.{i - 1}.snake1.alpha"
-        elif b == "1":
-            hf = f"decoder.block.{i - 1}.conv_t1.{rest}"
+        half = parts[0]
+        if half not in _BLOCK_PARTS:
+            return name  # quantizer.* names are the same in both
+        i, tail = int(parts[2]), ".".join(parts[3:])
+        if i in top:
+            hf = f"{half}.{top[i]}.{tail}"
         else:
-            sub = ["snake1", "conv1", "snake2", "conv2"][int(parts[6])]
-            hf = f"decoder.block.{i - 1}.res_unit{int(b) - 1}.{sub}.{'.'.join(parts[7:])}"
+            part, rest = _BLOCK_PARTS[half][int(parts[4])], ".".join(parts[5:])
+            if part.startswith("res_unit"):  # ... .block.{k}.<weight>: the k-th of snake1, conv1, snake2, conv2
+                rest = f"{['snake1', 'conv1', 'snake2', 'conv2'][int(parts[6])]}.{'.'.join(parts[7:])}"
+            hf = f"{half}.block.{i - 1}.{part}.{rest}"
         assert hf_to_canonical(hf, n_blocks) == name, (hf, name)
         return hf
     return inverse
-
-
-def _encoder_hf_name(name: str, n_blocks: int) -> str:
-    """descript's encoder.block.* -> transformers' DacModel encoder names (the inverse of hf_to_canonical)."""
-    from speechrs.dia.dac import hf_to_canonical
-
-    parts = name.split(".")
-    i, rest = int(parts[2]), ".".join(parts[3:])
-    if i == 0:
-        hf = f"encoder.conv1.{rest}"
-    elif i == n_blocks + 1:
-        hf = "encoder.snake1.alpha"
-    elif i == n_blocks + 2:
-        hf = f"encoder.conv2.{rest}"
-    elif parts[4] == "3":
-        hf = f"encoder.block.{i - 1}.snake1.alpha"
-    elif parts[4] == "4":
-        hf = f"encoder.block.{i - 1}.conv1.{'.'.join(parts[5:])}"
-    else:
-        sub = ["snake1", "conv1", "snake2", "conv2"][int(parts[6])]
-        hf = f"encoder.block.{i - 1}.res_unit{int(parts[4]) + 1}.{sub}.{'.'.join(parts[7:])}"
-    assert hf_to_canonical(hf, n_blocks) == name, (hf, name)
-    return hf
 
 
 if __name__ == "__main__":
