@@ -147,33 +147,32 @@ class DiaPipeline:
                                       "leave normalize unset or false when streaming")
         if self.dac is None:
             raise InvalidRequestError("no DAC decoder loaded; pass a DAC checkpoint (--dac)")
-        prompt = None
+        text_ids, prompt = encode_text(text, self.cfg), None  # text errors before the reference is encoded
         if ref_audio is not None or ref_text is not None:
-            text, prompt = self._reference(text, ref_audio, ref_text, opts)
-        text_ids = encode_text(text, self.cfg)
+            text_ids, prompt = self._reference(text, ref_audio, ref_text, opts)
         if stream_audio:
             from .streaming import speak_streamed
 
             return speak_streamed(self, text_ids, opts, prompt)
         return self._speak(text_ids, opts, prompt)
 
-    def _reference(self, text: str, ref_audio, ref_text: str | None, opts: SpeakOptions) -> tuple[str, torch.Tensor]:
-        """-> (the transcript and the text, joined by a space; the reference's codes (L, C)), checked."""
+    def _reference(self, text: str, ref_audio, ref_text: str | None,
+                   opts: SpeakOptions) -> tuple[list[int], torch.Tensor]:
+        """-> (the ids of the transcript and the text, joined by a space; the reference's codes (L, C)), checked,
+        the cheap checks before the reference is encoded."""
         from .voices import encode_reference
 
         if ref_audio is None or not (ref_text or "").strip():
             raise InvalidRequestError("voice cloning takes both ref_audio and ref_text (the transcript of "
                                       "ref_audio, with its [S1]/[S2] tags)", "ref_text" if ref_audio else "ref_audio")
-        if not text or not text.strip():
-            raise InvalidRequestError("text is empty; give something to say, e.g. '[S1] Hello.'")
+        text_ids = encode_text((ref_text if ref_text[-1:].isspace() else ref_text + " ") + text, self.cfg)
         codes = encode_reference(self, ref_audio)
         room = self.cfg.audio_length - (opts.max_tokens or self.cfg.max_delay + 1)  # rows the reference may take
         if len(codes) > room:
             seconds = self.dac.cfg.hop_length / self.dac.cfg.sample_rate
             raise InvalidRequestError(f"ref_audio is {len(codes) * seconds:.1f} s; with these max_tokens Dia has "
                                       f"room for {max(room, 0) * seconds:.1f} s (5-10 s works best)", "ref_audio")
-        joined = ref_text if ref_text[-1:].isspace() else ref_text + " "
-        return joined + text, codes
+        return text_ids, codes
 
     def generate_codes(self, text_ids: list[int], opts: SpeakOptions,
                        prompt_TxC: torch.Tensor | None = None) -> Iterator[Step | torch.Tensor]:
