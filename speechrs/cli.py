@@ -139,10 +139,10 @@ def speak(
                                      seed=seed, temperature=temperature,
                                      cfg_scale=cfg_scale, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
                                      normalize=normalize)
+        from .audio import to_s16le, wav_bytes, wav_stream_header
+
         wav = output_format == AudioFormat.wav
         if stream:
-            from .audio import to_s16le, wav_stream_header
-
             events = iter(events)
             events = itertools.chain([next(events)], events)  # request errors surface before the output is opened
             with _open_output(output) as out:
@@ -153,8 +153,6 @@ def speak(
                     _finish_wav_sizes(out)
         else:
             result = _run_speech(events, quiet)
-            from .audio import to_s16le, wav_bytes
-
             with _open_output(output) as out:
                 out.write(wav_bytes(result.pcm, result.sample_rate) if wav else to_s16le(result.pcm))
     except SpeechrsError as e:
