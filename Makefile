@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= .cache/demo
 
-.PHONY: test demo bench clean
+.PHONY: test lint demo bench clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -15,14 +15,20 @@ $(VENV)/.base:
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base pyproject.toml
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,dev]'
 	touch $@
 
 $(VENV)/.demo: $(VENV)/.base pyproject.toml
 	$(PY) -m pip install -q -e '.[demo]'
 	touch $@
 
-test: $(VENV)/.test
+# ruff (lint rules and format) and mypy (settings in pyproject.toml); `make test` runs these first
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q
 
 $(DEMO_DIR)/voxtral-native/params.json: $(VENV)/.demo tests/tiny.py

@@ -6,6 +6,7 @@
 Both run greedy CFG decoding (guidance 3, top-k 45: transformers' do_sample=False) for the same number of
 steps on the HF 0626 layout, each in its own process: decode steps/s, DAC decode real-time factor, peak RSS.
 """
+
 import argparse
 import json
 import sys
@@ -18,26 +19,51 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 REPEATS = 5  # decode timings are the best of this many runs, as timeit advises: noise only ever adds time
-TEXT = "[S1] Dia is an open weights text to dialogue model. [S2] You get full control over scripts and voices. " \
-       "[S1] Wow. Amazing. (laughs)"
+TEXT = (
+    "[S1] Dia is an open weights text to dialogue model. [S2] You get full control over scripts and voices. "
+    "[S1] Wow. Amazing. (laughs)"
+)
 FULL_V01 = {  # nari-labs/Dia-1.6B config.json (mistralrs.md §2)
     "version": "0.1",
-    "model": {"encoder": {"n_layer": 12, "n_embd": 1024, "n_hidden": 4096, "n_head": 16, "head_dim": 128},
-              "decoder": {"n_layer": 18, "n_embd": 2048, "n_hidden": 8192, "gqa_query_heads": 16, "kv_heads": 4,
-                          "gqa_head_dim": 128, "cross_query_heads": 16, "cross_head_dim": 128},
-              "src_vocab_size": 256, "tgt_vocab_size": 1028, "dropout": 0.0, "normalization_layer_epsilon": 1e-5,
-              "weight_dtype": "float32", "rope_min_timescale": 1, "rope_max_timescale": 10000},
+    "model": {
+        "encoder": {"n_layer": 12, "n_embd": 1024, "n_hidden": 4096, "n_head": 16, "head_dim": 128},
+        "decoder": {
+            "n_layer": 18,
+            "n_embd": 2048,
+            "n_hidden": 8192,
+            "gqa_query_heads": 16,
+            "kv_heads": 4,
+            "gqa_head_dim": 128,
+            "cross_query_heads": 16,
+            "cross_head_dim": 128,
+        },
+        "src_vocab_size": 256,
+        "tgt_vocab_size": 1028,
+        "dropout": 0.0,
+        "normalization_layer_epsilon": 1e-5,
+        "weight_dtype": "float32",
+        "rope_min_timescale": 1,
+        "rope_max_timescale": 10000,
+    },
     "training": {},
-    "data": {"text_length": 1024, "audio_length": 3072, "channels": 9, "text_pad_value": 0, "audio_eos_value": 1024,
-             "audio_pad_value": 1025, "audio_bos_value": 1026, "delay_pattern": [0, 8, 9, 10, 11, 12, 13, 14, 15]},
+    "data": {
+        "text_length": 1024,
+        "audio_length": 3072,
+        "channels": 9,
+        "text_pad_value": 0,
+        "audio_eos_value": 1024,
+        "audio_pad_value": 1025,
+        "audio_bos_value": 1026,
+        "delay_pattern": [0, 8, 9, 10, 11, 12, 13, 14, 15],
+    },
 }
 
 
 def write_checkpoints(size: str, dtype: str, out: Path) -> tuple[Path, Path]:
+    import tiny_dia
     import torch
     from safetensors.torch import save_file
 
-    import tiny_dia
     from speechrs.dia.config import DiaConfig
 
     dia, dac = out / "dia-0626", out / "dac-hf"
@@ -51,8 +77,11 @@ def write_checkpoints(size: str, dtype: str, out: Path) -> tuple[Path, Path]:
             (dia / "config.json").write_text(json.dumps({**tiny_dia.hf_0626_config(FULL_V01), "torch_dtype": dtype}))
             cfg = DiaConfig.load(dia / "config.json")
             sd = tiny_dia.dia_canonical_state(cfg, dtype=getattr(torch, dtype))
-            save_file({("" if k == "logits_dense.weight" else "model.") + k: v for k, v in sd.items()},
-                      str(dia / "model.safetensors"), metadata={"format": "pt"})
+            save_file(
+                {("" if k == "logits_dense.weight" else "model.") + k: v for k, v in sd.items()},
+                str(dia / "model.safetensors"),
+                metadata={"format": "pt"},
+            )
     return dia, dac
 
 
@@ -94,8 +123,14 @@ def run_speechrs(dia: Path, dac: Path, steps: int, frames: int, dtype: str) -> d
     with torch.inference_mode():
         p.dac.decode(codes[..., :8])
         dac_s = min(_timed(p.dac.decode, codes) for _ in range(3))
-    return {"load_s": load_s, "steps_per_s": (len(rows) - 1) / decode_s, "steps": len(rows) - 1,
-            "dac_rtf": frames * 512 / 44100 / dac_s, "peak_rss_mb": rss_mb(), "base_rss_mb": base}
+    return {
+        "load_s": load_s,
+        "steps_per_s": (len(rows) - 1) / decode_s,
+        "steps": len(rows) - 1,
+        "dac_rtf": frames * 512 / 44100 / dac_s,
+        "peak_rss_mb": rss_mb(),
+        "base_rss_mb": base,
+    }
 
 
 def run_transformers(dia: Path, dac: Path, steps: int, frames: int, dtype: str) -> dict:
@@ -115,9 +150,16 @@ def run_transformers(dia: Path, dac: Path, steps: int, frames: int, dtype: str) 
 
     def generate(n):
         with torch.inference_mode():
-            return model.generate(input_ids=x, attention_mask=torch.ones_like(x), decoder_input_ids=_mask(cfg),
-                                  decoder_attention_mask=torch.ones(1, cfg.max_delay + 1, dtype=torch.long),
-                                  do_sample=False, guidance_scale=3.0, top_k=45, max_new_tokens=n)
+            return model.generate(
+                input_ids=x,
+                attention_mask=torch.ones_like(x),
+                decoder_input_ids=_mask(cfg),
+                decoder_attention_mask=torch.ones(1, cfg.max_delay + 1, dtype=torch.long),
+                do_sample=False,
+                guidance_scale=3.0,
+                top_k=45,
+                max_new_tokens=n,
+            )
 
     generate(20)  # warm-up
     timings = []
@@ -130,8 +172,14 @@ def run_transformers(dia: Path, dac: Path, steps: int, frames: int, dtype: str) 
     with torch.inference_mode():
         codec.decode(audio_codes=codes[..., :8])
         dac_s = min(_timed(lambda c: codec.decode(audio_codes=c), codes) for _ in range(3))
-    return {"load_s": load_s, "steps_per_s": (out.shape[1] - 1) / decode_s, "steps": out.shape[1] - 1,
-            "dac_rtf": frames * 512 / 44100 / dac_s, "peak_rss_mb": rss_mb(), "base_rss_mb": base}
+    return {
+        "load_s": load_s,
+        "steps_per_s": (out.shape[1] - 1) / decode_s,
+        "steps": out.shape[1] - 1,
+        "dac_rtf": frames * 512 / 44100 / dac_s,
+        "peak_rss_mb": rss_mb(),
+        "base_rss_mb": base,
+    }
 
 
 def main():
@@ -153,16 +201,40 @@ def main():
     dia_mb = (dia / "model.safetensors").stat().st_size / 2**20
     weights_mb = dia_mb + (dac / "model.safetensors").stat().st_size / 2**20
     warm_page_cache(dia, dac)
-    results = run_workers(__file__, ["speechrs", "transformers"],
-                          ["--dia", str(dia), "--dac", str(dac), "--steps", str(args.steps), "--frames",
-                           str(args.frames), "--dtype", args.dtype])
-    print(f"Dia {args.size} ({dia_mb:.0f} MiB of {args.dtype} weights) + DAC 44 kHz (float32), greedy CFG, "
-          f"{results['speechrs']['steps']} / {results['transformers']['steps']} steps, {args.frames} DAC frames")
-    print_table(results, [("load s", "load_s", False), ("decode steps/s", "steps_per_s", True),
-                          ("DAC x real time", "dac_rtf", True), ("peak RSS MiB", "peak_rss_mb", False)])
+    results = run_workers(
+        __file__,
+        ["speechrs", "transformers"],
+        [
+            "--dia",
+            str(dia),
+            "--dac",
+            str(dac),
+            "--steps",
+            str(args.steps),
+            "--frames",
+            str(args.frames),
+            "--dtype",
+            args.dtype,
+        ],
+    )
+    print(
+        f"Dia {args.size} ({dia_mb:.0f} MiB of {args.dtype} weights) + DAC 44 kHz (float32), greedy CFG, "
+        f"{results['speechrs']['steps']} / {results['transformers']['steps']} steps, {args.frames} DAC frames"
+    )
+    print_table(
+        results,
+        [
+            ("load s", "load_s", False),
+            ("decode steps/s", "steps_per_s", True),
+            ("DAC x real time", "dac_rtf", True),
+            ("peak RSS MiB", "peak_rss_mb", False),
+        ],
+    )
     for name, r in results.items():
-        print(f"{name}: peak RSS above the post-import baseline = "
-              f"{(r['peak_rss_mb'] - r['base_rss_mb']) / weights_mb:.2f} x the Dia + DAC weights")
+        print(
+            f"{name}: peak RSS above the post-import baseline = "
+            f"{(r['peak_rss_mb'] - r['base_rss_mb']) / weights_mb:.2f} x the Dia + DAC weights"
+        )
 
 
 if __name__ == "__main__":

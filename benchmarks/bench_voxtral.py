@@ -7,6 +7,7 @@ Each implementation runs in its own subprocess (so peak memory is its own) on th
 load time, audio encoder time, prefill tokens/s, decode tokens/s (greedy, after a warm-up, best of 5 runs),
 peak RSS.
 """
+
 import argparse
 import json
 import sys
@@ -22,22 +23,43 @@ REPEATS = 5  # timings are the best of this many runs, as timeit advises: noise 
 
 # Voxtral-Mini-3B-2507's real sizes (testing.md §1)
 FULL = {
-    "dim": 3072, "n_layers": 30, "head_dim": 128, "hidden_dim": 8192, "n_heads": 32, "n_kv_heads": 8,
-    "rope_theta": 1e8, "norm_eps": 1e-5, "vocab_size": 131072, "max_seq_len": 131072,
-    "multimodal": {"whisper_model_args": {
-        "encoder_args": {"audio_encoding_args": {"sampling_rate": 16000, "num_mel_bins": 128, "hop_length": 160,
-                                                 "window_size": 400},
-                         "dim": 1280, "n_layers": 32, "head_dim": 64, "hidden_dim": 5120, "n_heads": 20,
-                         "vocab_size": 51866, "max_source_positions": 1500},
-        "downsample_args": {"downsample_factor": 4}}},
+    "dim": 3072,
+    "n_layers": 30,
+    "head_dim": 128,
+    "hidden_dim": 8192,
+    "n_heads": 32,
+    "n_kv_heads": 8,
+    "rope_theta": 1e8,
+    "norm_eps": 1e-5,
+    "vocab_size": 131072,
+    "max_seq_len": 131072,
+    "multimodal": {
+        "whisper_model_args": {
+            "encoder_args": {
+                "audio_encoding_args": {
+                    "sampling_rate": 16000,
+                    "num_mel_bins": 128,
+                    "hop_length": 160,
+                    "window_size": 400,
+                },
+                "dim": 1280,
+                "n_layers": 32,
+                "head_dim": 64,
+                "hidden_dim": 5120,
+                "n_heads": 20,
+                "vocab_size": 51866,
+                "max_source_positions": 1500,
+            },
+            "downsample_args": {"downsample_factor": 4},
+        }
+    },
 }
 
 
 def write_checkpoint(size: str, dtype: str, out: Path) -> Path:
     """HF layout (both implementations read it); full size is written tensor-group by tensor-group in dtype."""
-    import torch
-
     import tiny
+    import torch
 
     hf = out / "voxtral-hf"
     if (hf / "model.safetensors.index.json").exists():
@@ -55,8 +77,9 @@ def write_checkpoint(size: str, dtype: str, out: Path) -> Path:
     sd["audio_tower.embed_positions.weight"] = sd["audio_tower.embed_positions.weight"].to(torch_dtype)
     save_file(sd, str(hf / "model.safetensors"), metadata={"format": "pt"})
     total = sum(t.numel() * t.element_size() for t in sd.values())
-    (hf / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": {k: "model.safetensors" for k in sd}}))
+    (hf / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": {k: "model.safetensors" for k in sd}})
+    )
     return hf
 
 
@@ -72,28 +95,35 @@ def run_speechrs(ckpt: Path, clip: Path, n_new: int, dtype: str) -> dict:
     load_s = time.perf_counter() - t0
     list(p.transcribe(str(clip), "en", GenerationOptions(max_tokens=4)))  # warm-up
     first_s = time.perf_counter() - t0
-    runs = [list(p.transcribe(str(clip), "en", GenerationOptions(max_tokens=n_new)))[-1].usage
-            for _ in range(REPEATS)]
+    runs = [list(p.transcribe(str(clip), "en", GenerationOptions(max_tokens=n_new)))[-1].usage for _ in range(REPEATS)]
     u = runs[0]
-    return {"load_s": load_s, "first_s": first_s, "encode_s": min(r.encode_s for r in runs), "prompt_tokens": u.prompt_tokens,
-            "prefill_tps": max(r.prompt_tokens / r.prefill_s for r in runs), "new_tokens": u.completion_tokens,
-            "decode_tps": max((r.completion_tokens - 1) / r.decode_s for r in runs), "peak_rss_mb": rss_mb(),
-            "base_rss_mb": base, "threads": torch.get_num_threads()}
+    return {
+        "load_s": load_s,
+        "first_s": first_s,
+        "encode_s": min(r.encode_s for r in runs),
+        "prompt_tokens": u.prompt_tokens,
+        "prefill_tps": max(r.prompt_tokens / r.prefill_s for r in runs),
+        "new_tokens": u.completion_tokens,
+        "decode_tps": max((r.completion_tokens - 1) / r.decode_s for r in runs),
+        "peak_rss_mb": rss_mb(),
+        "base_rss_mb": base,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_transformers(ckpt: Path, clip: Path, n_new: int, dtype: str) -> dict:
     import torch
-    from transformers import VoxtralForConditionalGeneration
-
     from reference import hf_processor
+    from transformers import VoxtralForConditionalGeneration
 
     base = rss_mb()
     t0 = time.perf_counter()
     torch_dtype = torch.float32 if dtype == "auto" else getattr(torch, dtype)
     model = VoxtralForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch_dtype).eval()
     load_s = time.perf_counter() - t0
-    inputs = hf_processor(ckpt / "tekken.json").apply_transcription_request(language="en", audio=str(clip),
-                                                                            model_id="x")
+    inputs = hf_processor(ckpt / "tekken.json").apply_transcription_request(
+        language="en", audio=str(clip), model_id="x"
+    )
     inputs = {k: (v.to(torch_dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
 
     def generate(n):
@@ -115,10 +145,18 @@ def run_transformers(ckpt: Path, clip: Path, n_new: int, dtype: str) -> dict:
     totals = [generate(n_new) for _ in range(REPEATS)]
     n = totals[0][1]
     prompt = inputs["input_ids"].shape[1]
-    return {"load_s": load_s, "first_s": first_request_s, "encode_s": encode_s, "prompt_tokens": prompt,
-            "prefill_tps": prompt / (first_s - encode_s), "new_tokens": n,
-            "decode_tps": max((n - 1) / (total - first_s) for total, _ in totals), "peak_rss_mb": rss_mb(),
-            "base_rss_mb": base, "threads": torch.get_num_threads()}
+    return {
+        "load_s": load_s,
+        "first_s": first_request_s,
+        "encode_s": encode_s,
+        "prompt_tokens": prompt,
+        "prefill_tps": prompt / (first_s - encode_s),
+        "new_tokens": n,
+        "decode_tps": max((n - 1) / (total - first_s) for total, _ in totals),
+        "peak_rss_mb": rss_mb(),
+        "base_rss_mb": base,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main():
@@ -140,19 +178,32 @@ def main():
     ckpt = write_checkpoint(args.size, args.dtype, args.cache / f"{args.size}-{args.dtype}")
     ckpt_mb = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2**20
     warm_page_cache(ckpt)
-    results = run_workers(__file__, ["speechrs", "transformers"],
-                          ["--ckpt", str(ckpt), "--clip", str(args.clip), "--new-tokens", str(args.new_tokens),
-                           "--dtype", args.dtype])
+    results = run_workers(
+        __file__,
+        ["speechrs", "transformers"],
+        ["--ckpt", str(ckpt), "--clip", str(args.clip), "--new-tokens", str(args.new_tokens), "--dtype", args.dtype],
+    )
     s = results["speechrs"]
-    print(f"Voxtral {args.size} ({ckpt_mb:.0f} MiB of {args.dtype} weights), {s['prompt_tokens']}-token transcription "
-          f"prompt, {args.new_tokens} greedy tokens, {s['threads']} threads")
-    print_table(results, [("load s", "load_s", False), ("load + 1st request s", "first_s", False),
-                          ("audio encoder s", "encode_s", False),
-                          ("prefill tok/s", "prefill_tps", True), ("decode tok/s", "decode_tps", True),
-                          ("peak RSS MiB", "peak_rss_mb", False)])
+    print(
+        f"Voxtral {args.size} ({ckpt_mb:.0f} MiB of {args.dtype} weights), {s['prompt_tokens']}-token transcription "
+        f"prompt, {args.new_tokens} greedy tokens, {s['threads']} threads"
+    )
+    print_table(
+        results,
+        [
+            ("load s", "load_s", False),
+            ("load + 1st request s", "first_s", False),
+            ("audio encoder s", "encode_s", False),
+            ("prefill tok/s", "prefill_tps", True),
+            ("decode tok/s", "decode_tps", True),
+            ("peak RSS MiB", "peak_rss_mb", False),
+        ],
+    )
     for name, r in results.items():
-        print(f"{name}: peak RSS above the post-import baseline = {(r['peak_rss_mb'] - r['base_rss_mb']) / ckpt_mb:.2f}"
-              f" x checkpoint bytes")
+        print(
+            f"{name}: peak RSS above the post-import baseline = {(r['peak_rss_mb'] - r['base_rss_mb']) / ckpt_mb:.2f}"
+            f" x checkpoint bytes"
+        )
 
 
 if __name__ == "__main__":

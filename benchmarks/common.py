@@ -1,4 +1,5 @@
 """Shared by the benchmarks: peak memory, and one worker subprocess per implementation."""
+
 import json
 import os
 import resource
@@ -30,8 +31,12 @@ def run_workers(script: str, names: list[str], args: list[str]) -> dict[str, dic
     """Run `script --worker NAME args...` for each name in its own process; each prints one JSON line."""
     results = {}
     for name in names:
-        proc = subprocess.run([sys.executable, script, "--worker", name, *args], capture_output=True, text=True,
-                              env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+        proc = subprocess.run(
+            [sys.executable, script, "--worker", name, *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+        )
         if proc.returncode:
             sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,4 +1,5 @@
 """speechrs: local speech models (Voxtral transcription and audio chat) from a CLI, a server or Python."""
+
 __version__ = "0.1.0"
 
 

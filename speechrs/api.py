@@ -3,10 +3,11 @@
 Requests run synchronously in the caller's thread through the engine (Engine.run), with the same option
 dataclasses the server builds. One object serves one request at a time.
 """
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .dia.pipeline import AudioChunk, SpeakOptions, SpeechResult, Step
+from .dia.events import AudioChunk, SpeakOptions, SpeechResult, Step
 from .engine import Engine, Loaded, load_pipeline
 from .messages import parse_messages
 from .voxtral.pipeline import Done, GenerationOptions, Token, Usage
@@ -26,7 +27,7 @@ class VoxtralModel:
 
     def __init__(self, loaded: Loaded):
         self.loaded, self.source, self.model_id = loaded, loaded.source, loaded.name
-        self.pipeline = loaded.pipeline
+        self.pipeline = loaded.voxtral
 
     def transcribe(self, audio, language: str | None = None, **options) -> TextResult:
         """audio: a path, file:// or data: URL, encoded bytes, or (float array, sample rate)."""
@@ -50,7 +51,7 @@ class DiaModel:
 
     def __init__(self, loaded: Loaded):
         self.loaded, self.source, self.model_id = loaded, loaded.source, loaded.name
-        self.pipeline = loaded.pipeline
+        self.pipeline = loaded.dia
 
     def speak(self, text: str, ref_audio=None, ref_text: str | None = None, **options) -> SpeechResult:
         """[S1]/[S2] speaker tags and nonverbals like (laughs) are plain text. Returns pcm, codes, save().
@@ -60,13 +61,15 @@ class DiaModel:
                 return event
         raise RuntimeError("generation ended without a result")
 
-    def speak_stream(self, text: str, stream_audio: bool = False, ref_audio=None, ref_text: str | None = None,
-                     **options) -> Iterator[Step | AudioChunk | SpeechResult]:
+    def speak_stream(
+        self, text: str, stream_audio: bool = False, ref_audio=None, ref_text: str | None = None, **options
+    ) -> Iterator[Step | AudioChunk | SpeechResult]:
         """Step(step, max_steps, frames) events while decoding, then the SpeechResult. With stream_audio, also
         AudioChunk(pcm, sample_rate) events as soon as the DAC can decode them (not loudness-normalised)."""
         opts = SpeakOptions(**options)
-        return Engine.run(lambda: self.pipeline.speak(text, opts, stream_audio=stream_audio, ref_audio=ref_audio,
-                                                      ref_text=ref_text))
+        return Engine.run(
+            lambda: self.pipeline.speak(text, opts, stream_audio=stream_audio, ref_audio=ref_audio, ref_text=ref_text)
+        )
 
 
 def _collect(events: Iterator[Token | Done]) -> TextResult:
@@ -76,8 +79,9 @@ def _collect(events: Iterator[Token | Done]) -> TextResult:
     raise RuntimeError("generation ended without a Done event")
 
 
-def load(model: str = DEFAULT_VOXTRAL, *, dtype: str = "auto", device: str = "cpu",
-         dac: str | None = None) -> VoxtralModel | DiaModel:
+def load(
+    model: str = DEFAULT_VOXTRAL, *, dtype: str = "auto", device: str = "cpu", dac: str | None = None
+) -> VoxtralModel | DiaModel:
     """Resolve a hub id or directory, detect the family and layout, and load it on `device`.
 
     dac: for Dia, a DAC 44 kHz hub id or directory (default: the one the checkpoint's generation uses).

@@ -4,6 +4,7 @@ The log-mel matches transformers' WhisperFeatureExtractor (torch path) as Voxtra
 pad to a multiple of 30 s, periodic Hann STFT n_fft 400 hop 160, last frame dropped, power spectrum,
 Slaney mel 0-8 kHz, log10 clamped at 1e-10, floor at (max over the whole clip) - 8, then (x + 4) / 4.
 """
+
 import base64
 import binascii
 import io
@@ -131,8 +132,9 @@ def mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_max: float = 8000.0
     return torch.from_numpy(weights).float()
 
 
-def log_mel(pcm: np.ndarray, n_mels: int = 128, n_fft: int = 400, hop: int = 160,
-            sample_rate: int = 16000) -> torch.Tensor:
+def log_mel(
+    pcm: np.ndarray, n_mels: int = 128, n_fft: int = 400, hop: int = 160, sample_rate: int = 16000
+) -> torch.Tensor:
     """float32 samples -> log-mel (n_mels, len // hop); the floor uses the max of the whole clip."""
     wave = torch.from_numpy(np.ascontiguousarray(pcm, dtype=np.float32))
     stft = torch.stft(wave, n_fft, hop, window=torch.hann_window(n_fft), return_complex=True)
@@ -158,8 +160,22 @@ def wav_bytes(pcm: np.ndarray, sample_rate: int) -> bytes:
 def wav_stream_header(sample_rate: int) -> bytes:
     """The 44-byte header of a 16-bit mono WAV whose length is not known yet: RIFF and data sizes 0xFFFFFFFF,
     as streaming servers write it; players read the samples to the end of the stream."""
-    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 0xFFFFFFFF, b"WAVE", b"fmt ", 16, 1, 1, sample_rate,
-                       2 * sample_rate, 2, 16, b"data", 0xFFFFFFFF)
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        0xFFFFFFFF,
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,
+        1,
+        sample_rate,
+        2 * sample_rate,
+        2,
+        16,
+        b"data",
+        0xFFFFFFFF,
+    )
 
 
 def write_wav(path: Path, pcm: np.ndarray, sample_rate: int) -> None:

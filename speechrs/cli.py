@@ -1,4 +1,5 @@
 """speechrs command line: results on stdout, progress and errors on stderr, non-zero exit on failure."""
+
 import contextlib
 import itertools
 import json
@@ -7,15 +8,21 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 from .errors import SpeechrsError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Local speech models: Voxtral transcription, Dia dialogue text-to-speech.")
+if TYPE_CHECKING:  # torch and the models load when a command runs, not when the CLI starts
+    from .api import DiaModel, VoxtralModel
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Local speech models: Voxtral transcription, Dia dialogue text-to-speech.",
+)
 err = Console(stderr=True, soft_wrap=True)  # one message, one line: no hard wraps
 
 
@@ -45,7 +52,7 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
         raise typer.Exit()
 
 
-def _fail(message: str, code: int = 1):
+def _fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
@@ -53,19 +60,21 @@ def _fail(message: str, code: int = 1):
 @app.command()
 def transcribe(
     audio: Annotated[Path, typer.Argument(help="Audio file: wav, flac, ogg or mp3, any rate and channel count.")],
-    model: Annotated[str, typer.Option("-m", "--model", help="Hub id or local directory.")]
-    = "mistralai/Voxtral-Mini-3B-2507",
-    language: Annotated[Optional[str], typer.Option(help="ISO 639-1 code, e.g. en; omit to let the model choose.")]
-    = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens to generate \\[default: one per audio token]")]
-    = None,
+    model: Annotated[
+        str, typer.Option("-m", "--model", help="Hub id or local directory.")
+    ] = "mistralai/Voxtral-Mini-3B-2507",
+    language: Annotated[str | None, typer.Option(help="ISO 639-1 code, e.g. en; omit to let the model choose.")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Most tokens to generate \\[default: one per audio token]")
+    ] = None,
     temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus mass kept when sampling.")] = 1.0,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
     dtype: Annotated[DType, typer.Option(help="Weights dtype; auto keeps the checkpoint's.")] = DType.auto,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
-    output_format: Annotated[OutputFormat, typer.Option("--format", help="text, or json with usage.")]
-    = OutputFormat.text,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="text, or json with usage.")
+    ] = OutputFormat.text,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress on stderr.")] = False,
 ):
     """Transcribe an audio file with Voxtral; the text goes to stdout."""
@@ -77,46 +86,67 @@ def transcribe(
         loaded = _load(model, dtype.value, device, quiet)
         if not isinstance(loaded, VoxtralModel):
             _fail(f"{model} is not a Voxtral model; transcribe needs audio-in, text-out")
-        events = loaded.transcribe_stream(str(audio), language, max_tokens=max_tokens, temperature=temperature,
-                                          top_p=top_p, seed=seed)
+        events = loaded.transcribe_stream(
+            str(audio), language, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed
+        )
         done = _run_text(events, stream=output_format == OutputFormat.text, quiet=quiet)
     except SpeechrsError as e:
         _fail(str(e))
     if output_format == OutputFormat.json:
         u = done.usage
-        print(json.dumps({"text": done.text, "finish_reason": done.finish_reason,
-                          "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                                    "total_tokens": u.total_tokens, "audio_seconds": round(u.audio_seconds, 3)}},
-                         ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "text": done.text,
+                    "finish_reason": done.finish_reason,
+                    "usage": {
+                        "prompt_tokens": u.prompt_tokens,
+                        "completion_tokens": u.completion_tokens,
+                        "total_tokens": u.total_tokens,
+                        "audio_seconds": round(u.audio_seconds, 3),
+                    },
+                },
+                ensure_ascii=False,
+            )
+        )
 
 
 @app.command()
 def speak(
     text: Annotated[str, typer.Argument(help="What to say, with [S1]/[S2] speaker tags; '-' reads stdin.")] = "-",
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the audio; - is stdout.")]
-    = Path("out.wav"),
-    text_file: Annotated[Optional[Path], typer.Option("--file", help="Read the text from this file instead.")]
-    = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the audio; - is stdout.")] = Path(
+        "out.wav"
+    ),
+    text_file: Annotated[Path | None, typer.Option("--file", help="Read the text from this file instead.")] = None,
     model: Annotated[str, typer.Option("-m", "--model", help="Hub id or local directory.")] = "nari-labs/Dia-1.6B",
-    dac: Annotated[Optional[str], typer.Option(help="DAC 44 kHz hub id or directory \\[default: the generation's]")]
-    = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="0 is greedy \\[default: 1.3 v0.1, 1.8 0626]")] = None,
-    cfg_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance \\[default: 3]")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="\\[default: 0.95 v0.1, 0.90 0626]")] = None,
-    top_k: Annotated[Optional[int], typer.Option(help="CFG filter top-k \\[default: 35 v0.1, 45 0626]")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Decoder steps, 86 per second of audio "
-                                                           "\\[default: the config's audio_length]")] = None,
-    normalize: Annotated[Optional[bool], typer.Option(
-        help="Loudness to -14 LUFS, then tanh \\[default: on, off with --stream]")] = None,
-    ref_audio: Annotated[Optional[Path], typer.Option(help="Clone this voice: a 5-10 s recording (with --ref-text)")]
-    = None,
-    ref_text: Annotated[Optional[str], typer.Option(help="The transcript of --ref-audio, with [S1]/[S2] tags")]
-    = None,
-    stream: Annotated[bool, typer.Option(help="Write the audio as it is made (not loudness-normalised), e.g. "
-                                              "--format pcm -o - | aplay -f S16_LE -r 44100")] = False,
-    output_format: Annotated[AudioFormat, typer.Option("--format", help="wav (16-bit) or pcm (raw s16le).")]
-    = AudioFormat.wav,
+    dac: Annotated[
+        str | None, typer.Option(help="DAC 44 kHz hub id or directory \\[default: the generation's]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 is greedy \\[default: 1.3 v0.1, 1.8 0626]")] = None,
+    cfg_scale: Annotated[float | None, typer.Option(help="Classifier-free guidance \\[default: 3]")] = None,
+    top_p: Annotated[float | None, typer.Option(help="\\[default: 0.95 v0.1, 0.90 0626]")] = None,
+    top_k: Annotated[int | None, typer.Option(help="CFG filter top-k \\[default: 35 v0.1, 45 0626]")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Decoder steps, 86 per second of audio \\[default: the config's audio_length]")
+    ] = None,
+    normalize: Annotated[
+        bool | None, typer.Option(help="Loudness to -14 LUFS, then tanh \\[default: on, off with --stream]")
+    ] = None,
+    ref_audio: Annotated[
+        Path | None, typer.Option(help="Clone this voice: a 5-10 s recording (with --ref-text)")
+    ] = None,
+    ref_text: Annotated[str | None, typer.Option(help="The transcript of --ref-audio, with [S1]/[S2] tags")] = None,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            help="Write the audio as it is made (not loudness-normalised), e.g. "
+            "--format pcm -o - | aplay -f S16_LE -r 44100"
+        ),
+    ] = False,
+    output_format: Annotated[
+        AudioFormat, typer.Option("--format", help="wav (16-bit) or pcm (raw s16le).")
+    ] = AudioFormat.wav,
     dtype: Annotated[DType, typer.Option(help="Weights dtype; auto keeps the checkpoint's.")] = DType.auto,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress on stderr.")] = False,
@@ -135,10 +165,19 @@ def speak(
         loaded = _load(model, dtype.value, device, quiet, dac=dac)
         if not isinstance(loaded, DiaModel):
             _fail(f"{model} is not a Dia model; speak needs text-in, speech-out")
-        events = loaded.speak_stream(text, stream_audio=stream, ref_audio=ref_audio, ref_text=ref_text,
-                                     seed=seed, temperature=temperature,
-                                     cfg_scale=cfg_scale, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
-                                     normalize=normalize)
+        events = loaded.speak_stream(
+            text,
+            stream_audio=stream,
+            ref_audio=ref_audio,
+            ref_text=ref_text,
+            seed=seed,
+            temperature=temperature,
+            cfg_scale=cfg_scale,
+            top_p=top_p,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            normalize=normalize,
+        )
         from .audio import to_s16le, wav_bytes, wav_stream_header
 
         wav = output_format == AudioFormat.wav
@@ -147,7 +186,7 @@ def speak(
             events = itertools.chain([next(events)], events)  # request errors surface before the output is opened
             with _open_output(output) as out:
                 if wav:
-                    out.write(wav_stream_header(loaded.pipeline.dac.cfg.sample_rate))
+                    out.write(wav_stream_header(loaded.pipeline.codec.cfg.sample_rate))
                 result = _run_speech(events, quiet, on_audio=lambda pcm: (out.write(to_s16le(pcm)), out.flush()))
                 if wav and out.seekable():  # a file, not a pipe: write the real sizes
                     _finish_wav_sizes(out)
@@ -160,8 +199,10 @@ def speak(
     except OSError as e:
         _fail(f"cannot write {output}: {e.strerror}")
     if not quiet:
-        err.print(f"wrote {output} ({result.duration_s:.2f} s, {result.sample_rate} Hz mono, "
-                  f"{output_format.value})", highlight=False)
+        err.print(
+            f"wrote {output} ({result.duration_s:.2f} s, {result.sample_rate} Hz mono, {output_format.value})",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -171,24 +212,38 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 1234,
     dtype: Annotated[DType, typer.Option(help="Weights dtype; auto keeps the checkpoint's.")] = DType.auto,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
-    dac: Annotated[Optional[str], typer.Option(help="DAC for Dia models \\[default: the generation's]")] = None,
+    dac: Annotated[str | None, typer.Option(help="DAC for Dia models \\[default: the generation's]")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body or fetched audio, MiB.")] = 25.0,
     max_audio_seconds: Annotated[float, typer.Option(help="Longest audio accepted per input.")] = 1800.0,
-    allowed_local_media_path: Annotated[Optional[list[Path]], typer.Option(
-        help="Allow file:// audio under this directory (repeatable); any path is allowed on loopback hosts.")]
-    = None,
-    allow_private_media: Annotated[bool, typer.Option(help="Let http(s) audio URLs reach loopback/private "
-                                                           "addresses (trusted networks only).")] = False,
+    allowed_local_media_path: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Allow file:// audio under this directory (repeatable); any path is allowed on loopback hosts."
+        ),
+    ] = None,
+    allow_private_media: Annotated[
+        bool, typer.Option(help="Let http(s) audio URLs reach loopback/private addresses (trusted networks only).")
+    ] = False,
     warmup: Annotated[bool, typer.Option(help="Run one tiny request per model before serving.")] = True,
 ):
     """Serve the models over an OpenAI-compatible HTTP API."""
     from .server import run
 
     try:
-        run(model, host=host, port=port, dtype=dtype.value, device=device, dac=dac,
-            max_upload_bytes=int(max_upload_mb * 2**20), max_audio_s=max_audio_seconds,
-            allowed_dirs=tuple(allowed_local_media_path or ()), allow_private_hosts=allow_private_media,
-            warmup=warmup, log=lambda msg: err.print(msg, highlight=False))
+        run(
+            model,
+            host=host,
+            port=port,
+            dtype=dtype.value,
+            device=device,
+            dac=dac,
+            max_upload_bytes=int(max_upload_mb * 2**20),
+            max_audio_s=max_audio_seconds,
+            allowed_dirs=tuple(allowed_local_media_path or ()),
+            allow_private_hosts=allow_private_media,
+            warmup=warmup,
+            log=lambda msg: err.print(msg, highlight=False),
+        )
     except SpeechrsError as e:
         _fail(str(e))
     except OSError as e:
@@ -217,13 +272,20 @@ def _run_speech(events, quiet: bool, on_audio=None):
     factor; return the result."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .dia.pipeline import AudioChunk, SpeechResult, Step
+    from .dia.events import AudioChunk, SpeechResult, Step
 
     t0 = time.perf_counter()
     result = None
-    with Progress(TextColumn("decoding"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                  TextColumn("{task.fields[audio]:.1f} s audio"), TimeElapsedColumn(), console=err,
-                  disable=quiet, transient=True) as progress:
+    with Progress(
+        TextColumn("decoding"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.fields[audio]:.1f} s audio"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+        transient=True,
+    ) as progress:
         task = progress.add_task("decode", total=None, audio=0.0)
         for event in events:
             if isinstance(event, Step):
@@ -235,21 +297,27 @@ def _run_speech(events, quiet: bool, on_audio=None):
     wall = time.perf_counter() - t0
     if not quiet and result is not None:
         steps, secs = result.timings["steps"], result.duration_s
-        err.print(f"{steps} steps in {result.timings['decode_s']:.1f} s ({steps / max(result.timings['decode_s'], 1e-9):.1f}"
-                  f" steps/s), DAC {result.timings['dac_s']:.2f} s; {secs:.2f} s of audio in {wall:.1f} s: "
-                  f"{secs / wall:.2f}x real time", highlight=False)
+        err.print(
+            f"{steps} steps in {result.timings['decode_s']:.1f} s ({steps / max(result.timings['decode_s'], 1e-9):.1f}"
+            f" steps/s), DAC {result.timings['dac_s']:.2f} s; {secs:.2f} s of audio in {wall:.1f} s: "
+            f"{secs / wall:.2f}x real time",
+            highlight=False,
+        )
     return result
 
 
-def _load(model: str, dtype: str, device: str, quiet: bool, dac: str | None = None):
+def _load(model: str, dtype: str, device: str, quiet: bool, dac: str | None = None) -> "VoxtralModel | DiaModel":
     from .api import load
 
     t0 = time.perf_counter()
     with err.status(f"loading {model}", spinner="dots") if not quiet else _nullcontext():
         loaded = load(model, dtype=dtype, device=device, dac=dac)
     if not quiet:
-        err.print(f"loaded {model} ({loaded.source.family}, {loaded.source.layout} layout) "
-                  f"in {time.perf_counter() - t0:.1f} s", highlight=False)
+        err.print(
+            f"loaded {model} ({loaded.source.family}, {loaded.source.layout} layout) "
+            f"in {time.perf_counter() - t0:.1f} s",
+            highlight=False,
+        )
     return loaded
 
 
@@ -276,9 +344,12 @@ def _run_text(events, stream: bool, quiet: bool):
     if not quiet and done is not None:
         u = done.usage
         decode_tps = (u.completion_tokens - 1) / u.decode_s if u.completion_tokens > 1 and u.decode_s > 0 else 0.0
-        err.print(f"{u.audio_seconds:.1f} s audio, {u.prompt_tokens} prompt tokens: encode {u.encode_s:.2f} s, "
-                  f"prefill {u.prefill_s:.2f} s, {u.completion_tokens} tokens at {decode_tps:.1f} tok/s "
-                  f"({done.finish_reason})", highlight=False)
+        err.print(
+            f"{u.audio_seconds:.1f} s audio, {u.prompt_tokens} prompt tokens: encode {u.encode_s:.2f} s, "
+            f"prefill {u.prefill_s:.2f} s, {u.completion_tokens} tokens at {decode_tps:.1f} tok/s "
+            f"({done.finish_reason})",
+            highlight=False,
+        )
     return done
 
 

@@ -5,17 +5,23 @@ caller's thread (`Engine.run`); the server submits them to the worker (`Engine.s
 asyncio queue through call_soon_threadsafe. A consumer that stops early (a client that went away) sets the
 job's cancel flag; the worker checks it between events, so the next request starts at once.
 """
+
 import asyncio
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import InvalidRequestError, ModelNotFoundError
 from .hub import DEFAULT_DAC, ModelSource, resolve, resolve_dac
 from .weights import parse_dtype
+
+if TYPE_CHECKING:  # the pipelines import torch and the models: loaded when a model is
+    from .dia.pipeline import DiaPipeline
+    from .voxtral.pipeline import VoxtralPipeline
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +30,27 @@ log = logging.getLogger(__name__)
 class Loaded:
     name: str  # the id it was loaded by, as clients name it
     source: ModelSource
-    pipeline: object  # VoxtralPipeline | DiaPipeline
+    pipeline: "VoxtralPipeline | DiaPipeline"
 
     @property
     def family(self) -> str:
         return self.source.family
+
+    @property
+    def voxtral(self) -> "VoxtralPipeline":
+        from .voxtral.pipeline import VoxtralPipeline
+
+        if not isinstance(self.pipeline, VoxtralPipeline):
+            raise InvalidRequestError(f"model '{self.name}' is a {self.family} model, not Voxtral")
+        return self.pipeline
+
+    @property
+    def dia(self) -> "DiaPipeline":
+        from .dia.pipeline import DiaPipeline
+
+        if not isinstance(self.pipeline, DiaPipeline):
+            raise InvalidRequestError(f"model '{self.name}' is a {self.family} model, not Dia")
+        return self.pipeline
 
 
 def load_pipeline(model: str, dtype: str = "auto", device: str = "cpu", dac: str | None = None) -> Loaded:
@@ -55,8 +77,9 @@ def check_device(device: str) -> None:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InvalidRequestError(f"device '{device}' asked for, but CUDA is not available here; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InvalidRequestError(f"device '{device}' does not exist; this machine has "
-                                  f"{torch.cuda.device_count()} CUDA device(s)")
+        raise InvalidRequestError(
+            f"device '{device}' does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
 
 
 @dataclass
@@ -95,15 +118,18 @@ class Engine:
             for m in self.models:
                 if m.family == family:
                     return m
-            raise InvalidRequestError(f"{route} needs a {family} model; this server runs "
-                                      f"{', '.join(f'{m.name} ({m.family})' for m in self.models)}")
+            raise InvalidRequestError(
+                f"{route} needs a {family} model; this server runs "
+                f"{', '.join(f'{m.name} ({m.family})' for m in self.models)}"
+            )
         for m in self.models:
             if m.name == model:
                 if m.family != family:
                     raise InvalidRequestError(f"model '{model}' is a {m.family} model; {route} needs {family}")
                 return m
-        raise ModelNotFoundError(f"model '{model}' is not loaded; available: "
-                                 f"{', '.join(m.name for m in self.models)} (or 'default')")
+        raise ModelNotFoundError(
+            f"model '{model}' is not loaded; available: {', '.join(m.name for m in self.models)} (or 'default')"
+        )
 
     @staticmethod
     def run(make_events: Callable[[], Iterator]) -> Iterator:
@@ -121,7 +147,7 @@ class Engine:
             self._worker.join(timeout=30)
             self._worker = None
 
-    async def stream(self, make_events: Callable[[], Iterator]) -> AsyncIterator:
+    async def stream(self, make_events: Callable[[], Iterator]) -> AsyncGenerator:
         """Run `make_events()` on the worker and yield its events here; exceptions are re-raised here."""
         self.start()
         job = _Job(make_events, asyncio.get_running_loop(), asyncio.Queue())
@@ -144,7 +170,7 @@ class Engine:
             if job is None:
                 return
             t0 = time.perf_counter()
-            events = None
+            events: Iterator | None = None
             try:
                 if not job.cancelled.is_set():
                     events = job.make_events()
@@ -156,8 +182,9 @@ class Engine:
             except Exception as e:  # handed to the awaiting request, which turns it into a response
                 result = e
             finally:
-                if hasattr(events, "close"):
-                    events.close()
+                close = getattr(events, "close", None)  # a generator's finally blocks run now, on this thread
+                if close is not None:
+                    close()
                 self.busy_s += time.perf_counter() - t0
             _post(job, self._finish, job, result)
 
@@ -169,13 +196,13 @@ class Engine:
         """One tiny request per model, so the first client does not pay for lazy initialisation."""
         import numpy as np
 
-        from .dia.pipeline import SpeakOptions
+        from .dia.events import SpeakOptions
         from .voxtral.pipeline import GenerationOptions
 
         for m in self.models:
             t0 = time.perf_counter()
             if m.family == "voxtral":
-                list(m.pipeline.transcribe((np.zeros(16000, np.float32), 16000), None, GenerationOptions(max_tokens=1)))
+                list(m.voxtral.transcribe((np.zeros(16000, np.float32), 16000), None, GenerationOptions(max_tokens=1)))
             else:
-                list(m.pipeline.speak("[S1] Warm up.", SpeakOptions(max_tokens=m.pipeline.cfg.max_delay + 2, seed=0)))
+                list(m.dia.speak("[S1] Warm up.", SpeakOptions(max_tokens=m.dia.cfg.max_delay + 2, seed=0)))
             log.info("warmed up %s in %.1f s", m.name, time.perf_counter() - t0)

@@ -3,6 +3,7 @@
 Hub ids go through huggingface_hub, so its cache, HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE and HF_TOKEN
 apply. Only the files of one layout are fetched: Voxtral repos carry both layouts, ~9.4 GB each.
 """
+
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,14 @@ from .dia.config import dia_schema
 from .errors import ModelNotFoundError, UnsupportedModelError
 from .jsonconf import read_json
 
-VOXTRAL_NATIVE_FILES = ["params.json", "consolidated.safetensors", "consolidated.safetensors.index.json",
-                        "tekken.json"]
-VOXTRAL_HF_FILES = ["config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
-                    "tekken.json"]
+VOXTRAL_NATIVE_FILES = ["params.json", "consolidated.safetensors", "consolidated.safetensors.index.json", "tekken.json"]
+VOXTRAL_HF_FILES = [
+    "config.json",
+    "model.safetensors",
+    "model-*.safetensors",
+    "model.safetensors.index.json",
+    "tekken.json",
+]
 DIA_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json"]
 DAC_FILES = ["config.json", "model.safetensors", "*.pth"]
 # the DAC each Dia generation was released with: mistral.rs loads EricB's for v0.1, transformers descript's for 0626
@@ -37,11 +42,13 @@ def detect(directory: Path) -> ModelSource:
         if whisper is not None:
             if (whisper.get("encoder_args") or {}).get("causal", False):
                 raise UnsupportedModelError(
-                    f"{params}: causal audio encoder, i.e. Voxtral Realtime; speechrs runs Voxtral-Mini-3B-2507 only")
+                    f"{params}: causal audio encoder, i.e. Voxtral Realtime; speechrs runs Voxtral-Mini-3B-2507 only"
+                )
             return ModelSource(directory, "voxtral", "native")
         if not config.exists():
-            raise UnsupportedModelError(f"{params} is not a Voxtral config (no multimodal.whisper_model_args); "
-                                        f"keys={sorted(p)}")
+            raise UnsupportedModelError(
+                f"{params} is not a Voxtral config (no multimodal.whisper_model_args); keys={sorted(p)}"
+            )
     if config.exists():
         c = read_json(config)
         archs = c.get("architectures") or []
@@ -95,7 +102,8 @@ def _hub_errors(repo_id: str, what: str = "", fix: str = "pass a local directory
     except LocalEntryNotFoundError:
         raise ModelNotFoundError(
             f"{what}{repo_id} is not in the local Hugging Face cache and the hub cannot be reached "
-            f"(HF_HUB_OFFLINE is set or no network); download it first or {fix}") from None
+            f"(HF_HUB_OFFLINE is set or no network); download it first or {fix}"
+        ) from None
     except HfHubHTTPError as e:
         raise ModelNotFoundError(f"hub error for {what}{repo_id}: {e}") from None
 

@@ -1,4 +1,5 @@
 """Reading model config JSON with errors that name the file and the missing key."""
+
 import json
 from pathlib import Path
 
@@ -14,10 +15,12 @@ def read_json(path: Path) -> dict:
 
 def getter(d: dict, path: Path, prefix: str = ""):
     """get(key) -> d[key], or an error naming `path` and `prefix + key`."""
+
     def get(key: str):
         if key not in d:
             raise UnsupportedModelError(f"{path}: missing key '{prefix}{key}'")
         return d[key]
+
     return get
 
 

@@ -2,6 +2,7 @@
 
 Axes: B batch, T query positions, S key positions, H heads, K kv heads, E head dim.
 """
+
 import math
 
 import torch
@@ -61,13 +62,14 @@ def fuse_linears(*linears: nn.Linear) -> nn.Linear:
     Linear's weight becomes a view into it, so the canonical parameters remain and nothing is stored twice. One
     matmul instead of several is what a decode step of a small model is made of."""
     weights = [lin.weight.detach() for lin in linears]
-    fused = huge_page_empty((sum(w.shape[0] for w in weights), weights[0].shape[1]), weights[0].dtype,
-                            weights[0].device)
+    fused = huge_page_empty(
+        (sum(w.shape[0] for w in weights), weights[0].shape[1]), weights[0].dtype, weights[0].device
+    )
     torch.cat(weights, out=fused)
     row = 0
     for lin in linears:
         n = lin.weight.shape[0]
-        lin.weight = nn.Parameter(fused[row:row + n], requires_grad=False)
+        lin.weight = nn.Parameter(fused[row : row + n], requires_grad=False)
         row += n
     out = nn.Linear(fused.shape[1], fused.shape[0], bias=False, device="meta")
     out.weight = nn.Parameter(fused, requires_grad=False)
@@ -132,4 +134,3 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).type_as(x)
-

@@ -1,4 +1,5 @@
 """ITU-R BS.1770-4 integrated loudness and mistral.rs's output stage: gain to -14 LUFS, then tanh."""
+
 import math
 
 import numpy as np
@@ -13,8 +14,10 @@ def _k_weighting(rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
     G, Q, fc = 3.99984385397, 0.7071752369554193, 1681.9744509555319
     K, Vh, Vb = math.tan(math.pi * fc / rate), 10 ** (G / 20), (10 ** (G / 20)) ** 0.499666774155
     a0 = 1 + K / Q + K * K
-    shelf = (np.array([(Vh + Vb * K / Q + K * K) / a0, 2 * (K * K - Vh) / a0, (Vh - Vb * K / Q + K * K) / a0]),
-             np.array([1.0, 2 * (K * K - 1) / a0, (1 - K / Q + K * K) / a0]))
+    shelf = (
+        np.array([(Vh + Vb * K / Q + K * K) / a0, 2 * (K * K - Vh) / a0, (Vh - Vb * K / Q + K * K) / a0]),
+        np.array([1.0, 2 * (K * K - 1) / a0, (1 - K / Q + K * K) / a0]),
+    )
     # stage 2: high-pass at ~38 Hz
     Q, fc = 0.5003270373238773, 38.13547087613982
     K = math.tan(math.pi * fc / rate)
@@ -34,7 +37,7 @@ def integrated_loudness(pcm: np.ndarray, rate: int) -> float:
     if len(x) < block:
         x = np.pad(x, (0, block - len(x)))
     starts = np.arange(0, len(x) - block + 1, hop)
-    power = np.array([np.mean(x[s:s + block] ** 2) for s in starts])
+    power = np.array([np.mean(x[s : s + block] ** 2) for s in starts])
     loud = -0.691 + 10 * np.log10(np.maximum(power, 1e-20))
     gated = power[loud > -70.0]
     if gated.size == 0:

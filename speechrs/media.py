@@ -4,6 +4,7 @@ http(s): a size cap, a timeout and a redirect limit; hosts that resolve to loopb
 otherwise non-global addresses are refused (checked again at every redirect). file://: allowed when the server
 listens on a loopback address, or for paths under directories given with --allowed-local-media-path.
 """
+
 import asyncio
 import base64
 import binascii
@@ -39,8 +40,9 @@ async def fetch_audio(url: str, policy: MediaPolicy, param: str) -> bytes:
         return _capped(_read_local(url, policy, param), policy, param)
     if scheme in ("http", "https"):
         return await _fetch_http(url, policy, param)
-    raise InvalidRequestError(f"unsupported audio URL scheme '{scheme or url[:20]}': use data:, http(s):// "
-                              "or file://", param)
+    raise InvalidRequestError(
+        f"unsupported audio URL scheme '{scheme or url[:20]}': use data:, http(s):// or file://", param
+    )
 
 
 async def fetch_url_or_base64(value: str, policy: MediaPolicy, param: str) -> bytes:
@@ -50,8 +52,9 @@ async def fetch_url_or_base64(value: str, policy: MediaPolicy, param: str) -> by
     try:
         return _capped(base64.b64decode(value, validate=True), policy, param)
     except (binascii.Error, ValueError):
-        raise InvalidRequestError(f"'{param}' is neither a data:, http(s):// or file:// URL nor base64 audio",
-                                  param) from None
+        raise InvalidRequestError(
+            f"'{param}' is neither a data:, http(s):// or file:// URL nor base64 audio", param
+        ) from None
 
 
 def _capped(data: bytes, policy: MediaPolicy, param: str) -> bytes:
@@ -64,8 +67,11 @@ def _read_local(url: str, policy: MediaPolicy, param: str) -> bytes:
     path = file_url_path(url).resolve()
     allowed = policy.allow_local_files or any(path.is_relative_to(d.resolve()) for d in policy.allowed_dirs)
     if not allowed:
-        raise InvalidRequestError("file:// audio is refused: this server does not listen on loopback; start it "
-                                  "with --allowed-local-media-path DIR to allow files under DIR", param)
+        raise InvalidRequestError(
+            "file:// audio is refused: this server does not listen on loopback; start it "
+            "with --allowed-local-media-path DIR to allow files under DIR",
+            param,
+        )
     try:
         if path.stat().st_size > policy.max_bytes:
             raise InvalidRequestError(f"{path} is larger than the {policy.max_bytes}-byte limit", param)
@@ -86,8 +92,11 @@ async def _check_host(host: str, port: int, policy: MediaPolicy, param: str) -> 
     for info in infos:
         addr = ipaddress.ip_address(info[4][0])
         if not addr.is_global:
-            raise InvalidRequestError(f"refusing to fetch audio from '{host}' ({addr}): loopback, private and "
-                                      "link-local addresses are not allowed", param)
+            raise InvalidRequestError(
+                f"refusing to fetch audio from '{host}' ({addr}): loopback, private and "
+                "link-local addresses are not allowed",
+                param,
+            )
 
 
 async def _fetch_http(url: str, policy: MediaPolicy, param: str) -> bytes:
@@ -106,16 +115,19 @@ async def _fetch_http(url: str, policy: MediaPolicy, param: str) -> bytes:
                         url = urllib.parse.urljoin(url, resp.headers["Location"])
                         continue
                     if resp.status != 200:
-                        raise InvalidRequestError(f"fetching audio from {parts.hostname} gave HTTP {resp.status}",
-                                                  param)
+                        raise InvalidRequestError(
+                            f"fetching audio from {parts.hostname} gave HTTP {resp.status}", param
+                        )
                     data = bytearray()
                     async for chunk in resp.content.iter_chunked(1 << 16):
                         data += chunk
                         if len(data) > policy.max_bytes:
-                            raise InvalidRequestError(f"audio at {parts.hostname} exceeds the "
-                                                      f"{policy.max_bytes}-byte limit", param)
+                            raise InvalidRequestError(
+                                f"audio at {parts.hostname} exceeds the {policy.max_bytes}-byte limit", param
+                            )
                     return bytes(data)
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                raise InvalidRequestError(f"cannot fetch audio from {parts.hostname}: {e or 'timeout'}", param) \
-                    from None
+                raise InvalidRequestError(
+                    f"cannot fetch audio from {parts.hostname}: {e or 'timeout'}", param
+                ) from None
         raise InvalidRequestError(f"more than {policy.max_redirects} redirects fetching audio", param)

@@ -1,4 +1,5 @@
 """OpenAI-style chat messages -> the pipeline's (role, [str | Audio]) form. Shared by the Python API and server."""
+
 import base64
 import binascii
 
@@ -35,7 +36,9 @@ def _part(part, where: str):
             raise InvalidRequestError(f"{where}.text must be a string")
         return part["text"]
     if kind == "audio":
-        return Audio(part.get("audio"))
+        if part.get("audio") is None:
+            raise InvalidRequestError(f"{where}.audio must be audio (a path, URL, bytes or (samples, rate))")
+        return Audio(part["audio"])
     if kind == "audio_url":
         url = part.get("audio_url")
         url = url.get("url") if isinstance(url, dict) else url

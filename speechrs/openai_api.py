@@ -2,23 +2,25 @@
 
 No HTTP here (server.py does that), so every rule is testable on plain dicts.
 """
+
 import io
 import time
 import uuid
 
 import numpy as np
 
-from .dia.pipeline import SpeakOptions
+from .dia.events import SpeakOptions
 from .errors import InvalidRequestError
 from .voxtral.pipeline import GenerationOptions, Usage
 
 # response_format -> (soundfile format, subtype, sample rate or None to keep, content type)
-SPEECH_FORMATS = {
-    "wav": None, "pcm": None,  # written by hand: exact mistral.rs bytes and content types
+# the formats soundfile encodes: (container, subtype, sample rate or None to keep the model's, content type)
+ENCODED_FORMATS: dict[str, tuple[str, str, int | None, str]] = {
     "flac": ("FLAC", "PCM_16", None, "audio/flac"),
     "mp3": ("MP3", "MPEG_LAYER_III", None, "audio/mpeg"),
     "opus": ("OGG", "OPUS", 48000, "audio/ogg; codecs=opus"),  # Opus runs at 48 kHz, not 44.1
 }
+SPEECH_FORMATS = ("wav", "pcm", *ENCODED_FORMATS)  # wav and pcm by hand: exact mistral.rs bytes and content types
 TRANSCRIPTION_FORMATS = ("json", "text")
 
 
@@ -34,8 +36,12 @@ def _number(body: dict, key: str, kind=float, default=None):
 def generation_options(body: dict) -> GenerationOptions:
     """temperature, top_p, max_tokens (or max_completion_tokens), seed: the same dataclass the CLI builds."""
     max_tokens = _number(body, "max_completion_tokens", int) or _number(body, "max_tokens", int)
-    return GenerationOptions(max_tokens=max_tokens, temperature=_number(body, "temperature", default=0.0),
-                             top_p=_number(body, "top_p", default=1.0), seed=_number(body, "seed", int))
+    return GenerationOptions(
+        max_tokens=max_tokens,
+        temperature=_number(body, "temperature", default=0.0),
+        top_p=_number(body, "top_p", default=1.0),
+        seed=_number(body, "seed", int),
+    )
 
 
 def chat_request(body: dict) -> tuple[str, list, GenerationOptions, bool, bool]:
@@ -65,17 +71,27 @@ def speech_request(body: dict) -> tuple[str, str, str, SpeakOptions, str | None]
         raise InvalidRequestError("stream_format must be 'audio' or 'sse'", "stream_format")
     fmt = body.get("response_format") or ("pcm" if stream_format == "sse" else "mp3")  # OpenAI's default: mp3
     if fmt not in SPEECH_FORMATS:
-        raise InvalidRequestError(f"response_format '{fmt}' is not supported; use one of "
-                                  f"{', '.join(SPEECH_FORMATS)}", "response_format")
+        raise InvalidRequestError(
+            f"response_format '{fmt}' is not supported; use one of {', '.join(SPEECH_FORMATS)}", "response_format"
+        )
     if stream_format == "sse" and fmt != "pcm":
-        raise InvalidRequestError("stream_format 'sse' sends pcm deltas; use response_format 'pcm' (or "
-                                  "stream_format 'audio' for a wav stream)", "response_format")
+        raise InvalidRequestError(
+            "stream_format 'sse' sends pcm deltas; use response_format 'pcm' (or "
+            "stream_format 'audio' for a wav stream)",
+            "response_format",
+        )
     normalize = body.get("normalize")  # None: normalised unless streamed (SpeakOptions)
     if normalize is not None and not isinstance(normalize, bool):
         raise InvalidRequestError("'normalize' must be a boolean", "normalize")
-    opts = SpeakOptions(max_tokens=_number(body, "max_tokens", int), temperature=_number(body, "temperature"),
-                        top_p=_number(body, "top_p"), top_k=_number(body, "top_k", int),
-                        cfg_scale=_number(body, "cfg_scale"), seed=_number(body, "seed", int), normalize=normalize)
+    opts = SpeakOptions(
+        max_tokens=_number(body, "max_tokens", int),
+        temperature=_number(body, "temperature"),
+        top_p=_number(body, "top_p"),
+        top_k=_number(body, "top_k", int),
+        cfg_scale=_number(body, "cfg_scale"),
+        seed=_number(body, "seed", int),
+        normalize=normalize,
+    )
     return body.get("model") or "default", text, fmt, opts, stream_format
 
 
@@ -100,21 +116,25 @@ def speech_content_type(fmt: str, rate: int) -> str:
         return f"audio/wav; rate={rate}; channels=1"
     if fmt == "pcm":
         return f"audio/pcm; codecs=1; format=s16le; rate={rate}; channels=1"
-    return SPEECH_FORMATS[fmt][3]
+    return ENCODED_FORMATS[fmt][3]
 
 
 def speech_done(n_in: int, steps: int) -> dict:
     """The last SSE event: input tokens are Dia's text bytes, output tokens its decoder steps."""
-    return {"type": "speech.audio.done", "usage": {"input_tokens": n_in, "output_tokens": steps,
-                                                   "total_tokens": n_in + steps}}
+    return {
+        "type": "speech.audio.done",
+        "usage": {"input_tokens": n_in, "output_tokens": steps, "total_tokens": n_in + steps},
+    }
 
 
 def transcription_request(form: dict) -> tuple[str, str | None, str, bool, GenerationOptions]:
     """Multipart fields (strings) -> (model, language, response_format, stream, options)."""
     fmt = form.get("response_format") or "json"
     if fmt not in TRANSCRIPTION_FORMATS:
-        raise InvalidRequestError(f"response_format '{fmt}' is not supported; use one of "
-                                  f"{', '.join(TRANSCRIPTION_FORMATS)}", "response_format")
+        raise InvalidRequestError(
+            f"response_format '{fmt}' is not supported; use one of {', '.join(TRANSCRIPTION_FORMATS)}",
+            "response_format",
+        )
     numbers = {}
     for key, kind in (("temperature", float), ("top_p", float), ("max_tokens", int), ("seed", int)):
         if form.get(key) not in (None, ""):
@@ -123,14 +143,15 @@ def transcription_request(form: dict) -> tuple[str, str | None, str, bool, Gener
             except ValueError:
                 raise InvalidRequestError(f"'{key}' must be a number", key) from None
     stream = str(form.get("stream", "false")).lower() in ("true", "1")
-    return form.get("model") or "default", form.get("language") or None, fmt, stream, \
-        generation_options(numbers)
+    return form.get("model") or "default", form.get("language") or None, fmt, stream, generation_options(numbers)
 
 
 # ---- responses ----
 
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict:
+
+def error_body(
+    message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
@@ -139,23 +160,39 @@ def usage_body(u: Usage) -> dict:
 
 
 def chat_completion(model: str, text: str, finish_reason: str, usage: Usage) -> dict:
-    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                         "finish_reason": finish_reason}],
-            "usage": usage_body(usage)}
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
+        "usage": usage_body(usage),
+    }
 
 
 def chat_chunk(cid: str, model: str, delta: dict, finish_reason: str | None = None, usage: Usage | None = None):
-    body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [] if usage is not None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+    body = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [] if usage is not None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
     if usage is not None:
         body["usage"] = usage_body(usage)
     return body
 
 
 def transcription(text: str, usage: Usage) -> dict:
-    return {"text": text, "usage": {"type": "tokens", "input_tokens": usage.prompt_tokens,
-                                    "output_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens}}
+    return {
+        "text": text,
+        "usage": {
+            "type": "tokens",
+            "input_tokens": usage.prompt_tokens,
+            "output_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        },
+    }
 
 
 def speech_bytes(pcm: np.ndarray, rate: int, fmt: str) -> tuple[bytes, str]:
@@ -168,7 +205,7 @@ def speech_bytes(pcm: np.ndarray, rate: int, fmt: str) -> tuple[bytes, str]:
         return to_s16le(pcm), speech_content_type(fmt, rate)
     import soundfile as sf
 
-    container, subtype, out_rate, content_type = SPEECH_FORMATS[fmt]
+    container, subtype, out_rate, content_type = ENCODED_FORMATS[fmt]
     if out_rate and out_rate != rate:
         pcm, rate = resample(pcm, rate, out_rate), out_rate
     buf = io.BytesIO()

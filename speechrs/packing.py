@@ -9,6 +9,7 @@ and about one output in 5,000 differs by one bf16 ulp (tests/test_packing.py).
 Used for bfloat16 weights on a CPU whose oneDNN supports bf16; anything else keeps torch's nn.Linear, as does
 SPEECHRS_PACK_WEIGHTS=0 (for benchmarks, or to rule packing out when chasing a numerical question).
 """
+
 import math
 import os
 

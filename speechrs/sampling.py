@@ -1,4 +1,5 @@
 """Token choice from float32 logits: greedy, temperature and nucleus (top-p), seeded. Pure functions."""
+
 import torch
 
 
@@ -35,9 +36,18 @@ def sample_token(logits_V: torch.Tensor, temperature: float, top_p: float, gener
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def dia_pick(cond_CxV: torch.Tensor, uncond_CxV: torch.Tensor, *, cfg_scale: float, temperature: float,
-             top_p: float, top_k: int, eos: int, sample_from_cond: bool,
-             generator: torch.Generator) -> torch.Tensor:
+def dia_pick(
+    cond_CxV: torch.Tensor,
+    uncond_CxV: torch.Tensor,
+    *,
+    cfg_scale: float,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    eos: int,
+    sample_from_cond: bool,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """One code per channel (C,) from Dia's conditional and unconditional logits.
 
     sample_from_cond=True is the 0626 rule (nari 65028e0, transformers): the top-k of the CFG logits picks
@@ -51,7 +61,7 @@ def dia_pick(cond_CxV: torch.Tensor, uncond_CxV: torch.Tensor, *, cfg_scale: flo
         logits = torch.full_like(cond_CxV, float("-inf")).scatter_(-1, top, cond_CxV.gather(-1, top))
     else:
         logits = cfg_CxV
-    logits[:, eos + 1:] = float("-inf")  # PAD and BOS are never generated
+    logits[:, eos + 1 :] = float("-inf")  # PAD and BOS are never generated
     logits[1:, eos] = float("-inf")  # only channel 0 may end the utterance
     if bool(logits[0].argmax() == eos):
         logits[0, :eos] = float("-inf")  # EOS as the argmax is forced...

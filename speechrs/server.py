@@ -1,4 +1,5 @@
 """OpenAI-compatible HTTP server: a translation layer over the engine (parse -> options -> engine -> format)."""
+
 import asyncio
 import base64
 import json
@@ -9,7 +10,7 @@ from collections import Counter
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from . import openai_api as oa
 from .engine import Engine
@@ -30,14 +31,23 @@ class Metrics:
 
     def prometheus(self, engine: Engine) -> str:
         lines = ["# TYPE speechrs_requests_total counter"]
-        lines += [f'speechrs_requests_total{{route="{r}",status="{s}"}} {n}' for (r, s), n in sorted(self.requests.items())]
+        lines += [
+            f'speechrs_requests_total{{route="{r}",status="{s}"}} {n}' for (r, s), n in sorted(self.requests.items())
+        ]
         rtf = self.audio_out_s / self.speech_wall_s if self.speech_wall_s else 0.0
-        lines += ["# TYPE speechrs_audio_input_seconds_total counter", f"speechrs_audio_input_seconds_total {self.audio_in_s:.3f}",
-                  "# TYPE speechrs_audio_output_seconds_total counter", f"speechrs_audio_output_seconds_total {self.audio_out_s:.3f}",
-                  "# HELP speechrs_speech_realtime_factor seconds of speech produced per second of work",
-                  "# TYPE speechrs_speech_realtime_factor gauge", f"speechrs_speech_realtime_factor {rtf:.3f}",
-                  "# TYPE speechrs_queue_depth gauge", f"speechrs_queue_depth {engine.queue_depth}",
-                  "# TYPE speechrs_worker_busy_seconds_total counter", f"speechrs_worker_busy_seconds_total {engine.busy_s:.3f}"]
+        lines += [
+            "# TYPE speechrs_audio_input_seconds_total counter",
+            f"speechrs_audio_input_seconds_total {self.audio_in_s:.3f}",
+            "# TYPE speechrs_audio_output_seconds_total counter",
+            f"speechrs_audio_output_seconds_total {self.audio_out_s:.3f}",
+            "# HELP speechrs_speech_realtime_factor seconds of speech produced per second of work",
+            "# TYPE speechrs_speech_realtime_factor gauge",
+            f"speechrs_speech_realtime_factor {rtf:.3f}",
+            "# TYPE speechrs_queue_depth gauge",
+            f"speechrs_queue_depth {engine.queue_depth}",
+            "# TYPE speechrs_worker_busy_seconds_total counter",
+            f"speechrs_worker_busy_seconds_total {engine.busy_s:.3f}",
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -58,17 +68,19 @@ async def errors(request: web.Request, handler):
         raise
     except web.HTTPException as e:
         kind = "invalid_request_error" if e.status < 500 else "server_error"
-        message = e.text if e.status != 413 else f"request body too large ({e.text})"
+        message = e.text or e.reason if e.status != 413 else f"request body too large ({e.text})"
         response = web.json_response(oa.error_body(message, kind, code=str(e.status)), status=e.status)
     except SpeechrsError as e:
         status = _STATUS.get(type(e), 400)
         code = "model_not_found" if status == 404 else None
-        response = web.json_response(oa.error_body(str(e), "invalid_request_error", getattr(e, "param", None), code),
-                                     status=status)
+        response = web.json_response(
+            oa.error_body(str(e), "invalid_request_error", getattr(e, "param", None), code), status=status
+        )
     except Exception:
         log.exception("internal error on %s", request.path)
-        response = web.json_response(oa.error_body("internal server error; see the server log", "server_error"),
-                                     status=500)
+        response = web.json_response(
+            oa.error_body("internal server error; see the server log", "server_error"), status=500
+        )
     metrics.requests[(request.path if request.match_info.route.resource else "unmatched", response.status)] += 1
     return response
 
@@ -104,21 +116,27 @@ async def _first(stream):
         return None
 
 
+async def _last(first, stream):
+    """The last event of a stream whose first event was already pulled (the summary: Done, SpeechResult)."""
+    last = first
+    async for event in stream:
+        last = event
+    return last
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     engine, policy = request.app[ENGINE], request.app[POLICY]
     model_id, messages, opts, stream, include_usage = oa.chat_request(await _json(request))
     loaded = engine.get(model_id, "voxtral", "/v1/chat/completions")
     parsed = await _resolve_audio(parse_messages(messages), policy)
-    async with aclosing(engine.stream(lambda: loaded.pipeline.chat(parsed, opts))) as events:
+    async with aclosing(engine.stream(lambda: loaded.voxtral.chat(parsed, opts))) as events:
         return await _chat_response(request, loaded.name, events, stream, include_usage)
 
 
 async def _chat_response(request, model: str, events, stream: bool, include_usage: bool) -> web.StreamResponse:
     first = await _first(events)
     if not stream:
-        done = first
-        async for done in events:
-            pass
+        done = await _last(first, events)
         request.app[METRICS].audio_in_s += done.usage.audio_seconds
         return web.json_response(oa.chat_completion(model, done.text, done.finish_reason, done.usage))
     cid = f"chatcmpl-{uuid.uuid4().hex}"
@@ -142,9 +160,12 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     if not request.content_type.startswith("multipart/"):
         raise InvalidRequestError("send multipart/form-data with a 'file' field", "file")
-    form, audio = {}, None
+    form: dict[str, str] = {}
+    audio: bytes | None = None
     reader = await request.multipart()
-    async for part in reader:
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise InvalidRequestError("nested multipart bodies are not supported; send flat form fields", "file")
         if part.name == "file":
             audio = bytes(await part.read())
         elif part.name:
@@ -153,7 +174,7 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
         raise InvalidRequestError("'file' is required and must not be empty", "file")
     model_id, language, fmt, stream, opts = oa.transcription_request(form)
     loaded = engine.get(model_id, "voxtral", "/v1/audio/transcriptions")
-    async with aclosing(engine.stream(lambda: loaded.pipeline.transcribe(audio, language, opts))) as events:
+    async with aclosing(engine.stream(lambda: loaded.voxtral.transcribe(audio, language, opts))) as events:
         return await _transcription_response(request, events, fmt, stream)
 
 
@@ -167,14 +188,18 @@ async def _transcription_response(request, events, fmt: str, stream: bool) -> we
                 await _send(resp, {"type": "transcript.text.delta", "delta": event.text})
             elif isinstance(event, Done):
                 request.app[METRICS].audio_in_s += event.usage.audio_seconds
-                await _send(resp, {"type": "transcript.text.done", "text": event.text,
-                                   "usage": oa.transcription(event.text, event.usage)["usage"]})
+                await _send(
+                    resp,
+                    {
+                        "type": "transcript.text.done",
+                        "text": event.text,
+                        "usage": oa.transcription(event.text, event.usage)["usage"],
+                    },
+                )
             event = await _first(events)
         await resp.write(b"data: [DONE]\n\n")
         return resp
-    done = first
-    async for done in events:
-        pass
+    done = await _last(first, events)
     request.app[METRICS].audio_in_s += done.usage.audio_seconds
     if fmt == "text":
         return web.Response(text=done.text, content_type="text/plain")
@@ -185,35 +210,32 @@ async def speech(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     body = await _json(request)
     model_id, text, fmt, opts, stream_format = oa.speech_request(body)
-    ref_audio, ref_text = oa.speech_reference(body)
+    ref_url, ref_text = oa.speech_reference(body)
     loaded = engine.get(model_id, "dia", "/v1/audio/speech")
-    if ref_audio is not None:
-        ref_audio = await fetch_url_or_base64(ref_audio, request.app[POLICY], "ref_audio")
+    ref_audio = None if ref_url is None else await fetch_url_or_base64(ref_url, request.app[POLICY], "ref_audio")
     streamed = oa.streams_audio(fmt, stream_format)
     t0 = time.perf_counter()
 
     def run():
-        return loaded.pipeline.speak(text, opts, stream_audio=streamed, ref_audio=ref_audio, ref_text=ref_text)
+        return loaded.dia.speak(text, opts, stream_audio=streamed, ref_audio=ref_audio, ref_text=ref_text)
 
     async with aclosing(engine.stream(run)) as events:
         first = await _first(events)  # request errors (bad options, text too long) are still 4xx here
         if streamed:
-            return await _speech_stream(request, loaded.pipeline, first, events, fmt, stream_format, t0)
-        result = first
-        async for result in events:
-            pass
+            return await _speech_stream(request, loaded.dia, first, events, fmt, stream_format, t0)
+        result = await _last(first, events)
     _count_speech(request, result, t0)
     # encoding (mp3, opus resampling) takes real time: keep it off the event loop
     data, content_type = await asyncio.to_thread(oa.speech_bytes, result.pcm, result.sample_rate, fmt)
     return web.Response(body=data, headers={"Content-Type": content_type})
 
 
-async def _speech_stream(request, pipeline, first, events, fmt: str, stream_format: str, t0: float):
+async def _speech_stream(request, pipeline, first, events, fmt: str, stream_format: str | None, t0: float):
     """SSE speech.audio.delta / .done events, or raw pcm / wav bytes in a chunked response, as pieces arrive."""
     from .audio import to_s16le, wav_stream_header
-    from .dia.pipeline import AudioChunk, SpeechResult
+    from .dia.events import AudioChunk, SpeechResult
 
-    rate = pipeline.dac.cfg.sample_rate
+    rate = pipeline.codec.cfg.sample_rate
     if stream_format == "sse":
         resp = await _sse(request)
     else:
@@ -246,8 +268,10 @@ def _count_speech(request, result, t0: float) -> None:
 
 
 async def models(request: web.Request) -> web.Response:
-    data = [{"id": m.name, "object": "model", "created": 0, "owned_by": "speechrs", "family": m.family}
-            for m in request.app[ENGINE].models]
+    data = [
+        {"id": m.name, "object": "model", "created": 0, "owned_by": "speechrs", "family": m.family}
+        for m in request.app[ENGINE].models
+    ]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -269,17 +293,19 @@ async def _send(resp: web.StreamResponse, body: dict) -> None:
     await resp.write(f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode())
 
 
-def make_app(engine: Engine, policy: MediaPolicy = MediaPolicy(), max_upload_bytes: int = 25 * 2**20) -> web.Application:
+def make_app(engine: Engine, policy: MediaPolicy | None = None, max_upload_bytes: int = 25 * 2**20) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=max_upload_bytes)
-    app[ENGINE], app[POLICY], app[METRICS] = engine, policy, Metrics()
-    app.router.add_routes([
-        web.post("/v1/chat/completions", chat_completions),
-        web.post("/v1/audio/transcriptions", transcriptions),
-        web.post("/v1/audio/speech", speech),
-        web.get("/v1/models", models),
-        web.get("/health", health),
-        web.get("/metrics", metrics),
-    ])
+    app[ENGINE], app[POLICY], app[METRICS] = engine, policy or MediaPolicy(), Metrics()
+    app.router.add_routes(
+        [
+            web.post("/v1/chat/completions", chat_completions),
+            web.post("/v1/audio/transcriptions", transcriptions),
+            web.post("/v1/audio/speech", speech),
+            web.get("/v1/models", models),
+            web.get("/health", health),
+            web.get("/metrics", metrics),
+        ]
+    )
 
     async def worker(app: web.Application):
         app[ENGINE].start()
@@ -298,7 +324,7 @@ def build(models: list[str], *, dtype="auto", device="cpu", dac=None, max_audio_
         t0 = time.perf_counter()
         m = load_pipeline(name, dtype, device, dac)
         if m.family == "voxtral":
-            m.pipeline.max_audio_s = max_audio_s
+            m.voxtral.max_audio_s = max_audio_s
         loaded.append(m)
         log(f"loaded {name} ({m.family}, {m.source.layout} layout) in {time.perf_counter() - t0:.1f} s")
     return Engine(loaded)
@@ -315,15 +341,37 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def run(models: list[str], *, host: str, port: int, dtype: str, device: str, dac: str | None,
-        max_upload_bytes: int, max_audio_s: float, allowed_dirs: tuple, allow_private_hosts: bool,
-        warmup: bool, log=print) -> None:
+def run(
+    models: list[str],
+    *,
+    host: str,
+    port: int,
+    dtype: str,
+    device: str,
+    dac: str | None,
+    max_upload_bytes: int,
+    max_audio_s: float,
+    allowed_dirs: tuple,
+    allow_private_hosts: bool,
+    warmup: bool,
+    log=print,
+) -> None:
     """Load, warm up and serve until interrupted. file:// audio is open on loopback hosts, else per allowed_dirs."""
     engine = build(models, dtype=dtype, device=device, dac=dac, max_audio_s=max_audio_s, log=log)
     if warmup:
         engine.warm_up()
-    policy = MediaPolicy(max_bytes=max_upload_bytes, allow_local_files=is_loopback(host),
-                         allowed_dirs=tuple(allowed_dirs), allow_private_hosts=allow_private_hosts)
+    policy = MediaPolicy(
+        max_bytes=max_upload_bytes,
+        allow_local_files=is_loopback(host),
+        allowed_dirs=tuple(allowed_dirs),
+        allow_private_hosts=allow_private_hosts,
+    )
     log(f"serving {', '.join(m.name for m in engine.models)} on http://{host}:{port}/v1")
-    web.run_app(make_app(engine, policy, max_upload_bytes), host=host, port=port, handler_cancellation=True,
-                print=None, access_log=None)
+    web.run_app(
+        make_app(engine, policy, max_upload_bytes),
+        host=host,
+        port=port,
+        handler_cancellation=True,
+        print=None,
+        access_log=None,
+    )

@@ -1,10 +1,11 @@
 """Checkpoint I/O shared by every family: zero-copy safetensors, regex renames, meta-device assignment."""
+
 import json
 import mmap
 import re
 import struct
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -14,8 +15,15 @@ from .errors import UnsupportedModelError
 
 # safetensors dtype tags -> torch dtypes (https://github.com/huggingface/safetensors, format spec)
 _DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 
@@ -73,7 +81,7 @@ def read_safetensors(path: Path, mappings: list | None = None) -> Iterator[tuple
             raise UnsupportedModelError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
         dtype = _DTYPES[info["dtype"]]
         begin, end = info["data_offsets"]
-        raw = flat[data_start + begin:data_start + end]
+        raw = flat[data_start + begin : data_start + end]
         if (data_start + begin) % dtype.itemsize:
             raw = raw.clone()  # misaligned for its dtype: one copy
         yield name, raw.view(dtype).reshape(info["shape"])
@@ -81,7 +89,7 @@ def read_safetensors(path: Path, mappings: list | None = None) -> Iterator[tuple
 
 def _extent(t: torch.Tensor) -> tuple[int, int]:
     """[first, last + 1) byte addresses a tensor (any strides) touches."""
-    last = sum((n - 1) * stride for n, stride in zip(t.shape, t.stride()))
+    last = sum((n - 1) * stride for n, stride in zip(t.shape, t.stride(), strict=True))
     return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
 
 
@@ -89,7 +97,9 @@ def release_unused(mappings: list, module: nn.Module) -> None:
     """madvise(DONTNEED) every page of the mapped files that no parameter or buffer of `module` uses."""
     live = [_extent(t) for t in [*module.parameters(), *module.buffers()] if t.numel()]
     for mapped, base, size in mappings:
-        used = sorted((max(a, base) - base, min(b, base + size) - base) for a, b in live if a < base + size and b > base)
+        used = sorted(
+            (max(a, base) - base, min(b, base + size) - base) for a, b in live if a < base + size and b > base
+        )
         cursor = 0
         for a, b in [*used, (size, size)]:
             start = -(-cursor // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages strictly inside the gap
@@ -110,7 +120,7 @@ def checkpoint_files(directory: Path, single: str, index: str) -> list[Path]:
     raise UnsupportedModelError(f"{directory}: neither {index} nor {single} found")
 
 
-def rename(name: str, table: list[tuple[str, str]]) -> str | None:
+def rename(name: str, table: Sequence[tuple[str, str | None]]) -> str | None:
     """First matching regex wins; a rule whose replacement is None drops the tensor; no match keeps the name."""
     for pattern, repl in table:
         if re.fullmatch(pattern, name):
@@ -118,9 +128,13 @@ def rename(name: str, table: list[tuple[str, str]]) -> str | None:
     return name
 
 
-def load_into(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], dtype: torch.dtype | None,
-              device: torch.device | str = "cpu",
-              transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> None:
+def load_into(
+    model: nn.Module,
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    dtype: torch.dtype | None,
+    device: torch.device | str = "cpu",
+    transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+) -> None:
     """Assign canonical-named tensors to a model built on the meta device; every parameter must be filled.
 
     Floating tensors are cast to `dtype` (None keeps the checkpoint's); shapes are asserted.
@@ -134,7 +148,8 @@ def load_into(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], dty
             raise UnsupportedModelError(f"unexpected tensor '{name}' in checkpoint")
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise UnsupportedModelError(
-                f"tensor '{name}' has shape {tuple(tensor.shape)}, the config implies {tuple(expected[name].shape)}")
+                f"tensor '{name}' has shape {tuple(tensor.shape)}, the config implies {tuple(expected[name].shape)}"
+            )
         if tensor.is_floating_point() and dtype is not None and tensor.dtype != dtype:
             tensor = tensor.to(dtype)
         seen[name] = tensor.to(device)

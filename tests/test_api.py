@@ -16,8 +16,14 @@ def model(native_dir):
 def test_transcribe_accepts_every_audio_kind(model, clip):
     pcm, rate = sf.read(str(clip), dtype="float32")
     data = clip.read_bytes()
-    sources = [str(clip), clip, f"file://{clip}", "data:audio/wav;base64," + base64.b64encode(data).decode(),
-               data, (pcm, rate)]
+    sources = [
+        str(clip),
+        clip,
+        f"file://{clip}",
+        "data:audio/wav;base64," + base64.b64encode(data).decode(),
+        data,
+        (pcm, rate),
+    ]
     results = [model.transcribe(s, language="en", max_tokens=8) for s in sources]
     assert len({r.text for r in results}) == 1
     r = results[0]
@@ -32,25 +38,45 @@ def test_stream_deltas_join_to_the_final_text(model, clip):
 
 def test_chat_with_openai_parts_in_order(model, clip):
     b64 = base64.b64encode(clip.read_bytes()).decode()
-    via_url = model.chat([{"role": "user", "content": [
-        {"type": "audio_url", "audio_url": {"url": f"file://{clip}"}}, {"type": "text", "text": "What is said?"}]}],
-        max_tokens=6)
-    via_input_audio = model.chat([{"role": "user", "content": [
-        {"type": "input_audio", "input_audio": {"data": b64, "format": "wav"}},
-        {"type": "text", "text": "What is said?"}]}], max_tokens=6)
+    via_url = model.chat(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "audio_url", "audio_url": {"url": f"file://{clip}"}},
+                    {"type": "text", "text": "What is said?"},
+                ],
+            }
+        ],
+        max_tokens=6,
+    )
+    via_input_audio = model.chat(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_audio", "input_audio": {"data": b64, "format": "wav"}},
+                    {"type": "text", "text": "What is said?"},
+                ],
+            }
+        ],
+        max_tokens=6,
+    )
     assert via_url.text == via_input_audio.text and via_url.usage.audio_seconds > 5
 
 
 def test_chat_errors_are_invalid_requests(model, clip):
     with pytest.raises(InvalidRequestError, match="system"):
-        model.chat([{"role": "system", "content": "be brief"},
-                    {"role": "user", "content": [{"type": "audio", "audio": str(clip)}]}])
+        model.chat(
+            [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "audio", "audio": str(clip)}]},
+            ]
+        )
     with pytest.raises(InvalidRequestError, match="unsupported content part type 'image_url'"):
         model.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
     with pytest.raises(InvalidRequestError, match="non-empty"):
         model.chat([])
-
-
 
 
 def test_dia_speak_result(dia_dirs, dac_dirs, tmp_path):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import noise
+
 from speechrs import audio as audio_io
 from speechrs.errors import AudioError
 
@@ -21,8 +21,13 @@ def test_every_input_kind_decodes_to_the_same_samples(clip):
     data = clip.read_bytes()
     ref = audio_io.load(str(clip), 16000)
     pcm, rate = sf.read(str(clip), dtype="float32")
-    for source in (clip, f"file://{clip}", "data:audio/wav;base64," + base64.b64encode(data).decode(), data,
-                   (pcm, rate)):
+    for source in (
+        clip,
+        f"file://{clip}",
+        "data:audio/wav;base64," + base64.b64encode(data).decode(),
+        data,
+        (pcm, rate),
+    ):
         np.testing.assert_array_equal(audio_io.load(source, 16000), ref)
 
 
@@ -43,8 +48,14 @@ def test_compressed_containers_decode(fmt, subtype):
     assert abs(len(out) - 16000) < 2000 and out.dtype == np.float32
 
 
-@pytest.mark.parametrize("data,match", [(b"", "empty"), (b"RIFF\x00\x00garbage-not-audio", "cannot decode"),
-                                        (b"\x89PNG\r\n\x1a\n" + bytes(100), "cannot decode")])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (b"", "empty"),
+        (b"RIFF\x00\x00garbage-not-audio", "cannot decode"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(100), "cannot decode"),
+    ],
+)
 def test_bad_bytes_give_a_clear_error(data, match):
     with pytest.raises(AudioError, match=match):
         audio_io.load(data, 16000)
@@ -80,7 +91,8 @@ def test_mel_matches_transformers_processor_end_to_end(native_pipeline, native_d
     from reference import hf_processor
 
     expected = hf_processor(native_dir / "tekken.json").apply_transcription_request(
-        language="en", audio=str(clip), model_id="x")
+        language="en", audio=str(clip), model_id="x"
+    )
     mel, n_tokens, _ = native_pipeline._prepare_audio(str(clip))
     assert mel.shape == expected["input_features"].shape == (1, 128, 3000)
     torch.testing.assert_close(mel, expected["input_features"], atol=1e-5, rtol=0)
@@ -98,8 +110,9 @@ def test_mel_of_a_long_clip_matches_whisper_feature_extractor(native_pipeline, n
     pcm = noise(45.0, seed=3)
     pcm[: 16000 * 30] *= 0.01  # a quiet first chunk: its floor must come from the loud second one
     fe = hf_processor(native_dir / "tekken.json").feature_extractor
-    feats = fe(pcm, sampling_rate=16000, padding=True, truncation=False, pad_to_multiple_of=480000,
-               return_tensors="pt")["input_features"]
+    feats = fe(
+        pcm, sampling_rate=16000, padding=True, truncation=False, pad_to_multiple_of=480000, return_tensors="pt"
+    )["input_features"]
     expected = feats.reshape(128, -1, 3000).transpose(0, 1)  # VoxtralProcessor._retrieve_input_features
     mel, n_tokens, _ = native_pipeline._prepare_audio((pcm, 16000))
     assert mel.shape == expected.shape == (2, 128, 3000) and n_tokens == 750
@@ -111,14 +124,16 @@ def test_resampling_matches_soxr_hq_as_the_references_use_it():
     import soxr
 
     pcm = noise(2.0, 44100, seed=4)
-    np.testing.assert_allclose(audio_io.resample(pcm, 44100, 16000), soxr.resample(pcm, 44100, 16000, quality="HQ"),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        audio_io.resample(pcm, 44100, 16000), soxr.resample(pcm, 44100, 16000, quality="HQ"), atol=1e-6
+    )
 
 
 def test_mel_filterbank_matches_librosa_slaney():
     import librosa
 
     ours = audio_io.mel_filters(16000, 400, 128).double().numpy()
-    expected = librosa.filters.mel(sr=16000, n_fft=400, n_mels=128, fmin=0.0, fmax=8000.0, htk=False,
-                                   norm="slaney", dtype=np.float64)
+    expected = librosa.filters.mel(
+        sr=16000, n_fft=400, n_mels=128, fmin=0.0, fmax=8000.0, htk=False, norm="slaney", dtype=np.float64
+    )
     np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-9)

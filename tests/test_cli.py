@@ -76,8 +76,9 @@ def _fake_hub_cache(home: Path, repo: str, files: list[Path]) -> None:
 
 def _run_cli(args, env_extra):
     env = {**os.environ, **env_extra}
-    return subprocess.run([sys.executable, "-m", "speechrs", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "speechrs", *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_hub_id_resolves_offline_from_the_hf_cache_and_prefers_native(native_dir, hf_dir, tmp_path, clip):
@@ -102,8 +103,9 @@ def test_speak_writes_a_44k_mono_16bit_wav(dia_dirs, dac_dirs, tmp_path):
     import soundfile as sf
 
     out = tmp_path / "out.wav"
-    result = invoke("speak", SPEAK, "-m", dia_dirs[0], "--dac", dac_dirs[0], "-o", out, "--max-tokens", "48",
-                    "--seed", "1")
+    result = invoke(
+        "speak", SPEAK, "-m", dia_dirs[0], "--dac", dac_dirs[0], "-o", out, "--max-tokens", "48", "--seed", "1"
+    )
     assert result.exit_code == 0, result.stderr
     info = sf.info(str(out))
     assert (info.samplerate, info.channels, info.subtype) == (44100, 1, "PCM_16")
@@ -113,15 +115,49 @@ def test_speak_writes_a_44k_mono_16bit_wav(dia_dirs, dac_dirs, tmp_path):
 
 def test_speak_pcm_from_stdin_and_file(dia_dirs, dac_dirs, tmp_path):
     out = tmp_path / "out.pcm"
-    result = runner.invoke(app, ["speak", "-m", str(dia_dirs[1]), "--dac", str(dac_dirs[1]), "-o", str(out),
-                                 "--max-tokens", "20", "--format", "pcm", "-q", "--seed", "2"], input=SPEAK)
+    result = runner.invoke(
+        app,
+        [
+            "speak",
+            "-m",
+            str(dia_dirs[1]),
+            "--dac",
+            str(dac_dirs[1]),
+            "-o",
+            str(out),
+            "--max-tokens",
+            "20",
+            "--format",
+            "pcm",
+            "-q",
+            "--seed",
+            "2",
+        ],
+        input=SPEAK,
+    )
     assert result.exit_code == 0, result.stderr
     assert out.stat().st_size % (512 * 2) == 0 and 0 < out.stat().st_size <= (20 - 16) * 512 * 2
     text = tmp_path / "script.txt"
     text.write_text(SPEAK)
     again = tmp_path / "again.pcm"
-    result = invoke("speak", "--file", text, "-m", dia_dirs[1], "--dac", dac_dirs[1], "-o", again, "--max-tokens",
-                    "20", "--format", "pcm", "-q", "--seed", "2")
+    result = invoke(
+        "speak",
+        "--file",
+        text,
+        "-m",
+        dia_dirs[1],
+        "--dac",
+        dac_dirs[1],
+        "-o",
+        again,
+        "--max-tokens",
+        "20",
+        "--format",
+        "pcm",
+        "-q",
+        "--seed",
+        "2",
+    )
     assert result.exit_code == 0 and again.read_bytes() == out.read_bytes()
 
 
@@ -133,8 +169,9 @@ def test_speak_stream_writes_the_streamed_audio_to_a_file_and_to_stdout(dia_dirs
     from speechrs.audio import to_s16le
     from speechrs.dia.pipeline import AudioChunk
 
-    events = speechrs.load(str(dia_dirs[0]), dac=str(dac_dirs[0])).speak_stream(SPEAK, stream_audio=True,
-                                                                                   temperature=0, max_tokens=60)
+    events = speechrs.load(str(dia_dirs[0]), dac=str(dac_dirs[0])).speak_stream(
+        SPEAK, stream_audio=True, temperature=0, max_tokens=60
+    )
     expected = to_s16le(np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)]))
     out = tmp_path / "s.wav"
     common = ["-m", dia_dirs[0], "--dac", dac_dirs[0], "--max-tokens", "60", "--temperature", "0", "--stream", "-q"]
@@ -161,11 +198,13 @@ def test_speak_clones_a_reference_voice(dia_dirs, dac_dirs, clip, tmp_path):
     pcm, rate = sf.read(str(clip), dtype="float32")
     sf.write(str(wav), pcm[: int(1.5 * rate)], rate)
     expected = speechrs.load(str(dia_dirs[1]), dac=str(dac_dirs[1])).speak(
-        SPEAK, ref_audio=str(wav), ref_text=ref, temperature=0, max_tokens=40, normalize=False)
+        SPEAK, ref_audio=str(wav), ref_text=ref, temperature=0, max_tokens=40, normalize=False
+    )
     out = tmp_path / "clone.pcm"
     common = ["-m", dia_dirs[1], "--dac", dac_dirs[1], "--max-tokens", "40", "--temperature", "0", "-q"]
-    result = invoke("speak", SPEAK, "--ref-audio", wav, "--ref-text", ref, "--no-normalize", "--format", "pcm",
-                    "-o", out, *common)
+    result = invoke(
+        "speak", SPEAK, "--ref-audio", wav, "--ref-text", ref, "--no-normalize", "--format", "pcm", "-o", out, *common
+    )
     assert result.exit_code == 0, result.stderr
     assert out.read_bytes() == to_s16le(expected.pcm) and len(expected.pcm) > 0
     result = invoke("speak", SPEAK, "--ref-audio", wav, "-o", tmp_path / "x.wav", *common)

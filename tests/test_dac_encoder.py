@@ -1,4 +1,5 @@
 """DAC encoder + residual-VQ encode (speechrs/dia/dac_encoder.py) against transformers' DacModel.encode."""
+
 import numpy as np
 import pytest
 import torch
@@ -34,8 +35,10 @@ def test_codes_equal_transformers_dacmodel_encode(dac_dirs, layout):
 def test_nearest_codes_is_the_highest_cosine():
     g = torch.Generator().manual_seed(0)
     latents, codebook = torch.randn(2, 8, 30, generator=g), torch.randn(1024, 8, generator=g) * 3
-    cos = torch.nn.functional.normalize(latents.transpose(1, 2), dim=-1) @ \
-        torch.nn.functional.normalize(codebook, dim=-1).T
+    cos = (
+        torch.nn.functional.normalize(latents.transpose(1, 2), dim=-1)
+        @ torch.nn.functional.normalize(codebook, dim=-1).T
+    )
     assert torch.equal(nearest_codes(latents, codebook), cos.argmax(-1))
 
 
@@ -44,8 +47,9 @@ def test_a_dac_without_encoder_weights_says_so(dac_dirs, tmp_path):
 
     from speechrs.errors import UnsupportedModelError
 
-    tensors = {k: v for k, v in load_file(str(dac_dirs[1] / "model.safetensors")).items()
-               if not k.startswith("encoder.")}
+    tensors = {
+        k: v for k, v in load_file(str(dac_dirs[1] / "model.safetensors")).items() if not k.startswith("encoder.")
+    }
     (tmp_path / "config.json").write_text((dac_dirs[1] / "config.json").read_text())
     save_file(tensors, str(tmp_path / "model.safetensors"))
     with pytest.raises(UnsupportedModelError, match="no encoder weights, which voice cloning needs"):

@@ -44,8 +44,9 @@ def test_the_generations_differ_only_by_cross_attention_rope(dia_dirs):
 def test_configs_parse_to_the_same_shapes(dia_dirs):
     a, b = (DiaConfig.load(d / "config.json") for d in dia_dirs)
     assert (a.generation, b.generation) == (NARI_V01, HF_0626)
-    assert {k: v for k, v in vars(a).items() if k != "generation"} == \
-           {k: v for k, v in vars(b).items() if k != "generation"}
+    assert {k: v for k, v in vars(a).items() if k != "generation"} == {
+        k: v for k, v in vars(b).items() if k != "generation"
+    }
 
 
 def test_unknown_config_schema_names_the_keys(tmp_path):
@@ -87,8 +88,8 @@ def test_eos_countdown_writes_eos_on_the_delay_diagonal_then_pad(pipeline):
     end = 40 - 15
     assert rows.shape[0] == 41
     for c, d in enumerate(pipeline.cfg.delay_pattern):
-        assert rows[end + d, c] == 1024 and (rows[end + d + 1:, c] == 1025).all()
-        assert (rows[1:end + d, c] < 1024).sum() == end - 1  # real codes before the EOS, BOS before them
+        assert rows[end + d, c] == 1024 and (rows[end + d + 1 :, c] == 1025).all()
+        assert (rows[1 : end + d, c] < 1024).sum() == end - 1  # real codes before the EOS, BOS before them
     assert (rows[:1] == 1026).all()
 
 

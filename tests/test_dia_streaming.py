@@ -1,4 +1,5 @@
 """Streamed Dia audio (speechrs/dia/streaming.py): early, in order, and equal to the whole-clip decode."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """Body parsing and formatting, without HTTP."""
+
 import io
 
 import numpy as np
@@ -12,8 +13,16 @@ from speechrs.voxtral.pipeline import GenerationOptions
 
 def test_chat_request_fields_become_the_cli_options():
     model, messages, opts, stream, usage = oa.chat_request(
-        {"messages": [], "max_completion_tokens": 7, "temperature": 0.5, "top_p": 0.9, "seed": 3, "stream": True,
-         "stream_options": {"include_usage": True}})
+        {
+            "messages": [],
+            "max_completion_tokens": 7,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "seed": 3,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
     assert (model, stream, usage) == ("default", True, True)
     assert opts == GenerationOptions(max_tokens=7, temperature=0.5, top_p=0.9, seed=3)
     with pytest.raises(InvalidRequestError, match="n=1"):
@@ -24,18 +33,29 @@ def test_chat_request_fields_become_the_cli_options():
 
 
 def test_speech_request_defaults_and_extensions():
-    model, text, fmt, opts, stream_format = oa.speech_request({"input": "[S1] hi", "voice": "alloy", "speed": 2.0,
-                                                               "instructions": "cheerful"})
+    model, text, fmt, opts, stream_format = oa.speech_request(
+        {"input": "[S1] hi", "voice": "alloy", "speed": 2.0, "instructions": "cheerful"}
+    )
     assert (model, text, fmt, stream_format) == ("default", "[S1] hi", "mp3", None) and opts.temperature is None
     assert opts.normalize is None  # normalised unless streamed
-    _, _, fmt, opts, _ = oa.speech_request({"input": "x", "response_format": "pcm", "seed": 1, "cfg_scale": 4,
-                                            "top_k": 50, "normalize": False})
+    _, _, fmt, opts, _ = oa.speech_request(
+        {"input": "x", "response_format": "pcm", "seed": 1, "cfg_scale": 4, "top_k": 50, "normalize": False}
+    )
     assert fmt == "pcm" and (opts.seed, opts.cfg_scale, opts.top_k, opts.normalize) == (1, 4.0, 50, False)
 
 
-@pytest.mark.parametrize("fmt,stream_format,streams", [
-    (None, None, False), ("pcm", None, False), ("pcm", "audio", True), ("wav", "audio", True),
-    ("mp3", "audio", False), (None, "sse", True), ("pcm", "sse", True)])
+@pytest.mark.parametrize(
+    "fmt,stream_format,streams",
+    [
+        (None, None, False),
+        ("pcm", None, False),
+        ("pcm", "audio", True),
+        ("wav", "audio", True),
+        ("mp3", "audio", False),
+        (None, "sse", True),
+        ("pcm", "sse", True),
+    ],
+)
 def test_which_speech_requests_stream(fmt, stream_format, streams):
     body = {"input": "x", "response_format": fmt, "stream_format": stream_format}
     _, _, fmt, _, stream_format = oa.speech_request({k: v for k, v in body.items() if v is not None})
@@ -44,8 +64,15 @@ def test_which_speech_requests_stream(fmt, stream_format, streams):
 
 def test_transcription_form_fields():
     model, language, fmt, stream, opts = oa.transcription_request(
-        {"model": "m", "language": "fr", "response_format": "text", "stream": "true", "temperature": "0.3",
-         "max_tokens": "9"})
+        {
+            "model": "m",
+            "language": "fr",
+            "response_format": "text",
+            "stream": "true",
+            "temperature": "0.3",
+            "max_tokens": "9",
+        }
+    )
     assert (model, language, fmt, stream) == ("m", "fr", "text", True)
     assert (opts.temperature, opts.max_tokens) == (0.3, 9)
     with pytest.raises(InvalidRequestError, match="'seed' must be a number"):

@@ -1,5 +1,6 @@
 """oneDNN-packed decode weights (speechrs/packing.py) give torch's Linear's numbers: bit for bit from 2 rows, to
 one bf16 ulp in a few outputs for a single row (torch's Linear then sums in another order)."""
+
 import pytest
 import torch
 
@@ -11,8 +12,9 @@ from speechrs.voxtral.pipeline import GenerationOptions, VoxtralPipeline
 from speechrs.voxtral.tekken import Tekken
 
 bf16 = torch.bfloat16
-needs_packing = pytest.mark.skipif(not packable(torch.zeros(1, dtype=bf16)),
-                                   reason="this CPU's oneDNN has no bf16 (or SPEECHRS_PACK_WEIGHTS=0)")
+needs_packing = pytest.mark.skipif(
+    not packable(torch.zeros(1, dtype=bf16)), reason="this CPU's oneDNN has no bf16 (or SPEECHRS_PACK_WEIGHTS=0)"
+)
 
 
 @needs_packing
@@ -53,8 +55,9 @@ def test_packed_dia_generates_the_same_codes(dia_dirs, dac, monkeypatch):
     assert isinstance(packed.decoder.layers[0].mlp.gate_up_proj, PackedLinear)
     assert not hasattr(packed.decoder.layers[0].self_attention, "q_proj")  # the plain copy is gone
     ids, opts = encode_text("[S1] Hello there. [S2] Hi!", plain.cfg), SpeakOptions(max_tokens=40, temperature=0)
-    rows = [list(DiaPipeline(m, dac).generate_codes(ids, DiaPipeline(m, dac).options(opts)))[-1]
-            for m in (plain, packed)]
+    rows = [
+        list(DiaPipeline(m, dac).generate_codes(ids, DiaPipeline(m, dac).options(opts)))[-1] for m in (plain, packed)
+    ]
     assert torch.equal(rows[0], rows[1])
 
 
@@ -70,6 +73,12 @@ def test_packed_voxtral_gives_the_same_logits_and_text(native_dir, clip, monkeyp
             m.setup_caches(1, 16)
             logits.append(m(m.embed(ids, None, 24), 0, last_only=False))
     assert torch.equal(logits[0], logits[1])
-    texts = [list(VoxtralPipeline(m, Tekken(native_dir / "tekken.json")).transcribe(
-        str(clip), "en", GenerationOptions(max_tokens=12)))[-1].text for m in (plain, packed)]
+    texts = [
+        list(
+            VoxtralPipeline(m, Tekken(native_dir / "tekken.json")).transcribe(
+                str(clip), "en", GenerationOptions(max_tokens=12)
+            )
+        )[-1].text
+        for m in (plain, packed)
+    ]
     assert texts[0] == texts[1]

@@ -1,4 +1,5 @@
 """speechrs vs transformers' VoxtralForConditionalGeneration on the same tiny HF checkpoint."""
+
 import pytest
 import torch
 
@@ -56,13 +57,18 @@ def test_transcription_greedy_ids_and_logits_match_transformers(request, layout,
 def test_chat_greedy_ids_match_transformers(native_pipeline, hf_dir, processor, clip):
     from reference import hf_greedy
 
-    conversation = [{"role": "user", "content": [{"type": "audio", "path": str(clip)},
-                                                 {"type": "text", "text": "What is said in this clip?"}]}]
+    conversation = [
+        {
+            "role": "user",
+            "content": [{"type": "audio", "path": str(clip)}, {"type": "text", "text": "What is said in this clip?"}],
+        }
+    ]
     inputs = processor.apply_chat_template(conversation, return_dict=True, return_tensors="pt")
     ref_ids, ref_logits = hf_greedy(hf_dir, dict(inputs), N_NEW)
 
-    events = native_pipeline.chat([("user", [Audio(str(clip)), "What is said in this clip?"])],
-                                  GenerationOptions(max_tokens=N_NEW))
+    events = native_pipeline.chat(
+        [("user", [Audio(str(clip)), "What is said in this clip?"])], GenerationOptions(max_tokens=N_NEW)
+    )
     ids, _ = _ours(events)
     assert len(ref_ids) == N_NEW and ids == ref_ids
 

@@ -1,4 +1,5 @@
 """The real server on a loopback port, driven by the real openai client and by raw HTTP for the errors."""
+
 import asyncio
 import base64
 import http.client
@@ -57,8 +58,9 @@ class Server:
 @pytest.fixture(scope="module")
 def engine(native_dir, native_pipeline, dia_dirs, dac):
     dia = DiaPipeline(load_dia(dia_dirs[0], None), dac)
-    return Engine([Loaded("tiny-voxtral", detect(native_dir), native_pipeline),
-                   Loaded("tiny-dia", detect(dia_dirs[0]), dia)])
+    return Engine(
+        [Loaded("tiny-voxtral", detect(native_dir), native_pipeline), Loaded("tiny-dia", detect(dia_dirs[0]), dia)]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +101,15 @@ def error_of(status_body):
 
 # ---- the happy paths, equal to the Python API ----
 
+
 def test_transcription_equals_the_python_api(client, api, clip):
     with open(clip, "rb") as f:
-        out = client.audio.transcriptions.create(model="default", file=f, language="en",
-                                                 extra_body={"max_tokens": 16})
+        out = client.audio.transcriptions.create(model="default", file=f, language="en", extra_body={"max_tokens": 16})
     assert out.text == api[0].transcribe(clip, language="en", max_tokens=16).text
     with open(clip, "rb") as f:
-        text = client.audio.transcriptions.create(model="tiny-voxtral", file=f, response_format="text",
-                                                  extra_body={"max_tokens": 16})
+        text = client.audio.transcriptions.create(
+            model="tiny-voxtral", file=f, response_format="text", extra_body={"max_tokens": 16}
+        )
     assert text.strip() == api[0].transcribe(clip, max_tokens=16).text.strip()
 
 
@@ -116,8 +119,10 @@ def test_chat_with_audio_equals_the_python_api(client, api, clip, kind, stream):
     if kind == "audio_url":
         part = {"type": "audio_url", "audio_url": {"url": f"file://{clip}"}}
     else:
-        part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(clip.read_bytes()).decode(),
-                                                       "format": "wav"}}
+        part = {
+            "type": "input_audio",
+            "input_audio": {"data": base64.b64encode(clip.read_bytes()).decode(), "format": "wav"},
+        }
     messages = [{"role": "user", "content": [part, {"type": "text", "text": "What is said?"}]}]
     expected = api[0].chat(messages, max_tokens=12, seed=1, temperature=0.7)
     kwargs = dict(model="default", messages=messages, max_tokens=12, seed=1, temperature=0.7)
@@ -135,12 +140,15 @@ def test_chat_with_audio_equals_the_python_api(client, api, clip, kind, stream):
 
 @pytest.mark.parametrize("fmt", ["wav", "pcm"])
 def test_speech_equals_the_python_api(client, api, server, fmt):
-    out = client.audio.speech.create(model="default", voice="alloy", input=SPEAK, response_format=fmt,
-                                     extra_body={"seed": 3, "max_tokens": 40})
+    out = client.audio.speech.create(
+        model="default", voice="alloy", input=SPEAK, response_format=fmt, extra_body={"seed": 3, "max_tokens": 40}
+    )
     result = api[1].speak(SPEAK, seed=3, max_tokens=40)
     assert out.content == (wav_bytes(result.pcm, 44100) if fmt == "wav" else to_s16le(result.pcm))
-    expected_type = {"wav": "audio/wav; rate=44100; channels=1",
-                     "pcm": "audio/pcm; codecs=1; format=s16le; rate=44100; channels=1"}[fmt]
+    expected_type = {
+        "wav": "audio/wav; rate=44100; channels=1",
+        "pcm": "audio/pcm; codecs=1; format=s16le; rate=44100; channels=1",
+    }[fmt]
     assert out.response.headers["content-type"] == expected_type
 
 
@@ -151,8 +159,8 @@ def _streamed_pcm(api, **options) -> np.ndarray:
 
 def test_speech_streams_sse_deltas_equal_to_the_python_api(client, api):
     with client.audio.speech.with_streaming_response.create(
-            model="default", voice="alloy", input=SPEAK, stream_format="sse",
-            extra_body={"seed": 3, "max_tokens": 60}) as resp:
+        model="default", voice="alloy", input=SPEAK, stream_format="sse", extra_body={"seed": 3, "max_tokens": 60}
+    ) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: ")]
     deltas, done = events[:-1], events[-1]
@@ -166,28 +174,42 @@ def test_speech_streams_sse_deltas_equal_to_the_python_api(client, api):
 
 @pytest.mark.parametrize("fmt", ["wav", "pcm"])
 def test_speech_streams_raw_audio_bytes(server, api, fmt):
-    req = urllib.request.Request(server.url + "/v1/audio/speech", headers={"Content-Type": "application/json"},
-                                 data=json.dumps({"input": SPEAK, "response_format": fmt, "stream_format": "audio",
-                                                  "seed": 5, "max_tokens": 60}).encode())
+    req = urllib.request.Request(
+        server.url + "/v1/audio/speech",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps(
+            {"input": SPEAK, "response_format": fmt, "stream_format": "audio", "seed": 5, "max_tokens": 60}
+        ).encode(),
+    )
     with urllib.request.urlopen(req, timeout=120) as resp:
         assert resp.headers["Transfer-Encoding"] == "chunked"
         body = resp.read()
     pcm = to_s16le(_streamed_pcm(api, seed=5, max_tokens=60))
     if fmt == "wav":
         assert body[:4] == b"RIFF" and body[40:44] == b"\xff\xff\xff\xff" and body[44:] == pcm
-        data, rate = sf.read(io.BytesIO(body[:4] + (len(body) - 8).to_bytes(4, "little") + body[8:40]
-                                        + (len(pcm)).to_bytes(4, "little") + body[44:]), dtype="int16")
+        data, rate = sf.read(
+            io.BytesIO(
+                body[:4]
+                + (len(body) - 8).to_bytes(4, "little")
+                + body[8:40]
+                + (len(pcm)).to_bytes(4, "little")
+                + body[44:]
+            ),
+            dtype="int16",
+        )
         assert rate == 44100 and len(data) == len(pcm) // 2
     else:
         assert body == pcm
 
 
 def test_streamed_speech_errors(server):
-    status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "stream_format": "sse",
-                                                              "response_format": "mp3"}))
+    status, err = error_of(
+        post(server, "/v1/audio/speech", {"input": SPEAK, "stream_format": "sse", "response_format": "mp3"})
+    )
     assert status == 400 and err["param"] == "response_format" and "pcm" in err["message"]
-    status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "stream_format": "sse",
-                                                              "normalize": True}))
+    status, err = error_of(
+        post(server, "/v1/audio/speech", {"input": SPEAK, "stream_format": "sse", "normalize": True})
+    )
     assert status == 400 and "whole clip" in err["message"]
     status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "stream_format": "video"}))
     assert status == 400 and err["param"] == "stream_format"
@@ -200,29 +222,39 @@ def test_speech_clones_a_voice_like_the_python_api(client, api, server, clip, tm
     pcm, rate = sf.read(str(clip), dtype="float32")
     sf.write(str(wav), pcm[: int(1.5 * rate)], rate)  # the tiny Dia's 256-row context holds 1.5 s
     expected = api[1].speak(SPEAK, ref_audio=str(wav), ref_text=ref, temperature=0, max_tokens=40)
-    for ref_audio in (base64.b64encode(wav.read_bytes()).decode(), wav.as_uri(),
-                      "data:audio/wav;base64," + base64.b64encode(wav.read_bytes()).decode()):
-        out = client.audio.speech.create(model="default", voice="alloy", input=SPEAK, response_format="pcm",
-                                         extra_body={"ref_audio": ref_audio, "ref_text": ref, "temperature": 0,
-                                                     "max_tokens": 40})
+    for ref_audio in (
+        base64.b64encode(wav.read_bytes()).decode(),
+        wav.as_uri(),
+        "data:audio/wav;base64," + base64.b64encode(wav.read_bytes()).decode(),
+    ):
+        out = client.audio.speech.create(
+            model="default",
+            voice="alloy",
+            input=SPEAK,
+            response_format="pcm",
+            extra_body={"ref_audio": ref_audio, "ref_text": ref, "temperature": 0, "max_tokens": 40},
+        )
         assert out.content == to_s16le(expected.pcm)
     status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "ref_audio": wav.as_uri()}))
     assert status == 400 and err["param"] == "ref_text" and "transcript" in err["message"]
-    status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "ref_audio": "not base64!",
-                                                              "ref_text": ref}))
+    status, err = error_of(
+        post(server, "/v1/audio/speech", {"input": SPEAK, "ref_audio": "not base64!", "ref_text": ref})
+    )
     assert status == 400 and err["param"] == "ref_audio"
     short = base64.b64encode(wav_bytes(np.zeros(4410, dtype=np.float32), 44100)).decode()
     status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "ref_audio": short, "ref_text": ref}))
     assert status == 400 and "at least 0.5 s" in err["message"]
-    status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "ref_audio": "http://127.0.0.1:9/x",
-                                                              "ref_text": ref}))
+    status, err = error_of(
+        post(server, "/v1/audio/speech", {"input": SPEAK, "ref_audio": "http://127.0.0.1:9/x", "ref_text": ref})
+    )
     assert status == 400 and err["param"] == "ref_audio"  # private hosts refused by the media policy
 
 
 @pytest.mark.parametrize("fmt,magic", [("flac", b"fLaC"), ("mp3", None), ("opus", b"OggS")])
 def test_speech_in_compressed_formats(server, fmt, magic):
-    status, headers, body = post(server, "/v1/audio/speech", {"input": SPEAK, "response_format": fmt,
-                                                              "max_tokens": 30, "seed": 0})
+    status, headers, body = post(
+        server, "/v1/audio/speech", {"input": SPEAK, "response_format": fmt, "max_tokens": 30, "seed": 0}
+    )
     assert status == 200 and len(body) > 100
     assert magic is None or body.startswith(magic)
 
@@ -241,29 +273,63 @@ def test_models_health_metrics(server):
 
 # ---- errors: status and OpenAI error body ----
 
+
 def test_chat_errors(server, clip):
     assert error_of(post(server, "/v1/chat/completions", b"{not json"))[0] == 400
     status, err = error_of(post(server, "/v1/chat/completions", {"model": "nope", "messages": []}))
     assert status == 404 and err["code"] == "model_not_found" and "tiny-voxtral" in err["message"]
-    status, err = error_of(post(server, "/v1/chat/completions", {"model": "tiny-dia", "messages": [
-        {"role": "user", "content": "hi"}]}))
+    status, err = error_of(
+        post(server, "/v1/chat/completions", {"model": "tiny-dia", "messages": [{"role": "user", "content": "hi"}]})
+    )
     assert status == 400 and "dia model" in err["message"]
     bad_audio = "data:audio/wav;base64," + base64.b64encode(b"definitely not audio").decode()
-    status, err = error_of(post(server, "/v1/chat/completions", {"messages": [
-        {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": bad_audio}}]}]}))
+    status, err = error_of(
+        post(
+            server,
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": bad_audio}}]}]},
+        )
+    )
     assert status == 400 and "cannot decode" in err["message"]
-    status, err = error_of(post(server, "/v1/chat/completions", {"messages": [
-        {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "http://127.0.0.1:9/a.wav"}}]}]}))
+    status, err = error_of(
+        post(
+            server,
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "audio_url", "audio_url": {"url": "http://127.0.0.1:9/a.wav"}}],
+                    }
+                ]
+            },
+        )
+    )
     assert status == 400 and "loopback" in err["message"] and err["param"] == "messages[0].content[0]"
-    status, err = error_of(post(server, "/v1/chat/completions", {"messages": [
-        {"role": "system", "content": "x"}, {"role": "user", "content": "y"}]}))
+    status, err = error_of(
+        post(
+            server,
+            "/v1/chat/completions",
+            {"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]},
+        )
+    )
     assert status == 400 and "system" in err["message"]
-    status, err = error_of(post(server, "/v1/chat/completions", {"messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}))
+    status, err = error_of(
+        post(
+            server,
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        )
+    )
     assert status == 400 and "unsupported content part type 'image_url'" in err["message"]
     big = "data:audio/wav;base64," + base64.b64encode(bytes(3 * 2**20)).decode()  # the server takes 2 MiB
-    status, err = error_of(post(server, "/v1/chat/completions", {"messages": [
-        {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": big}}]}]}))
+    status, err = error_of(
+        post(
+            server,
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": big}}]}]},
+        )
+    )
     assert status == 413 and "too large" in err["message"]
     assert error_of(post(server, "/v1/chat/completions", {"model": "default"}))[1]["param"] == "messages"
 
@@ -271,11 +337,17 @@ def test_chat_errors(server, clip):
 def test_transcription_errors(server):
     def multipart(fields: dict, file_bytes: bytes | None):
         boundary = "xYzBoUnDaRy"
-        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-                 for k, v in fields.items()]
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+            for k, v in fields.items()
+        ]
         if file_bytes is not None:
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
-                         f"Content-Type: audio/wav\r\n\r\n".encode() + file_bytes + b"\r\n")
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+                f"Content-Type: audio/wav\r\n\r\n".encode()
+                + file_bytes
+                + b"\r\n"
+            )
         body = b"".join(parts) + f"--{boundary}--\r\n".encode()
         return post(server, "/v1/audio/transcriptions", body, f"multipart/form-data; boundary={boundary}")
 
@@ -317,12 +389,23 @@ def test_unknown_route_and_method(server):
 
 # ---- media policy ----
 
+
 def test_file_urls_need_loopback_or_an_allowed_dir(engine, clip, tmp_path):
     remote = Server(make_app(engine, MediaPolicy(allow_local_files=False, allowed_dirs=(clip.parent,))))
     try:
+
         def chat(path):
-            return post(remote, "/v1/chat/completions", {"max_tokens": 2, "messages": [{"role": "user", "content": [
-                {"type": "audio_url", "audio_url": {"url": f"file://{path}"}}]}]})
+            return post(
+                remote,
+                "/v1/chat/completions",
+                {
+                    "max_tokens": 2,
+                    "messages": [
+                        {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": f"file://{path}"}}]}
+                    ],
+                },
+            )
+
         assert chat(clip)[0] == 200
         outside = tmp_path / "x.wav"
         outside.write_bytes(clip.read_bytes())
@@ -355,9 +438,17 @@ def test_http_audio_is_fetched_when_private_hosts_are_allowed(engine, clip):
     trusting = Server(make_app(engine, MediaPolicy(allow_private_hosts=True, max_redirects=1)))
     try:
         url = f"http://127.0.0.1:{media.server_address[1]}/redirect"
-        status, _, body = post(trusting, "/v1/chat/completions", {"max_tokens": 3, "messages": [
-            {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": url}}]}]})
-        assert status == 200 and json.loads(body)["usage"]["prompt_tokens"] == 379  # <s>[INST][BEGIN_AUDIO][AUDIO]x375[/INST]
+        status, _, body = post(
+            trusting,
+            "/v1/chat/completions",
+            {
+                "max_tokens": 3,
+                "messages": [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": url}}]}],
+            },
+        )
+        assert (
+            status == 200 and json.loads(body)["usage"]["prompt_tokens"] == 379
+        )  # <s>[INST][BEGIN_AUDIO][AUDIO]x375[/INST]
     finally:
         trusting.close()
         media.shutdown()
@@ -365,18 +456,25 @@ def test_http_audio_is_fetched_when_private_hosts_are_allowed(engine, clip):
 
 # ---- cancellation ----
 
+
 def test_a_client_that_disconnects_frees_the_worker(server, engine):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    conn.request("POST", "/v1/chat/completions", json.dumps(
-        {"stream": True, "max_tokens": 100000, "messages": [{"role": "user", "content": "Tell a very long story."}]}),
-        {"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps(
+            {"stream": True, "max_tokens": 100000, "messages": [{"role": "user", "content": "Tell a very long story."}]}
+        ),
+        {"Content-Type": "application/json"},
+    )
     resp = conn.getresponse()
     assert resp.status == 200 and resp.read1(100)  # generation has started
     conn.sock.close()  # the client goes away mid-generation
     conn.close()
     t0 = time.perf_counter()
-    status, _, body = post(server, "/v1/chat/completions", {"max_tokens": 3, "messages": [
-        {"role": "user", "content": "hi"}]})
+    status, _, body = post(
+        server, "/v1/chat/completions", {"max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert status == 200 and time.perf_counter() - t0 < 10
     deadline = time.time() + 10
     while engine.queue_depth and time.time() < deadline:
@@ -394,9 +492,24 @@ def test_speechrs_serve_command_serves_until_stopped(native_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "speechrs", "serve", "-m", str(native_dir), "--port", str(port),
-                             "--no-warmup", "--max-upload-mb", "1"], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "speechrs",
+            "serve",
+            "-m",
+            str(native_dir),
+            "--port",
+            str(port),
+            "--no-warmup",
+            "--max-upload-mb",
+            "1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -409,8 +522,11 @@ def test_speechrs_serve_command_serves_until_stopped(native_dir, tmp_path):
                 time.sleep(0.5)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models") as r:
             assert json.loads(r.read())["data"][0]["family"] == "voxtral"
-        big = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=bytes(2 * 2**20),
-                                     headers={"Content-Type": "application/json"})
+        big = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=bytes(2 * 2**20),
+            headers={"Content-Type": "application/json"},
+        )
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(big)
         assert e.value.code == 413  # --max-upload-mb 1 reached the app

@@ -2,8 +2,15 @@ import pytest
 
 from speechrs.voxtral.tekken import AudioPart, StreamDecoder, Tekken, chat_prompt, transcription_prompt
 
-SAMPLES = ["Hello, world!", "  leading spaces and\ttabs\n\nnewlines", "naïve café — 東京 🙂 ÿ",
-           "[INST] looks special but is text [/INST]", "lang:en", "1234567890 3.14159", ""]
+SAMPLES = [
+    "Hello, world!",
+    "  leading spaces and\ttabs\n\nnewlines",
+    "naïve café — 東京 🙂 ÿ",
+    "[INST] looks special but is text [/INST]",
+    "lang:en",
+    "1234567890 3.14159",
+    "",
+]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +67,6 @@ def test_audio_token_count_follows_mistral_common(tekken):
 @pytest.mark.parametrize("language", [None, "en", "fr"])
 def test_transcription_prompt_matches_mistral_common(native_dir, tekken, language, clip):
     from mistral_common.protocol.transcription.request import TranscriptionRequest
-
     from reference import mistral_tokenizer
 
     request = TranscriptionRequest(audio=clip.read_bytes(), language=language)
@@ -72,13 +78,23 @@ def _chat_cases():
     a = {"type": "input_audio", "input_audio": None}  # filled with the clip
     return {
         "audio_then_text": [{"role": "user", "content": [a, {"type": "text", "text": "What is said?"}]}],
-        "text_audio_text": [{"role": "user", "content": [{"type": "text", "text": "Listen:"}, a,
-                                                         {"type": "text", "text": "Summarise it."},
-                                                         {"type": "text", "text": "Briefly."}]}],
+        "text_audio_text": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Listen:"},
+                    a,
+                    {"type": "text", "text": "Summarise it."},
+                    {"type": "text", "text": "Briefly."},
+                ],
+            }
+        ],
         "two_audios": [{"role": "user", "content": [a, a, {"type": "text", "text": "Same speaker?"}]}],
-        "multi_turn": [{"role": "user", "content": [a, {"type": "text", "text": "Transcribe."}]},
-                       {"role": "assistant", "content": "The quick brown fox.  "},
-                       {"role": "user", "content": "And in French?"}],
+        "multi_turn": [
+            {"role": "user", "content": [a, {"type": "text", "text": "Transcribe."}]},
+            {"role": "assistant", "content": "The quick brown fox.  "},
+            {"role": "user", "content": "And in French?"},
+        ],
         "consecutive_users": [{"role": "user", "content": [a]}, {"role": "user", "content": "Who speaks?"}],
     }
 
@@ -89,7 +105,6 @@ def test_chat_prompt_matches_mistral_common(native_dir, tekken, clip, case):
     import base64
 
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
-
     from reference import mistral_tokenizer
 
     b64 = base64.b64encode(clip.read_bytes()).decode()
@@ -111,8 +126,11 @@ def test_chat_prompt_matches_mistral_common(native_dir, tekken, clip, case):
                 our_parts.append(p["text"])
         ref_messages.append({"role": m["role"], "content": ref_parts})
         ours.append((m["role"], our_parts))
-    expected = mistral_tokenizer(native_dir / "tekken.json").encode_chat_completion(
-        ChatCompletionRequest(messages=ref_messages)).tokens
+    expected = (
+        mistral_tokenizer(native_dir / "tekken.json")
+        .encode_chat_completion(ChatCompletionRequest(messages=ref_messages))
+        .tokens
+    )
     assert chat_prompt(tekken, ours) == expected
 
 

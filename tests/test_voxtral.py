@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import noise
+
 from speechrs.errors import AudioError, ModelNotFoundError, UnsupportedModelError
 from speechrs.hub import detect, resolve
 from speechrs.layers import half_split_to_interleaved, interleaved_to_half_split
@@ -25,8 +25,9 @@ def test_native_and_hf_layouts_give_the_same_logits(native_pipeline, hf_pipeline
     from speechrs.voxtral.tekken import transcription_prompt
 
     ids = transcription_prompt(native_pipeline.tokenizer, n, "en")
-    torch.testing.assert_close(_logits(native_pipeline, ids, [mel]), _logits(hf_pipeline, ids, [mel]),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        _logits(native_pipeline, ids, [mel]), _logits(hf_pipeline, ids, [mel]), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_rope_permutation_round_trips():

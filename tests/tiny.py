@@ -4,6 +4,7 @@ Each tensor comes from its own generator seeded by its name, so files do not dep
 Voxtral: native (params.json, consolidated.safetensors, tekken.json) and HF (config.json, 2 shards + index,
 tekken.json), the same weights in both, HF q/k permuted as transformers' converter does.
 """
+
 import json
 import sys
 import zlib
@@ -20,21 +21,64 @@ from speechrs.voxtral.model import sinusoids  # noqa: E402
 
 # ranks of the Voxtral v7 tekken (testing.md §3; mistral-common tests/test_tekken.py::get_special_tokens)
 VOXTRAL_SPECIALS = {
-    "<unk>": 0, "<s>": 1, "</s>": 2, "[INST]": 3, "[/INST]": 4, "[AVAILABLE_TOOLS]": 5, "[/AVAILABLE_TOOLS]": 6,
-    "[TOOL_RESULTS]": 7, "[/TOOL_RESULTS]": 8, "[TOOL_CALLS]": 9, "[IMG]": 10, "<pad>": 11, "[IMG_BREAK]": 12,
-    "[IMG_END]": 13, "[PREFIX]": 14, "[MIDDLE]": 15, "[SUFFIX]": 16, "[SYSTEM_PROMPT]": 17, "[/SYSTEM_PROMPT]": 18,
-    "[TOOL_CONTENT]": 19, "[AUDIO]": 24, "[BEGIN_AUDIO]": 25, "[TRANSCRIBE]": 34, "[NEXT_AUDIO_TEXT]": 35,
-    "[REPEAT_AUDIO_TEXT]": 36}
+    "<unk>": 0,
+    "<s>": 1,
+    "</s>": 2,
+    "[INST]": 3,
+    "[/INST]": 4,
+    "[AVAILABLE_TOOLS]": 5,
+    "[/AVAILABLE_TOOLS]": 6,
+    "[TOOL_RESULTS]": 7,
+    "[/TOOL_RESULTS]": 8,
+    "[TOOL_CALLS]": 9,
+    "[IMG]": 10,
+    "<pad>": 11,
+    "[IMG_BREAK]": 12,
+    "[IMG_END]": 13,
+    "[PREFIX]": 14,
+    "[MIDDLE]": 15,
+    "[SUFFIX]": 16,
+    "[SYSTEM_PROMPT]": 17,
+    "[/SYSTEM_PROMPT]": 18,
+    "[TOOL_CONTENT]": 19,
+    "[AUDIO]": 24,
+    "[BEGIN_AUDIO]": 25,
+    "[TRANSCRIBE]": 34,
+    "[NEXT_AUDIO_TEXT]": 35,
+    "[REPEAT_AUDIO_TEXT]": 36,
+}
 
 TINY_VOXTRAL = {
-    "dim": 128, "n_layers": 2, "head_dim": 32, "hidden_dim": 256, "n_heads": 4, "n_kv_heads": 2,
-    "rope_theta": 1e8, "norm_eps": 1e-5, "vocab_size": 131072, "max_seq_len": 131072,
-    "multimodal": {"whisper_model_args": {
-        "encoder_args": {"audio_encoding_args": {"sampling_rate": 16000, "num_mel_bins": 128, "hop_length": 160,
-                                                 "window_size": 400},
-                         "dim": 64, "n_layers": 2, "head_dim": 16, "hidden_dim": 256, "n_heads": 4,
-                         "vocab_size": 51866, "max_source_positions": 1500},
-        "downsample_args": {"downsample_factor": 4}}},
+    "dim": 128,
+    "n_layers": 2,
+    "head_dim": 32,
+    "hidden_dim": 256,
+    "n_heads": 4,
+    "n_kv_heads": 2,
+    "rope_theta": 1e8,
+    "norm_eps": 1e-5,
+    "vocab_size": 131072,
+    "max_seq_len": 131072,
+    "multimodal": {
+        "whisper_model_args": {
+            "encoder_args": {
+                "audio_encoding_args": {
+                    "sampling_rate": 16000,
+                    "num_mel_bins": 128,
+                    "hop_length": 160,
+                    "window_size": 400,
+                },
+                "dim": 64,
+                "n_layers": 2,
+                "head_dim": 16,
+                "hidden_dim": 256,
+                "n_heads": 4,
+                "vocab_size": 51866,
+                "max_source_positions": 1500,
+            },
+            "downsample_args": {"downsample_factor": 4},
+        }
+    },
 }
 
 
@@ -46,9 +90,9 @@ def _tensor(name: str, shape: tuple, kind: str, seed: int, fan_in: int = 1) -> t
     g = _gen(name, seed)
     z = torch.randn(shape, generator=g)
     if kind == "linear":
-        return z / fan_in ** 0.5
+        return z / fan_in**0.5
     if kind == "head":
-        return 3 * z / fan_in ** 0.5
+        return 3 * z / fan_in**0.5
     if kind == "embed":
         return z
     if kind == "gain":
@@ -63,8 +107,9 @@ def voxtral_native_state(params: dict, seed: int = 0, dtype=torch.float32) -> di
     (a full-size model never exists in float32 at once)."""
     enc = params["multimodal"]["whisper_model_args"]["encoder_args"]
     ds = params["multimodal"]["whisper_model_args"]["downsample_args"]["downsample_factor"]
-    d, hd, nh, nkv, ffn, V = (params[k] for k in ("dim", "head_dim", "n_heads", "n_kv_heads", "hidden_dim",
-                                                  "vocab_size"))
+    d, hd, nh, nkv, ffn, V = (
+        params[k] for k in ("dim", "head_dim", "n_heads", "n_kv_heads", "hidden_dim", "vocab_size")
+    )
     ed, ehd, enh, effn, mels = enc["dim"], enc["head_dim"], enc["n_heads"], enc["hidden_dim"], 128
     sd: dict[str, tuple] = {}
     E = "mm_whisper_embeddings.whisper_encoder"
@@ -118,11 +163,15 @@ def write_tekken(path: Path) -> None:
     tekken = {
         "config": {**src["config"], "version": "v7"},
         "vocab": src["vocab"],
-        "special_tokens": [{"rank": i, "token_str": by_rank.get(i, f"<SPECIAL_{i}>"), "is_control": True}
-                           for i in range(n_special)],
-        "audio": {"sampling_rate": 16000, "frame_rate": 12.5,
-                  "audio_encoding_config": {"num_mel_bins": 128, "hop_length": 160, "window_size": 400},
-                  "chunk_length_s": 30.0},
+        "special_tokens": [
+            {"rank": i, "token_str": by_rank.get(i, f"<SPECIAL_{i}>"), "is_control": True} for i in range(n_special)
+        ],
+        "audio": {
+            "sampling_rate": 16000,
+            "frame_rate": 12.5,
+            "audio_encoding_config": {"num_mel_bins": 128, "hop_length": 160, "window_size": 400},
+            "chunk_length_s": 30.0,
+        },
     }
     path.write_text(json.dumps(tekken))
 
@@ -130,21 +179,46 @@ def write_tekken(path: Path) -> None:
 def hf_voxtral_config(params: dict) -> dict:
     enc = params["multimodal"]["whisper_model_args"]["encoder_args"]
     return {
-        "architectures": ["VoxtralForConditionalGeneration"], "model_type": "voxtral", "audio_token_id": 24,
-        "projector_hidden_act": "gelu", "hidden_size": params["dim"], "vocab_size": params["vocab_size"],
+        "architectures": ["VoxtralForConditionalGeneration"],
+        "model_type": "voxtral",
+        "audio_token_id": 24,
+        "projector_hidden_act": "gelu",
+        "hidden_size": params["dim"],
+        "vocab_size": params["vocab_size"],
         "torch_dtype": "float32",
-        "audio_config": {"model_type": "voxtral_encoder", "activation_function": "gelu", "head_dim": enc["head_dim"],
-                         "hidden_size": enc["dim"], "intermediate_size": enc["hidden_dim"],
-                         "max_source_positions": enc["max_source_positions"], "num_attention_heads": enc["n_heads"],
-                         "num_hidden_layers": enc["n_layers"], "num_key_value_heads": enc["n_heads"],
-                         "num_mel_bins": 128, "scale_embedding": False, "vocab_size": enc["vocab_size"]},
-        "text_config": {"model_type": "llama", "attention_bias": False, "head_dim": params["head_dim"],
-                        "hidden_act": "silu", "hidden_size": params["dim"], "intermediate_size": params["hidden_dim"],
-                        "max_position_embeddings": params["max_seq_len"], "mlp_bias": False,
-                        "num_attention_heads": params["n_heads"], "num_hidden_layers": params["n_layers"],
-                        "num_key_value_heads": params["n_kv_heads"], "rms_norm_eps": params["norm_eps"],
-                        "rope_scaling": None, "rope_theta": params["rope_theta"], "sliding_window": None,
-                        "vocab_size": params["vocab_size"], "tie_word_embeddings": False},
+        "audio_config": {
+            "model_type": "voxtral_encoder",
+            "activation_function": "gelu",
+            "head_dim": enc["head_dim"],
+            "hidden_size": enc["dim"],
+            "intermediate_size": enc["hidden_dim"],
+            "max_source_positions": enc["max_source_positions"],
+            "num_attention_heads": enc["n_heads"],
+            "num_hidden_layers": enc["n_layers"],
+            "num_key_value_heads": enc["n_heads"],
+            "num_mel_bins": 128,
+            "scale_embedding": False,
+            "vocab_size": enc["vocab_size"],
+        },
+        "text_config": {
+            "model_type": "llama",
+            "attention_bias": False,
+            "head_dim": params["head_dim"],
+            "hidden_act": "silu",
+            "hidden_size": params["dim"],
+            "intermediate_size": params["hidden_dim"],
+            "max_position_embeddings": params["max_seq_len"],
+            "mlp_bias": False,
+            "num_attention_heads": params["n_heads"],
+            "num_hidden_layers": params["n_layers"],
+            "num_key_value_heads": params["n_kv_heads"],
+            "rms_norm_eps": params["norm_eps"],
+            "rope_scaling": None,
+            "rope_theta": params["rope_theta"],
+            "sliding_window": None,
+            "vocab_size": params["vocab_size"],
+            "tie_word_embeddings": False,
+        },
     }
 
 
@@ -164,12 +238,17 @@ def native_to_hf(sd: dict, params: dict) -> dict[str, torch.Tensor]:
         elif n.startswith("layers."):
             parts = n.split(".")
             i, rest = parts[1], ".".join(parts[2:])
-            rest = {"attention_norm.weight": "input_layernorm.weight",
-                    "ffn_norm.weight": "post_attention_layernorm.weight",
-                    "attention.wq.weight": "self_attn.q_proj.weight", "attention.wk.weight": "self_attn.k_proj.weight",
-                    "attention.wv.weight": "self_attn.v_proj.weight", "attention.wo.weight": "self_attn.o_proj.weight",
-                    "feed_forward.w1.weight": "mlp.gate_proj.weight", "feed_forward.w2.weight": "mlp.down_proj.weight",
-                    "feed_forward.w3.weight": "mlp.up_proj.weight"}[rest]
+            rest = {
+                "attention_norm.weight": "input_layernorm.weight",
+                "ffn_norm.weight": "post_attention_layernorm.weight",
+                "attention.wq.weight": "self_attn.q_proj.weight",
+                "attention.wk.weight": "self_attn.k_proj.weight",
+                "attention.wv.weight": "self_attn.v_proj.weight",
+                "attention.wo.weight": "self_attn.o_proj.weight",
+                "feed_forward.w1.weight": "mlp.gate_proj.weight",
+                "feed_forward.w2.weight": "mlp.down_proj.weight",
+                "feed_forward.w3.weight": "mlp.up_proj.weight",
+            }[rest]
             if rest == "self_attn.q_proj.weight":
                 t = permute_rope(t, params["n_heads"])
             elif rest == "self_attn.k_proj.weight":
@@ -182,23 +261,33 @@ def native_to_hf(sd: dict, params: dict) -> dict[str, torch.Tensor]:
         elif n.startswith(f"{E}.transformer.layers."):
             parts = n.split(".")
             i, rest = parts[4], ".".join(parts[5:])
-            for a, b in (("attention.wq", "self_attn.q_proj"), ("attention.wk", "self_attn.k_proj"),
-                         ("attention.wv", "self_attn.v_proj"), ("attention.wo", "self_attn.out_proj"),
-                         ("attention_norm", "self_attn_layer_norm"), ("ffn_norm", "final_layer_norm"),
-                         ("feed_forward.w1", "fc1"), ("feed_forward.w2", "fc2")):
+            for a, b in (
+                ("attention.wq", "self_attn.q_proj"),
+                ("attention.wk", "self_attn.k_proj"),
+                ("attention.wv", "self_attn.v_proj"),
+                ("attention.wo", "self_attn.out_proj"),
+                ("attention_norm", "self_attn_layer_norm"),
+                ("ffn_norm", "final_layer_norm"),
+                ("feed_forward.w1", "fc1"),
+                ("feed_forward.w2", "fc2"),
+            ):
                 if rest.startswith(a + "."):
-                    rest = b + rest[len(a):]
+                    rest = b + rest[len(a) :]
                     break
             n = f"audio_tower.layers.{i}.{rest}"
         elif n.startswith("mm_whisper_embeddings.audio_language_projection."):
-            n = {"0": "multi_modal_projector.linear_1.weight", "2": "multi_modal_projector.linear_2.weight"}[n.split(".")[2]]
+            n = {"0": "multi_modal_projector.linear_1.weight", "2": "multi_modal_projector.linear_2.weight"}[
+                n.split(".")[2]
+            ]
         out[n] = t
     enc = params["multimodal"]["whisper_model_args"]["encoder_args"]
     out["audio_tower.embed_positions.weight"] = sinusoids(enc["max_source_positions"], enc["dim"])
     return out
 
 
-def write_voxtral(out: Path, seed: int = 0, params: dict = TINY_VOXTRAL, tekken: Path | None = None) -> tuple[Path, Path]:
+def write_voxtral(
+    out: Path, seed: int = 0, params: dict = TINY_VOXTRAL, tekken: Path | None = None
+) -> tuple[Path, Path]:
     """Write <out>/voxtral-native and <out>/voxtral-hf holding the same weights; return both directories."""
     native, hf = out / "voxtral-native", out / "voxtral-hf"
     native.mkdir(parents=True, exist_ok=True)
@@ -215,15 +304,18 @@ def write_voxtral(out: Path, seed: int = 0, params: dict = TINY_VOXTRAL, tekken:
     (hf / "config.json").write_text(json.dumps(hf_voxtral_config(params), indent=1))
     hf_sd = native_to_hf(sd, params)
     names = sorted(hf_sd)
-    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
-              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    shards = {
+        "model-00001-of-00002.safetensors": names[: len(names) // 2],
+        "model-00002-of-00002.safetensors": names[len(names) // 2 :],
+    }
     weight_map = {}
     for fname, keys in shards.items():
         save_file({k: hf_sd[k].contiguous() for k in keys}, str(hf / fname), metadata={"format": "pt"})
         weight_map.update({k: fname for k in keys})
     total = sum(t.numel() * t.element_size() for t in hf_sd.values())
-    (hf / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
-                                                                  "weight_map": weight_map}))
+    (hf / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     return native, hf
 
 

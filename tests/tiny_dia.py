@@ -1,5 +1,6 @@
 """Tiny seeded Dia checkpoints (nari v0.1 and HF 0626 layouts, same weights) and a real-size random DAC
 in descript's (weight_g/weight_v) and transformers' (folded) layouts. testing.md §1-2."""
+
 import json
 import re
 import sys
@@ -10,21 +11,45 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tiny import _tensor  # noqa: E402
+
 from speechrs.dia.config import DiaConfig  # noqa: E402
 from speechrs.dia.dac import DAC, DacConfig  # noqa: E402
 from speechrs.dia.model import Dia  # noqa: E402
-from tiny import _tensor  # noqa: E402
 
 TINY_DIA_V01 = {
     "version": "0.1",
-    "model": {"encoder": {"n_layer": 2, "n_embd": 128, "n_hidden": 256, "n_head": 4, "head_dim": 32},
-              "decoder": {"n_layer": 2, "n_embd": 256, "n_hidden": 512, "gqa_query_heads": 4, "kv_heads": 2,
-                          "gqa_head_dim": 32, "cross_query_heads": 4, "cross_head_dim": 32},
-              "src_vocab_size": 256, "tgt_vocab_size": 1028, "dropout": 0.0, "normalization_layer_epsilon": 1e-5,
-              "weight_dtype": "float32", "rope_min_timescale": 1, "rope_max_timescale": 10000},
+    "model": {
+        "encoder": {"n_layer": 2, "n_embd": 128, "n_hidden": 256, "n_head": 4, "head_dim": 32},
+        "decoder": {
+            "n_layer": 2,
+            "n_embd": 256,
+            "n_hidden": 512,
+            "gqa_query_heads": 4,
+            "kv_heads": 2,
+            "gqa_head_dim": 32,
+            "cross_query_heads": 4,
+            "cross_head_dim": 32,
+        },
+        "src_vocab_size": 256,
+        "tgt_vocab_size": 1028,
+        "dropout": 0.0,
+        "normalization_layer_epsilon": 1e-5,
+        "weight_dtype": "float32",
+        "rope_min_timescale": 1,
+        "rope_max_timescale": 10000,
+    },
     "training": {},
-    "data": {"text_length": 1024, "audio_length": 256, "channels": 9, "text_pad_value": 0, "audio_eos_value": 1024,
-             "audio_pad_value": 1025, "audio_bos_value": 1026, "delay_pattern": [0, 8, 9, 10, 11, 12, 13, 14, 15]},
+    "data": {
+        "text_length": 1024,
+        "audio_length": 256,
+        "channels": 9,
+        "text_pad_value": 0,
+        "audio_eos_value": 1024,
+        "audio_pad_value": 1025,
+        "audio_bos_value": 1026,
+        "delay_pattern": [0, 8, 9, 10, 11, 12, 13, 14, 15],
+    },
 }
 
 
@@ -32,22 +57,51 @@ def hf_0626_config(v01: dict) -> dict:
     m, d = v01["model"], v01["data"]
     e, dec = m["encoder"], m["decoder"]
     return {
-        "architectures": ["DiaForConditionalGeneration"], "model_type": "dia", "is_encoder_decoder": True,
-        "torch_dtype": "float32", "norm_eps": 1e-5, "delay_pattern": d["delay_pattern"],
-        "bos_token_id": 1026, "eos_token_id": 1024, "pad_token_id": 1025,  # generate() reads them here
-        "encoder_config": {"model_type": "dia_encoder", "hidden_size": e["n_embd"], "intermediate_size": e["n_hidden"],
-                           "num_hidden_layers": e["n_layer"], "num_attention_heads": e["n_head"],
-                           "num_key_value_heads": e["n_head"], "head_dim": e["head_dim"], "vocab_size": 256,
-                           "max_position_embeddings": d["text_length"], "norm_eps": 1e-5, "hidden_act": "silu",
-                           "rope_theta": 10000.0},
-        "decoder_config": {"model_type": "dia_decoder", "hidden_size": dec["n_embd"],
-                           "intermediate_size": dec["n_hidden"], "num_hidden_layers": dec["n_layer"],
-                           "num_attention_heads": dec["gqa_query_heads"], "num_key_value_heads": dec["kv_heads"],
-                           "head_dim": dec["gqa_head_dim"], "cross_num_attention_heads": dec["cross_query_heads"],
-                           "cross_num_key_value_heads": dec["cross_query_heads"], "cross_head_dim": dec["cross_head_dim"],
-                           "cross_hidden_size": e["n_embd"], "vocab_size": 1028, "num_channels": 9,
-                           "max_position_embeddings": d["audio_length"], "norm_eps": 1e-5, "hidden_act": "silu",
-                           "rope_theta": 10000.0, "bos_token_id": 1026, "eos_token_id": 1024, "pad_token_id": 1025},
+        "architectures": ["DiaForConditionalGeneration"],
+        "model_type": "dia",
+        "is_encoder_decoder": True,
+        "torch_dtype": "float32",
+        "norm_eps": 1e-5,
+        "delay_pattern": d["delay_pattern"],
+        "bos_token_id": 1026,
+        "eos_token_id": 1024,
+        "pad_token_id": 1025,  # generate() reads them here
+        "encoder_config": {
+            "model_type": "dia_encoder",
+            "hidden_size": e["n_embd"],
+            "intermediate_size": e["n_hidden"],
+            "num_hidden_layers": e["n_layer"],
+            "num_attention_heads": e["n_head"],
+            "num_key_value_heads": e["n_head"],
+            "head_dim": e["head_dim"],
+            "vocab_size": 256,
+            "max_position_embeddings": d["text_length"],
+            "norm_eps": 1e-5,
+            "hidden_act": "silu",
+            "rope_theta": 10000.0,
+        },
+        "decoder_config": {
+            "model_type": "dia_decoder",
+            "hidden_size": dec["n_embd"],
+            "intermediate_size": dec["n_hidden"],
+            "num_hidden_layers": dec["n_layer"],
+            "num_attention_heads": dec["gqa_query_heads"],
+            "num_key_value_heads": dec["kv_heads"],
+            "head_dim": dec["gqa_head_dim"],
+            "cross_num_attention_heads": dec["cross_query_heads"],
+            "cross_num_key_value_heads": dec["cross_query_heads"],
+            "cross_head_dim": dec["cross_head_dim"],
+            "cross_hidden_size": e["n_embd"],
+            "vocab_size": 1028,
+            "num_channels": 9,
+            "max_position_embeddings": d["audio_length"],
+            "norm_eps": 1e-5,
+            "hidden_act": "silu",
+            "rope_theta": 10000.0,
+            "bos_token_id": 1026,
+            "eos_token_id": 1024,
+            "pad_token_id": 1025,
+        },
     }
 
 
@@ -87,8 +141,11 @@ def canonical_to_nari(sd: dict, cfg: DiaConfig) -> dict[str, torch.Tensor]:
                 head_dim = cfg.cross_head_dim
             t = t.T.reshape(t.shape[1], -1, head_dim)
         elif n.endswith("o_proj.weight"):
-            head_dim = cfg.cross_head_dim if "cross_attention" in n else (
-                cfg.enc_head_dim if n.startswith("encoder") else cfg.dec_head_dim)
+            head_dim = (
+                cfg.cross_head_dim
+                if "cross_attention" in n
+                else (cfg.enc_head_dim if n.startswith("encoder") else cfg.dec_head_dim)
+            )
             t = t.T.reshape(-1, head_dim, t.shape[0])
         elif n.endswith("wi_fused.weight"):
             t = t.T.reshape(t.shape[1], 2, -1)
@@ -113,11 +170,12 @@ def write_dia(out: Path, seed: int = 0, v01: dict = TINY_DIA_V01) -> tuple[Path,
     return nari, hf
 
 
-def dac_canonical_state(cfg: DacConfig = DacConfig(), seed: int = 0) -> dict[str, torch.Tensor]:
+def dac_canonical_state(cfg: DacConfig | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
     """Folded weights: conv weight = ||v|| (1 + 0.05 N) * v/||v||, Snake alpha 1 + 0.1 N; the last conv's gain
     x 0.1 and the residual units' 1x1 convs x 0.3 keep the random decoder unsaturated and well conditioned."""
     from speechrs.dia.dac_encoder import Encoder
 
+    cfg = cfg or DacConfig()
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in DAC(cfg).state_dict().items()}
         shapes.update({"encoder." + k: tuple(v.shape) for k, v in Encoder(cfg.latent_dim).state_dict().items()})
@@ -137,8 +195,9 @@ def dac_canonical_state(cfg: DacConfig = DacConfig(), seed: int = 0) -> dict[str
             gain = 1 + 0.05 * _tensor(name + "_g", (shape[0], 1, 1), "embed", seed)
             if name == last_conv:
                 gain = gain * 0.1
-            elif re.fullmatch(r"decoder\.model\.\d+\.block\.[234]\.block\.3\.weight", name) or \
-                    re.fullmatch(r"encoder\.block\.\d+\.block\.[012]\.block\.3\.weight", name):
+            elif re.fullmatch(r"decoder\.model\.\d+\.block\.[234]\.block\.3\.weight", name) or re.fullmatch(
+                r"encoder\.block\.\d+\.block\.[012]\.block\.3\.weight", name
+            ):
                 gain = gain * 0.3  # damp the residual branches: a random Snake stack is otherwise chaotic
             sd[name] = v * gain
     return sd
@@ -163,20 +222,38 @@ def write_dac(out: Path, seed: int = 0) -> tuple[Path, Path]:
             unfolded[name] = w
     save_file(unfolded, str(orig / "model.safetensors"))
     inverse = _canonical_to_hf_names(len(cfg.rates))
-    save_file({inverse(k): v.contiguous() for k, v in sd.items()}, str(hf / "model.safetensors"),
-              metadata={"format": "pt"})
-    (hf / "config.json").write_text(json.dumps({
-        "architectures": ["DacModel"], "model_type": "dac", "hidden_size": cfg.latent_dim,
-        "decoder_hidden_size": cfg.decoder_dim, "upsampling_ratios": list(cfg.rates),
-        "downsampling_ratios": [2, 4, 8, 8], "encoder_hidden_size": 64, "n_codebooks": cfg.n_codebooks,
-        "codebook_size": cfg.codebook_size, "codebook_dim": cfg.codebook_dim, "sampling_rate": 44100,
-        "hop_length": 512, "quantizer_dropout": 0.0, "commitment_loss_weight": 0.25, "codebook_loss_weight": 1.0}))
+    save_file(
+        {inverse(k): v.contiguous() for k, v in sd.items()}, str(hf / "model.safetensors"), metadata={"format": "pt"}
+    )
+    (hf / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["DacModel"],
+                "model_type": "dac",
+                "hidden_size": cfg.latent_dim,
+                "decoder_hidden_size": cfg.decoder_dim,
+                "upsampling_ratios": list(cfg.rates),
+                "downsampling_ratios": [2, 4, 8, 8],
+                "encoder_hidden_size": 64,
+                "n_codebooks": cfg.n_codebooks,
+                "codebook_size": cfg.codebook_size,
+                "codebook_dim": cfg.codebook_dim,
+                "sampling_rate": 44100,
+                "hop_length": 512,
+                "quantizer_dropout": 0.0,
+                "commitment_loss_weight": 0.25,
+                "codebook_loss_weight": 1.0,
+            }
+        )
+    )
     return orig, hf
 
 
 # transformers' part names inside a strided block, by position in descript's block (dac.py has its own table)
-_BLOCK_PARTS = {"encoder": ["res_unit1", "res_unit2", "res_unit3", "snake1", "conv1"],
-                "decoder": ["snake1", "conv_t1", "res_unit1", "res_unit2", "res_unit3"]}
+_BLOCK_PARTS = {
+    "encoder": ["res_unit1", "res_unit2", "res_unit3", "snake1", "conv1"],
+    "decoder": ["snake1", "conv_t1", "res_unit1", "res_unit2", "res_unit3"],
+}
 
 
 def _canonical_to_hf_names(n_blocks: int):
@@ -200,6 +277,7 @@ def _canonical_to_hf_names(n_blocks: int):
             hf = f"{half}.block.{i - 1}.{part}.{rest}"
         assert hf_to_canonical(hf, n_blocks) == name, (hf, name)
         return hf
+
     return inverse
 
 

@@ -5,6 +5,7 @@ nari (nari-labs/Dia-1.6B, v0.1): JAX DenseGeneral kernels [in..., out...] -> fla
 `mlp.wi_fused` / `mlp.wo` -> `gate_up_proj` / `down_proj`. The inverse of transformers' convert_dia_to_hf.py.
 HF (DiaForConditionalGeneration): strip the `model.` prefix.
 """
+
 import dataclasses
 import re
 from pathlib import Path
@@ -42,6 +43,8 @@ def _nari_tensors(directory: Path, mappings: list):
                 embeddings[int(m.group(1))] = t
                 continue
             new = rename(name, NARI_TO_CANONICAL)
+            if new is None:
+                raise UnsupportedModelError(f"{path}: unexpected nari tensor {name}")
             yield new, dense_general_to_linear(new, t)
     if embeddings:  # nari's C separate tables are transformers' one table with offsets c * V
         yield "decoder.embeddings.embed.weight", torch.cat([embeddings[c] for c in sorted(embeddings)])
@@ -54,15 +57,16 @@ def _hf_tensors(directory: Path, mappings: list):
 
 
 def weight_naming(directory: Path) -> str:
-    """"nari" or "hf", told from the tensor names (the config schema does not imply the weight names)."""
+    """ "nari" or "hf", told from the tensor names (the config schema does not imply the weight names)."""
     files = checkpoint_files(directory, "model.safetensors", "model.safetensors.index.json")
     names = {n for f in files for n in tensor_names(f)}
     if "decoder.embeddings.0.weight" in names:
         return "nari"
     if "logits_dense.weight" in names or any(n.startswith("model.") for n in names):
         return "hf"
-    raise UnsupportedModelError(f"{directory}: tensor names are neither nari's nor transformers' Dia names, "
-                                f"e.g. {sorted(names)[:3]}")
+    raise UnsupportedModelError(
+        f"{directory}: tensor names are neither nari's nor transformers' Dia names, e.g. {sorted(names)[:3]}"
+    )
 
 
 def load_dia(directory: Path, dtype: torch.dtype | None, device="cpu", generation: str | None = None) -> Dia:

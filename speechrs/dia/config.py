@@ -1,5 +1,6 @@
 """Dia config: the v0.1 schema (version/model/data, nari-labs/Dia-1.6B) or the HF 0626 schema
 (encoder_config/decoder_config, DiaForConditionalGeneration), each parsed here into one frozen DiaConfig."""
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,17 +79,34 @@ class DiaConfig:
         m, g = _getter(model, path, "model."), _getter(data, path, "data.")
         return cls(
             generation=NARI_V01,
-            enc_layers=e("n_layer"), enc_dim=e("n_embd"), enc_hidden=e("n_hidden"), enc_heads=e("n_head"),
-            enc_kv_heads=e("n_head"), enc_head_dim=e("head_dim"),
-            dec_layers=d("n_layer"), dec_dim=d("n_embd"), dec_hidden=d("n_hidden"), dec_heads=d("gqa_query_heads"),
-            dec_kv_heads=d("kv_heads"), dec_head_dim=d("gqa_head_dim"), cross_heads=d("cross_query_heads"),
-            cross_kv_heads=d("cross_query_heads"), cross_head_dim=d("cross_head_dim"),
-            text_vocab=m("src_vocab_size"), audio_vocab=m("tgt_vocab_size"), channels=g("channels"),
+            enc_layers=e("n_layer"),
+            enc_dim=e("n_embd"),
+            enc_hidden=e("n_hidden"),
+            enc_heads=e("n_head"),
+            enc_kv_heads=e("n_head"),
+            enc_head_dim=e("head_dim"),
+            dec_layers=d("n_layer"),
+            dec_dim=d("n_embd"),
+            dec_hidden=d("n_hidden"),
+            dec_heads=d("gqa_query_heads"),
+            dec_kv_heads=d("kv_heads"),
+            dec_head_dim=d("gqa_head_dim"),
+            cross_heads=d("cross_query_heads"),
+            cross_kv_heads=d("cross_query_heads"),
+            cross_head_dim=d("cross_head_dim"),
+            text_vocab=m("src_vocab_size"),
+            audio_vocab=m("tgt_vocab_size"),
+            channels=g("channels"),
             norm_eps=model.get("normalization_layer_epsilon", 1e-5),
-            rope_min_timescale=model.get("rope_min_timescale", 1), rope_max_timescale=model.get("rope_max_timescale",
-                                                                                                10000),
-            text_length=g("text_length"), audio_length=g("audio_length"), eos=g("audio_eos_value"),
-            pad=g("audio_pad_value"), bos=g("audio_bos_value"), delay_pattern=tuple(g("delay_pattern")))
+            rope_min_timescale=model.get("rope_min_timescale", 1),
+            rope_max_timescale=model.get("rope_max_timescale", 10000),
+            text_length=g("text_length"),
+            audio_length=g("audio_length"),
+            eos=g("audio_eos_value"),
+            pad=g("audio_pad_value"),
+            bos=g("audio_bos_value"),
+            delay_pattern=tuple(g("delay_pattern")),
+        )
 
     @classmethod
     def from_hf_0626(cls, cfg: dict, path: Path) -> "DiaConfig":
@@ -102,16 +120,30 @@ class DiaConfig:
 
         return cls(
             generation=HF_0626,
-            enc_layers=e("num_hidden_layers"), enc_dim=e("hidden_size"), enc_hidden=e("intermediate_size"),
-            enc_heads=e("num_attention_heads"), enc_kv_heads=enc.get("num_key_value_heads") or e("num_attention_heads"),
+            enc_layers=e("num_hidden_layers"),
+            enc_dim=e("hidden_size"),
+            enc_hidden=e("intermediate_size"),
+            enc_heads=e("num_attention_heads"),
+            enc_kv_heads=enc.get("num_key_value_heads") or e("num_attention_heads"),
             enc_head_dim=e("head_dim"),
-            dec_layers=d("num_hidden_layers"), dec_dim=d("hidden_size"), dec_hidden=d("intermediate_size"),
-            dec_heads=d("num_attention_heads"), dec_kv_heads=d("num_key_value_heads"), dec_head_dim=d("head_dim"),
+            dec_layers=d("num_hidden_layers"),
+            dec_dim=d("hidden_size"),
+            dec_hidden=d("intermediate_size"),
+            dec_heads=d("num_attention_heads"),
+            dec_kv_heads=d("num_key_value_heads"),
+            dec_head_dim=d("head_dim"),
             cross_heads=d("cross_num_attention_heads"),
             cross_kv_heads=dec.get("cross_num_key_value_heads") or d("cross_num_attention_heads"),
-            cross_head_dim=d("cross_head_dim"), text_vocab=enc.get("vocab_size", 256),
-            audio_vocab=d("vocab_size"), channels=d("num_channels"), norm_eps=dec.get("norm_eps", 1e-5),
-            rope_max_timescale=rope, text_length=enc.get("max_position_embeddings", 1024),
-            audio_length=dec.get("max_position_embeddings", 3072), eos=token("eos_token_id", 1024),
-            pad=token("pad_token_id", 1025), bos=token("bos_token_id", 1026),
-            delay_pattern=tuple(cfg.get("delay_pattern") or (0, 8, 9, 10, 11, 12, 13, 14, 15)))
+            cross_head_dim=d("cross_head_dim"),
+            text_vocab=enc.get("vocab_size", 256),
+            audio_vocab=d("vocab_size"),
+            channels=d("num_channels"),
+            norm_eps=dec.get("norm_eps", 1e-5),
+            rope_max_timescale=rope,
+            text_length=enc.get("max_position_embeddings", 1024),
+            audio_length=dec.get("max_position_embeddings", 3072),
+            eos=token("eos_token_id", 1024),
+            pad=token("pad_token_id", 1025),
+            bos=token("bos_token_id", 1026),
+            delay_pattern=tuple(cfg.get("delay_pattern") or (0, 8, 9, 10, 11, 12, 13, 14, 15)),
+        )

@@ -5,6 +5,7 @@ Canonical names are descript-audio-codec's (decoder.model.1.block.0.alpha ...) w
 (EricB/dac_44khz model.safetensors, or a descript weights .pth) and transformers' DacModel names
 (descript/dac_44khz). Axes: B batch, Q codebooks, T frames, N samples (= T * 512).
 """
+
 import json
 import math
 import re
@@ -34,10 +35,15 @@ class DacConfig:
 
     @classmethod
     def from_hf(cls, cfg: dict) -> "DacConfig":
-        return cls(latent_dim=cfg.get("hidden_size", 1024), decoder_dim=cfg.get("decoder_hidden_size", 1536),
-                   rates=tuple(cfg.get("upsampling_ratios", (8, 8, 4, 2))), n_codebooks=cfg.get("n_codebooks", 9),
-                   codebook_size=cfg.get("codebook_size", 1024), codebook_dim=cfg.get("codebook_dim", 8),
-                   sample_rate=cfg.get("sampling_rate", 44100))
+        return cls(
+            latent_dim=cfg.get("hidden_size", 1024),
+            decoder_dim=cfg.get("decoder_hidden_size", 1536),
+            rates=tuple(cfg.get("upsampling_ratios", (8, 8, 4, 2))),
+            n_codebooks=cfg.get("n_codebooks", 9),
+            codebook_size=cfg.get("codebook_size", 1024),
+            codebook_dim=cfg.get("codebook_dim", 8),
+            sample_rate=cfg.get("sampling_rate", 44100),
+        )
 
 
 class Snake(nn.Module):
@@ -55,8 +61,12 @@ class Snake(nn.Module):
 class ResidualUnit(nn.Module):
     def __init__(self, dim: int, dilation: int):
         super().__init__()
-        self.block = nn.Sequential(Snake(dim), nn.Conv1d(dim, dim, 7, dilation=dilation, padding=3 * dilation),
-                                   Snake(dim), nn.Conv1d(dim, dim, 1))
+        self.block = nn.Sequential(
+            Snake(dim),
+            nn.Conv1d(dim, dim, 7, dilation=dilation, padding=3 * dilation),
+            Snake(dim),
+            nn.Conv1d(dim, dim, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.block(x)
@@ -70,7 +80,10 @@ class DecoderBlock(nn.Module):
         self.block = nn.Sequential(
             Snake(in_dim),
             nn.ConvTranspose1d(in_dim, out_dim, 2 * stride, stride=stride, padding=math.ceil(stride / 2)),
-            ResidualUnit(out_dim, 1), ResidualUnit(out_dim, 3), ResidualUnit(out_dim, 9))
+            ResidualUnit(out_dim, 1),
+            ResidualUnit(out_dim, 3),
+            ResidualUnit(out_dim, 9),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
@@ -79,7 +92,7 @@ class DecoderBlock(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: DacConfig):
         super().__init__()
-        dims = [cfg.decoder_dim // 2 ** i for i in range(len(cfg.rates) + 1)]  # 1536 768 384 192 96
+        dims = [cfg.decoder_dim // 2**i for i in range(len(cfg.rates) + 1)]  # 1536 768 384 192 96
         layers = [nn.Conv1d(cfg.latent_dim, dims[0], 7, padding=3)]
         layers += [DecoderBlock(dims[i], dims[i + 1], s) for i, s in enumerate(cfg.rates)]
         layers += [Snake(dims[-1]), nn.Conv1d(dims[-1], 1, 7, padding=3)]  # descript's Tanh follows (decode())
@@ -101,9 +114,13 @@ class ResidualVQ(nn.Module):
 
     def from_codes(self, codes_BxQxT: torch.Tensor) -> torch.Tensor:
         """Sum over codebooks of out_proj(codebook[codes]) -> latents (B, latent, T)."""
-        z = 0.0
-        for i, q in enumerate(self.quantizers):
-            z = z + q.out_proj(q.codebook(codes_BxQxT[:, i]).transpose(1, 2))
+
+        def latent(i: int, q: nn.Module) -> torch.Tensor:
+            return q.out_proj(q.codebook(codes_BxQxT[:, i]).transpose(1, 2))
+
+        z = latent(0, self.quantizers[0])
+        for i, q in enumerate(self.quantizers[1:], start=1):
+            z = z + latent(i, q)
         return z
 
 
@@ -126,14 +143,14 @@ class DAC(nn.Module):
         chunks hold ~0.25 GB and run ~7% faster than 512 here (their activations stay in cache) despite the
         overlap (benchmarks/bench_dia.py)."""
         T, hop = codes_BxQxT.shape[-1], self.cfg.hop_length
-        if T <= chunk + 2 * context:
+        if chunk + 2 * context >= T:
             return self.decoder.model(self.quantizer.from_codes(codes_BxQxT)).squeeze(1)
         pieces = []
         for start in range(0, T, chunk):
             lo, hi = max(0, start - context), min(T, start + chunk + context)
             wave = self.decoder.model(self.quantizer.from_codes(codes_BxQxT[..., lo:hi])).squeeze(1)
             keep = min(chunk, T - start)
-            pieces.append(wave[..., (start - lo) * hop:(start - lo + keep) * hop])
+            pieces.append(wave[..., (start - lo) * hop : (start - lo + keep) * hop])
         return torch.cat(pieces, dim=-1)
 
     def decode(self, codes_BxQxT: torch.Tensor) -> torch.Tensor:
@@ -167,13 +184,16 @@ def hf_to_canonical(name: str, n_blocks: int) -> str:
     prefix = f"{half}.{seq}.{int(block[1]) + 1}.block.{parts[block[2]]}"
     if block[2].startswith("res_unit"):
         unit = re.fullmatch(r"(snake1|conv1|snake2|conv2)\.(.*)", block[3])
+        if unit is None:
+            raise UnsupportedModelError(f"unexpected DAC tensor {name}")
         return f"{prefix}.block.{_RES_PARTS[unit[1]]}.{unit[2]}"
     return f"{prefix}.{block[3]}"
 
 
 def fold_weight_norm(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """{x.weight_g, x.weight_v} (or x.parametrizations.weight.original0/1) -> x.weight = g * v / ||v||."""
-    out, pairs = {}, {}
+    out: dict[str, torch.Tensor] = {}
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
     for name, t in tensors.items():
         m = re.fullmatch(r"(.*)\.(?:weight_(g|v)|parametrizations\.weight\.original([01]))", name)
         if m is None:
@@ -206,10 +226,18 @@ def load_dac(directory: Path, device="cpu") -> DAC:
     """Load any of the three layouts; DAC always runs in float32 (as mistral.rs and nari do)."""
     mappings: list = []
     raw, config = read_any(directory, mappings)
-    cfg = DacConfig.from_hf(config) if "upsampling_ratios" in config else DacConfig(
-        latent_dim=config.get("latent_dim", 1024), decoder_dim=config.get("decoder_dim", 1536),
-        rates=tuple(config.get("decoder_rates", (8, 8, 4, 2))), n_codebooks=config.get("n_codebooks", 9),
-        codebook_size=config.get("codebook_size", 1024), codebook_dim=config.get("codebook_dim", 8))
+    cfg = (
+        DacConfig.from_hf(config)
+        if "upsampling_ratios" in config
+        else DacConfig(
+            latent_dim=config.get("latent_dim", 1024),
+            decoder_dim=config.get("decoder_dim", 1536),
+            rates=tuple(config.get("decoder_rates", (8, 8, 4, 2))),
+            n_codebooks=config.get("n_codebooks", 9),
+            codebook_size=config.get("codebook_size", 1024),
+            codebook_dim=config.get("codebook_dim", 8),
+        )
+    )
     hf_names = any(n.startswith("decoder.conv1.") for n in raw)
     tensors = fold_weight_norm(raw)
     renamed = {}

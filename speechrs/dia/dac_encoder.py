@@ -6,6 +6,7 @@ rounding feeds the residual of the next codebook). Canonical names are descript'
 transformers' DacModel names (encoder.block.0.res_unit1...) are renamed by dac.hf_to_canonical. The encoder is
 loaded on first use from the checkpoint the decoder came from, so speech without cloning never holds it.
 """
+
 import math
 
 import torch
@@ -23,8 +24,12 @@ class EncoderBlock(nn.Module):
     def __init__(self, dim: int, stride: int):
         super().__init__()
         self.block = nn.Sequential(
-            ResidualUnit(dim // 2, 1), ResidualUnit(dim // 2, 3), ResidualUnit(dim // 2, 9), Snake(dim // 2),
-            nn.Conv1d(dim // 2, dim, 2 * stride, stride=stride, padding=math.ceil(stride / 2)))
+            ResidualUnit(dim // 2, 1),
+            ResidualUnit(dim // 2, 3),
+            ResidualUnit(dim // 2, 9),
+            Snake(dim // 2),
+            nn.Conv1d(dim // 2, dim, 2 * stride, stride=stride, padding=math.ceil(stride / 2)),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
@@ -55,8 +60,10 @@ def load_encoder(dac: DAC) -> Encoder:
         new = hf_to_canonical(name, len(ENCODER_STRIDES)) if hf_names else name
         tensors[new.removeprefix("encoder.")] = t
     if not tensors:
-        raise UnsupportedModelError(f"the DAC checkpoint in {dac.source} has no encoder weights, which voice "
-                                    "cloning needs; use one that has (descript/dac_44khz, EricB/dac_44khz)")
+        raise UnsupportedModelError(
+            f"the DAC checkpoint in {dac.source} has no encoder weights, which voice "
+            "cloning needs; use one that has (descript/dac_44khz, EricB/dac_44khz)"
+        )
     with torch.device("meta"):
         encoder = Encoder(dac.cfg.latent_dim)
     device = dac.quantizer.quantizers[0].codebook.weight.device

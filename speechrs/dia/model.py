@@ -6,6 +6,7 @@ the `model.` prefix; Linear weights are (out, in). Attention softmax scale is 1,
 Dia's RoPE rotates half-split pairs; the loader reorders every q/k projection's rows to interleaved pairs
 (checkpoint.py), so one complex multiply rotates them: q.k is unchanged when q and k share a permutation.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,8 +36,10 @@ class Attention(nn.Module):
     def self_qkv(self, x: torch.Tensor, rot: torch.Tensor):
         """q, k rotated and v, each (B, heads, T, E), from one fused matmul."""
         H, K, E = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = (t.unflatten(-1, (n, E)).transpose(1, 2)
-                   for t, n in zip(self.qkv(x).split([H * E, K * E, K * E], dim=-1), (H, K, K)))
+        q, k, v = (
+            t.unflatten(-1, (n, E)).transpose(1, 2)
+            for t, n in zip(self.qkv(x).split([H * E, K * E, K * E], dim=-1), (H, K, K), strict=True)
+        )
         return apply_rope_interleaved(q, rot), apply_rope_interleaved(k, rot), v
 
     def out(self, o_BxHxTxE: torch.Tensor) -> torch.Tensor:
@@ -58,8 +61,9 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: DiaConfig):
         super().__init__()
         self.pre_sa_norm = RMSNorm(cfg.enc_dim, cfg.norm_eps)
-        self.self_attention = Attention(cfg.enc_dim, cfg.enc_dim, cfg.enc_heads, cfg.enc_kv_heads, cfg.enc_head_dim,
-                                        cfg.enc_dim)
+        self.self_attention = Attention(
+            cfg.enc_dim, cfg.enc_dim, cfg.enc_heads, cfg.enc_kv_heads, cfg.enc_head_dim, cfg.enc_dim
+        )
         self.post_sa_norm = RMSNorm(cfg.enc_dim, cfg.norm_eps)
         self.mlp = MLP(cfg.enc_dim, cfg.enc_hidden)
 
@@ -94,11 +98,13 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: DiaConfig):
         super().__init__()
         self.pre_sa_norm = RMSNorm(cfg.dec_dim, cfg.norm_eps)
-        self.self_attention = Attention(cfg.dec_dim, cfg.dec_dim, cfg.dec_heads, cfg.dec_kv_heads, cfg.dec_head_dim,
-                                        cfg.dec_dim)
+        self.self_attention = Attention(
+            cfg.dec_dim, cfg.dec_dim, cfg.dec_heads, cfg.dec_kv_heads, cfg.dec_head_dim, cfg.dec_dim
+        )
         self.pre_ca_norm = RMSNorm(cfg.dec_dim, cfg.norm_eps)
-        self.cross_attention = Attention(cfg.dec_dim, cfg.enc_dim, cfg.cross_heads, cfg.cross_kv_heads,
-                                         cfg.cross_head_dim, cfg.dec_dim)
+        self.cross_attention = Attention(
+            cfg.dec_dim, cfg.enc_dim, cfg.cross_heads, cfg.cross_kv_heads, cfg.cross_head_dim, cfg.dec_dim
+        )
         self.pre_mlp_norm = RMSNorm(cfg.dec_dim, cfg.norm_eps)
         self.mlp = MLP(cfg.dec_dim, cfg.dec_hidden)
 
@@ -165,8 +171,10 @@ class Dia(nn.Module):
     def setup_caches(self, batch: int, max_len: int) -> None:
         p, cfg = self.decoder.embeddings.embed.weight, self.cfg
         if not self.caches or self.caches[0].max_len < max_len or self.caches[0].k.shape[0] != batch:
-            self.caches = [KVCache(batch, cfg.dec_kv_heads, max_len, cfg.dec_head_dim, p.dtype, p.device)
-                           for _ in self.decoder.layers]
+            self.caches = [
+                KVCache(batch, cfg.dec_kv_heads, max_len, cfg.dec_head_dim, p.dtype, p.device)
+                for _ in self.decoder.layers
+            ]
         self._rope = _rope(cfg.dec_head_dim, cfg, max_len, p.device)
 
     def cross_cache(self, enc_BxSxD: torch.Tensor) -> CrossCache:
@@ -183,9 +191,9 @@ class Dia(nn.Module):
     def forward(self, codes_BxTxC: torch.Tensor, start: int, cross: CrossCache) -> torch.Tensor:
         """Delayed code rows at steps [start, start+T) -> logits (B, T, C, V) in float32."""
         cfg, T = self.cfg, codes_BxTxC.shape[1]
-        rot = self._rope[start:start + T]
+        rot = self._rope[start : start + T]
         x = self.decoder.embeddings(codes_BxTxC)
-        for layer, cache, ck, cv in zip(self.decoder.layers, self.caches, cross.k, cross.v):
+        for layer, cache, ck, cv in zip(self.decoder.layers, self.caches, cross.k, cross.v, strict=True):
             a = layer.self_attention
             q, k, v = a.self_qkv(layer.pre_sa_norm(x), rot)
             k, v = cache.update(start, k, v)
@@ -194,8 +202,7 @@ class Dia(nn.Module):
             q = c.heads(c.q_proj, h, c.n_heads)
             if cfg.cross_rope:  # v0.1: queries rotated at the decoder step
                 q = apply_rope_interleaved(q, rot)
-            o = F.scaled_dot_product_attention(q, ck, cv, scale=1.0,
-                                               enable_gqa=c.n_heads != c.n_kv_heads)
+            o = F.scaled_dot_product_attention(q, ck, cv, scale=1.0, enable_gqa=c.n_heads != c.n_kv_heads)
             x = x + c.out(o)
             x = x + layer.mlp(layer.pre_mlp_norm(x))
         logits = self.logits_dense(self.decoder.norm(x))

@@ -5,10 +5,10 @@ Step t reads row t and writes row t + 1. After channel 0 ends at row s (by itsel
 max_tokens - max_delay), channel c is forced to EOS at row s + delay[c] and to PAD after it; the last row
 written is s + max_delay (transformers' DiaEOSDelayPatternLogitsProcessor; nari stops one row earlier).
 """
+
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,21 +20,9 @@ from ..sampling import dia_pick, make_generator
 from .checkpoint import load_dia
 from .config import HF_0626, NARI_V01, DiaConfig
 from .dac import DAC, load_dac
+from .events import AudioChunk, SpeakOptions, SpeakSettings, SpeechResult, Step
 from .model import Dia
-
-
-@dataclass(frozen=True)
-class SpeakOptions:
-    max_tokens: int | None = None  # decoder steps, EOS countdown included; None: the config's audio_length
-    temperature: float | None = None  # 0 is greedy; None: the generation's default (DEFAULTS)
-    top_p: float | None = None
-    top_k: int | None = None  # cfg_filter_top_k
-    cfg_scale: float | None = None
-    seed: int | None = None  # None draws a fresh seed
-    # -14 LUFS then tanh (mistral.rs); False: the DAC output with descript's tanh. None: True for a whole clip,
-    # False for streamed audio (integrated loudness needs the whole clip, so streamed audio cannot have it)
-    normalize: bool | None = None
-
+from .streaming import speak_streamed
 
 # Per-generation sampling defaults, one place. v0.1: mistral.rs SpeechGenerationConfig::default.
 # 0626: the published settings (nari README / hf.py, transformers docs), not the bare generate() signature.
@@ -44,46 +32,16 @@ DEFAULTS = {
 }
 
 
-@dataclass
-class Step:
-    step: int  # decoder steps done
-    max_steps: int  # upper bound, for a progress bar
-    frames: int = 0  # complete audio frames (512 samples each) so far: all 9 channels known
-
-
-@dataclass
-class AudioChunk:
-    """The next samples of a streamed clip (speak(..., stream_audio=True)): float32 mono, in order."""
-    pcm: np.ndarray
-    sample_rate: int
-
-
-@dataclass
-class SpeechResult:
-    pcm: np.ndarray  # float32 mono in [-1, 1]
-    sample_rate: int
-    codes: np.ndarray  # (T, C) undelayed codes, int64
-    channels: int = 1
-    timings: dict = field(default_factory=dict)  # steps, text_tokens (with a reference's transcript), decode_s, dac_s
-
-    @property
-    def duration_s(self) -> float:
-        return len(self.pcm) / self.sample_rate
-
-    def save(self, path) -> None:
-        from ..audio import write_wav
-
-        write_wav(Path(path), self.pcm, self.sample_rate)
-
-
 def encode_text(text: str, cfg: DiaConfig) -> list[int]:
     """UTF-8 bytes with [S1] -> 0x01 and [S2] -> 0x02 (nari, transformers' DiaTokenizer)."""
     if not text or not text.strip():
         raise InvalidRequestError("text is empty; give something to say, e.g. '[S1] Hello.'")
     data = text.replace("[S1]", "\x01").replace("[S2]", "\x02").encode("utf-8")
     if len(data) > cfg.text_length:
-        raise InvalidRequestError(f"text is {len(data)} bytes; Dia takes at most {cfg.text_length} "
-                                  "(about 20 s of speech): split it into shorter requests")
+        raise InvalidRequestError(
+            f"text is {len(data)} bytes; Dia takes at most {cfg.text_length} "
+            "(about 20 s of speech): split it into shorter requests"
+        )
     return list(data)
 
 
@@ -93,13 +51,13 @@ def delay(codes_TxC: torch.Tensor, delays: list[int], bos: int, pad: int) -> tor
     out = torch.full((T + 1 + max(delays), C), pad, dtype=codes_TxC.dtype)
     for c, d in enumerate(delays):
         out[: d + 1, c] = bos
-        out[d + 1: d + 1 + T, c] = codes_TxC[:, c]
+        out[d + 1 : d + 1 + T, c] = codes_TxC[:, c]
     return out
 
 
 def undelay(delayed_RxC: torch.Tensor, delays: list[int], n_frames: int) -> torch.Tensor:
     """Delayed rows (BOS row first) -> (n_frames, C): frame f of channel c is row 1 + f + delay[c]."""
-    return torch.stack([delayed_RxC[1 + d: 1 + d + n_frames, c] for c, d in enumerate(delays)], dim=1)
+    return torch.stack([delayed_RxC[1 + d : 1 + d + n_frames, c] for c, d in enumerate(delays)], dim=1)
 
 
 class DiaPipeline:
@@ -115,10 +73,34 @@ class DiaPipeline:
     def load(cls, directory: Path, dac_directory: Path | None, dtype=None, device="cpu") -> "DiaPipeline":
         return cls(load_dia(directory, dtype, device), load_dac(dac_directory, device) if dac_directory else None)
 
-    def options(self, opts: SpeakOptions) -> SpeakOptions:
+    @property
+    def codec(self) -> DAC:
+        """The DAC, for the requests that make audio; a pipeline loaded without one serves codes only."""
+        if self.dac is None:
+            raise InvalidRequestError("no DAC decoder loaded; pass a DAC checkpoint (--dac)")
+        return self.dac
+
+    def options(self, opts: SpeakOptions, stream_audio: bool = False) -> SpeakSettings:
         """Fill unset fields from this generation's defaults and check ranges."""
-        full = replace(opts, **{k: getattr(self.defaults, k) for k in ("temperature", "top_p", "top_k", "cfg_scale")
-                                if getattr(opts, k) is None})
+        d = self.defaults
+
+        def pick(value, default):
+            return default if value is None else value
+
+        if opts.normalize and stream_audio:
+            raise InvalidRequestError(
+                "streamed audio cannot be loudness-normalised (that needs the whole clip); "
+                "leave normalize unset or false when streaming"
+            )
+        full = SpeakSettings(
+            temperature=pick(opts.temperature, d.temperature),
+            top_p=pick(opts.top_p, d.top_p),
+            top_k=pick(opts.top_k, d.top_k),
+            cfg_scale=pick(opts.cfg_scale, d.cfg_scale),
+            normalize=pick(opts.normalize, not stream_audio),
+            max_tokens=opts.max_tokens,
+            seed=opts.seed,
+        )
         low = self.cfg.max_delay + 1
         if full.max_tokens is not None and not low <= full.max_tokens <= self.cfg.audio_length:
             raise InvalidRequestError(f"max_tokens must be in [{low}, {self.cfg.audio_length}], got {full.max_tokens}")
@@ -132,59 +114,69 @@ class DiaPipeline:
             raise InvalidRequestError(f"cfg_scale must be >= 1, got {full.cfg_scale}")
         return full
 
-    def speak(self, text: str, opts: SpeakOptions = SpeakOptions(), stream_audio: bool = False,
-              ref_audio=None, ref_text: str | None = None) -> Iterator[Step | AudioChunk | SpeechResult]:
+    def speak(
+        self,
+        text: str,
+        opts: SpeakOptions = SpeakOptions(),
+        stream_audio: bool = False,
+        ref_audio=None,
+        ref_text: str | None = None,
+    ) -> Iterator[Step | AudioChunk | SpeechResult]:
         """Steps as they happen, then one SpeechResult. With stream_audio, AudioChunks as well, as soon as the
         DAC can decode them (streaming.py); the result then holds their concatenation. ref_audio (anything
         audio.load takes) with ref_text, its transcript, clones that voice: the reference is DAC-encoded and
         prefilled, its transcript goes before `text` (as nari's and transformers' examples do), and only the new
         speech comes back. Errors in the request are raised before any step."""
-        opts = self.options(opts)
-        if opts.normalize is None:
-            opts = replace(opts, normalize=not stream_audio)
-        elif opts.normalize and stream_audio:
-            raise InvalidRequestError("streamed audio cannot be loudness-normalised (that needs the whole clip); "
-                                      "leave normalize unset or false when streaming")
-        if self.dac is None:
+        settings = self.options(opts, stream_audio)
+        if self.dac is None:  # before any work
             raise InvalidRequestError("no DAC decoder loaded; pass a DAC checkpoint (--dac)")
         text_ids, prompt = encode_text(text, self.cfg), None  # text errors before the reference is encoded
         if ref_audio is not None or ref_text is not None:
-            text_ids, prompt = self._reference(text, ref_audio, ref_text, opts)
+            text_ids, prompt = self._reference(text, ref_audio, ref_text, settings)
         if stream_audio:
-            from .streaming import speak_streamed
+            return speak_streamed(self, text_ids, settings, prompt)
+        return self._speak(text_ids, settings, prompt)
 
-            return speak_streamed(self, text_ids, opts, prompt)
-        return self._speak(text_ids, opts, prompt)
-
-    def _reference(self, text: str, ref_audio, ref_text: str | None,
-                   opts: SpeakOptions) -> tuple[list[int], torch.Tensor]:
+    def _reference(
+        self, text: str, ref_audio, ref_text: str | None, opts: SpeakSettings
+    ) -> tuple[list[int], torch.Tensor]:
         """-> (the ids of the transcript and the text, joined by a space; the reference's codes (L, C)), checked,
         the cheap checks before the reference is encoded."""
         from .voices import encode_reference
 
-        if ref_audio is None or not (ref_text or "").strip():
-            raise InvalidRequestError("voice cloning takes both ref_audio and ref_text (the transcript of "
-                                      "ref_audio, with its [S1]/[S2] tags)", "ref_text" if ref_audio else "ref_audio")
+        if ref_audio is None or ref_text is None or not ref_text.strip():
+            raise InvalidRequestError(
+                "voice cloning takes both ref_audio and ref_text (the transcript of "
+                "ref_audio, with its [S1]/[S2] tags)",
+                "ref_text" if ref_audio else "ref_audio",
+            )
         text_ids = encode_text((ref_text if ref_text[-1:].isspace() else ref_text + " ") + text, self.cfg)
         codes = encode_reference(self, ref_audio)
         room = self.cfg.audio_length - (opts.max_tokens or self.cfg.max_delay + 1)  # rows the reference may take
         if len(codes) > room:
-            seconds = self.dac.cfg.hop_length / self.dac.cfg.sample_rate
-            raise InvalidRequestError(f"ref_audio is {len(codes) * seconds:.1f} s; with these max_tokens Dia has "
-                                      f"room for {max(room, 0) * seconds:.1f} s (5-10 s works best)", "ref_audio")
+            seconds = self.codec.cfg.hop_length / self.codec.cfg.sample_rate
+            raise InvalidRequestError(
+                f"ref_audio is {len(codes) * seconds:.1f} s; with these max_tokens Dia has "
+                f"room for {max(room, 0) * seconds:.1f} s (5-10 s works best)",
+                "ref_audio",
+            )
         return text_ids, codes
 
-    def generate_codes(self, text_ids: list[int], opts: SpeakOptions,
-                       prompt_TxC: torch.Tensor | None = None) -> Iterator[Step | torch.Tensor]:
-        """Steps, then the delayed rows (R, C) written so far, BOS row included; opts must be complete."""
-        rows = None
+    def generate_codes(
+        self, text_ids: list[int], opts: SpeakSettings, prompt_TxC: torch.Tensor | None = None
+    ) -> Iterator[Step | torch.Tensor]:
+        """Steps, then the delayed rows (R, C) written, BOS row included (the last step's rows)."""
+        last = None
         for step, rows in self.generate_rows(text_ids, opts, prompt_TxC):
             yield step
-        yield rows
+            last = rows
+        assert last is not None, "generate_rows yields at least one step"
+        yield last
 
     @torch.inference_mode()
-    def generate_rows(self, text_ids: list[int], opts: SpeakOptions,
-                      prompt_TxC: torch.Tensor | None = None) -> Iterator[tuple[Step, torch.Tensor]]:
+    def generate_rows(
+        self, text_ids: list[int], opts: SpeakSettings, prompt_TxC: torch.Tensor | None = None
+    ) -> Iterator[tuple[Step, torch.Tensor]]:
         """(Step, delayed rows written so far) after each decoder step; the rows are a view, valid until the next
         step. Complete frames never change: a frame is complete once its last channel (delay max_delay) is
         written, by which time channel 0 has told whether it is a frame at all (EOS) max_delay steps before.
@@ -206,14 +198,22 @@ class DiaPipeline:
         rows[: L + 1] = known[: L + 1]
         delays = torch.tensor(cfg.delay_pattern)
         generator = make_generator(opts.seed, self.device)
-        end_row = None  # row where channel 0 ended
+        end_row: int | None = None  # row where channel 0 ended
         t, start = L, 0  # the first pass reads the whole known prefix, later ones one row
         while True:
-            x = rows[start:t + 1].to(self.device).expand(2, -1, C)
+            x = rows[start : t + 1].to(self.device).expand(2, -1, C)
             logits = model(x, start, cross)[:, -1]  # (2, C, V)
-            codes = dia_pick(logits[0], logits[1], cfg_scale=opts.cfg_scale, temperature=opts.temperature,
-                             top_p=opts.top_p, top_k=opts.top_k, eos=cfg.eos,
-                             sample_from_cond=cfg.generation == HF_0626, generator=generator).cpu()
+            codes = dia_pick(
+                logits[0],
+                logits[1],
+                cfg_scale=opts.cfg_scale,
+                temperature=opts.temperature,
+                top_p=opts.top_p,
+                top_k=opts.top_k,
+                eos=cfg.eos,
+                sample_from_cond=cfg.generation == HF_0626,
+                generator=generator,
+            ).cpu()
             r = t + 1
             if r < len(known):
                 codes = torch.where(known[r] != cfg.pad, known[r], codes)
@@ -222,7 +222,7 @@ class DiaPipeline:
                 end_row = r
             if end_row is not None:  # the EOS countdown: EOS at end_row + delay[c], PAD after it
                 after = r - end_row
-                codes = torch.where(after == delays, cfg.eos, torch.where(after > delays, cfg.pad, codes))
+                codes = torch.where(delays == after, cfg.eos, torch.where(delays < after, cfg.pad, codes))
             rows[r] = codes
             t = start = r
             frames = r - cfg.max_delay if end_row is None else min(r - cfg.max_delay, end_row - 1)
@@ -230,10 +230,11 @@ class DiaPipeline:
             if end_row is not None and r - end_row >= cfg.max_delay:
                 break
 
-    def _speak(self, text_ids: list[int], opts: SpeakOptions,
-               prompt: torch.Tensor | None = None) -> Iterator[Step | SpeechResult]:
+    def _speak(
+        self, text_ids: list[int], opts: SpeakSettings, prompt: torch.Tensor | None = None
+    ) -> Iterator[Step | SpeechResult]:
         t0 = time.perf_counter()
-        delayed = None
+        delayed = torch.zeros(0)
         for event in self.generate_codes(text_ids, opts, prompt):
             if isinstance(event, Step):
                 yield event
@@ -244,9 +245,17 @@ class DiaPipeline:
         L = 0 if prompt is None else len(prompt)
         codes = self.frames(delayed, L, max(n_frames, L))  # only what follows the reference
         pcm = self.decode(codes, opts.normalize)
-        yield SpeechResult(pcm, self.dac.cfg.sample_rate, codes.numpy(),
-                           timings={"steps": len(delayed) - 1 - L, "text_tokens": len(text_ids), "decode_s": t1 - t0,
-                                    "dac_s": time.perf_counter() - t1})
+        yield SpeechResult(
+            pcm,
+            self.codec.cfg.sample_rate,
+            codes.numpy(),
+            timings={
+                "steps": len(delayed) - 1 - L,
+                "text_tokens": len(text_ids),
+                "decode_s": t1 - t0,
+                "dac_s": time.perf_counter() - t1,
+            },
+        )
 
     def frames(self, delayed_RxC: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Undelayed frames [start, stop) (T, C) of the delayed rows, codes outside 0..1023 set to 0 (mistral.rs)."""
@@ -258,7 +267,7 @@ class DiaPipeline:
         """Undelayed codes (T, C) -> float32 PCM, T * 512 samples."""
         if codes_TxC.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
-        wave = self.dac.decode_pre_tanh(codes_TxC.T[None].to(self.device))[0].float().cpu().numpy()
+        wave = self.codec.decode_pre_tanh(codes_TxC.T[None].to(self.device))[0].float().cpu().numpy()
         if normalize:
-            return loudness.normalize(wave, self.dac.cfg.sample_rate)
+            return loudness.normalize(wave, self.codec.cfg.sample_rate)
         return np.tanh(wave).astype(np.float32)  # descript's own final tanh

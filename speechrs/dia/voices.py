@@ -3,6 +3,7 @@
 A server is often asked for many lines in the same voice; encoding the reference (a DAC encoder pass, about as
 long as the audio on a CPU) then happens once. Entries are keyed by a hash of the 44.1 kHz samples.
 """
+
 import hashlib
 
 import numpy as np
@@ -19,7 +20,7 @@ def encode_reference(pipeline, ref_audio) -> torch.Tensor:
     """ref_audio (anything audio.load takes) -> codes (L, C), L = ceil(samples / 512) at 44.1 kHz."""
     from .dac_encoder import encode
 
-    rate = pipeline.dac.cfg.sample_rate
+    rate = pipeline.codec.cfg.sample_rate
     pcm = audio.load(ref_audio, rate)
     if len(pcm) < MIN_SECONDS * rate:
         raise AudioError(f"ref_audio is {len(pcm) / rate:.2f} s; give at least {MIN_SECONDS} s (5-10 s works best)")
@@ -28,7 +29,7 @@ def encode_reference(pipeline, ref_audio) -> torch.Tensor:
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
-    codes = encode(pipeline.dac, torch.from_numpy(pcm)).cpu()
+    codes = encode(pipeline.codec, torch.from_numpy(pcm)).cpu()
     cache[key] = codes
     while len(cache) > CACHED_VOICES:
         cache.popitem(last=False)

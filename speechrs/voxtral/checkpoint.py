@@ -3,6 +3,7 @@
 Native: params.json + consolidated.safetensors. HF: config.json + model.safetensors or shards + index.
 The HF table is the inverse of transformers' convert_voxtral_weights_to_hf.py STATE_DICT_MAPPING.
 """
+
 from pathlib import Path
 
 import torch
@@ -34,11 +35,18 @@ HF_TO_CANONICAL = [
     (r"audio_tower\.conv2\.(weight|bias)", rf"{_ENC}.conv_layers.1.\1"),
     (r"audio_tower\.embed_positions\.weight", None),  # fixed sinusoids, recomputed by setup_buffers()
     (r"audio_tower\.layer_norm\.(weight|bias)", rf"{_ENC}.transformer.norm.\1"),
-    (r"audio_tower\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)",
-     rf"{_ENC}.transformer.layers.\1.attention.w\2.\3"),
-    (r"audio_tower\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", rf"{_ENC}.transformer.layers.\1.attention.wo.\2"),
-    (r"audio_tower\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)",
-     rf"{_ENC}.transformer.layers.\1.attention_norm.\2"),
+    (
+        r"audio_tower\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)",
+        rf"{_ENC}.transformer.layers.\1.attention.w\2.\3",
+    ),
+    (
+        r"audio_tower\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)",
+        rf"{_ENC}.transformer.layers.\1.attention.wo.\2",
+    ),
+    (
+        r"audio_tower\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)",
+        rf"{_ENC}.transformer.layers.\1.attention_norm.\2",
+    ),
     (r"audio_tower\.layers\.(\d+)\.final_layer_norm\.(weight|bias)", rf"{_ENC}.transformer.layers.\1.ffn_norm.\2"),
     (r"audio_tower\.layers\.(\d+)\.fc([12])\.(weight|bias)", rf"{_ENC}.transformer.layers.\1.feed_forward.w\2.\3"),
     (r"multi_modal_projector\.linear_1\.weight", "mm_whisper_embeddings.audio_language_projection.0.weight"),

@@ -1,4 +1,5 @@
 """Voxtral configs, parsed in one place per on-disk format: params.json (native) or config.json (HF)."""
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,22 +51,35 @@ class VoxtralConfig:
         if enc.get("causal", False):
             raise UnsupportedModelError(
                 f"{path} describes a causal (Voxtral Realtime) audio encoder; speechrs runs Voxtral-Mini-3B-2507 "
-                "(non-causal encoder) only")
+                "(non-causal encoder) only"
+            )
         enc_get = _getter(enc, path, "encoder_args.")
         audio_args = enc.get("audio_encoding_args", {})
         encoder = EncoderConfig(
-            dim=enc_get("dim"), n_layers=enc_get("n_layers"), n_heads=enc_get("n_heads"),
-            head_dim=enc_get("head_dim"), hidden_dim=enc_get("hidden_dim"),
+            dim=enc_get("dim"),
+            n_layers=enc_get("n_layers"),
+            n_heads=enc_get("n_heads"),
+            head_dim=enc_get("head_dim"),
+            hidden_dim=enc_get("hidden_dim"),
             num_mel_bins=audio_args.get("num_mel_bins", 128),
             max_source_positions=enc.get("max_source_positions") or 1500,
-            norm_eps=enc.get("norm_eps", 1e-5))
+            norm_eps=enc.get("norm_eps", 1e-5),
+        )
         downsample = whisper.get("downsample_args", {}).get("downsample_factor", 4)
         return cls(
-            dim=get("dim"), n_layers=get("n_layers"), n_heads=get("n_heads"), n_kv_heads=get("n_kv_heads"),
-            head_dim=get("head_dim"), hidden_dim=get("hidden_dim"), norm_eps=params.get("norm_eps", 1e-5),
-            rope_theta=params.get("rope_theta", 1e6), vocab_size=get("vocab_size"),
+            dim=get("dim"),
+            n_layers=get("n_layers"),
+            n_heads=get("n_heads"),
+            n_kv_heads=get("n_kv_heads"),
+            head_dim=get("head_dim"),
+            hidden_dim=get("hidden_dim"),
+            norm_eps=params.get("norm_eps", 1e-5),
+            rope_theta=params.get("rope_theta", 1e6),
+            vocab_size=get("vocab_size"),
             max_seq_len=params.get("max_seq_len") or params.get("max_position_embeddings") or 131072,
-            encoder=encoder, downsample_factor=downsample)
+            encoder=encoder,
+            downsample_factor=downsample,
+        )
 
     @classmethod
     def from_hf_config(cls, path: Path) -> "VoxtralConfig":
@@ -76,20 +90,31 @@ class VoxtralConfig:
         text, audio = section(cfg, "text_config", path), section(cfg, "audio_config", path)
         t, a = _getter(text, path, "text_config."), _getter(audio, path, "audio_config.")
         encoder = EncoderConfig(
-            dim=a("hidden_size"), n_layers=a("num_hidden_layers"), n_heads=a("num_attention_heads"),
+            dim=a("hidden_size"),
+            n_layers=a("num_hidden_layers"),
+            n_heads=a("num_attention_heads"),
             head_dim=audio.get("head_dim") or a("hidden_size") // a("num_attention_heads"),
-            hidden_dim=a("intermediate_size"), num_mel_bins=audio.get("num_mel_bins", 128),
-            max_source_positions=audio.get("max_source_positions", 1500))
+            hidden_dim=a("intermediate_size"),
+            num_mel_bins=audio.get("num_mel_bins", 128),
+            max_source_positions=audio.get("max_source_positions", 1500),
+        )
         # transformers reshapes encoder frames to audio_config.intermediate_size, i.e. stacks this many frames
         downsample, rem = divmod(encoder.hidden_dim, encoder.dim)
         if rem:
-            raise UnsupportedModelError(f"{path}: audio intermediate_size {encoder.hidden_dim} is not a multiple "
-                                        f"of hidden_size {encoder.dim}")
+            raise UnsupportedModelError(
+                f"{path}: audio intermediate_size {encoder.hidden_dim} is not a multiple of hidden_size {encoder.dim}"
+            )
         return cls(
-            dim=t("hidden_size"), n_layers=t("num_hidden_layers"), n_heads=t("num_attention_heads"),
+            dim=t("hidden_size"),
+            n_layers=t("num_hidden_layers"),
+            n_heads=t("num_attention_heads"),
             n_kv_heads=text.get("num_key_value_heads") or t("num_attention_heads"),
             head_dim=text.get("head_dim") or t("hidden_size") // t("num_attention_heads"),
-            hidden_dim=t("intermediate_size"), norm_eps=text.get("rms_norm_eps", 1e-5),
+            hidden_dim=t("intermediate_size"),
+            norm_eps=text.get("rms_norm_eps", 1e-5),
             rope_theta=text.get("rope_theta") or (text.get("rope_parameters") or {}).get("rope_theta", 1e6),
-            vocab_size=t("vocab_size"), max_seq_len=text.get("max_position_embeddings", 131072),
-            encoder=encoder, downsample_factor=downsample)
+            vocab_size=t("vocab_size"),
+            max_seq_len=text.get("max_position_embeddings", 131072),
+            encoder=encoder,
+            downsample_factor=downsample,
+        )

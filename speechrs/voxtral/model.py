@@ -4,6 +4,7 @@ Axes: B batch, T positions, D model dim, H heads, K kv heads, E head dim, M mel 
 N audio chunks, A audio tokens, V vocab.
 Sources: transformers models/voxtral (encoder = Whisper encoder, projector), mistral-common (names).
 """
+
 import math
 
 import torch
@@ -34,8 +35,9 @@ class EncoderAttention(nn.Module):
         self.wo = nn.Linear(inner, cfg.dim, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = (w(x).unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)
-                   for w in (self.wq, self.wk, self.wv))  # (N, H, F, E)
+        q, k, v = (
+            w(x).unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2) for w in (self.wq, self.wk, self.wv)
+        )  # (N, H, F, E)
         out = F.scaled_dot_product_attention(q, k, v)  # non-causal, scale E^-0.5
         return self.wo(out.transpose(1, 2).flatten(2))
 
@@ -74,10 +76,12 @@ class WhisperEncoder(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         self.cfg = cfg
-        self.conv_layers = nn.ModuleList([
-            nn.Conv1d(cfg.num_mel_bins, cfg.dim, kernel_size=3, padding=1),
-            nn.Conv1d(cfg.dim, cfg.dim, kernel_size=3, stride=2, padding=1),
-        ])
+        self.conv_layers = nn.ModuleList(
+            [
+                nn.Conv1d(cfg.num_mel_bins, cfg.dim, kernel_size=3, padding=1),
+                nn.Conv1d(cfg.dim, cfg.dim, kernel_size=3, stride=2, padding=1),
+            ]
+        )
         self.transformer = EncoderTransformer(cfg)
         # not stored in either checkpoint layout's canonical form; filled by setup_buffers()
         self.register_buffer("embed_positions", torch.empty(0), persistent=False)
@@ -104,7 +108,8 @@ class AudioEmbeddings(nn.Module):
         self.downsample_factor = cfg.downsample_factor
         self.whisper_encoder = WhisperEncoder(cfg.encoder)
         self.audio_language_projection = nn.Sequential(
-            nn.Linear(cfg.adapter_in_dim, cfg.dim, bias=False), nn.GELU(), nn.Linear(cfg.dim, cfg.dim, bias=False))
+            nn.Linear(cfg.adapter_in_dim, cfg.dim, bias=False), nn.GELU(), nn.Linear(cfg.dim, cfg.dim, bias=False)
+        )
 
     def forward(self, mel_NxMxF: torch.Tensor) -> torch.Tensor:
         """mel (N, M, 3000) -> audio token embeddings (N * 375, D), chunk-major."""
@@ -179,8 +184,9 @@ class Voxtral(nn.Module):
         runs after each layer, so the loader can drop the replaced originals as it goes."""
         enc = self.cfg.encoder
         device = self.tok_embeddings.weight.device
-        self.mm_whisper_embeddings.whisper_encoder.embed_positions = sinusoids(
-            enc.max_source_positions, enc.dim).to(device)
+        self.mm_whisper_embeddings.whisper_encoder.embed_positions = sinusoids(enc.max_source_positions, enc.dim).to(
+            device
+        )
         pack, scratch = packable(self.output.weight), Scratch()
         for layer in self.layers:
             a, ff = layer.attention, layer.feed_forward
@@ -203,15 +209,17 @@ class Voxtral(nn.Module):
         p = self.tok_embeddings.weight
         have = self.caches[0].max_len if self.caches else 0
         if have < max_len or have > 4 * max_len + 4096 or self.caches[0].k.shape[0] != batch:
-            self.caches = [KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, p.dtype, p.device)
-                           for _ in self.layers]
+            self.caches = [
+                KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, p.dtype, p.device) for _ in self.layers
+            ]
         self._ensure_rope(max_len)
 
     def _ensure_rope(self, length: int) -> None:
         if self._rope_len < length:
             self._rope_len = max(length, 2 * self._rope_len)
-            self.rope = rope_table(self.cfg.head_dim, self.cfg.rope_theta, self._rope_len,
-                                   self.tok_embeddings.weight.device)
+            self.rope = rope_table(
+                self.cfg.head_dim, self.cfg.rope_theta, self._rope_len, self.tok_embeddings.weight.device
+            )
 
     def encode_audio(self, mel_NxMxF: torch.Tensor) -> torch.Tensor:
         return self.mm_whisper_embeddings(mel_NxMxF)
@@ -230,7 +238,7 @@ class Voxtral(nn.Module):
         self._ensure_rope(end)
         rot = self.rope[start:end]
         x = x_BxTxD
-        for layer, cache in zip(self.layers, self.caches):
+        for layer, cache in zip(self.layers, self.caches, strict=True):
             x = layer(x, start, rot, cache)
         if last_only:
             x = x[:, -1:]

@@ -1,6 +1,7 @@
 """One Voxtral request at a time, synchronously, as a generator of events (tokens, then a summary)."""
+
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from ..errors import AudioError, InvalidRequestError
 from ..sampling import make_generator, sample_token
 from .checkpoint import load_voxtral
 from .model import Voxtral
-from .tekken import AudioPart, StreamDecoder, Tekken, chat_prompt, transcription_prompt
+from .tekken import AudioPart, Part, StreamDecoder, Tekken, chat_prompt, transcription_prompt
 
 CHAT_MAX_TOKENS = 1024  # default completion budget for chat; transcription scales with the audio
 INITIAL_CACHE_TOKENS = 1024  # KV cache room beyond the prompt to start with; it doubles when needed
@@ -36,6 +37,7 @@ class GenerationOptions:
 @dataclass(frozen=True)
 class Audio:
     """An audio part of a chat message; `source` is anything audio_io.load accepts."""
+
     source: audio_io.AudioInput
 
 
@@ -81,21 +83,24 @@ class VoxtralPipeline:
     def load(cls, directory: Path, layout: str, dtype=None, device="cpu") -> "VoxtralPipeline":
         return cls(load_voxtral(directory, layout, dtype, device), Tekken(directory / "tekken.json"))
 
-    def transcribe(self, audio, language: str | None = None,
-                   opts: GenerationOptions = GenerationOptions()) -> Iterator[Token | Done]:
+    def transcribe(
+        self, audio, language: str | None = None, opts: GenerationOptions = GenerationOptions()
+    ) -> Iterator[Token | Done]:
         opts.validate()
         mel, n_tokens, seconds = self._prepare_audio(audio)
         ids = transcription_prompt(self.tokenizer, n_tokens, language)
         return self._generate(ids, [mel], seconds, opts, default_max=max(64, n_tokens))
 
-    def chat(self, messages: list[tuple[str, list | str]],
-             opts: GenerationOptions = GenerationOptions()) -> Iterator[Token | Done]:
+    def chat(
+        self, messages: Sequence[tuple[str, list | str]], opts: GenerationOptions = GenerationOptions()
+    ) -> Iterator[Token | Done]:
         """messages: (role, content) with content a str or a list of str and Audio parts, in order."""
         opts.validate()
-        mels, seconds, parsed = [], 0.0, []
+        mels, seconds = [], 0.0
+        parsed: list[tuple[str, list[Part] | str]] = []
         for role, content in messages:
             parts = [content] if isinstance(content, str) else list(content)
-            out = []
+            out: list[Part] = []
             for part in parts:
                 if isinstance(part, Audio):
                     mel, n_tokens, s = self._prepare_audio(part.source)
@@ -124,13 +129,16 @@ class VoxtralPipeline:
         return mel_chunks, f.n_audio_tokens(len(padded)), seconds
 
     @torch.inference_mode()
-    def _generate(self, ids: list[int], mels: list[torch.Tensor], seconds: float, opts: GenerationOptions,
-                  default_max: int) -> Iterator[Token | Done]:
+    def _generate(
+        self, ids: list[int], mels: list[torch.Tensor], seconds: float, opts: GenerationOptions, default_max: int
+    ) -> Iterator[Token | Done]:
         model, tok = self.model, self.tokenizer
         limit = model.cfg.max_seq_len
         if len(ids) >= limit:
-            raise AudioError(f"prompt of {len(ids)} tokens ({seconds:.0f} s of audio) exceeds the model's "
-                             f"context of {limit} tokens; send shorter audio")
+            raise AudioError(
+                f"prompt of {len(ids)} tokens ({seconds:.0f} s of audio) exceeds the model's "
+                f"context of {limit} tokens; send shorter audio"
+            )
         max_tokens = min(opts.max_tokens or default_max, limit - len(ids))
         usage = Usage(prompt_tokens=len(ids), audio_seconds=seconds)
         t0 = time.perf_counter()
@@ -138,8 +146,9 @@ class VoxtralPipeline:
         if mels:
             audio_embeds = model.encode_audio(torch.cat(mels).to(self.device))  # (A, D)
             if audio_embeds.shape[0] != ids.count(self.audio_token_id):
-                raise AudioError(f"{audio_embeds.shape[0]} audio embeddings for "
-                                 f"{ids.count(self.audio_token_id)} [AUDIO] tokens")
+                raise AudioError(
+                    f"{audio_embeds.shape[0]} audio embeddings for {ids.count(self.audio_token_id)} [AUDIO] tokens"
+                )
         t1 = time.perf_counter()
         usage.encode_s = t1 - t0
         model.setup_caches(1, len(ids) + min(max_tokens, INITIAL_CACHE_TOKENS))  # grows if generation goes on

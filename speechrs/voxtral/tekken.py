@@ -3,6 +3,7 @@
 Ids follow mistral-common: special tokens take ids [0, n_special); BPE rank r has id r + n_special.
 Prompts follow mistral-common's InstructTokenizerV7 (encode_transcription, encode_instruct).
 """
+
 import base64
 import codecs
 import json
@@ -19,6 +20,7 @@ from ..errors import InvalidRequestError, UnsupportedModelError
 @dataclass(frozen=True)
 class AudioFraming:
     """tekken.json `audio`: how many samples and mel frames make one [AUDIO] token."""
+
     sampling_rate: int = 16000
     frame_rate: float = 12.5  # audio tokens per second
     num_mel_bins: int = 128
@@ -66,9 +68,13 @@ class Tekken:
         if audio:
             enc = audio.get("audio_encoding_config", {})
             self.audio = AudioFraming(
-                sampling_rate=audio["sampling_rate"], frame_rate=audio["frame_rate"],
-                num_mel_bins=enc.get("num_mel_bins", 128), hop_length=enc.get("hop_length", 160),
-                window_size=enc.get("window_size", 400), chunk_length_s=audio.get("chunk_length_s") or 30.0)
+                sampling_rate=audio["sampling_rate"],
+                frame_rate=audio["frame_rate"],
+                num_mel_bins=enc.get("num_mel_bins", 128),
+                hop_length=enc.get("hop_length", 160),
+                window_size=enc.get("window_size", 400),
+                chunk_length_s=audio.get("chunk_length_s") or 30.0,
+            )
         self.bos, self.eos = self.special_id("<s>"), self.special_id("</s>")
         self.inst, self.end_inst = self.special_id("[INST]"), self.special_id("[/INST]")
 
@@ -116,6 +122,7 @@ class StreamDecoder:
 
 # ---- prompts (mistral-common InstructTokenizerV7) ----
 
+
 def audio_block(tok: Tekken, n_tokens: int) -> list[int]:
     return [tok.special_id("[BEGIN_AUDIO]")] + [tok.special_id("[AUDIO]")] * n_tokens
 
@@ -143,8 +150,10 @@ def chat_prompt(tok: Tekken, messages: list[tuple[str, list[Part] | str]]) -> li
         raise InvalidRequestError("messages must not be empty")
     for role, _ in messages:
         if role == "system":
-            raise InvalidRequestError("system messages are not supported by Voxtral (its tokenizer rejects them "
-                                      "when audio is present); put the instruction in the user message")
+            raise InvalidRequestError(
+                "system messages are not supported by Voxtral (its tokenizer rejects them "
+                "when audio is present); put the instruction in the user message"
+            )
         if role not in ("user", "assistant"):
             raise InvalidRequestError(f"unsupported message role '{role}'; use user or assistant")
     merged = []
@@ -162,7 +171,7 @@ def chat_prompt(tok: Tekken, messages: list[tuple[str, list[Part] | str]]) -> li
         else:
             if any(isinstance(p, AudioPart) for p in parts):
                 raise InvalidRequestError("assistant messages cannot contain audio")
-            text = "".join(parts).rstrip(" ")
+            text = "".join(p for p in parts if isinstance(p, str)).rstrip(" ")
             if not text:
                 raise InvalidRequestError("assistant messages must have text content")
             ids += tok.encode(text) + [tok.eos]
