@@ -72,3 +72,31 @@ def dac(dac_dirs):
     from speechrs.dia.dac import load_dac
 
     return load_dac(dac_dirs[0])
+
+
+# ---- a server over both tiny models, one per test module that asks for it ----
+
+
+@pytest.fixture(scope="module")
+def engine(native_dir, native_pipeline, dia_dirs, dac):
+    from speechrs.dia.checkpoint import load_dia
+    from speechrs.dia.pipeline import DiaPipeline
+    from speechrs.engine import Engine, Loaded
+    from speechrs.hub import detect
+
+    dia = DiaPipeline(load_dia(dia_dirs[0], None), dac)
+    return Engine(
+        [Loaded("tiny-voxtral", detect(native_dir), native_pipeline), Loaded("tiny-dia", detect(dia_dirs[0]), dia)]
+    )
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    from http_server import Server
+
+    from speechrs.media import MediaPolicy
+    from speechrs.server import make_app
+
+    s = Server(make_app(engine, MediaPolicy(allow_local_files=True), max_upload_bytes=2 * 2**20))
+    yield s
+    s.close()

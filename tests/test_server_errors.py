@@ -1,0 +1,199 @@
+"""The real server's answers to bad requests (status, OpenAI error body) and its media policy, over raw HTTP."""
+
+import base64
+import http.client
+import http.server
+import json
+import threading
+import urllib.request
+
+import pytest
+from http_server import Server, error_of, post
+
+from speechrs.media import MediaPolicy
+from speechrs.server import make_app
+
+SPEAK = "[S1] Hello there. [S2] Hi! (laughs)"
+
+
+# ---- errors: status and OpenAI error body ----
+
+
+def test_chat_errors(server, clip):
+    assert error_of(post(server, "/v1/chat/completions", b"{not json"))[0] == 400
+    status, err = error_of(post(server, "/v1/chat/completions", {"model": "nope", "messages": []}))
+    assert status == 404 and err["code"] == "model_not_found" and "tiny-voxtral" in err["message"]
+    status, err = error_of(
+        post(server, "/v1/chat/completions", {"model": "tiny-dia", "messages": [{"role": "user", "content": "hi"}]})
+    )
+    assert status == 400 and "dia model" in err["message"]
+    bad_audio = "data:audio/wav;base64," + base64.b64encode(b"definitely not audio").decode()
+    status, err = error_of(
+        post(
+            server,
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": bad_audio}}]}]},
+        )
+    )
+    assert status == 400 and "cannot decode" in err["message"]
+    status, err = error_of(
+        post(
+            server,
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "audio_url", "audio_url": {"url": "http://127.0.0.1:9/a.wav"}}],
+                    }
+                ]
+            },
+        )
+    )
+    assert status == 400 and "loopback" in err["message"] and err["param"] == "messages[0].content[0]"
+    status, err = error_of(
+        post(
+            server,
+            "/v1/chat/completions",
+            {"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]},
+        )
+    )
+    assert status == 400 and "system" in err["message"]
+    status, err = error_of(
+        post(
+            server,
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        )
+    )
+    assert status == 400 and "unsupported content part type 'image_url'" in err["message"]
+    big = "data:audio/wav;base64," + base64.b64encode(bytes(3 * 2**20)).decode()  # the server takes 2 MiB
+    status, err = error_of(
+        post(
+            server,
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": big}}]}]},
+        )
+    )
+    assert status == 413 and "too large" in err["message"]
+    assert error_of(post(server, "/v1/chat/completions", {"model": "default"}))[1]["param"] == "messages"
+
+
+def test_transcription_errors(server):
+    def multipart(fields: dict, file_bytes: bytes | None):
+        boundary = "xYzBoUnDaRy"
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+            for k, v in fields.items()
+        ]
+        if file_bytes is not None:
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+                f"Content-Type: audio/wav\r\n\r\n".encode()
+                + file_bytes
+                + b"\r\n"
+            )
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        return post(server, "/v1/audio/transcriptions", body, f"multipart/form-data; boundary={boundary}")
+
+    assert error_of(multipart({"model": "default"}, None))[1]["param"] == "file"
+    status, err = error_of(multipart({"model": "default"}, b"RIFF....garbage"))
+    assert status == 400 and "cannot decode" in err["message"]
+    status, err = error_of(multipart({"response_format": "srt"}, b"x"))
+    assert status == 400 and "json, text" in err["message"]
+    status, err = error_of(multipart({"model": "ghost"}, b"x"))
+    assert status == 404
+    status, err = error_of(multipart({}, bytes(3 * 2**20)))  # the server takes 2 MiB
+    assert status == 413 and "too large" in err["message"]
+    assert error_of(post(server, "/v1/audio/transcriptions", {"file": "x"}))[0] == 400
+
+
+def test_speech_errors(server):
+    status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "response_format": "aac"}))
+    assert status == 400 and err["param"] == "response_format" and "wav, pcm, flac, mp3, opus" in err["message"]
+    status, err = error_of(post(server, "/v1/audio/speech", {"input": "", "response_format": "wav"}))
+    assert status == 400 and "empty" in err["message"]
+    status, err = error_of(post(server, "/v1/audio/speech", {"input": "a" * 2000}))
+    assert status == 400 and "at most 1024" in err["message"]
+    status, err = error_of(post(server, "/v1/audio/speech", {"model": "tiny-voxtral", "input": "hi"}))
+    assert status == 400 and "voxtral model" in err["message"]
+    assert error_of(post(server, "/v1/audio/speech", b"[1, 2"))[0] == 400
+    status, err = error_of(post(server, "/v1/audio/speech", {"model": "ghost", "input": SPEAK}))
+    assert status == 404 and err["code"] == "model_not_found"
+    status, err = error_of(post(server, "/v1/audio/speech", {"input": "[S1] " + "x" * 3 * 2**20}))
+    assert status == 413
+    assert error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "top_p": "high"}))[1]["param"] == "top_p"
+
+
+def test_unknown_route_and_method(server):
+    assert error_of(post(server, "/v1/nothing", {}))[0] == 404
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(server.url + "/v1/audio/speech")
+    assert e.value.code == 405
+
+
+# ---- media policy ----
+
+
+def test_file_urls_need_loopback_or_an_allowed_dir(engine, clip, tmp_path):
+    remote = Server(make_app(engine, MediaPolicy(allow_local_files=False, allowed_dirs=(clip.parent,))))
+    try:
+
+        def chat(path):
+            return post(
+                remote,
+                "/v1/chat/completions",
+                {
+                    "max_tokens": 2,
+                    "messages": [
+                        {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": f"file://{path}"}}]}
+                    ],
+                },
+            )
+
+        assert chat(clip)[0] == 200
+        outside = tmp_path / "x.wav"
+        outside.write_bytes(clip.read_bytes())
+        status, err = error_of(chat(outside))
+        assert status == 400 and "--allowed-local-media-path" in err["message"]
+    finally:
+        remote.close()
+
+
+def test_http_audio_is_fetched_when_private_hosts_are_allowed(engine, clip):
+    data = clip.read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", "/clip.wav")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    media = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=media.serve_forever, daemon=True).start()
+    trusting = Server(make_app(engine, MediaPolicy(allow_private_hosts=True, max_redirects=1)))
+    try:
+        url = f"http://127.0.0.1:{media.server_address[1]}/redirect"
+        status, _, body = post(
+            trusting,
+            "/v1/chat/completions",
+            {
+                "max_tokens": 3,
+                "messages": [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": url}}]}],
+            },
+        )
+        assert (
+            status == 200 and json.loads(body)["usage"]["prompt_tokens"] == 379
+        )  # <s>[INST][BEGIN_AUDIO][AUDIO]x375[/INST]
+    finally:
+        trusting.close()
+        media.shutdown()
