@@ -26,7 +26,7 @@ class VoxtralModel:
     """Audio in, text out. Every method takes max_tokens, temperature, top_p and seed as keywords."""
 
     def __init__(self, loaded: Loaded):
-        self.loaded, self.source, self.model_id = loaded, loaded.source, loaded.name
+        self.loaded, self.source, self.model_id, self.plan = loaded, loaded.source, loaded.name, loaded.plan
         self.pipeline = loaded.voxtral
 
     def transcribe(self, audio, language: str | None = None, **options) -> TextResult:
@@ -50,7 +50,7 @@ class DiaModel:
     """Text in, speech out. speak() takes max_tokens, temperature, top_p, top_k, cfg_scale, seed, normalize."""
 
     def __init__(self, loaded: Loaded):
-        self.loaded, self.source, self.model_id = loaded, loaded.source, loaded.name
+        self.loaded, self.source, self.model_id, self.plan = loaded, loaded.source, loaded.name, loaded.plan
         self.pipeline = loaded.dia
 
     def speak(self, text: str, ref_audio=None, ref_text: str | None = None, **options) -> SpeechResult:
@@ -80,11 +80,19 @@ def _collect(events: Iterator[Token | Done]) -> TextResult:
 
 
 def load(
-    model: str = DEFAULT_VOXTRAL, *, dtype: str = "auto", device: str = "cpu", dac: str | None = None
+    model: str = DEFAULT_VOXTRAL,
+    *,
+    dtype: str = "auto",
+    device: str = "cpu",
+    dac: str | None = None,
+    quantize: str | None = None,
 ) -> VoxtralModel | DiaModel:
     """Resolve a hub id or directory, detect the family and layout, and load it on `device`.
 
-    dac: for Dia, a DAC 44 kHz hub id or directory (default: the one the checkpoint's generation uses).
+    dtype: auto picks the path for the device (compute.plan; `.plan.summary` says which), or float32 / bfloat16 /
+    float16. quantize: "int8" (per output channel) or "int4" (groups of 32) weight-only decoder linears and
+    output head, quantized at load (quant.py). dac: for Dia, a DAC 44 kHz hub id or directory (default: the one
+    the checkpoint's generation uses).
     """
-    loaded = load_pipeline(model, dtype, device, dac)
+    loaded = load_pipeline(model, dtype, device, dac, quantize)
     return DiaModel(loaded) if loaded.family == "dia" else VoxtralModel(loaded)

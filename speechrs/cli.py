@@ -43,6 +43,16 @@ class DType(str, Enum):
     float16 = "float16"
 
 
+class Quantize(str, Enum):
+    none = "none"
+    int8 = "int8"
+    int4 = "int4"
+
+
+DTYPE_HELP = "Weights dtype; auto picks the path for the device (said at load)."
+QUANTIZE_HELP = "Weight-only int8 (per channel) or int4 (groups of 32) decoder linears, quantized at load."
+
+
 @app.callback(invoke_without_command=True)
 def _root(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False):
     if version:
@@ -70,7 +80,8 @@ def transcribe(
     temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus mass kept when sampling.")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
-    dtype: Annotated[DType, typer.Option(help="Weights dtype; auto keeps the checkpoint's.")] = DType.auto,
+    dtype: Annotated[DType, typer.Option(help=DTYPE_HELP)] = DType.auto,
+    quantize: Annotated[Quantize, typer.Option(help=QUANTIZE_HELP)] = Quantize.none,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     output_format: Annotated[
         OutputFormat, typer.Option("--format", help="text, or json with usage.")
@@ -83,7 +94,7 @@ def transcribe(
     if not audio.is_file():
         _fail(f"audio file not found: {audio}")
     try:
-        loaded = _load(model, dtype.value, device, quiet)
+        loaded = _load(model, dtype.value, device, quiet, quantize=quantize.value)
         if not isinstance(loaded, VoxtralModel):
             _fail(f"{model} is not a Voxtral model; transcribe needs audio-in, text-out")
         events = loaded.transcribe_stream(
@@ -147,7 +158,8 @@ def speak(
     output_format: Annotated[
         AudioFormat, typer.Option("--format", help="wav (16-bit) or pcm (raw s16le).")
     ] = AudioFormat.wav,
-    dtype: Annotated[DType, typer.Option(help="Weights dtype; auto keeps the checkpoint's.")] = DType.auto,
+    dtype: Annotated[DType, typer.Option(help=DTYPE_HELP)] = DType.auto,
+    quantize: Annotated[Quantize, typer.Option(help=QUANTIZE_HELP)] = Quantize.none,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress on stderr.")] = False,
 ):
@@ -162,7 +174,7 @@ def speak(
     elif text == "-":
         text = sys.stdin.read()
     try:
-        loaded = _load(model, dtype.value, device, quiet, dac=dac)
+        loaded = _load(model, dtype.value, device, quiet, dac=dac, quantize=quantize.value)
         if not isinstance(loaded, DiaModel):
             _fail(f"{model} is not a Dia model; speak needs text-in, speech-out")
         events = loaded.speak_stream(
@@ -210,7 +222,11 @@ def serve(
     model: Annotated[list[str], typer.Option("-m", "--model", help="Hub id or directory; repeat to serve several.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 1234,
-    dtype: Annotated[DType, typer.Option(help="Weights dtype; auto keeps the checkpoint's.")] = DType.auto,
+    dtype: Annotated[DType, typer.Option(help=DTYPE_HELP)] = DType.auto,
+    quantize: Annotated[
+        list[Quantize] | None,
+        typer.Option(help=QUANTIZE_HELP + " Once for every model, or once per -m, in the same order."),
+    ] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     dac: Annotated[str | None, typer.Option(help="DAC for Dia models \\[default: the generation's]")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body or fetched audio, MiB.")] = 25.0,
@@ -229,9 +245,15 @@ def serve(
     """Serve the models over an OpenAI-compatible HTTP API."""
     from .server import run
 
+    per_model = [q.value for q in quantize or [Quantize.none]]
+    if len(per_model) == 1:
+        per_model *= len(model)
+    if len(per_model) != len(model):
+        _fail(f"--quantize is given {len(per_model)} times for {len(model)} models; give it once or once per -m", 2)
     try:
         run(
             model,
+            quantize=per_model,
             host=host,
             port=port,
             dtype=dtype.value,
@@ -306,16 +328,18 @@ def _run_speech(events, quiet: bool, on_audio=None):
     return result
 
 
-def _load(model: str, dtype: str, device: str, quiet: bool, dac: str | None = None) -> "VoxtralModel | DiaModel":
+def _load(
+    model: str, dtype: str, device: str, quiet: bool, dac: str | None = None, quantize: str | None = None
+) -> "VoxtralModel | DiaModel":
     from .api import load
 
     t0 = time.perf_counter()
     with err.status(f"loading {model}", spinner="dots") if not quiet else _nullcontext():
-        loaded = load(model, dtype=dtype, device=device, dac=dac)
+        loaded = load(model, dtype=dtype, device=device, dac=dac, quantize=quantize)
     if not quiet:
         err.print(
             f"loaded {model} ({loaded.source.family}, {loaded.source.layout} layout) "
-            f"in {time.perf_counter() - t0:.1f} s",
+            f"in {time.perf_counter() - t0:.1f} s; {loaded.plan.summary}",
             highlight=False,
         )
     return loaded

@@ -15,9 +15,9 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .compute import ComputePlan, plan
 from .errors import InvalidRequestError, ModelNotFoundError
 from .hub import DEFAULT_DAC, ModelSource, resolve, resolve_dac
-from .weights import parse_dtype
 
 if TYPE_CHECKING:  # the pipelines import torch and the models: loaded when a model is
     from .dia.pipeline import DiaPipeline
@@ -31,6 +31,7 @@ class Loaded:
     name: str  # the id it was loaded by, as clients name it
     source: ModelSource
     pipeline: "VoxtralPipeline | DiaPipeline"
+    plan: ComputePlan  # the device, dtype and quantization it was loaded with, and why
 
     @property
     def family(self) -> str:
@@ -53,18 +54,28 @@ class Loaded:
         return self.pipeline
 
 
-def load_pipeline(model: str, dtype: str = "auto", device: str = "cpu", dac: str | None = None) -> Loaded:
-    """Resolve a hub id or directory, detect family and layout, and build its pipeline on `device`."""
+def load_pipeline(
+    model: str, dtype: str = "auto", device: str = "cpu", dac: str | None = None, quantize: str | None = None
+) -> Loaded:
+    """Resolve a hub id or directory, detect family and layout, and build its pipeline on `device` with the compute
+    path compute.plan chooses (dtype, int8 / int4 weights)."""
     from .dia.pipeline import DiaPipeline
     from .voxtral.pipeline import VoxtralPipeline
 
     check_device(device)
+    try:
+        how = plan(device, dtype, quantize)
+    except ValueError as e:
+        raise InvalidRequestError(str(e)) from None
     source = resolve(model)
-    torch_dtype = parse_dtype(dtype)
     if source.family == "dia":
         dac_dir = resolve_dac(dac or DEFAULT_DAC[source.layout])
-        return Loaded(model, source, DiaPipeline.load(source.directory, dac_dir, torch_dtype, device))
-    return Loaded(model, source, VoxtralPipeline.load(source.directory, source.layout, torch_dtype, device))
+        pipeline: VoxtralPipeline | DiaPipeline = DiaPipeline.load(
+            source.directory, dac_dir, how.dtype, device, how.quantize
+        )
+    else:
+        pipeline = VoxtralPipeline.load(source.directory, source.layout, how.dtype, device, how.quantize)
+    return Loaded(model, source, pipeline, how)
 
 
 def check_device(device: str) -> None:

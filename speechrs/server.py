@@ -316,17 +316,30 @@ def make_app(engine: Engine, policy: MediaPolicy | None = None, max_upload_bytes
     return app
 
 
-def build(models: list[str], *, dtype="auto", device="cpu", dac=None, max_audio_s=None, log=print) -> Engine:
+def build(
+    models: list[str],
+    *,
+    dtype="auto",
+    device="cpu",
+    dac=None,
+    max_audio_s=None,
+    quantize: list[str] | None = None,
+    log=print,
+) -> Engine:
+    """Load every model; quantize[i] (int8, int4 or none) is model i's."""
     from .engine import load_pipeline
 
     loaded = []
-    for name in models:
+    for name, q in zip(models, quantize or ["none"] * len(models), strict=True):
         t0 = time.perf_counter()
-        m = load_pipeline(name, dtype, device, dac)
+        m = load_pipeline(name, dtype, device, dac, q)
         if m.family == "voxtral":
             m.voxtral.max_audio_s = max_audio_s
         loaded.append(m)
-        log(f"loaded {name} ({m.family}, {m.source.layout} layout) in {time.perf_counter() - t0:.1f} s")
+        log(
+            f"loaded {name} ({m.family}, {m.source.layout} layout) in {time.perf_counter() - t0:.1f} s; "
+            f"{m.plan.summary}"
+        )
     return Engine(loaded)
 
 
@@ -354,10 +367,11 @@ def run(
     allowed_dirs: tuple,
     allow_private_hosts: bool,
     warmup: bool,
+    quantize: list[str] | None = None,
     log=print,
 ) -> None:
     """Load, warm up and serve until interrupted. file:// audio is open on loopback hosts, else per allowed_dirs."""
-    engine = build(models, dtype=dtype, device=device, dac=dac, max_audio_s=max_audio_s, log=log)
+    engine = build(models, dtype=dtype, device=device, dac=dac, max_audio_s=max_audio_s, quantize=quantize, log=log)
     if warmup:
         engine.warm_up()
     policy = MediaPolicy(

@@ -79,14 +79,19 @@ def dac(dac_dirs):
 
 @pytest.fixture(scope="module")
 def engine(native_dir, native_pipeline, dia_dirs, dac):
+    from speechrs.compute import plan
     from speechrs.dia.checkpoint import load_dia
     from speechrs.dia.pipeline import DiaPipeline
     from speechrs.engine import Engine, Loaded
     from speechrs.hub import detect
 
     dia = DiaPipeline(load_dia(dia_dirs[0], None), dac)
+    cpu = plan("cpu")
     return Engine(
-        [Loaded("tiny-voxtral", detect(native_dir), native_pipeline), Loaded("tiny-dia", detect(dia_dirs[0]), dia)]
+        [
+            Loaded("tiny-voxtral", detect(native_dir), native_pipeline, cpu),
+            Loaded("tiny-dia", detect(dia_dirs[0]), dia, cpu),
+        ]
     )
 
 

@@ -261,3 +261,21 @@ def test_help_shows_the_defaults_that_depend_on_the_checkpoint():
     assert result.exit_code == 0
     for shown in ("[default: 1.3 v0.1, 1.8 0626]", "[default: the generation's]", "[default: on, off with --stream]"):
         assert shown in result.stdout  # rich markup would eat an unescaped [default: ...]
+
+
+def test_quantize_is_said_at_load_and_runs(native_dir, dia_dirs, dac_dirs, clip, tmp_path):
+    result = invoke("transcribe", clip, "-m", native_dir, "--quantize", "int8", "--max-tokens", "4")
+    assert result.exit_code == 0, result.stderr
+    assert "int8 weight-only" in result.stderr and "cpu:" in result.stderr
+    out = tmp_path / "q.wav"
+    result = invoke("speak", "[S1] Hi.", "-m", dia_dirs[0], "--dac", dac_dirs[0], "--quantize", "int4", "-o", out)
+    assert result.exit_code == 0 and out.stat().st_size > 44, result.stderr
+    result = invoke("transcribe", clip, "-m", native_dir, "--quantize", "int3")
+    assert result.exit_code == 2 and "int3" in result.stderr
+
+
+def test_serve_takes_one_quantize_or_one_per_model(native_dir, dia_dirs):
+    result = invoke(
+        "serve", "-m", native_dir, "-m", dia_dirs[0], "--quantize", "int8", "--quantize", "none", "--quantize", "int4"
+    )
+    assert result.exit_code == 2 and "3 times for 2 models" in result.stderr

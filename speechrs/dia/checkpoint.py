@@ -69,8 +69,11 @@ def weight_naming(directory: Path) -> str:
     )
 
 
-def load_dia(directory: Path, dtype: torch.dtype | None, device="cpu", generation: str | None = None) -> Dia:
-    """The config decides the semantics (`generation` overrides it, for tests); the tensor names the mapping."""
+def load_dia(
+    directory: Path, dtype: torch.dtype | None, device="cpu", generation: str | None = None, quantize: str | None = None
+) -> Dia:
+    """The config decides the semantics (`generation` overrides it, for tests); the tensor names the mapping.
+    `quantize` (int8 / int4) quantizes the decoder's linears and the logits head, layer by layer."""
     cfg = DiaConfig.load(directory / "config.json")
     if generation is not None:
         cfg = dataclasses.replace(cfg, generation=generation)
@@ -81,7 +84,7 @@ def load_dia(directory: Path, dtype: torch.dtype | None, device="cpu", generatio
         model = Dia(cfg)
     load_into(model, tensors, dtype, device, transform=lambda name, t: _interleave_qk(name, t, cfg))
     # pages of transposed / interleaved / fused / packed originals, layer by layer: the peak stays ~1x the weights
-    model.prepare(after_layer=lambda: release_unused(mappings, model))
+    model.prepare(after_layer=lambda: release_unused(mappings, model), quantize=quantize)
     release_unused(mappings, model)
     return model.eval()
 

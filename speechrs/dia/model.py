@@ -13,6 +13,7 @@ from torch import nn
 
 from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, fuse_linears, rope_table
 from ..packing import Scratch, pack_fused, pack_linears, packable
+from ..quant import quantize_fused, quantize_linears
 from .config import DiaConfig
 
 
@@ -147,17 +148,23 @@ class Dia(nn.Module):
         self.logits_dense = nn.Linear(cfg.dec_dim, cfg.channels * cfg.audio_vocab, bias=False)
         self.caches: list[KVCache] = []
 
-    def prepare(self, after_layer=lambda: None) -> None:
-        """Fused self-attention projections, and on the CPU in bf16 every per-step decoder weight packed for
-        oneDNN (packing.py). Call once the weights are real (after loading);
-        `after_layer` runs after each decoder layer, so the loader can drop the replaced originals as it goes."""
+    def prepare(self, after_layer=lambda: None, quantize: str | None = None) -> None:
+        """Fused self-attention projections, then every decoder linear and the logits head quantized (`quantize`
+        int8 / int4, quant.py) or, on the CPU in bf16, every per-step decoder weight packed for oneDNN
+        (packing.py). Call once the weights are real (after loading); `after_layer` runs after each decoder
+        layer, so the loader can drop the replaced originals as it goes."""
         for layer in self.encoder.layers:
             a = layer.self_attention
             a.qkv = fuse_linears(a.q_proj, a.k_proj, a.v_proj)
-        pack, scratch = packable(self.logits_dense.weight), Scratch()
+        pack, scratch = quantize is None and packable(self.logits_dense.weight), Scratch()
         for layer in self.decoder.layers:
             a, c = layer.self_attention, layer.cross_attention
-            if pack:
+            if quantize is not None:
+                quantize_fused(a, ["q_proj", "k_proj", "v_proj"], "qkv", quantize)
+                quantize_linears(a, ["o_proj"], quantize)
+                quantize_linears(c, ["q_proj", "k_proj", "v_proj", "o_proj"], quantize)
+                quantize_linears(layer.mlp, ["gate_up_proj", "down_proj"], quantize)
+            elif pack:
                 pack_fused(a, ["q_proj", "k_proj", "v_proj"], "qkv", scratch=scratch)
                 pack_linears(a, ["o_proj"])
                 pack_linears(c, ["q_proj", "o_proj"])  # cross k/v run once per request, on the text
@@ -165,7 +172,9 @@ class Dia(nn.Module):
             else:
                 a.qkv = fuse_linears(a.q_proj, a.k_proj, a.v_proj)
             after_layer()
-        if pack:
+        if quantize is not None:
+            quantize_linears(self, ["logits_dense"], quantize)
+        elif pack:
             pack_linears(self, ["logits_dense"])
 
     def setup_caches(self, batch: int, max_len: int) -> None:

@@ -70,8 +70,11 @@ class DiaPipeline:
         self.voices: OrderedDict = OrderedDict()  # recent reference encodings (voices.py)
 
     @classmethod
-    def load(cls, directory: Path, dac_directory: Path | None, dtype=None, device="cpu") -> "DiaPipeline":
-        return cls(load_dia(directory, dtype, device), load_dac(dac_directory, device) if dac_directory else None)
+    def load(
+        cls, directory: Path, dac_directory: Path | None, dtype=None, device="cpu", quantize: str | None = None
+    ) -> "DiaPipeline":
+        dac = load_dac(dac_directory, device) if dac_directory else None
+        return cls(load_dia(directory, dtype, device, quantize=quantize), dac)
 
     @property
     def codec(self) -> DAC:

@@ -73,8 +73,11 @@ def _hf_tensors(directory: Path, cfg: VoxtralConfig, mappings: list):
             yield new, t
 
 
-def load_voxtral(directory: Path, layout: str, dtype: torch.dtype | None, device="cpu") -> Voxtral:
-    """Build on the meta device, assign the checkpoint's tensors, then derive the fixed buffers."""
+def load_voxtral(
+    directory: Path, layout: str, dtype: torch.dtype | None, device="cpu", quantize: str | None = None
+) -> Voxtral:
+    """Build on the meta device, assign the checkpoint's tensors, then derive the fixed buffers (and quantize the
+    decoder's linears, layer by layer)."""
     mappings: list = []
     if layout == "native":
         cfg = VoxtralConfig.from_params_json(directory / "params.json")
@@ -86,6 +89,6 @@ def load_voxtral(directory: Path, layout: str, dtype: torch.dtype | None, device
         model = Voxtral(cfg)
     load_into(model, tensors, dtype, device)
     # pages of permuted / fused / packed / cast originals, layer by layer: the peak stays ~1x the weights
-    model.setup_buffers(after_layer=lambda: release_unused(mappings, model))
+    model.setup_buffers(after_layer=lambda: release_unused(mappings, model), quantize=quantize)
     release_unused(mappings, model)
     return model.eval()

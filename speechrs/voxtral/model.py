@@ -13,6 +13,7 @@ from torch import nn
 
 from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, fuse_linears, rope_table
 from ..packing import Scratch, pack_fused, pack_linears, packable
+from ..quant import quantize_fused, quantize_linears
 from .config import EncoderConfig, VoxtralConfig
 
 
@@ -178,19 +179,25 @@ class Voxtral(nn.Module):
         self.caches: list[KVCache] = []
         self._rope_len = 0
 
-    def setup_buffers(self, after_layer=lambda: None) -> None:
+    def setup_buffers(self, after_layer=lambda: None, quantize: str | None = None) -> None:
         """Derived tensors that no checkpoint stores; call after weights are assigned (meta -> real). The
-        decoder's projections are fused, and on the CPU in bf16 packed for oneDNN (packing.py); `after_layer`
-        runs after each layer, so the loader can drop the replaced originals as it goes."""
+        decoder's projections are fused, then quantized (`quantize` int8 / int4: every decoder linear and the
+        output head, quant.py) or on the CPU in bf16 packed for oneDNN (packing.py); `after_layer` runs after each
+        layer, so the loader can drop the replaced originals as it goes."""
         enc = self.cfg.encoder
         device = self.tok_embeddings.weight.device
         self.mm_whisper_embeddings.whisper_encoder.embed_positions = sinusoids(enc.max_source_positions, enc.dim).to(
             device
         )
-        pack, scratch = packable(self.output.weight), Scratch()
+        pack, scratch = quantize is None and packable(self.output.weight), Scratch()
         for layer in self.layers:
             a, ff = layer.attention, layer.feed_forward
-            if pack:
+            if quantize is not None:
+                quantize_fused(a, ["wq", "wk", "wv"], "wqkv", quantize)
+                quantize_fused(ff, ["w1", "w3"], "w13", quantize)
+                quantize_linears(a, ["wo"], quantize)
+                quantize_linears(ff, ["w2"], quantize)
+            elif pack:
                 pack_fused(a, ["wq", "wk", "wv"], "wqkv", scratch=scratch)
                 pack_fused(ff, ["w1", "w3"], "w13", scratch=scratch)
                 pack_linears(a, ["wo"])
@@ -199,7 +206,9 @@ class Voxtral(nn.Module):
                 a.wqkv = fuse_linears(a.wq, a.wk, a.wv)
                 ff.w13 = fuse_linears(ff.w1, ff.w3)
             after_layer()
-        if pack:
+        if quantize is not None:
+            quantize_linears(self, ["output"], quantize)
+        elif pack:
             pack_linears(self, ["output"])
 
     def setup_caches(self, batch: int, max_len: int) -> None:

@@ -80,8 +80,10 @@ class VoxtralPipeline:
         self.max_audio_s: float | None = None  # a server's per-audio duration limit
 
     @classmethod
-    def load(cls, directory: Path, layout: str, dtype=None, device="cpu") -> "VoxtralPipeline":
-        return cls(load_voxtral(directory, layout, dtype, device), Tekken(directory / "tekken.json"))
+    def load(
+        cls, directory: Path, layout: str, dtype=None, device="cpu", quantize: str | None = None
+    ) -> "VoxtralPipeline":
+        return cls(load_voxtral(directory, layout, dtype, device, quantize), Tekken(directory / "tekken.json"))
 
     def transcribe(
         self, audio, language: str | None = None, opts: GenerationOptions = GenerationOptions()

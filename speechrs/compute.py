@@ -1,0 +1,82 @@
+"""The compute path for the machine at hand: which dtype the weights take and how the linears run.
+
+Chosen once at load from the device and what torch reports of the CPU (its ATen kernel level, and whether oneDNN
+has native bfloat16), and said in one line at load, so a user knows why a run is fast or slow.
+"""
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .quant import check_quantization
+from .weights import parse_dtype
+
+
+@dataclass(frozen=True)
+class ComputePlan:
+    device: str
+    dtype: torch.dtype | None  # the weights' dtype; None keeps the checkpoint's
+    quantize: str | None  # int8 / int4 weight-only (quant.py), or None
+    summary: str  # one line for the load message: the path and why
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+@functools.cache
+def cpu_native_bf16() -> bool:
+    """Whether bf16 matmuls run in hardware here (oneDNN's AVX-512 BF16 / AMX / AVX-NE-CONVERT kernels). Without
+    it, torch emulates bf16 and its matmuls run about 5x slower than fp32 (measured on AVX2; issue 16)."""
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the private op
+        return False
+
+
+def cpu_summary() -> str:
+    """e.g. 'AMD EPYC (AVX512, native bf16)': the name, torch's kernel level, and bf16 support."""
+    bf16 = "native bf16" if cpu_native_bf16() else "no native bf16"
+    return f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, {bf16})"
+
+
+def plan(device: str, dtype: str = "auto", quantize: str | None = None) -> ComputePlan:
+    """The path for `device` given the user's --dtype and --quantize; raises ValueError on a bad name."""
+    kind = torch.device(device).type
+    quantize = check_quantization(quantize)
+    torch_dtype = parse_dtype(dtype)
+    chosen = "" if dtype == "auto" else f"{dtype} as asked"
+    if kind == "cuda" and dtype == "auto":
+        torch_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        chosen = f"{torch_dtype} (auto on CUDA)".replace("torch.", "")
+    elif kind == "mps" and dtype == "auto":
+        torch_dtype, chosen = torch.float16, "float16 (auto on MPS)"
+    elif kind == "cpu" and dtype == "auto":
+        chosen = "the checkpoint's dtype (auto)"
+    if quantize is not None and kind != "cpu" and quantize == "int4":
+        raise ValueError("int4 weights run on the CPU only in this version; use --quantize int8 or none on " + kind)
+    where = cpu_summary() if kind == "cpu" else str(torch.cuda.get_device_name(device) if kind == "cuda" else kind)
+    if quantize is not None:
+        how = f"{quantize} weight-only decoder linears (activations bf16 in the kernel), other weights {chosen}"
+    elif kind == "cpu" and cpu_native_bf16():
+        how = f"{chosen}; bf16 decode weights packed for oneDNN"
+    elif kind == "cpu":
+        how = (
+            f"{chosen}; bf16 matmuls are emulated on this CPU (several times slower than fp32): "
+            "--quantize int8 or --dtype float32 run faster"
+        )
+    else:
+        how = chosen
+    return ComputePlan(device, torch_dtype, quantize, f"{device}: {where}: {how}")

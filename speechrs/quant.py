@@ -1,0 +1,145 @@
+"""Weight-only quantization at load (like mistral.rs's ISQ): int8 per output channel, int4 in groups.
+
+Activations stay floating point; only the weights are stored small and streamed from memory at a fraction of the
+bytes. The kernels are torch's own (anchors-2026-12.md §1a):
+- int8: `aten._weight_int8pack_mm(x, w_int8 (N, K), scales (N,))`, symmetric, scale = absmax / 127 per row.
+- int4: `aten._weight_int4pack_mm_for_cpu(x, packed, group, scale_and_zero (K/g, N, 2))`, asymmetric in groups of
+  `g` along K, w = (q - 8) * scale + zero with q in 0..15 (the "tinygemm" convention).
+On x86 both kernels are vectorised for bfloat16 activations only (a scalar loop otherwise), so activations are
+cast to bf16 around the call and back. The int4 packed layout depends on the ISA (32 or 64 rows per block), so
+weights are packed here, at load, on the machine that runs them.
+
+Each layer's exact reference is `dequantized()`: the same weight in float32, which the tests compare against.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QUANTIZATIONS = ("int8", "int4")
+INT4_GROUP = 32  # 32..256 allowed by the kernel; 32 keeps the most precision (anchors: group 128 lost much more)
+INT4_ROWS = 64  # the packed layout's row block on AVX-512 (32 on AVX2): pad N to a multiple of both
+KERNEL_DTYPE = torch.bfloat16  # the activation dtype the CPU kernels are vectorised for
+BLOCK_ROWS = 4096  # rows quantized at a time (a multiple of INT4_ROWS)
+
+
+def check_quantization(name: str | None) -> str | None:
+    if name in (None, "", "none"):
+        return None
+    if name not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization '{name}'; choose {', '.join(QUANTIZATIONS)} or none")
+    return name
+
+
+def _as_kernel_dtype(scale: torch.Tensor) -> torch.Tensor:
+    """A scale the kernel will read in bf16, rounded there now (up, so no weight leaves the code range), so the
+    codes are computed against the scale actually used: a bf16 ulp is 2^-8 of it, 127 codes could drift 0.5."""
+    return (scale * (1 + 2.0**-7)).to(KERNEL_DTYPE).float()
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+class Int8Linear(nn.Module):
+    """A bias-free Linear with int8 weights (N, K) and one scale per output row: y = (x @ q.T) * scale."""
+
+    qweight: torch.Tensor  # (N, K) int8
+    scale: torch.Tensor  # (N,) bf16
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        q, scales = [], []
+        for block in weight.detach().split(BLOCK_ROWS):  # float32 copies of one block at a time: load peak ~1x
+            w = block.float()
+            scale = _as_kernel_dtype(w.abs().amax(dim=1).clamp(min=1e-12) / 127.0)  # (rows,)
+            q.append(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+            scales.append(scale)
+        self.register_buffer("qweight", torch.cat(q))
+        self.register_buffer("scale", torch.cat(scales).to(KERNEL_DTYPE))
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight this layer computes with, in float32 (the reference the kernel is tested against)."""
+        return self.qweight.float() * self.scale.float()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":  # torch's int8 kernel is CPU/MPS-only: dequantize into the activations' dtype
+            return F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
+        y = torch.ops.aten._weight_int8pack_mm(_rows(x).to(KERNEL_DTYPE).contiguous(), self.qweight, self.scale)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
+
+
+class Int4Linear(nn.Module):
+    """A bias-free Linear with 4-bit weights in groups of INT4_GROUP along K, each with a scale and zero point."""
+
+    packed: torch.Tensor  # (N padded, K / 2) uint8 in the kernel's layout for this CPU
+    scale_zero: torch.Tensor  # (K / g, N padded, 2) bf16
+
+    def __init__(self, weight: torch.Tensor, group: int = INT4_GROUP):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        if self.in_features % group:
+            raise ValueError(f"int4 needs in_features divisible by {group}, got {self.in_features}")
+        self.group = group
+        n_pad = -self.out_features % INT4_ROWS  # e.g. Dia's 9 x 1028 logits rows: padded with zero rows
+        packed, scale_zero = [], []
+        for block in F.pad(weight.detach(), (0, 0, 0, n_pad)).split(BLOCK_ROWS):  # one block in float32 at a time
+            g = block.float().unflatten(1, (-1, group))  # (rows, K/g, g)
+            lo, hi = g.amin(dim=2), g.amax(dim=2)
+            scale = _as_kernel_dtype(((hi - lo) / 15).clamp(min=1e-12))  # (rows, K/g)
+            zero = (lo + 8 * scale).to(KERNEL_DTYPE).float()  # w = (q - 8) * scale + zero: q = 0 is lo, 15 is hi
+            q = torch.round((g - zero[..., None]) / scale[..., None] + 8).clamp(0, 15).to(torch.int32).flatten(1)
+            # the packed layout is blocks of 32 or 64 whole rows, so row blocks pack independently
+            packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+            scale_zero.append(torch.stack([scale, zero], dim=2).transpose(0, 1))  # (K/g, rows, 2)
+        self.register_buffer("packed", torch.cat(packed))
+        self.register_buffer("scale_zero", torch.cat(scale_zero, dim=1).to(KERNEL_DTYPE).contiguous())
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight this layer computes with, in float32: (q - 8) * scale + zero. The codes q - 8 are read back
+        through the kernel itself (the identity matrix with scale 1 and zero 0: small integers, exact in bf16),
+        so this checks the packed layout too."""
+        eye = torch.eye(self.in_features, dtype=KERNEL_DTYPE)
+        unit = torch.zeros_like(self.scale_zero)
+        unit[..., 0] = 1
+        q_KxN = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group, unit).float()
+        scale, zero = (self.scale_zero[..., i].float().repeat_interleave(self.group, dim=0) for i in (0, 1))
+        return (q_KxN * scale + zero).T[: self.out_features].contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            _rows(x).to(KERNEL_DTYPE).contiguous(), self.packed, self.group, self.scale_zero
+        )
+        return y[:, : self.out_features].to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {self.group}"
+
+
+def quantized_linear(weight: torch.Tensor, kind: str) -> nn.Module:
+    if weight.device.type != "cpu" and kind == "int4":
+        raise ValueError("int4 weights run on the CPU only in this version (torch's CUDA int4 layout differs)")
+    return Int8Linear(weight) if kind == "int8" else Int4Linear(weight)
+
+
+def quantize_linears(parent: nn.Module, names: list[str], kind: str) -> None:
+    """Replace the bias-free nn.Linear children `names` of `parent` with quantized ones."""
+    for name in names:
+        linear = getattr(parent, name)
+        if linear.bias is not None:
+            raise ValueError(f"{name}: quantized Linears have no bias")
+        setattr(parent, name, quantized_linear(linear.weight, kind))
+
+
+def quantize_fused(parent: nn.Module, names: list[str], fused_name: str, kind: str) -> None:
+    """One quantized Linear `fused_name` over the rows of the Linears `names` (which read the same input); the
+    Linears themselves are removed, so their weights' memory can go. Per-row scales make this exactly the
+    concatenation of the Linears quantized one by one (int4 groups run along K, within a row, too)."""
+    weights = [getattr(parent, name).weight.detach() for name in names]
+    setattr(parent, fused_name, quantized_linear(torch.cat(weights), kind))
+    for name in names:
+        delattr(parent, name)
