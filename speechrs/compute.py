@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .packing import cpu_native_bf16
 from .quant import check_quantization
 from .weights import parse_dtype
 
@@ -34,16 +35,6 @@ def cpu_name() -> str:
     import platform
 
     return platform.processor() or "unknown CPU"
-
-
-@functools.cache
-def cpu_native_bf16() -> bool:
-    """Whether bf16 matmuls run in hardware here (oneDNN's AVX-512 BF16 / AMX / AVX-NE-CONVERT kernels). Without
-    it, torch emulates bf16 and its matmuls run about 5x slower than fp32 (measured on AVX2; issue 16)."""
-    try:
-        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without the private op
-        return False
 
 
 def cpu_summary() -> str:

@@ -16,11 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .packing import cpu_native_bf16
+
 QUANTIZATIONS = ("int8", "int4")
 INT4_GROUP = 32  # 32..256 allowed by the kernel; 32 keeps the most precision (anchors: group 128 lost much more)
 INT4_ROWS = 64  # the packed layout's row block on AVX-512 (32 on AVX2): pad N to a multiple of both
 KERNEL_DTYPE = torch.bfloat16  # the activation dtype the CPU kernels are vectorised for
 BLOCK_ROWS = 4096  # rows quantized at a time (a multiple of INT4_ROWS)
+# From this many rows on (a prefill, a long batch), int8 codes are converted to bf16 for the call and multiplied
+# by the GEMM, then scaled: the weight-only kernel's 4x4 tiles reach ~130 GFLOP/s for 383 rows where oneDNN's bf16
+# GEMM reaches ~300 with the conversion (AVX-512 BF16). Measured on 16384 x 3072: kernel 14.6 / 58.7 / 110 ms at
+# 16 / 64 / 128 rows, convert + GEMM 44 / 57 / 70 ms (benchmarks/machine.py has the per-path figures).
+DEQUANT_ROWS = 64
 
 
 def check_quantization(name: str | None) -> str | None:
@@ -66,7 +73,12 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":  # torch's int8 kernel is CPU/MPS-only: dequantize into the activations' dtype
             return F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
-        y = torch.ops.aten._weight_int8pack_mm(_rows(x).to(KERNEL_DTYPE).contiguous(), self.qweight, self.scale)
+        rows = _rows(x)
+        if len(rows) >= DEQUANT_ROWS:  # compute-bound: the GEMM in the fastest dtype this CPU has
+            dtype = KERNEL_DTYPE if cpu_native_bf16() else torch.float32
+            y = F.linear(rows.to(dtype), self.qweight.to(dtype)) * self.scale.to(dtype)  # codes exact in bf16
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(rows.to(KERNEL_DTYPE).contiguous(), self.qweight, self.scale)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

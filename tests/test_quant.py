@@ -59,15 +59,22 @@ def test_row_blocks_quantize_exactly_as_the_whole_matrix(monkeypatch):
 
 
 class ExactLayer(torch.nn.Module):
-    """What a quantized layer claims to compute, in float32: the bf16-rounded input (the kernels' activation
-    dtype) times the dequantized weight, rounded to bf16 (their output dtype)."""
+    """What a quantized layer claims to compute, in float32 from its codes: the bf16-rounded input (the kernels'
+    activation dtype) times the dequantized weight, rounded to bf16 (their output dtype). int8 from
+    DEQUANT_ROWS rows on: the product of input and codes rounded to bf16 (the GEMM's output), then scaled."""
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, layer: Int8Linear | Int4Linear):
         super().__init__()
-        self.weight = weight
+        self.weight = layer.dequantized()
+        self.int8 = isinstance(layer, Int8Linear)
+        if self.int8:
+            self.codes, self.scale = layer.qweight.float(), layer.scale.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(torch.bfloat16).float(), self.weight).to(torch.bfloat16).to(x.dtype)
+        xb = x.to(torch.bfloat16).float()
+        if self.int8 and xb.reshape(-1, xb.shape[-1]).shape[0] >= quant.DEQUANT_ROWS:
+            return (F.linear(xb, self.codes).to(torch.bfloat16).float() * self.scale).to(torch.bfloat16).to(x.dtype)
+        return F.linear(xb, self.weight).to(torch.bfloat16).to(x.dtype)
 
 
 def _exact_reference(reference: torch.nn.Module, quantized: torch.nn.Module) -> int:
@@ -77,7 +84,7 @@ def _exact_reference(reference: torch.nn.Module, quantized: torch.nn.Module) -> 
     for name, module in quantized.named_modules():
         if isinstance(module, (Int8Linear, Int4Linear)):
             parent, _, leaf = name.rpartition(".")
-            setattr(reference.get_submodule(parent), leaf, ExactLayer(module.dequantized()))
+            setattr(reference.get_submodule(parent), leaf, ExactLayer(module))
             n += 1
     return n
 
