@@ -1,10 +1,12 @@
 """speechrs vs transformers (DiaForConditionalGeneration + DacModel) on the same Dia and DAC checkpoints.
 
     python benchmarks/bench_dia.py                                  # tiny random Dia, real-size random DAC
-    python benchmarks/bench_dia.py --size full --dtype bfloat16     # random weights at Dia-1.6B's real shapes
+    python benchmarks/bench_dia.py --size full --dtype bfloat16 --quantize none,int8,int4   # Dia-1.6B's shapes
 
 Both run greedy CFG decoding (guidance 3, top-k 45: transformers' do_sample=False) for the same number of
 steps on the HF 0626 layout, each in its own process: decode steps/s, DAC decode real-time factor, peak RSS.
+speechrs runs once per --quantize path. The machine's memory bandwidth and GEMM peaks are measured in the same
+run (machine.py), and each path's decode is put against its ceiling: bandwidth / weight bytes read per step.
 """
 
 import argparse
@@ -13,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, print_table, rss_mb, run_workers, warm_page_cache
+from common import ROOT, per_step_bytes, print_table, rss_mb, run_workers, warm_page_cache, worker_quantize
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -100,7 +102,7 @@ def _mask(cfg):
     return mask
 
 
-def run_speechrs(dia: Path, dac: Path, steps: int, frames: int, dtype: str) -> dict:
+def run_speechrs(dia: Path, dac: Path, steps: int, frames: int, dtype: str, quantize: str | None = None) -> dict:
     import torch
 
     from speechrs.dia.pipeline import DiaPipeline, SpeakOptions, encode_text
@@ -108,7 +110,7 @@ def run_speechrs(dia: Path, dac: Path, steps: int, frames: int, dtype: str) -> d
 
     base = rss_mb()
     t0 = time.perf_counter()
-    p = DiaPipeline.load(dia, dac, parse_dtype(dtype))
+    p = DiaPipeline.load(dia, dac, parse_dtype(dtype), quantize=quantize)
     load_s = time.perf_counter() - t0
     ids = encode_text(TEXT, p.cfg)
     opts = p.options(SpeakOptions(max_tokens=steps, temperature=0, top_k=45, cfg_scale=3.0))
@@ -130,6 +132,8 @@ def run_speechrs(dia: Path, dac: Path, steps: int, frames: int, dtype: str) -> d
         "dac_rtf": frames * 512 / 44100 / dac_s,
         "peak_rss_mb": rss_mb(),
         "base_rss_mb": base,
+        # per step: the decoder's linears and the logits head; cross k/v run once per request
+        "step_bytes": per_step_bytes(p.model, skip=r"^encoder|cross_attention\.[kv]_proj|self_attention\.[qkv]_proj"),
     }
 
 
@@ -189,21 +193,30 @@ def main():
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--frames", type=int, default=430, help="DAC frames to decode (430 = 5 s)")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
-    ap.add_argument("--worker", choices=["speechrs", "transformers"], help=argparse.SUPPRESS)
+    ap.add_argument("--quantize", default="none", help="speechrs paths to run, e.g. none,int8,int4")
+    ap.add_argument("--no-transformers", action="store_true", help="speechrs paths only")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--dia", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--dac", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.worker:
-        fn = run_speechrs if args.worker == "speechrs" else run_transformers
-        print(json.dumps(fn(args.dia, args.dac, args.steps, args.frames, args.dtype)))
+    if args.worker == "transformers":
+        print(json.dumps(run_transformers(args.dia, args.dac, args.steps, args.frames, args.dtype)))
         return
+    if args.worker:
+        quantize = worker_quantize(args.worker)
+        print(json.dumps(run_speechrs(args.dia, args.dac, args.steps, args.frames, args.dtype, quantize)))
+        return
+    from machine import limits
+
+    lim = limits()
     dia, dac = write_checkpoints(args.size, args.dtype, args.cache / f"dia-{args.size}-{args.dtype}")
     dia_mb = (dia / "model.safetensors").stat().st_size / 2**20
     weights_mb = dia_mb + (dac / "model.safetensors").stat().st_size / 2**20
     warm_page_cache(dia, dac)
+    paths = [f"speechrs-{q}" if q != "none" else "speechrs" for q in args.quantize.split(",")]
     results = run_workers(
         __file__,
-        ["speechrs", "transformers"],
+        paths + ([] if args.no_transformers else ["transformers"]),
         [
             "--dia",
             str(dia),
@@ -218,8 +231,12 @@ def main():
         ],
     )
     print(
+        f"{lim['cpu']}, {lim['threads']} threads: memory bandwidth {lim['bandwidth_gbs']} GB/s, GEMM peak "
+        f"fp32 {lim['fp32_gflops']} / bf16 {lim['bf16_gflops']} GFLOP/s (measured in this run)"
+    )
+    print(
         f"Dia {args.size} ({dia_mb:.0f} MiB of {args.dtype} weights) + DAC 44 kHz (float32), greedy CFG, "
-        f"{results['speechrs']['steps']} / {results['transformers']['steps']} steps, {args.frames} DAC frames"
+        f"{', '.join(str(r['steps']) for r in results.values())} steps, {args.frames} DAC frames"
     )
     print_table(
         results,
@@ -231,10 +248,17 @@ def main():
         ],
     )
     for name, r in results.items():
-        print(
+        line = (
             f"{name}: peak RSS above the post-import baseline = "
             f"{(r['peak_rss_mb'] - r['base_rss_mb']) / weights_mb:.2f} x the Dia + DAC weights"
         )
+        if "step_bytes" in r:
+            ceiling = lim["bandwidth_gbs"] * 1e9 / r["step_bytes"]
+            line += (
+                f"; {r['step_bytes'] / 2**20:.0f} MiB of weights per step, ceiling {ceiling:.1f} steps/s, "
+                f"decode at {r['steps_per_s'] / ceiling:.0%} of it"
+            )
+        print(line)
 
 
 if __name__ == "__main__":

@@ -44,10 +44,50 @@ def run_workers(script: str, names: list[str], args: list[str]) -> dict[str, dic
 
 
 def print_table(results: dict[str, dict], rows: list[tuple[str, str, bool]]) -> None:
-    """rows: (label, key, higher_is_better); ratio > 1 always means speechrs is better."""
-    s, t = results["speechrs"], results["transformers"]
-    print(f"{'metric':<24}{'speechrs':>12}{'transformers':>14}{'ratio':>9}")
+    """One column per worker (speechrs paths, then transformers), then each speechrs path's ratio against
+    transformers; rows: (label, key, higher_is_better). A ratio > 1 always means speechrs is better."""
+    names = list(results)
+    ours = [n for n in names if n.startswith("speechrs")]
+    ref = results.get("transformers")
+    ratios = [("speechrs" if n == "speechrs" else n.removeprefix("speechrs-")) + "/tf" for n in ours] if ref else []
+    print(f"{'metric':<24}" + "".join(f"{n:>16}" for n in names) + "".join(f"{r:>11}" for r in ratios))
     for label, key, higher_better in rows:
-        ratio = s[key] / t[key] if higher_better else t[key] / s[key]
-        print(f"{label:<24}{s[key]:>12.2f}{t[key]:>14.2f}{ratio:>8.2f}x")
-    print("ratio > 1 means speechrs is better (faster or smaller)")
+        line = f"{label:<24}" + "".join(f"{results[n][key]:>16.2f}" for n in names)
+        for n in ours if ref else []:
+            s, t = results[n][key], ref[key]
+            line += f"{(s / t if higher_better else t / s):>10.2f}x"
+        print(line)
+    if ref:
+        print("ratio > 1 means speechrs is better (faster or smaller)")
+
+
+def worker_quantize(name: str) -> str | None:
+    """speechrs-int8 -> int8; speechrs -> None."""
+    return name.split("-", 1)[1] if "-" in name else None
+
+
+def linear_bytes(module) -> int:
+    """Bytes of weights a Linear-like module (nn.Linear, PackedLinear, Int8Linear, Int4Linear) reads per call."""
+    from speechrs.packing import PackedLinear
+
+    if isinstance(module, PackedLinear):  # an opaque oneDNN tensor: count its logical size
+        return module.in_features * module.out_features * module.dtype.itemsize
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def per_step_bytes(model, skip: str = "") -> int:
+    """Weight bytes one decode step reads: every Linear-like leaf of `model` whose name does not match the regex
+    `skip` (the encoder, projections run once per request, the parts of a fused Linear that are views of it)."""
+    import re
+
+    import torch
+
+    from speechrs.packing import PackedLinear
+    from speechrs.quant import Int4Linear, Int8Linear
+
+    kinds = (torch.nn.Linear, PackedLinear, Int8Linear, Int4Linear)
+    total = 0
+    for name, m in model.named_modules():
+        if isinstance(m, kinds) and not (skip and re.search(skip, name)):
+            total += linear_bytes(m)
+    return total

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, fuse_linears, rope_table
+from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, attend_one, fuse_linears, rope_table
 from ..packing import Scratch, pack_fused, pack_linears, packable
 from ..quant import quantize_fused, quantize_linears
 from .config import DiaConfig
@@ -211,7 +211,10 @@ class Dia(nn.Module):
             q = c.heads(c.q_proj, h, c.n_heads)
             if cfg.cross_rope:  # v0.1: queries rotated at the decoder step
                 q = apply_rope_interleaved(q, rot)
-            o = F.scaled_dot_product_attention(q, ck, cv, scale=1.0, enable_gqa=c.n_heads != c.n_kv_heads)
+            if T == 1:
+                o = attend_one(q, ck, cv, scale=1.0)
+            else:
+                o = F.scaled_dot_product_attention(q, ck, cv, scale=1.0, enable_gqa=c.n_heads != c.n_kv_heads)
             x = x + c.out(o)
             x = x + layer.mlp(layer.pre_mlp_norm(x))
         logits = self.logits_dense(self.decoder.norm(x))
