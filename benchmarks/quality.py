@@ -58,13 +58,13 @@ def _voxtral_cases(pipeline, tokens: int) -> list[tuple[str, list[int], torch.Te
     return cases
 
 
-def voxtral_logits(pipeline, ids: list[int], mel: torch.Tensor, start: int) -> torch.Tensor:
-    """Logits of the positions that predict ids[start:] (and the one after), float32."""
-    m = pipeline.model
+def voxtral_logits(model, audio_id: int, ids: list[int], mel: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Teacher-forced logits (float32) of the positions from `start - 1` on (those that predict ids[start:] and
+    the next token); start 0: every position."""
     with torch.inference_mode():
-        m.setup_caches(1, len(ids) + 8)
-        x = m.embed(torch.tensor([ids]), m.encode_audio(mel), pipeline.audio_token_id)
-        return m(x, 0, last_only=False)[0, start - 1 :].float()
+        model.setup_caches(1, len(ids) + 8)
+        x = model.embed(torch.tensor([ids]), model.encode_audio(mel), audio_id)
+        return model(x, 0, last_only=False)[0, max(start - 1, 0) :].float()
 
 
 def voxtral_quality(directory: Path, layout: str, quantize: str, dtype: str, tokens: int) -> dict:
@@ -73,20 +73,20 @@ def voxtral_quality(directory: Path, layout: str, quantize: str, dtype: str, tok
 
     reference = VoxtralPipeline.load(directory, layout, torch.float32)
     cases = _voxtral_cases(reference, tokens)
-    ref_logits = [voxtral_logits(reference, ids, mel, start) for _, ids, mel, start in cases]
+    audio_id = reference.audio_token_id
+    ref_logits = [voxtral_logits(reference.model, audio_id, ids, mel, start) for _, ids, mel, start in cases]
     del reference
     gc.collect()
     how = plan("cpu", dtype, quantize)
     quantized = VoxtralPipeline.load(directory, layout, how.dtype, "cpu", how.quantize)
     return {
-        name: compare(ref, voxtral_logits(quantized, ids, mel, start))
+        name: compare(ref, voxtral_logits(quantized.model, audio_id, ids, mel, start))
         for (name, ids, mel, start), ref in zip(cases, ref_logits, strict=True)
     }
 
 
-def dia_logits(pipeline, text_ids: list[int], rows: torch.Tensor) -> torch.Tensor:
-    """Teacher-forced CFG logits (T, C, V) of delayed rows (T, C), cond and uncond in one batch."""
-    model = pipeline.model
+def dia_logits(model, text_ids: list[int], rows: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced CFG logits (T, C, V) of delayed rows (T, C), cond and uncond in one batch, CFG scale 3."""
     ids = torch.tensor([text_ids])
     with torch.inference_mode():
         cross = model.cross_cache(model.encoder(torch.cat([ids, torch.zeros_like(ids)])))
@@ -104,11 +104,11 @@ def dia_quality(directory: Path, quantize: str, dtype: str, tokens: int) -> dict
     text_ids = encode_text(DIALOGUE, reference.cfg)
     opts = reference.options(SpeakOptions(max_tokens=tokens, temperature=0, top_k=45, cfg_scale=3.0))
     rows = list(reference.generate_codes(text_ids, opts))[-1][:-1]  # the rows the float32 model read
-    ref = dia_logits(reference, text_ids, rows)
+    ref = dia_logits(reference.model, text_ids, rows)
     del reference
     gc.collect()
     how = plan("cpu", dtype, quantize)
-    quantized = DiaPipeline(load_dia(directory, how.dtype, quantize=how.quantize), None)
+    quantized = load_dia(directory, how.dtype, quantize=how.quantize)
     return {"dialogue": compare(ref, dia_logits(quantized, text_ids, rows))}
 
 

@@ -6,6 +6,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS.parent / "benchmarks"))  # quality.py: the teacher-forced comparison the tests share
 
 import tiny  # noqa: E402
 

@@ -7,6 +7,7 @@ benchmarks/quality.py (README)."""
 import pytest
 import torch
 import torch.nn.functional as F
+from quality import compare, dia_logits, voxtral_logits
 
 from speechrs import quant
 from speechrs.dia.checkpoint import load_dia
@@ -89,21 +90,6 @@ def _exact_reference(reference: torch.nn.Module, quantized: torch.nn.Module) -> 
     return n
 
 
-def _kl(ref: torch.Tensor, ours: torch.Tensor) -> float:
-    """Mean KL(ref || ours) over positions (and channels)."""
-    return F.kl_div(ours.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="none").sum(-1).mean().item()
-
-
-def _top1_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.argmax(-1) == b.argmax(-1)).float().mean().item()
-
-
-def _voxtral_logits(model, ids: list[int], mel: torch.Tensor, audio_id: int) -> torch.Tensor:
-    with torch.inference_mode():
-        model.setup_caches(1, len(ids) + 8)
-        return model(model.embed(torch.tensor([ids]), model.encode_audio(mel), audio_id), 0, last_only=False)[0]
-
-
 def _voxtral_case(pipeline, clip) -> tuple[list[int], int, torch.Tensor]:
     """(ids, prompt length, mel): the clip's transcription prompt, then 64 tokens the float32 model chose."""
     mel, n_audio, _ = pipeline._prepare_audio(str(clip))
@@ -120,8 +106,8 @@ def test_quantized_voxtral_equals_its_layers_computed_exactly(native_dir, native
     assert _exact_reference(reference, quantized) == 4 * quantized.cfg.n_layers + 1  # qkv, o, w13, w2; head
     ids, _, mel = _voxtral_case(native_pipeline, clip)
     audio_id = native_pipeline.audio_token_id
-    ours, ref = _voxtral_logits(quantized, ids, mel, audio_id), _voxtral_logits(reference, ids, mel, audio_id)
-    assert _top1_agreement(ours, ref) >= 0.99 and _kl(ref, ours) < 1e-3
+    agreement = compare(voxtral_logits(reference, audio_id, ids, mel), voxtral_logits(quantized, audio_id, ids, mel))
+    assert agreement["top1"] >= 0.99 and agreement["kl"] < 1e-3, agreement
 
 
 def test_int8_voxtral_against_the_original_float32(native_dir, native_pipeline, clip):
@@ -131,19 +117,10 @@ def test_int8_voxtral_against_the_original_float32(native_dir, native_pipeline, 
     quantized = load_voxtral(native_dir, "native", torch.float32, quantize="int8")
     ids, n_prompt, mel = _voxtral_case(native_pipeline, clip)
     audio_id = native_pipeline.audio_token_id
-    ours = _voxtral_logits(quantized, ids, mel, audio_id)[n_prompt - 1 :]
-    ref = _voxtral_logits(native_pipeline.model, ids, mel, audio_id)[n_prompt - 1 :]
-    assert _top1_agreement(ours, ref) >= 0.95 and _kl(ref, ours) < 3e-3
-
-
-def _dia_logits(model, text_ids: list[int], rows: torch.Tensor) -> torch.Tensor:
-    """Teacher-forced CFG logits (T, C, V) for delayed rows (T, C), cond and uncond in one batch."""
-    ids = torch.tensor([text_ids])
-    with torch.inference_mode():
-        cross = model.cross_cache(model.encoder(torch.cat([ids, torch.zeros_like(ids)])))
-        model.setup_caches(2, len(rows) + 1)
-        logits = model(rows.expand(2, -1, -1), 0, cross).float()  # (2, T, C, V)
-        return logits[0] + 3.0 * (logits[0] - logits[1])  # the CFG mix the pipeline samples from
+    ours = voxtral_logits(quantized, audio_id, ids, mel, n_prompt)
+    ref = voxtral_logits(native_pipeline.model, audio_id, ids, mel, n_prompt)
+    agreement = compare(ref, ours)
+    assert agreement["top1"] >= 0.95 and agreement["kl"] < 3e-3, agreement
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -158,8 +135,8 @@ def test_quantized_dia_equals_its_layers_computed_exactly(dia_dirs, dac, kind):
     text_ids = encode_text("[S1] Hello there. [S2] Hi! (laughs)", reference.cfg)
     opts = pipeline.options(SpeakOptions(max_tokens=64, temperature=0))
     rows = list(pipeline.generate_codes(text_ids, opts))[-1][:-1]  # the rows the float32 model read
-    ours, ref = _dia_logits(quantized, text_ids, rows), _dia_logits(reference, text_ids, rows)
-    assert _top1_agreement(ours, ref) >= 0.98 and _kl(ref, ours) < 1e-3
+    agreement = compare(dia_logits(reference, text_ids, rows), dia_logits(quantized, text_ids, rows))
+    assert agreement["top1"] >= 0.98 and agreement["kl"] < 1e-3, agreement
 
 
 def test_the_python_api_and_the_load_line_name_the_quantization(native_dir, dia_dirs, dac_dirs, clip):
@@ -184,3 +161,13 @@ def test_the_server_quantizes_each_model_as_asked(native_dir, dia_dirs, dac_dirs
     assert isinstance(engine.models[0].voxtral.model.output, Int8Linear)
     assert not isinstance(engine.models[1].dia.model.logits_dense, (Int8Linear, Int4Linear))
     assert "int8 weight-only" in lines[0] and "weight-only" not in lines[1]
+
+
+def test_the_quality_script_reports_both_models(native_dir, dia_dirs, capsys):
+    import quality
+
+    result = quality.voxtral_quality(native_dir, "native", "int8", "auto", tokens=8)
+    assert set(result) == {"transcription", "chat"} and all(r["positions"] == 9 for r in result.values())
+    assert all(r["kl"] < 3e-3 for r in result.values()), result
+    result = quality.dia_quality(dia_dirs[0], "int8", "auto", tokens=32)
+    assert result["dialogue"]["positions"] == 32 * 9 and result["dialogue"]["kl"] < 1e-2, result
