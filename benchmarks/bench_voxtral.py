@@ -1,11 +1,13 @@
 """speechrs vs transformers on the same Voxtral checkpoint (HF layout), one run, printed side by side.
 
     python benchmarks/bench_voxtral.py                    # tiny random-weight checkpoint, float32
-    python benchmarks/bench_voxtral.py --size full --dtype bfloat16 --new-tokens 16   # 4.7B random weights
+    python benchmarks/bench_voxtral.py --size full --dtype bfloat16 --quantize none,int8,int4   # 4.7B random
 
 Each implementation runs in its own subprocess (so peak memory is its own) on the same clip and prompt:
 load time, audio encoder time, prefill tokens/s, decode tokens/s (greedy, after a warm-up, best of 5 runs),
-peak RSS.
+peak RSS; speechrs once per --quantize path. The machine's bandwidth and GEMM peaks are measured in the same run
+(machine.py): the encoder and the prefill are put against the GEMM peak, decode against bandwidth / the weight
+bytes one token reads.
 """
 
 import argparse
@@ -14,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, print_table, rss_mb, run_workers, warm_page_cache
+from common import ROOT, per_step_bytes, print_table, rss_mb, run_workers, warm_page_cache, worker_quantize
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -83,7 +85,23 @@ def write_checkpoint(size: str, dtype: str, out: Path) -> Path:
     return hf
 
 
-def run_speechrs(ckpt: Path, clip: Path, n_new: int, dtype: str) -> dict:
+def encoder_gflop(cfg) -> float:
+    """One 30 s chunk through the Whisper encoder: q, k, v, o and the two MLP matrices per position, and the
+    attention's two (T x T x D) products; the conv front end is under 1% and left out."""
+    e, t = cfg.encoder, cfg.encoder.max_source_positions
+    linears = 2 * t * (4 * e.dim * e.dim + 2 * e.dim * e.hidden_dim)
+    return e.n_layers * (linears + 4 * t * t * e.dim) / 1e9
+
+
+def prefill_gflop(cfg, tokens: int) -> float:
+    """Decoder matmuls for `tokens` prompt tokens (2 FLOP per weight per token; the output head for the last
+    position only, as the pipeline computes it); causal attention is under 1% at this length."""
+    kv = cfg.n_kv_heads * cfg.head_dim
+    per_layer = cfg.dim * (cfg.n_heads * cfg.head_dim) * 2 + cfg.dim * kv * 2 + 3 * cfg.dim * cfg.hidden_dim
+    return (2 * tokens * cfg.n_layers * per_layer + 2 * cfg.dim * cfg.vocab_size) / 1e9
+
+
+def run_speechrs(ckpt: Path, clip: Path, n_new: int, dtype: str, quantize: str | None = None) -> dict:
     import torch
 
     from speechrs.voxtral.pipeline import GenerationOptions, VoxtralPipeline
@@ -91,7 +109,7 @@ def run_speechrs(ckpt: Path, clip: Path, n_new: int, dtype: str) -> dict:
 
     base = rss_mb()
     t0 = time.perf_counter()
-    p = VoxtralPipeline.load(ckpt, "hf", parse_dtype(dtype))
+    p = VoxtralPipeline.load(ckpt, "hf", parse_dtype(dtype), quantize=quantize)
     load_s = time.perf_counter() - t0
     list(p.transcribe(str(clip), "en", GenerationOptions(max_tokens=4)))  # warm-up
     first_s = time.perf_counter() - t0
@@ -108,6 +126,10 @@ def run_speechrs(ckpt: Path, clip: Path, n_new: int, dtype: str) -> dict:
         "peak_rss_mb": rss_mb(),
         "base_rss_mb": base,
         "threads": torch.get_num_threads(),
+        # what one decode step reads: the decoder's linears (not the views a fused one holds) and the head
+        "step_bytes": per_step_bytes(p.model, skip=r"^mm_whisper|\.w[qkv]$|\.w[13]$"),
+        "encoder_gflop": encoder_gflop(p.model.cfg),
+        "prefill_gflop": prefill_gflop(p.model.cfg, u.prompt_tokens),
     }
 
 
@@ -166,24 +188,37 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--clip", type=Path, default=ROOT / "tests" / "data" / "clip_en_16k.wav")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
-    ap.add_argument("--worker", choices=["speechrs", "transformers"], help=argparse.SUPPRESS)
+    ap.add_argument("--quantize", default="none", help="speechrs paths to run, e.g. none,int8,int4")
+    ap.add_argument("--no-transformers", action="store_true", help="speechrs paths only")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    if args.worker:
-        fn = run_speechrs if args.worker == "speechrs" else run_transformers
-        print(json.dumps(fn(args.ckpt, args.clip, args.new_tokens, args.dtype)))
+    if args.worker == "transformers":
+        print(json.dumps(run_transformers(args.ckpt, args.clip, args.new_tokens, args.dtype)))
         return
+    if args.worker:
+        q = worker_quantize(args.worker)
+        print(json.dumps(run_speechrs(args.ckpt, args.clip, args.new_tokens, args.dtype, q)))
+        return
+    from machine import limits
+
+    lim = limits()
 
     ckpt = write_checkpoint(args.size, args.dtype, args.cache / f"{args.size}-{args.dtype}")
     ckpt_mb = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2**20
     warm_page_cache(ckpt)
+    paths = [f"speechrs-{q}" if q != "none" else "speechrs" for q in args.quantize.split(",")]
     results = run_workers(
         __file__,
-        ["speechrs", "transformers"],
+        paths + ([] if args.no_transformers else ["transformers"]),
         ["--ckpt", str(ckpt), "--clip", str(args.clip), "--new-tokens", str(args.new_tokens), "--dtype", args.dtype],
     )
-    s = results["speechrs"]
+    s = results[paths[0]]
+    print(
+        f"{lim['cpu']}, {lim['threads']} threads: memory bandwidth {lim['bandwidth_gbs']} GB/s, GEMM peak "
+        f"fp32 {lim['fp32_gflops']} / bf16 {lim['bf16_gflops']} GFLOP/s (measured in this run)"
+    )
     print(
         f"Voxtral {args.size} ({ckpt_mb:.0f} MiB of {args.dtype} weights), {s['prompt_tokens']}-token transcription "
         f"prompt, {args.new_tokens} greedy tokens, {s['threads']} threads"
@@ -199,11 +234,22 @@ def main():
             ("peak RSS MiB", "peak_rss_mb", False),
         ],
     )
+    peak = max(lim["fp32_gflops"], lim["bf16_gflops"])
     for name, r in results.items():
-        print(
+        line = (
             f"{name}: peak RSS above the post-import baseline = {(r['peak_rss_mb'] - r['base_rss_mb']) / ckpt_mb:.2f}"
             f" x checkpoint bytes"
         )
+        if "step_bytes" in r:
+            encoder = r["encoder_gflop"] / r["encode_s"]
+            prefill = r["prefill_gflop"] * r["prefill_tps"] / r["prompt_tokens"]
+            ceiling = lim["bandwidth_gbs"] * 1e9 / r["step_bytes"]
+            line += (
+                f"; encoder {encoder:.0f} GFLOP/s ({encoder / peak:.0%} of the GEMM peak), prefill {prefill:.0f}"
+                f" ({prefill / peak:.0%}); {r['step_bytes'] / 2**20:.0f} MiB read per token, ceiling "
+                f"{ceiling:.1f} tok/s, decode at {r['decode_tps'] / ceiling:.0%} of it"
+            )
+        print(line)
 
 
 if __name__ == "__main__":
