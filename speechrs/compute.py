@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .packing import cpu_native_bf16
+from .layers import cpu_native_bf16
 from .quant import check_quantization
+from .upcast import UPCAST_ROWS
 from .weights import parse_dtype
 
 
@@ -65,8 +66,8 @@ def plan(device: str, dtype: str = "auto", quantize: str | None = None) -> Compu
         how = f"{chosen}; bf16 decode weights packed for oneDNN"
     elif kind == "cpu":
         how = (
-            f"{chosen}; bf16 matmuls are emulated on this CPU (several times slower than fp32): "
-            "--quantize int8 or --dtype float32 run faster"
+            f"{chosen}; no hardware bf16, so bf16 weights stay bf16 in memory and matmuls of "
+            f"{UPCAST_ROWS}+ rows (encoder, prefill) and attention run in fp32"
         )
     else:
         how = chosen

@@ -3,11 +3,40 @@
 Axes: B batch, T query positions, S key positions, H heads, K kv heads, E head dim.
 """
 
+import functools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@functools.cache
+def cpu_native_bf16() -> bool:
+    """Whether bf16 matmuls run in hardware here (oneDNN's AVX-512 BF16 / AMX / AVX-NE-CONVERT kernels). Without
+    it, torch emulates bf16 and its matmuls run about 5x slower than fp32 (measured on AVX2; issue 16).
+    SPEECHRS_NATIVE_BF16=0 takes the path of a CPU without it (tests, benchmarks), =1 the other one."""
+    forced = os.environ.get("SPEECHRS_NATIVE_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without these private ops
+        return False
+
+
+def upcast_on_this_cpu(t: torch.Tensor) -> bool:
+    """A reduced-precision CPU tensor whose matmuls run faster in fp32 here (no native bf16 / fp16)."""
+    return t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float16) and not cpu_native_bf16()
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """F.scaled_dot_product_attention, in fp32 where this CPU would emulate bf16 (the encoder's 1500 x 1500
+    attention and a prefill's are GEMMs too), cast back to q's dtype."""
+    if upcast_on_this_cpu(q):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
 def rope_table(head_dim: int, theta: float, max_len: int, device=None, min_timescale: float = 1.0) -> torch.Tensor:
@@ -134,10 +163,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, scale:
     if n_q == 1:
         return attend_one(q, k, v, scale)
     if start == 0 and n_q == n_k:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+        return sdpa(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
     q_pos = torch.arange(start, start + n_q, device=q.device)[:, None]
     mask = torch.arange(n_k, device=q.device)[None, :] <= q_pos  # (T, S)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return sdpa(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
 class RMSNorm(nn.Module):

@@ -10,24 +10,13 @@ Used for bfloat16 weights on a CPU whose oneDNN supports bf16; anything else kee
 SPEECHRS_PACK_WEIGHTS=0 (for benchmarks, or to rule packing out when chasing a numerical question).
 """
 
-import functools
 import math
 import os
 
 import torch
 from torch import nn
 
-from .layers import huge_page_empty
-
-
-@functools.cache
-def cpu_native_bf16() -> bool:
-    """Whether bf16 matmuls run in hardware here (oneDNN's AVX-512 BF16 / AMX / AVX-NE-CONVERT kernels). Without
-    it, torch emulates bf16 and its matmuls run about 5x slower than fp32 (measured on AVX2; issue 16)."""
-    try:
-        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without these private ops
-        return False
+from .layers import cpu_native_bf16, huge_page_empty
 
 
 def packable(weight: torch.Tensor) -> bool:

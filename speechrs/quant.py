@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .packing import cpu_native_bf16
+from .layers import cpu_native_bf16
 
 QUANTIZATIONS = ("int8", "int4")
 INT4_GROUP = 32  # 32..256 allowed by the kernel; 32 keeps the most precision (anchors: group 128 lost much more)

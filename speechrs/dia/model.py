@@ -11,9 +11,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, attend_one, fuse_linears, rope_table
+from ..layers import (
+    KVCache,
+    RMSNorm,
+    apply_rope_interleaved,
+    attend,
+    attend_one,
+    fuse_linears,
+    rope_table,
+    sdpa,
+    upcast_on_this_cpu,
+)
 from ..packing import Scratch, pack_fused, pack_linears, packable
 from ..quant import quantize_fused, quantize_linears
+from ..upcast import upcast_linears
 from .config import DiaConfig
 
 
@@ -71,7 +82,7 @@ class EncoderLayer(nn.Module):
     def forward(self, x, rot):
         a = self.self_attention
         q, k, v = a.self_qkv(self.pre_sa_norm(x), rot)
-        o = F.scaled_dot_product_attention(q, k, v, scale=1.0, enable_gqa=a.n_heads != a.n_kv_heads)
+        o = sdpa(q, k, v, scale=1.0, enable_gqa=a.n_heads != a.n_kv_heads)
         x = x + a.out(o)
         return x + self.mlp(self.post_sa_norm(x))
 
@@ -151,8 +162,9 @@ class Dia(nn.Module):
     def prepare(self, after_layer=lambda: None, quantize: str | None = None) -> None:
         """Fused self-attention projections, then every decoder linear and the logits head quantized (`quantize`
         int8 / int4, quant.py) or, on the CPU in bf16, every per-step decoder weight packed for oneDNN
-        (packing.py). Call once the weights are real (after loading); `after_layer` runs after each decoder
-        layer, so the loader can drop the replaced originals as it goes."""
+        (packing.py); without native bf16 the remaining bf16 linears multiply many rows in fp32 (upcast.py).
+        Call once the weights are real (after loading); `after_layer` runs after each decoder layer, so the
+        loader can drop the replaced originals as it goes."""
         for layer in self.encoder.layers:
             a = layer.self_attention
             a.qkv = fuse_linears(a.q_proj, a.k_proj, a.v_proj)
@@ -176,6 +188,8 @@ class Dia(nn.Module):
             quantize_linears(self, ["logits_dense"], quantize)
         elif pack:
             pack_linears(self, ["logits_dense"])
+        if upcast_on_this_cpu(self.decoder.embeddings.embed.weight):  # bf16 without hardware bf16 (upcast.py)
+            upcast_linears(self)
 
     def setup_caches(self, batch: int, max_len: int) -> None:
         p, cfg = self.decoder.embeddings.embed.weight, self.cfg
@@ -214,7 +228,7 @@ class Dia(nn.Module):
             if T == 1:
                 o = attend_one(q, ck, cv, scale=1.0)
             else:
-                o = F.scaled_dot_product_attention(q, ck, cv, scale=1.0, enable_gqa=c.n_heads != c.n_kv_heads)
+                o = sdpa(q, ck, cv, scale=1.0, enable_gqa=c.n_heads != c.n_kv_heads)
             x = x + c.out(o)
             x = x + layer.mlp(layer.pre_mlp_norm(x))
         logits = self.logits_dense(self.decoder.norm(x))

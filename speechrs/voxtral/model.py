@@ -11,9 +11,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import KVCache, RMSNorm, apply_rope_interleaved, attend, fuse_linears, rope_table
+from ..layers import (
+    KVCache,
+    RMSNorm,
+    apply_rope_interleaved,
+    attend,
+    fuse_linears,
+    rope_table,
+    sdpa,
+    upcast_on_this_cpu,
+)
 from ..packing import Scratch, pack_fused, pack_linears, packable
 from ..quant import quantize_fused, quantize_linears
+from ..upcast import upcast_linears
 from .config import EncoderConfig, VoxtralConfig
 
 
@@ -39,7 +49,7 @@ class EncoderAttention(nn.Module):
         q, k, v = (
             w(x).unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2) for w in (self.wq, self.wk, self.wv)
         )  # (N, H, F, E)
-        out = F.scaled_dot_product_attention(q, k, v)  # non-causal, scale E^-0.5
+        out = sdpa(q, k, v)  # non-causal, scale E^-0.5
         return self.wo(out.transpose(1, 2).flatten(2))
 
 
@@ -182,7 +192,8 @@ class Voxtral(nn.Module):
     def setup_buffers(self, after_layer=lambda: None, quantize: str | None = None) -> None:
         """Derived tensors that no checkpoint stores; call after weights are assigned (meta -> real). The
         decoder's projections are fused, then quantized (`quantize` int8 / int4: every decoder linear and the
-        output head, quant.py) or on the CPU in bf16 packed for oneDNN (packing.py); `after_layer` runs after each
+        output head, quant.py) or on the CPU in bf16 packed for oneDNN (packing.py); on a CPU without native
+        bf16 the remaining bf16 linears multiply many rows in fp32 (upcast.py). `after_layer` runs after each
         layer, so the loader can drop the replaced originals as it goes."""
         enc = self.cfg.encoder
         device = self.tok_embeddings.weight.device
@@ -210,6 +221,8 @@ class Voxtral(nn.Module):
             quantize_linears(self, ["output"], quantize)
         elif pack:
             pack_linears(self, ["output"])
+        if upcast_on_this_cpu(self.tok_embeddings.weight):  # bf16 without hardware bf16: big matmuls in fp32
+            upcast_linears(self)
 
     def setup_caches(self, batch: int, max_len: int) -> None:
         """Preallocate the KV cache and RoPE table for max_len tokens (both grow if a request goes further).

@@ -1,0 +1,56 @@
+"""The path of a CPU without native bf16 (upcast.py), taken on any machine with SPEECHRS_NATIVE_BF16=0: bf16
+weights stay bf16, and matmuls of many rows and attention run in fp32."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from quality import compare, voxtral_logits
+
+from speechrs.layers import cpu_native_bf16
+from speechrs.packing import PackedLinear
+from speechrs.upcast import UPCAST_ROWS, UpcastLinear
+from speechrs.voxtral.checkpoint import load_voxtral
+from speechrs.voxtral.tekken import transcription_prompt
+
+
+@pytest.fixture
+def no_native_bf16(monkeypatch):
+    monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "0")
+    cpu_native_bf16.cache_clear()
+    yield
+    cpu_native_bf16.cache_clear()  # the environment is restored after this, so the next call reads it again
+
+
+def test_many_rows_multiply_in_float32_and_few_in_bf16():
+    g = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(64, 96, dtype=torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(96, 64, generator=g))
+        linear.bias.copy_(torch.randn(96, generator=g))
+    up = UpcastLinear(linear)
+    x = torch.randn(UPCAST_ROWS, 64, generator=g).to(torch.bfloat16)
+    exact = F.linear(x.float(), linear.weight.float(), linear.bias.float()).to(torch.bfloat16)
+    assert torch.equal(up(x), exact)
+    assert torch.equal(up(x[:2]), F.linear(x[:2], linear.weight, linear.bias))
+
+
+def test_bf16_voxtral_without_native_bf16_upcasts_and_keeps_its_results(
+    no_native_bf16, native_dir, native_pipeline, clip
+):
+    import speechrs
+
+    model = load_voxtral(native_dir, "native", torch.bfloat16)
+    kinds = {type(m) for m in model.modules()}
+    assert UpcastLinear in kinds and PackedLinear not in kinds and torch.nn.Linear not in kinds
+    assert model.output.weight.dtype == torch.bfloat16  # compact in memory
+    mel, n_audio, _ = native_pipeline._prepare_audio(str(clip))
+    ids = transcription_prompt(native_pipeline.tokenizer, n_audio, "en") + [1000 + i for i in range(16)]
+    audio_id = native_pipeline.audio_token_id
+    agreement = compare(
+        voxtral_logits(native_pipeline.model, audio_id, ids, mel), voxtral_logits(model, audio_id, ids, mel)
+    )
+    # measured: KL 4.9e-4, top-1 97.2% over 399 positions, as close as the native bf16 path (4.9e-4, 97.0%)
+    assert agreement["kl"] < 2e-3, agreement
+    loaded = speechrs.load(str(native_dir), dtype="bfloat16")
+    assert "no hardware bf16" in loaded.plan.summary
+    assert loaded.transcribe(str(clip), max_tokens=3).usage.completion_tokens >= 1
