@@ -22,7 +22,9 @@ QUANTIZATIONS = ("int8", "int4")
 INT4_GROUP = 32  # 32..256 allowed by the kernel; 32 keeps the most precision (anchors: group 128 lost much more)
 INT4_ROWS = 64  # the packed layout's row block on AVX-512 (32 on AVX2): pad N to a multiple of both
 KERNEL_DTYPE = torch.bfloat16  # the activation dtype the CPU kernels are vectorised for
-BLOCK_ROWS = 4096  # rows quantized at a time (a multiple of INT4_ROWS)
+# Rows are quantized a block at a time, each block ~16 MiB in float32: its several passes stay in the L2/L3
+# cache instead of streaming memory, and the load never holds more than one block's float32 copy.
+BLOCK_ELEMENTS = 2**22
 # From this many rows on (a prefill, a long batch), int8 codes are converted to bf16 for the call and multiplied
 # by the GEMM, then scaled: the weight-only kernel's 4x4 tiles reach ~130 GFLOP/s for 383 rows where oneDNN's bf16
 # GEMM reaches ~300 with the conversion (AVX-512 BF16). Measured on 16384 x 3072: kernel 14.6 / 58.7 / 110 ms at
@@ -44,6 +46,13 @@ def _as_kernel_dtype(scale: torch.Tensor) -> torch.Tensor:
     return (scale * (1 + 2.0**-7)).to(KERNEL_DTYPE).float()
 
 
+def _row_blocks(n_rows: int, k: int) -> list[tuple[int, int]]:
+    """[start, stop) row ranges of about BLOCK_ELEMENTS each, in multiples of INT4_ROWS (int4 packs whole
+    row blocks of 32 or 64, so blocks of rows pack independently)."""
+    step = max(INT4_ROWS, BLOCK_ELEMENTS // k // INT4_ROWS * INT4_ROWS)
+    return [(r, min(r + step, n_rows)) for r in range(0, n_rows, step)]
+
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
@@ -57,14 +66,16 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        q, scales = [], []
-        for block in weight.detach().split(BLOCK_ROWS):  # float32 copies of one block at a time: load peak ~1x
-            w = block.float()
-            scale = _as_kernel_dtype(w.abs().amax(dim=1).clamp(min=1e-12) / 127.0)  # (rows,)
-            q.append(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
-            scales.append(scale)
-        self.register_buffer("qweight", torch.cat(q))
-        self.register_buffer("scale", torch.cat(scales).to(KERNEL_DTYPE))
+        weight = weight.detach()
+        qweight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+        scale = torch.empty(self.out_features, device=weight.device)
+        for a, b in _row_blocks(*weight.shape):
+            block = weight[a:b]
+            s = _as_kernel_dtype(block.abs().amax(dim=1).float().clamp(min=1e-12) / 127.0)  # (rows,) max: exact
+            qweight[a:b] = block.to(torch.float32, copy=True).div_(s[:, None]).round_().clamp_(-127, 127)
+            scale[a:b] = s
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale.to(KERNEL_DTYPE))
 
     def dequantized(self) -> torch.Tensor:
         """The weight this layer computes with, in float32 (the reference the kernel is tested against)."""
@@ -98,18 +109,20 @@ class Int4Linear(nn.Module):
             raise ValueError(f"int4 needs in_features divisible by {group}, got {self.in_features}")
         self.group = group
         n_pad = -self.out_features % INT4_ROWS  # e.g. Dia's 9 x 1028 logits rows: padded with zero rows
-        packed, scale_zero = [], []
-        for block in F.pad(weight.detach(), (0, 0, 0, n_pad)).split(BLOCK_ROWS):  # one block in float32 at a time
-            g = block.float().unflatten(1, (-1, group))  # (rows, K/g, g)
+        weight = F.pad(weight.detach(), (0, 0, 0, n_pad))
+        n, k = weight.shape
+        packed = torch.empty(n, k // 2, dtype=torch.uint8, device=weight.device)  # the kernel's packed shape
+        scale_zero = torch.empty(k // group, n, 2, device=weight.device)
+        for a, b in _row_blocks(n, k):
+            g = weight[a:b].to(torch.float32, copy=True).unflatten(1, (-1, group))  # (rows, K/g, g), a copy
             lo, hi = g.amin(dim=2), g.amax(dim=2)
             scale = _as_kernel_dtype(((hi - lo) / 15).clamp(min=1e-12))  # (rows, K/g)
             zero = (lo + 8 * scale).to(KERNEL_DTYPE).float()  # w = (q - 8) * scale + zero: q = 0 is lo, 15 is hi
-            q = torch.round((g - zero[..., None]) / scale[..., None] + 8).clamp(0, 15).to(torch.int32).flatten(1)
-            # the packed layout is blocks of 32 or 64 whole rows, so row blocks pack independently
-            packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-            scale_zero.append(torch.stack([scale, zero], dim=2).transpose(0, 1))  # (K/g, rows, 2)
-        self.register_buffer("packed", torch.cat(packed))
-        self.register_buffer("scale_zero", torch.cat(scale_zero, dim=1).to(KERNEL_DTYPE).contiguous())
+            q = g.sub_(zero[..., None]).div_(scale[..., None]).add_(8).round_().clamp_(0, 15)
+            packed[a:b] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).flatten(1), 1)
+            scale_zero[:, a:b] = torch.stack([scale, zero], dim=2).transpose(0, 1)  # (K/g, rows, 2)
+        self.register_buffer("packed", packed)
+        self.register_buffer("scale_zero", scale_zero.to(KERNEL_DTYPE))
 
     def dequantized(self) -> torch.Tensor:
         """The weight this layer computes with, in float32: (q - 8) * scale + zero. The codes q - 8 are read back

@@ -52,9 +52,9 @@ def test_row_blocks_quantize_exactly_as_the_whole_matrix(monkeypatch):
     w = torch.randn(256, 128, generator=torch.Generator().manual_seed(1))
     x = torch.randn(3, 128)
     for cls in KINDS.values():
-        monkeypatch.setattr(quant, "BLOCK_ROWS", 64)
+        monkeypatch.setattr(quant, "BLOCK_ELEMENTS", 64 * 128)  # four blocks of 64 rows
         blocked = cls(w)
-        monkeypatch.setattr(quant, "BLOCK_ROWS", 4096)
+        monkeypatch.setattr(quant, "BLOCK_ELEMENTS", 2**30)
         whole = cls(w)
         assert torch.equal(blocked.dequantized(), whole.dequantized()) and torch.equal(blocked(x), whole(x))
 
