@@ -241,8 +241,20 @@ def serve(
         bool, typer.Option(help="Let http(s) audio URLs reach loopback/private addresses (trusted networks only).")
     ] = False,
     warmup: Annotated[bool, typer.Option(help="Run one tiny request per model before serving.")] = True,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="SPEECHRS_API_KEY", help="Require 'Authorization: Bearer KEY' on every /v1 route."),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="A Host name clients may use besides loopback and --host (repeatable; * for any)."),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="Send CORS headers to this browser origin (repeatable; * for any).")
+    ] = None,
 ):
     """Serve the models over an OpenAI-compatible HTTP API."""
+    from .guard import Security
     from .server import run
 
     per_model = [q.value for q in quantize or [Quantize.none]]
@@ -254,6 +266,7 @@ def serve(
         run(
             model,
             quantize=per_model,
+            security=Security(api_key or None, tuple(allowed_host or ()), tuple(cors_origin or ())),
             host=host,
             port=port,
             dtype=dtype.value,

@@ -7,10 +7,11 @@ from .errors import InvalidRequestError
 from .voxtral.pipeline import Audio
 
 
-def parse_messages(messages: list[dict]) -> list[tuple[str, list]]:
+def parse_messages(messages: list[dict], python_parts: bool = True) -> list[tuple[str, list]]:
     """Content is a str or a list of parts: {"type": "text", "text"}, {"type": "audio_url", "audio_url": {"url"}},
     {"type": "input_audio", "input_audio": {"data": base64, "format"}} or, from Python, {"type": "audio", "audio": x}
-    with x anything speechrs.audio.load takes (path, URL, bytes, (array, rate))."""
+    with x anything speechrs.audio.load takes (path, URL, bytes, (array, rate)). The server passes
+    python_parts=False: a path in an "audio" part would be read without the media policy."""
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("messages must be a non-empty list")
     out = []
@@ -21,13 +22,14 @@ def parse_messages(messages: list[dict]) -> list[tuple[str, list]]:
         if isinstance(content, str):
             out.append((msg["role"], [content]))
         elif isinstance(content, list):
-            out.append((msg["role"], [_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(content)]))
+            parts = [_part(p, f"messages[{i}].content[{j}]", python_parts) for j, p in enumerate(content)]
+            out.append((msg["role"], parts))
         else:
             raise InvalidRequestError(f"messages[{i}].content must be a string or a list of parts")
     return out
 
 
-def _part(part, where: str):
+def _part(part, where: str, python_parts: bool):
     if not isinstance(part, dict):
         raise InvalidRequestError(f"{where} must be an object with a type")
     kind = part.get("type")
@@ -36,6 +38,10 @@ def _part(part, where: str):
             raise InvalidRequestError(f"{where}.text must be a string")
         return part["text"]
     if kind == "audio":
+        if not python_parts:
+            raise InvalidRequestError(
+                f"{where}: the 'audio' part is for the Python API; over HTTP send audio_url or input_audio", where
+            )
         if part.get("audio") is None:
             raise InvalidRequestError(f"{where}.audio must be audio (a path, URL, bytes or (samples, rate))")
         return Audio(part["audio"])

@@ -15,6 +15,7 @@ from aiohttp import BodyPartReader, web
 from . import openai_api as oa
 from .engine import Engine
 from .errors import AudioError, InvalidRequestError, ModelNotFoundError, SpeechrsError, UnsupportedModelError
+from .guard import Security, add_cors_headers, is_loopback, make_guard
 from .media import MediaPolicy, fetch_audio, fetch_url_or_base64
 from .messages import parse_messages
 from .voxtral.pipeline import Audio, Done, Token
@@ -128,7 +129,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     engine, policy = request.app[ENGINE], request.app[POLICY]
     model_id, messages, opts, stream, include_usage = oa.chat_request(await _json(request))
     loaded = engine.get(model_id, "voxtral", "/v1/chat/completions")
-    parsed = await _resolve_audio(parse_messages(messages), policy)
+    parsed = await _resolve_audio(parse_messages(messages, python_parts=False), policy)
     async with aclosing(engine.stream(lambda: loaded.voxtral.chat(parsed, opts))) as events:
         return await _chat_response(request, loaded.name, events, stream, include_usage)
 
@@ -293,8 +294,18 @@ async def _send(resp: web.StreamResponse, body: dict) -> None:
     await resp.write(f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode())
 
 
-def make_app(engine: Engine, policy: MediaPolicy | None = None, max_upload_bytes: int = 25 * 2**20) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=max_upload_bytes)
+def make_app(
+    engine: Engine,
+    policy: MediaPolicy | None = None,
+    max_upload_bytes: int = 25 * 2**20,
+    security: Security | None = None,
+    bound_host: str | None = None,
+) -> web.Application:
+    """The app over `engine`: media under `policy`, and the Host / content-type / API-key / CORS rules of
+    `security` (guard.py; loopback Host names and `bound_host` are always allowed)."""
+    guard = make_guard(security or Security(), bound_host)
+    app = web.Application(middlewares=[errors, guard], client_max_size=max_upload_bytes)
+    app.on_response_prepare.append(add_cors_headers)
     app[ENGINE], app[POLICY], app[METRICS] = engine, policy or MediaPolicy(), Metrics()
     app.router.add_routes(
         [
@@ -343,17 +354,6 @@ def build(
     return Engine(loaded)
 
 
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run(
     models: list[str],
     *,
@@ -368,9 +368,16 @@ def run(
     allow_private_hosts: bool,
     warmup: bool,
     quantize: list[str] | None = None,
+    security: Security | None = None,
     log=print,
 ) -> None:
     """Load, warm up and serve until interrupted. file:// audio is open on loopback hosts, else per allowed_dirs."""
+    security = security or Security()
+    if not is_loopback(host) and not security.api_key:
+        log(
+            f"warning: listening on {host} without an API key: anyone who can reach this port can use the models; "
+            "set --api-key (or SPEECHRS_API_KEY)"
+        )
     engine = build(models, dtype=dtype, device=device, dac=dac, max_audio_s=max_audio_s, quantize=quantize, log=log)
     if warmup:
         engine.warm_up()
@@ -382,7 +389,7 @@ def run(
     )
     log(f"serving {', '.join(m.name for m in engine.models)} on http://{host}:{port}/v1")
     web.run_app(
-        make_app(engine, policy, max_upload_bytes),
+        make_app(engine, policy, max_upload_bytes, security, bound_host=host),
         host=host,
         port=port,
         handler_cancellation=True,

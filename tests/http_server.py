@@ -37,6 +37,16 @@ class Server:
         self.thread.join(10)
 
 
+def request(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """-> (status, headers, body) of one request with exactly these headers (urllib adds Host itself)."""
+    req = urllib.request.Request(server.url + path, data=body, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
 def post(server, path, body, content_type="application/json"):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(server.url + path, data=data, headers={"Content-Type": content_type})

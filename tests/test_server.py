@@ -255,10 +255,12 @@ def test_speechrs_serve_command_serves_until_stopped(native_dir, tmp_path):
             "--no-warmup",
             "--max-upload-mb",
             "1",
+            "--allowed-host",
+            "speech.example",
         ],
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "SPEECHRS_API_KEY": "k3y"},
     )
     try:
         deadline = time.time() + 120
@@ -270,12 +272,18 @@ def test_speechrs_serve_command_serves_until_stopped(native_dir, tmp_path):
             except OSError:
                 assert proc.poll() is None, proc.stderr.read()
                 time.sleep(0.5)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models") as r:
+        with pytest.raises(urllib.error.HTTPError) as e:  # SPEECHRS_API_KEY reached the app
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models")
+        assert e.value.code == 401
+        models = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer k3y", "Host": "speech.example"}
+        )
+        with urllib.request.urlopen(models) as r:  # and so did --allowed-host
             assert json.loads(r.read())["data"][0]["family"] == "voxtral"
         big = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             data=bytes(2 * 2**20),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "Authorization": "Bearer k3y"},
         )
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(big)
