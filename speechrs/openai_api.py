@@ -4,6 +4,8 @@ No HTTP here (server.py does that), so every rule is testable on plain dicts.
 """
 
 import io
+import json
+import math
 import time
 import uuid
 
@@ -24,18 +26,45 @@ SPEECH_FORMATS = ("wav", "pcm", *ENCODED_FORMATS)  # wav and pcm by hand: exact 
 TRANSCRIPTION_FORMATS = ("json", "text")
 
 
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits; OpenAI's seed is a signed 64-bit integer
+INT_BOUNDS = {"seed": (0, SEED_MAX), "max_tokens": (1, 2**31), "max_completion_tokens": (1, 2**31)}
+
+
 def _number(body: dict, key: str, kind=float, default=None):
+    """A JSON number (an integer for kind=int), finite, and within INT_BOUNDS for the keys it names; the ranges
+    that depend on the model are the pipelines' to check."""
     value = body.get(key, default)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
         raise InvalidRequestError(f"'{key}' must be a{'n integer' if kind is int else ' number'}", key)
-    return kind(value)
+    bounds = INT_BOUNDS.get(key)
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        lo, hi = bounds
+        raise InvalidRequestError(f"'{key}' must be in [{lo}, {hi}], got {str(value)[:24]}", key)
+    try:
+        number = kind(value)
+        if not math.isfinite(number):
+            raise OverflowError
+    except OverflowError:  # NaN, Infinity, or an integer too large for a float
+        raise InvalidRequestError(f"'{key}' must be a finite number", key) from None
+    return number
+
+
+def _boolean(body: dict, key: str, default: bool = False) -> bool:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidRequestError(f"'{key}' must be true or false, not {json.dumps(value)[:40]}", key)
+    return value
 
 
 def generation_options(body: dict) -> GenerationOptions:
-    """temperature, top_p, max_tokens (or max_completion_tokens), seed: the same dataclass the CLI builds."""
-    max_tokens = _number(body, "max_completion_tokens", int) or _number(body, "max_tokens", int)
+    """temperature, top_p, max_tokens (or max_completion_tokens, which wins), seed: the CLI's dataclass."""
+    max_tokens = _number(body, "max_completion_tokens", int)
+    if max_tokens is None:
+        max_tokens = _number(body, "max_tokens", int)
     return GenerationOptions(
         max_tokens=max_tokens,
         temperature=_number(body, "temperature", default=0.0),
@@ -52,8 +81,11 @@ def chat_request(body: dict) -> tuple[str, list, GenerationOptions, bool, bool]:
         raise InvalidRequestError("'messages' is required", "messages")
     if body.get("n", 1) != 1:
         raise InvalidRequestError("only n=1 is supported", "n")
-    stream = bool(body.get("stream", False))
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+    stream = _boolean(body, "stream")
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise InvalidRequestError("'stream_options' must be an object", "stream_options")
+    include_usage = _boolean(stream_options, "include_usage")
     return body.get("model") or "default", body["messages"], generation_options(body), stream, include_usage
 
 
@@ -81,8 +113,8 @@ def speech_request(body: dict) -> tuple[str, str, str, SpeakOptions, str | None]
             "response_format",
         )
     normalize = body.get("normalize")  # None: normalised unless streamed (SpeakOptions)
-    if normalize is not None and not isinstance(normalize, bool):
-        raise InvalidRequestError("'normalize' must be a boolean", "normalize")
+    if normalize is not None:
+        normalize = _boolean(body, "normalize")
     opts = SpeakOptions(
         max_tokens=_number(body, "max_tokens", int),
         temperature=_number(body, "temperature"),
@@ -142,7 +174,10 @@ def transcription_request(form: dict) -> tuple[str, str | None, str, bool, Gener
                 numbers[key] = kind(form[key])
             except ValueError:
                 raise InvalidRequestError(f"'{key}' must be a number", key) from None
-    stream = str(form.get("stream", "false")).lower() in ("true", "1")
+    stream_field = str(form.get("stream", "false")).lower()
+    if stream_field not in ("true", "false", "1", "0"):
+        raise InvalidRequestError("'stream' must be true or false", "stream")
+    stream = stream_field in ("true", "1")
     return form.get("model") or "default", form.get("language") or None, fmt, stream, generation_options(numbers)
 
 

@@ -22,15 +22,23 @@ def argmax(x_V: torch.Tensor) -> int:
     return row * 1024 + int(indices[row])
 
 
+# Temperatures below this sample as greedy: their limit. Smaller ones underflow in float32 arithmetic (1e-300 is 0
+# there, and (max - max) / 0 is NaN), and at 1e-5 any logit gap that float32 resolves already gives a one-hot.
+GREEDY_BELOW = 1e-5
+
+
 def sample_token(logits_V: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     """temperature 0 -> argmax; otherwise softmax(logits / T), keep the smallest set with mass >= top_p, draw."""
-    if temperature <= 0:
+    if temperature < GREEDY_BELOW:
         return argmax(logits_V)
-    probs = torch.softmax(logits_V.float() / temperature, dim=-1)
+    # shifted by the max first: a tiny temperature then sends the rest to -inf, not the max to +inf (NaN)
+    logits_V = logits_V.float()
+    probs = torch.softmax((logits_V - logits_V.max()) / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         # drop a token once the mass before it already reaches top_p; the top token always stays
         drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
+        drop[..., 0] = False  # even when top_p underflows to 0 in float32
         sorted_probs[drop] = 0.0
         return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
     return int(torch.multinomial(probs, 1, generator=generator))
@@ -67,14 +75,15 @@ def dia_pick(
         logits[0, :eos] = float("-inf")  # EOS as the argmax is forced...
     else:
         logits[0, eos] = float("-inf")  # ...and suppressed otherwise
-    if temperature <= 0:
+    if temperature < GREEDY_BELOW:
         return logits.argmax(-1)
-    logits = logits / temperature
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # shifted: see sample_token
     kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # a no-op after the 0626 filter
     logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
-        drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p  # the top token always stays
+        drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
+        drop[..., 0] = False  # the top token always stays, even when top_p underflows to 0 in float32
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(drop, 0.0))
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

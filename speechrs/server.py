@@ -89,8 +89,8 @@ async def errors(request: web.Request, handler):
 async def _json(request: web.Request) -> dict:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequestError("the body is not valid JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # ValueError: bad JSON, or an integer of 4300+ digits
+        raise InvalidRequestError("the body is not valid JSON (or nests or counts beyond what is accepted)") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("the body must be a JSON object")
     return body

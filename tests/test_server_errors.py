@@ -197,3 +197,66 @@ def test_http_audio_is_fetched_when_private_hosts_are_allowed(engine, clip):
     finally:
         trusting.close()
         media.shutdown()
+
+
+# ---- malformed and extreme fields (issue 14's probe): 4xx with the field named, never a 5xx ----
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+SPEECH_BODY = {"input": "[S1] Hi.", "response_format": "pcm", "max_tokens": 20, "seed": 0}
+
+
+@pytest.mark.parametrize(
+    "path,fields,param",
+    [
+        ("/v1/chat/completions", {"stream_options": "x", "stream": True}, "stream_options"),
+        ("/v1/chat/completions", {"stream": "false"}, "stream"),
+        ("/v1/chat/completions", {"stream": True, "stream_options": {"include_usage": "no"}}, "include_usage"),
+        ("/v1/chat/completions", {"max_completion_tokens": 0}, "max_completion_tokens"),
+        ("/v1/chat/completions", {"max_tokens": 10**12}, "max_tokens"),
+        ("/v1/chat/completions", {"seed": 2**64}, "seed"),
+        ("/v1/chat/completions", {"temperature": 10**400}, "temperature"),
+        ("/v1/audio/speech", {"response_format": ["wav"]}, "response_format"),
+        ("/v1/audio/speech", {"cfg_scale": 1e308}, None),
+        ("/v1/audio/speech", {"seed": -1}, "seed"),
+        ("/v1/audio/speech", {"normalize": "yes"}, "normalize"),
+    ],
+)
+def test_malformed_fields_are_a_400_naming_the_field(server, path, fields, param):
+    base = CHAT if path.endswith("completions") else SPEECH_BODY
+    status, err = error_of(post(server, path, {**base, **fields}))
+    assert status == 400 and "<" not in err["message"], err
+    assert param is None or err["param"] == param
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"input": "[S1] Hi.", "cfg_scale": NaN}',  # Python's json reads NaN; it must not reach the model
+        b'{"input": "[S1] Hi.", "temperature": Infinity}',
+        b'{"input": "[S1] Hi.", "seed": ' + b"9" * 5000 + b"}",  # past Python's 4300-digit int limit
+        b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # nesting past the recursion limit
+    ],
+)
+def test_unparseable_or_non_finite_json_is_a_400(server, raw):
+    status, err = error_of(post(server, "/v1/audio/speech", raw))
+    assert status == 400, err
+
+
+def test_extreme_but_valid_sampling_values_answer(server):
+    """A temperature or top_p of 1e-300 is the greedy limit, not a NaN in the softmax."""
+    for fields in ({"temperature": 1e-300}, {"temperature": 0.5, "top_p": 1e-300}):
+        status, _, body = post(server, "/v1/chat/completions", {**CHAT, **fields})
+        assert status == 200, body
+    status, _, body = post(server, "/v1/audio/speech", {**SPEECH_BODY, "temperature": 1e-300})
+    assert status == 200 and len(body) > 0
+
+
+def test_max_tokens_beyond_the_context_states_the_maximum(server, engine):
+    limit = engine.models[0].voxtral.model.cfg.max_seq_len
+    status, err = error_of(post(server, "/v1/chat/completions", {**CHAT, "max_tokens": limit}))
+    assert status == 400 and err["param"] == "max_tokens" and "at most" in err["message"]
+
+
+def test_dia_samples_with_a_top_p_that_underflows(server):
+    status, _, body = post(server, "/v1/audio/speech", {**SPEECH_BODY, "temperature": 1.0, "top_p": 1e-300})
+    assert status == 200 and len(body) > 0, body

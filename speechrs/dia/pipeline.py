@@ -113,8 +113,8 @@ class DiaPipeline:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {full.top_p}")
         if not 1 <= full.top_k <= self.cfg.audio_vocab:
             raise InvalidRequestError(f"top_k must be in [1, {self.cfg.audio_vocab}], got {full.top_k}")
-        if full.cfg_scale < 1:
-            raise InvalidRequestError(f"cfg_scale must be >= 1, got {full.cfg_scale}")
+        if not 1 <= full.cfg_scale <= 100:  # 3 is the published setting; far beyond it the logits overflow
+            raise InvalidRequestError(f"cfg_scale must be in [1, 100], got {full.cfg_scale}")
         return full
 
     def speak(

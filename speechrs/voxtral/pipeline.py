@@ -141,7 +141,14 @@ class VoxtralPipeline:
                 f"prompt of {len(ids)} tokens ({seconds:.0f} s of audio) exceeds the model's "
                 f"context of {limit} tokens; send shorter audio"
             )
-        max_tokens = min(opts.max_tokens or default_max, limit - len(ids))
+        room = limit - len(ids)
+        if opts.max_tokens is not None and opts.max_tokens > room:  # OpenAI: a 400 that states the maximum
+            raise InvalidRequestError(
+                f"max_tokens is {opts.max_tokens}; with this {len(ids)}-token prompt the model can produce at most "
+                f"{room} (its context is {limit} tokens)",
+                "max_tokens",
+            )
+        max_tokens = min(opts.max_tokens or default_max, room)
         usage = Usage(prompt_tokens=len(ids), audio_seconds=seconds)
         t0 = time.perf_counter()
         audio_embeds = None
