@@ -60,8 +60,10 @@ def decode(data: bytes, name: str = "audio") -> tuple[np.ndarray, int]:
         raise AudioError(f"{name} is empty")
     try:
         pcm, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioError(f"cannot decode {name}: not a readable wav/flac/ogg/mp3 file ({e})") from None
+    except sf.LibsndfileError as e:  # its message names the BytesIO by repr: give libsndfile's reason alone
+        raise AudioError(f"cannot decode {name}: not a readable wav/flac/ogg/mp3 file ({e.error_string})") from None
+    except (RuntimeError, TypeError, ValueError):
+        raise AudioError(f"cannot decode {name}: not a readable wav/flac/ogg/mp3 file") from None
     if pcm.shape[0] == 0:
         raise AudioError(f"{name} contains no samples")
     return pcm.mean(axis=1).astype(np.float32), int(rate)  # downmix: average channels

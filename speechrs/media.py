@@ -9,7 +9,9 @@ import asyncio
 import base64
 import binascii
 import ipaddress
+import os
 import socket
+import stat
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +38,8 @@ async def fetch_audio(url: str, policy: MediaPolicy, param: str) -> bytes:
         except AudioError as e:
             raise InvalidRequestError(str(e), param) from None
     scheme = urllib.parse.urlparse(url).scheme
-    if scheme == "file":
-        return _capped(_read_local(url, policy, param), policy, param)
+    if scheme == "file":  # off the event loop: a slow disk or a network mount must not stall other clients
+        return await asyncio.to_thread(_read_local, url, policy, param)
     if scheme in ("http", "https"):
         return await _fetch_http(url, policy, param)
     raise InvalidRequestError(
@@ -72,14 +74,24 @@ def _read_local(url: str, policy: MediaPolicy, param: str) -> bytes:
             "with --allowed-local-media-path DIR to allow files under DIR",
             param,
         )
+    # One answer for missing, unreadable and not-a-regular-file paths, so the errors tell no more than "no".
+    # O_NONBLOCK: opening a FIFO would otherwise wait for a writer; fstat then refuses it, devices and
+    # directories before a byte is read (file:///dev/zero would stream forever), and the cap holds while reading.
+    refused = AudioError(f"cannot read audio from {url[:200]}: no such regular, readable file")
     try:
-        if path.stat().st_size > policy.max_bytes:
-            raise InvalidRequestError(f"{path} is larger than the {policy.max_bytes}-byte limit", param)
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise AudioError(f"audio file not found: {path}") from None
-    except OSError as e:
-        raise AudioError(f"cannot read {path}: {e.strerror}") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        raise refused from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise refused
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(policy.max_bytes + 1)
+    except OSError:
+        raise refused from None
+    finally:
+        os.close(fd)
+    return _capped(data, policy, param)
 
 
 async def _check_host(host: str, port: int, policy: MediaPolicy, param: str) -> None:

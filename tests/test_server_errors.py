@@ -260,3 +260,40 @@ def test_max_tokens_beyond_the_context_states_the_maximum(server, engine):
 def test_dia_samples_with_a_top_p_that_underflows(server):
     status, _, body = post(server, "/v1/audio/speech", {**SPEECH_BODY, "temperature": 1.0, "top_p": 1e-300})
     assert status == 200 and len(body) > 0, body
+
+
+def test_file_urls_read_regular_files_only_off_the_event_loop_with_one_answer(server, clip, tmp_path):
+    """A FIFO (which blocked the event loop on open), a device (file:///dev/zero streamed gigabytes), a
+    directory and a missing file all get the same 400, and the server answers others meanwhile."""
+    import os
+
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    messages = [
+        {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": f"file://{p}"}}]}
+        for p in (fifo, "/dev/zero", tmp_path, tmp_path / "missing.wav")
+    ]
+    messages_of = [error_of(post(server, "/v1/chat/completions", {**CHAT, "messages": [m]})) for m in messages]
+    assert {status for status, _ in messages_of} == {400}
+    answers = {err["message"].split(": ", 1)[1] for _, err in messages_of}
+    assert answers == {"no such regular, readable file"}, answers
+    big = tmp_path / "big.wav"
+    big.write_bytes(bytes(25 * 2**20 + 1))  # one byte over the media policy's cap
+    url = {"type": "audio_url", "audio_url": {"url": f"file://{big}"}}
+    status, err = error_of(
+        post(server, "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [url]}]})
+    )
+    assert status == 400 and "limit" in err["message"]
+    assert (
+        post(
+            server,
+            "/v1/chat/completions",
+            {
+                **CHAT,
+                "messages": [
+                    {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": f"file://{clip}"}}]}
+                ],
+            },
+        )[0]
+        == 200
+    )
