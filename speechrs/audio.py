@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from .errors import AudioError
+from .errors import AudioError, AudioTooLongError
 
 AudioInput = str | Path | bytes | tuple[np.ndarray, int]  # path, file:// or data: URL, encoded bytes, (pcm, rate)
 
@@ -69,8 +69,12 @@ def decode(data: bytes, name: str = "audio") -> tuple[np.ndarray, int]:
     return pcm.mean(axis=1).astype(np.float32), int(rate)  # downmix: average channels
 
 
-def load(audio: AudioInput, sample_rate: int) -> np.ndarray:
-    """Any AudioInput -> float32 mono at `sample_rate`."""
+MIN_SAMPLE_RATE = 1000  # below this a "sample rate" is a malformed header, and resampling it up costs gigabytes
+
+
+def load(audio: AudioInput, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
+    """Any AudioInput -> float32 mono at `sample_rate`. Audio longer than max_seconds is refused from its
+    decoded length, before it is resampled (a WAV header claiming 1 Hz would otherwise be resampled 16000x)."""
     if isinstance(audio, tuple):
         pcm, rate = audio
         pcm = np.asarray(pcm, dtype=np.float32)
@@ -86,6 +90,11 @@ def load(audio: AudioInput, sample_rate: int) -> np.ndarray:
             pcm, rate = decode(_bytes_from_url(text), name=text[:40])
         else:
             pcm, rate = decode(_read_path(Path(text)), name=text)
+    if not MIN_SAMPLE_RATE <= rate <= 1_000_000:
+        raise AudioError(f"audio sample rate {rate} Hz is not usable; expected {MIN_SAMPLE_RATE} Hz to 1 MHz")
+    if max_seconds is not None and len(pcm) / rate > max_seconds:
+        seconds = len(pcm) / rate
+        raise AudioTooLongError(f"audio is {seconds:.1f} s long; at most {max_seconds:g} s is accepted here", seconds)
     if not np.isfinite(pcm).all():
         raise AudioError("audio contains NaN or infinite samples")
     return resample(pcm, rate, sample_rate)

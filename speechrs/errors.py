@@ -17,6 +17,14 @@ class AudioError(SpeechrsError):
     """The audio input is empty, corrupt, in an unknown format or too long."""
 
 
+class AudioTooLongError(AudioError):
+    """The audio is longer than the limit in force; `seconds` is its length, told before it was resampled."""
+
+    def __init__(self, message: str, seconds: float):
+        super().__init__(message)
+        self.seconds = seconds
+
+
 class InvalidRequestError(SpeechrsError):
     """A request field is missing, malformed or out of range; `param` names the field when known."""
 

@@ -137,3 +137,20 @@ def test_mel_filterbank_matches_librosa_slaney():
         sr=16000, n_fft=400, n_mels=128, fmin=0.0, fmax=8000.0, htk=False, norm="slaney", dtype=np.float64
     )
     np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_a_header_claiming_1_hz_is_refused_before_resampling():
+    import io
+
+    import soundfile as sf
+
+    from speechrs.audio import load
+    from speechrs.errors import AudioError, AudioTooLongError
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(9500, dtype=np.float32), 1, format="WAV", subtype="PCM_16")  # 19 KB: "9500 s"
+    with pytest.raises(AudioError, match="sample rate 1 Hz"):
+        load(buf.getvalue(), 16000)
+    with pytest.raises(AudioTooLongError, match="at most 60 s") as e:
+        load((np.zeros(16000 * 61, dtype=np.float32), 16000), 16000, max_seconds=60)
+    assert e.value.seconds == 61

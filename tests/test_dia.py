@@ -115,3 +115,15 @@ def test_voice_cloning_errors(pipeline, clip):
     assert e.value.param == "ref_audio"
     with pytest.raises(InvalidRequestError, match=r"ref_audio is 5\.\d s; with these max_tokens Dia has room"):
         pipeline.speak(TEXT, ref_audio=str(clip), ref_text="[S1] words")  # the tiny Dia holds 256 rows
+
+
+def test_a_reference_too_long_for_the_room_is_refused_before_it_is_encoded(pipeline, clip, monkeypatch):
+    import speechrs.dia.dac_encoder as dac_encoder
+
+    def never(*args, **kwargs):
+        raise AssertionError("the reference was DAC-encoded before its length was checked")
+
+    monkeypatch.setattr(dac_encoder, "encode", never)
+    with pytest.raises(InvalidRequestError, match=r"ref_audio is 5\.\d s") as e:
+        pipeline.speak(TEXT, ref_audio=str(clip), ref_text="[S1] words")  # the tiny Dia holds 256 rows, ~3 s
+    assert e.value.param == "ref_audio"

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import loudness
-from ..errors import InvalidRequestError
+from ..errors import AudioTooLongError, InvalidRequestError
 from ..sampling import dia_pick, make_generator
 from .checkpoint import load_dia
 from .config import HF_0626, NARI_V01, DiaConfig
@@ -154,16 +154,21 @@ class DiaPipeline:
                 "ref_text" if ref_audio else "ref_audio",
             )
         text_ids = encode_text((ref_text if ref_text[-1:].isspace() else ref_text + " ") + text, self.cfg)
-        codes = encode_reference(self, ref_audio)
         room = self.cfg.audio_length - (opts.max_tokens or self.cfg.max_delay + 1)  # rows the reference may take
-        if len(codes) > room:
-            seconds = self.codec.cfg.hop_length / self.codec.cfg.sample_rate
-            raise InvalidRequestError(
-                f"ref_audio is {len(codes) * seconds:.1f} s; with these max_tokens Dia has "
-                f"room for {max(room, 0) * seconds:.1f} s (5-10 s works best)",
-                "ref_audio",
-            )
-        return text_ids, codes
+        frame_s = self.codec.cfg.hop_length / self.codec.cfg.sample_rate
+        try:  # the length is checked from the decoded samples, before the reference is resampled or encoded
+            codes = encode_reference(self, ref_audio, max_seconds=max(room, 0) * frame_s)
+        except AudioTooLongError as e:
+            too_long = e.seconds
+        else:
+            if len(codes) <= room:  # (resampling can add a sample at the very edge of the room)
+                return text_ids, codes
+            too_long = len(codes) * frame_s
+        raise InvalidRequestError(
+            f"ref_audio is {too_long:.1f} s; with these max_tokens Dia has room for {max(room, 0) * frame_s:.1f} s "
+            "(5-10 s works best)",
+            "ref_audio",
+        )
 
     def generate_codes(
         self, text_ids: list[int], opts: SpeakSettings, prompt_TxC: torch.Tensor | None = None

@@ -16,12 +16,13 @@ CACHED_VOICES = 16
 MIN_SECONDS = 0.5  # shorter references give the decoder almost nothing to imitate
 
 
-def encode_reference(pipeline, ref_audio) -> torch.Tensor:
-    """ref_audio (anything audio.load takes) -> codes (L, C), L = ceil(samples / 512) at 44.1 kHz."""
+def encode_reference(pipeline, ref_audio, max_seconds: float | None = None) -> torch.Tensor:
+    """ref_audio (anything audio.load takes) -> codes (L, C), L = ceil(samples / 512) at 44.1 kHz. Audio longer
+    than max_seconds is refused from its decoded length, before it is resampled or encoded."""
     from .dac_encoder import encode
 
     rate = pipeline.codec.cfg.sample_rate
-    pcm = audio.load(ref_audio, rate)
+    pcm = audio.load(ref_audio, rate, max_seconds)
     if len(pcm) < MIN_SECONDS * rate:
         raise AudioError(f"ref_audio is {len(pcm) / rate:.2f} s; give at least {MIN_SECONDS} s (5-10 s works best)")
     cache = pipeline.voices

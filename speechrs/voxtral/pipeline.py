@@ -120,10 +120,8 @@ class VoxtralPipeline:
     def _prepare_audio(self, source) -> tuple[torch.Tensor, int, float]:
         """-> mel chunks (N, M, 3000), number of [AUDIO] tokens, duration in seconds."""
         f = self.framing
-        pcm = audio_io.load(source, f.sampling_rate)
+        pcm = audio_io.load(source, f.sampling_rate, max_seconds=self.max_audio_s)  # checked before resampling
         seconds = len(pcm) / f.sampling_rate
-        if self.max_audio_s is not None and seconds > self.max_audio_s:
-            raise AudioError(f"audio is {seconds:.1f} s long; this server accepts at most {self.max_audio_s:g} s")
         padded = audio_io.pad_to_multiple(pcm, f.chunk_samples)
         mel = audio_io.log_mel(padded, f.num_mel_bins, f.window_size, f.hop_length, f.sampling_rate)
         frames_per_chunk = self.model.cfg.encoder.max_source_positions * 2
