@@ -11,6 +11,8 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from . import openai_api as oa
 from .engine import Engine
@@ -67,6 +69,9 @@ async def errors(request: web.Request, handler):
         response = await handler(request)
     except ConnectionResetError:  # the client went away; nobody to answer
         raise
+    except (HttpProcessingError, RequestPayloadError) as e:  # a body that is not what its headers say (gzip...)
+        message = f"the request body could not be read: {getattr(e, 'message', '') or type(e).__name__}"
+        response = web.json_response(oa.error_body(message[:300], code="400"), status=400)
     except web.HTTPException as e:
         kind = "invalid_request_error" if e.status < 500 else "server_error"
         message = e.text or e.reason if e.status != 413 else f"request body too large ({e.text})"
@@ -89,7 +94,13 @@ async def errors(request: web.Request, handler):
 async def _json(request: web.Request) -> dict:
     try:
         body = await request.json()
-    except (ValueError, UnicodeDecodeError, RecursionError):  # ValueError: bad JSON, or an integer of 4300+ digits
+        # a lone UTF-16 surrogate ("\ud800") is valid JSON but no text: it would fail deep in a tokenizer
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError("the body holds an unpaired UTF-16 surrogate escape; send valid Unicode") from None
+    except LookupError:
+        raise InvalidRequestError(f"unknown charset '{request.charset}' in Content-Type; send UTF-8") from None
+    except (ValueError, RecursionError):  # ValueError: bad JSON or UTF-8, or an integer of 4300+ digits
         raise InvalidRequestError("the body is not valid JSON (or nests or counts beyond what is accepted)") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("the body must be a JSON object")
@@ -163,14 +174,20 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
         raise InvalidRequestError("send multipart/form-data with a 'file' field", "file")
     form: dict[str, str] = {}
     audio: bytes | None = None
-    reader = await request.multipart()
+    try:
+        reader = await request.multipart()
+    except ValueError:  # e.g. no boundary in the Content-Type
+        raise InvalidRequestError("a multipart/form-data body needs a boundary in its Content-Type", "file") from None
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
             raise InvalidRequestError("nested multipart bodies are not supported; send flat form fields", "file")
         if part.name == "file":
             audio = bytes(await part.read())
         elif part.name:
-            form[part.name] = await part.text()
+            try:
+                form[part.name] = (await part.read()).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidRequestError(f"form field '{part.name}' is not UTF-8 text", part.name) from None
     if not audio:
         raise InvalidRequestError("'file' is required and must not be empty", "file")
     model_id, language, fmt, stream, opts = oa.transcription_request(form)

@@ -297,3 +297,41 @@ def test_file_urls_read_regular_files_only_off_the_event_loop_with_one_answer(se
         )[0]
         == 200
     )
+
+
+@pytest.mark.parametrize(
+    "path,body,headers",
+    [
+        ("/v1/audio/speech", b'{"input": "[S1] Hi."}', {"Content-Type": "application/json; charset=klingon"}),
+        (
+            "/v1/audio/speech",
+            b'{"input": "[S1] Hi."}',
+            {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        ),
+        ("/v1/audio/speech", b'{"input": "[S1] \\ud800 lone surrogate"}', {"Content-Type": "application/json"}),
+        ("/v1/audio/transcriptions", b"--x\r\n\r\n--x--\r\n", {"Content-Type": "multipart/form-data"}),
+        (
+            "/v1/audio/transcriptions",
+            b'--b\r\nContent-Disposition: form-data; name="language"\r\n\r\n\xff\xfe\r\n--b--\r\n',
+            {"Content-Type": "multipart/form-data; boundary=b"},
+        ),
+    ],
+    ids=["unknown-charset", "false-gzip", "lone-surrogate", "no-boundary", "non-utf8-field"],
+)
+def test_undecodable_bodies_are_a_400(server, path, body, headers):
+    from http_server import request
+
+    status, _, raw = request(server, "POST", path, body, headers)
+    assert status == 400, raw
+    assert set(json.loads(raw)["error"]) == {"message", "type", "param", "code"}
+
+
+def test_the_body_cap_covers_multipart_text_fields(server):
+    """The test server's cap is 2 MiB; a 3 MiB 'prompt' field must not slip past it."""
+    from http_server import request
+
+    body = b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n' + b"a" * (3 * 2**20) + b"\r\n--b--\r\n"
+    status, _, raw = request(
+        server, "POST", "/v1/audio/transcriptions", body, {"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    assert status == 413, raw
