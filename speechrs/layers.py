@@ -31,10 +31,19 @@ def upcast_on_this_cpu(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float16) and not cpu_native_bf16()
 
 
+def cache_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype of attention caches (KV, Dia's cross K/V) for a model whose weights are `weight`'s dtype: fp32
+    for bf16/fp16 on the CPU, where a decode query is answered in fp32 (attend_one) and converting the whole
+    cache every step would cost more than holding it in fp32; the weights' dtype elsewhere."""
+    if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return weight.dtype
+
+
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
     """F.scaled_dot_product_attention, in fp32 where this CPU would emulate bf16 (the encoder's 1500 x 1500
-    attention and a prefill's are GEMMs too), cast back to q's dtype."""
-    if upcast_on_this_cpu(q):
+    attention and a prefill's are GEMMs too) or where k/v are kept in fp32 (cache_dtype), cast back to q's."""
+    if upcast_on_this_cpu(q) or k.dtype != q.dtype:
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs).to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, **kwargs)
 

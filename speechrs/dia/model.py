@@ -17,6 +17,7 @@ from ..layers import (
     apply_rope_interleaved,
     attend,
     attend_one,
+    cache_dtype,
     fuse_linears,
     rope_table,
     sdpa,
@@ -195,7 +196,7 @@ class Dia(nn.Module):
         p, cfg = self.decoder.embeddings.embed.weight, self.cfg
         if not self.caches or self.caches[0].max_len < max_len or self.caches[0].k.shape[0] != batch:
             self.caches = [
-                KVCache(batch, cfg.dec_kv_heads, max_len, cfg.dec_head_dim, p.dtype, p.device)
+                KVCache(batch, cfg.dec_kv_heads, max_len, cfg.dec_head_dim, cache_dtype(p), p.device)
                 for _ in self.decoder.layers
             ]
         self._rope = _rope(cfg.dec_head_dim, cfg, max_len, p.device)
@@ -207,8 +208,12 @@ class Dia(nn.Module):
         for layer in self.decoder.layers:
             a = layer.cross_attention
             k = a.heads(a.k_proj, enc_BxSxD, a.n_kv_heads)
-            ks.append(apply_rope_interleaved(k, rot) if cfg.cross_rope else k)
-            vs.append(a.heads(a.v_proj, enc_BxSxD, a.n_kv_heads))
+            k = apply_rope_interleaved(k, rot) if cfg.cross_rope else k
+            # fp32 for bf16 on the CPU, and contiguous: every decode step reads them whole (a strided view cost a
+            # gather copy of each per step, ~0.5 ms a layer)
+            dtype = cache_dtype(enc_BxSxD)
+            ks.append(k.to(dtype, memory_format=torch.contiguous_format))
+            vs.append(a.heads(a.v_proj, enc_BxSxD, a.n_kv_heads).to(dtype, memory_format=torch.contiguous_format))
         return CrossCache(ks, vs)
 
     def forward(self, codes_BxTxC: torch.Tensor, start: int, cross: CrossCache) -> torch.Tensor:
@@ -219,7 +224,8 @@ class Dia(nn.Module):
         for layer, cache, ck, cv in zip(self.decoder.layers, self.caches, cross.k, cross.v, strict=True):
             a = layer.self_attention
             q, k, v = a.self_qkv(layer.pre_sa_norm(x), rot)
-            k, v = cache.update(start, k, v)
+            k_all, v_all = cache.update(start, k, v)
+            k, v = (k, v) if start == 0 else (k_all, v_all)  # a prefill attends to its own (unconverted) k/v
             x = x + a.out(attend(q, k, v, start, scale=1.0))
             c, h = layer.cross_attention, layer.pre_ca_norm(x)
             q = c.heads(c.q_proj, h, c.n_heads)

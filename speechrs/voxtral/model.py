@@ -16,6 +16,7 @@ from ..layers import (
     RMSNorm,
     apply_rope_interleaved,
     attend,
+    cache_dtype,
     fuse_linears,
     rope_table,
     sdpa,
@@ -146,8 +147,8 @@ class Attention(nn.Module):
         k = k.unflatten(-1, (K, E)).transpose(1, 2)  # (B, K, T, E)
         v = v.unflatten(-1, (K, E)).transpose(1, 2)
         q, k = apply_rope_interleaved(q, rot), apply_rope_interleaved(k, rot)
-        k, v = cache.update(start, k, v)
-        out = attend(q, k, v, start)
+        k_all, v_all = cache.update(start, k, v)
+        out = attend(q, k, v, start) if start == 0 else attend(q, k_all, v_all, start)  # a prefill: its own k/v
         return self.wo(out.transpose(1, 2).flatten(2))
 
 
@@ -232,7 +233,8 @@ class Voxtral(nn.Module):
         have = self.caches[0].max_len if self.caches else 0
         if have < max_len or have > 4 * max_len + 4096 or self.caches[0].k.shape[0] != batch:
             self.caches = [
-                KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, p.dtype, p.device) for _ in self.layers
+                KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, cache_dtype(p), p.device)
+                for _ in self.layers
             ]
         self._ensure_rope(max_len)
 
