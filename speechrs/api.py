@@ -83,11 +83,12 @@ def load(
     model: str = DEFAULT_VOXTRAL,
     *,
     dtype: str = "auto",
-    device: str = "cpu",
+    device: str = "auto",
     dac: str | None = None,
     quantize: str | None = None,
 ) -> VoxtralModel | DiaModel:
-    """Resolve a hub id or directory, detect the family and layout, and load it on `device`.
+    """Resolve a hub id or directory, detect the family and layout, and load it on `device` (auto: cuda, then mps,
+    then cpu).
 
     dtype: auto picks the path for the device (compute.plan; `.plan.summary` says which), or float32 / bfloat16 /
     float16. quantize: "int8" (per output channel) or "int4" (groups of 32) weight-only decoder linears and

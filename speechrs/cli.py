@@ -82,7 +82,7 @@ def transcribe(
     seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
     dtype: Annotated[DType, typer.Option(help=DTYPE_HELP)] = DType.auto,
     quantize: Annotated[Quantize, typer.Option(help=QUANTIZE_HELP)] = Quantize.none,
-    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")] = "auto",
     output_format: Annotated[
         OutputFormat, typer.Option("--format", help="text, or json with usage.")
     ] = OutputFormat.text,
@@ -160,7 +160,7 @@ def speak(
     ] = AudioFormat.wav,
     dtype: Annotated[DType, typer.Option(help=DTYPE_HELP)] = DType.auto,
     quantize: Annotated[Quantize, typer.Option(help=QUANTIZE_HELP)] = Quantize.none,
-    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")] = "auto",
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress on stderr.")] = False,
 ):
     """Speak TEXT with Dia and write a 44.1 kHz mono file."""
@@ -227,7 +227,7 @@ def serve(
         list[Quantize] | None,
         typer.Option(help=QUANTIZE_HELP + " Once for every model, or once per -m, in the same order."),
     ] = None,
-    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")] = "auto",
     dac: Annotated[str | None, typer.Option(help="DAC for Dia models \\[default: the generation's]")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body or fetched audio, MiB.")] = 25.0,
     max_audio_seconds: Annotated[float, typer.Option(help="Longest audio accepted per input.")] = 1800.0,

@@ -44,8 +44,9 @@ def cpu_summary() -> str:
     return f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, {bf16})"
 
 
-def plan(device: str, dtype: str = "auto", quantize: str | None = None) -> ComputePlan:
-    """The path for `device` given the user's --dtype and --quantize; raises ValueError on a bad name."""
+def plan(device: str, dtype: str = "auto", quantize: str | None = None, chosen_by: str = "") -> ComputePlan:
+    """The path for `device` given the user's --dtype and --quantize; raises ValueError on a bad name.
+    chosen_by: how the device was picked, for the summary (e.g. "auto")."""
     kind = torch.device(device).type
     quantize = check_quantization(quantize)
     torch_dtype = parse_dtype(dtype)
@@ -71,4 +72,5 @@ def plan(device: str, dtype: str = "auto", quantize: str | None = None) -> Compu
         )
     else:
         how = chosen
-    return ComputePlan(device, torch_dtype, quantize, f"{device}: {where}: {how}")
+    picked = f" ({chosen_by})" if chosen_by else ""
+    return ComputePlan(device, torch_dtype, quantize, f"{device}{picked}: {where}: {how}")

@@ -55,16 +55,16 @@ class Loaded:
 
 
 def load_pipeline(
-    model: str, dtype: str = "auto", device: str = "cpu", dac: str | None = None, quantize: str | None = None
+    model: str, dtype: str = "auto", device: str = "auto", dac: str | None = None, quantize: str | None = None
 ) -> Loaded:
     """Resolve a hub id or directory, detect family and layout, and build its pipeline on `device` with the compute
     path compute.plan chooses (dtype, int8 / int4 weights)."""
     from .dia.pipeline import DiaPipeline
     from .voxtral.pipeline import VoxtralPipeline
 
-    check_device(device)
+    asked, device = device, resolve_device(device)
     try:
-        how = plan(device, dtype, quantize)
+        how = plan(device, dtype, quantize, chosen_by="auto" if asked == "auto" else "")
     except ValueError as e:
         raise InvalidRequestError(str(e)) from None
     source = resolve(model)
@@ -78,13 +78,26 @@ def load_pipeline(
     return Loaded(model, source, pipeline, how)
 
 
+def resolve_device(device: str) -> str:
+    """'auto' -> cuda, then mps, then cpu, whichever this machine has; any other name is checked and kept."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    check_device(device)
+    return device
+
+
 def check_device(device: str) -> None:
     import torch
 
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise InvalidRequestError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
+        raise InvalidRequestError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InvalidRequestError(f"device '{device}' asked for, but CUDA is not available here; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

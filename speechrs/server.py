@@ -348,7 +348,7 @@ def build(
     models: list[str],
     *,
     dtype="auto",
-    device="cpu",
+    device="auto",
     dac=None,
     max_audio_s=None,
     quantize: list[str] | None = None,

@@ -279,3 +279,14 @@ def test_serve_takes_one_quantize_or_one_per_model(native_dir, dia_dirs):
         "serve", "-m", native_dir, "-m", dia_dirs[0], "--quantize", "int8", "--quantize", "none", "--quantize", "int4"
     )
     assert result.exit_code == 2 and "3 times for 2 models" in result.stderr
+
+
+def test_device_auto_is_the_default_and_the_load_line_says_what_it_chose(native_dir, clip):
+    import torch
+
+    from speechrs.engine import resolve_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") in (expected, "mps")
+    result = invoke("transcribe", clip, "-m", native_dir, "--max-tokens", "2")
+    assert result.exit_code == 0 and f"{resolve_device('auto')} (auto):" in result.stderr, result.stderr
