@@ -252,6 +252,9 @@ def serve(
     cors_origin: Annotated[
         list[str] | None, typer.Option(help="Send CORS headers to this browser origin (repeatable; * for any).")
     ] = None,
+    max_queue: Annotated[
+        int, typer.Option(min=0, help="Requests that may wait behind the running one; more get a 429.")
+    ] = 16,
 ):
     """Serve the models over an OpenAI-compatible HTTP API."""
     from .guard import Security
@@ -266,6 +269,7 @@ def serve(
         run(
             model,
             quantize=per_model,
+            max_queue=max_queue,
             security=Security(api_key or None, tuple(allowed_host or ()), tuple(cors_origin or ())),
             host=host,
             port=port,

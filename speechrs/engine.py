@@ -8,6 +8,7 @@ job's cancel flag; the worker checks it between events, so the next request star
 
 import asyncio
 import logging
+import math
 import queue
 import threading
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .compute import ComputePlan, plan
-from .errors import InvalidRequestError, ModelNotFoundError
+from .errors import InvalidRequestError, ModelNotFoundError, ServerBusyError
 from .hub import DEFAULT_DAC, ModelSource, resolve, resolve_dac
 
 if TYPE_CHECKING:  # the pipelines import torch and the models: loaded when a model is
@@ -127,14 +128,18 @@ def _post(job: _Job, fn, *args) -> bool:
 
 
 class Engine:
-    def __init__(self, models: list[Loaded]):
+    def __init__(self, models: list[Loaded], max_queue: int | None = None):
+        """max_queue: requests that may wait behind the running one; past it a request is refused at once
+        (ServerBusyError: a 429 with Retry-After), so neither waits nor memory grow without bound."""
         if not models:
             raise ValueError("an engine needs at least one model")
         self.models = models
+        self.max_queue = max_queue
         self._jobs: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
         self.queue_depth = 0  # requests submitted and not yet finished (running one included)
         self.busy_s = 0.0  # worker time spent on requests
+        self.finished = 0  # requests the worker has finished
 
     def get(self, model: str | None, family: str, route: str) -> Loaded:
         """`model` as a client names it; "default" (or None) is the first loaded model of `family`."""
@@ -173,6 +178,13 @@ class Engine:
 
     async def stream(self, make_events: Callable[[], Iterator]) -> AsyncGenerator:
         """Run `make_events()` on the worker and yield its events here; exceptions are re-raised here."""
+        if self.max_queue is not None and self.queue_depth > self.max_queue:
+            per_request = self.busy_s / self.finished if self.finished else 10.0
+            raise ServerBusyError(
+                f"the server is busy: {self.queue_depth} requests are running or waiting (--max-queue "
+                f"{self.max_queue}); retry later",
+                max(1, math.ceil(per_request * (self.queue_depth - self.max_queue))),
+            )
         self.start()
         job = _Job(make_events, asyncio.get_running_loop(), asyncio.Queue())
         self.queue_depth += 1
@@ -214,6 +226,7 @@ class Engine:
 
     def _finish(self, job: _Job, result) -> None:
         self.queue_depth -= 1
+        self.finished += 1
         job.events.put_nowait(result)
 
     def warm_up(self) -> None:

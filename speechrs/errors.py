@@ -25,6 +25,14 @@ class AudioTooLongError(AudioError):
         self.seconds = seconds
 
 
+class ServerBusyError(SpeechrsError):
+    """The server's queue is full; `retry_after_s` is a guess at when a slot frees up."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class InvalidRequestError(SpeechrsError):
     """A request field is missing, malformed or out of range; `param` names the field when known."""
 

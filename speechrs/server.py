@@ -16,7 +16,14 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from . import openai_api as oa
 from .engine import Engine
-from .errors import AudioError, InvalidRequestError, ModelNotFoundError, SpeechrsError, UnsupportedModelError
+from .errors import (
+    AudioError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServerBusyError,
+    SpeechrsError,
+    UnsupportedModelError,
+)
 from .guard import Security, add_cors_headers, is_loopback, make_guard
 from .media import MediaPolicy, fetch_audio, fetch_url_or_base64
 from .messages import parse_messages
@@ -76,6 +83,9 @@ async def errors(request: web.Request, handler):
         kind = "invalid_request_error" if e.status < 500 else "server_error"
         message = e.text or e.reason if e.status != 413 else f"request body too large ({e.text})"
         response = web.json_response(oa.error_body(message, kind, code=str(e.status)), status=e.status)
+    except ServerBusyError as e:  # OpenAI's rate-limit shape
+        body = oa.error_body(str(e), "rate_limit_error", None, "server_busy")
+        response = web.json_response(body, status=429, headers={"Retry-After": str(e.retry_after_s)})
     except SpeechrsError as e:
         status = _STATUS.get(type(e), 400)
         code = "model_not_found" if status == 404 else None
@@ -352,6 +362,7 @@ def build(
     dac=None,
     max_audio_s=None,
     quantize: list[str] | None = None,
+    max_queue: int | None = None,
     log=print,
 ) -> Engine:
     """Load every model; quantize[i] (int8, int4 or none) is model i's."""
@@ -368,7 +379,7 @@ def build(
             f"loaded {name} ({m.family}, {m.source.layout} layout) in {time.perf_counter() - t0:.1f} s; "
             f"{m.plan.summary}"
         )
-    return Engine(loaded)
+    return Engine(loaded, max_queue)
 
 
 def run(
@@ -386,6 +397,7 @@ def run(
     warmup: bool,
     quantize: list[str] | None = None,
     security: Security | None = None,
+    max_queue: int | None = None,
     log=print,
 ) -> None:
     """Load, warm up and serve until interrupted. file:// audio is open on loopback hosts, else per allowed_dirs."""
@@ -395,7 +407,16 @@ def run(
             f"warning: listening on {host} without an API key: anyone who can reach this port can use the models; "
             "set --api-key (or SPEECHRS_API_KEY)"
         )
-    engine = build(models, dtype=dtype, device=device, dac=dac, max_audio_s=max_audio_s, quantize=quantize, log=log)
+    engine = build(
+        models,
+        dtype=dtype,
+        device=device,
+        dac=dac,
+        max_audio_s=max_audio_s,
+        quantize=quantize,
+        max_queue=max_queue,
+        log=log,
+    )
     if warmup:
         engine.warm_up()
     policy = MediaPolicy(

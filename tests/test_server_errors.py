@@ -335,3 +335,43 @@ def test_the_body_cap_covers_multipart_text_fields(server):
         server, "POST", "/v1/audio/transcriptions", body, {"Content-Type": "multipart/form-data; boundary=b"}
     )
     assert status == 413, raw
+
+
+def test_a_full_queue_answers_429_with_retry_after_at_once(engine):
+    """--max-queue 0: one request runs, none waits; the next is refused at once, not queued without bound."""
+    import asyncio
+    import threading
+    import time
+
+    from http_server import Server
+
+    from speechrs.engine import Engine
+
+    gate = threading.Event()
+
+    def held():  # a request that runs until the test lets it finish
+        gate.wait(30)
+        yield "done"
+
+    busy = Engine(engine.models, max_queue=0)
+    s = Server(make_app(busy))
+    try:
+
+        async def hold():
+            async for event in busy.stream(held):
+                return event
+
+        running = asyncio.run_coroutine_threadsafe(hold(), s.loop)
+        deadline = time.time() + 10
+        while busy.queue_depth < 1 and time.time() < deadline:
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        status, headers, body = post(s, "/v1/audio/speech", SPEECH_BODY)
+        assert status == 429 and time.perf_counter() - t0 < 5
+        assert int(headers["Retry-After"]) >= 1 and json.loads(body)["error"]["code"] == "server_busy"
+        gate.set()
+        assert running.result(30) == "done"
+        assert post(s, "/v1/audio/speech", SPEECH_BODY)[0] == 200  # the slot is free again
+    finally:
+        gate.set()
+        s.close()
