@@ -206,7 +206,7 @@ def main():
         quantize = worker_quantize(args.worker)
         print(json.dumps(run_speechrs(args.dia, args.dac, args.steps, args.frames, args.dtype, quantize)))
         return
-    from machine import limits
+    from machine import describe, limits
 
     lim = limits()
     dia, dac = write_checkpoints(args.size, args.dtype, args.cache / f"dia-{args.size}-{args.dtype}")
@@ -230,10 +230,7 @@ def main():
             args.dtype,
         ],
     )
-    print(
-        f"{lim['cpu']}, {lim['threads']} threads: memory bandwidth {lim['bandwidth_gbs']} GB/s, GEMM peak "
-        f"fp32 {lim['fp32_gflops']} / bf16 {lim['bf16_gflops']} GFLOP/s (measured in this run)"
-    )
+    print(describe(lim))
     print(
         f"Dia {args.size} ({dia_mb:.0f} MiB of {args.dtype} weights) + DAC 44 kHz (float32), greedy CFG, "
         f"{', '.join(str(r['steps']) for r in results.values())} steps, {args.frames} DAC frames"

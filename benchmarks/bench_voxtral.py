@@ -201,7 +201,7 @@ def main():
         q = worker_quantize(args.worker)
         print(json.dumps(run_speechrs(args.ckpt, args.clip, args.new_tokens, args.dtype, q)))
         return
-    from machine import limits
+    from machine import describe, limits
 
     lim = limits()
 
@@ -215,10 +215,7 @@ def main():
         ["--ckpt", str(ckpt), "--clip", str(args.clip), "--new-tokens", str(args.new_tokens), "--dtype", args.dtype],
     )
     s = results[paths[0]]
-    print(
-        f"{lim['cpu']}, {lim['threads']} threads: memory bandwidth {lim['bandwidth_gbs']} GB/s, GEMM peak "
-        f"fp32 {lim['fp32_gflops']} / bf16 {lim['bf16_gflops']} GFLOP/s (measured in this run)"
-    )
+    print(describe(lim))
     print(
         f"Voxtral {args.size} ({ckpt_mb:.0f} MiB of {args.dtype} weights), {s['prompt_tokens']}-token transcription "
         f"prompt, {args.new_tokens} greedy tokens, {s['threads']} threads"

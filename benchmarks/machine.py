@@ -69,6 +69,14 @@ def limits() -> dict:
     }
 
 
+def describe(lim: dict) -> str:
+    """One line: the CPU and its limits as limits() measured them."""
+    return (
+        f"{lim['cpu']}, {lim['threads']} threads: memory bandwidth {lim['bandwidth_gbs']} GB/s, GEMM peak "
+        f"fp32 {lim['fp32_gflops']} / bf16 {lim['bf16_gflops']} GFLOP/s (measured in this run)"
+    )
+
+
 def paths(weight: torch.Tensor) -> dict:
     """name -> (module or function, bytes of weights it reads per call)."""
     n, k = weight.shape
