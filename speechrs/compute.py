@@ -58,14 +58,14 @@ def plan(device: str, dtype: str = "auto", quantize: str | None = None, chosen_b
         torch_dtype, chosen = torch.float16, "float16 (auto on MPS)"
     elif kind == "cpu" and dtype == "auto":
         chosen = "the checkpoint's dtype (auto)"
-    if quantize is not None and kind != "cpu" and quantize == "int4":
+    if quantize == "int4" and kind != "cpu":
         raise ValueError("int4 weights run on the CPU only in this version; use --quantize int8 or none on " + kind)
     where = cpu_summary() if kind == "cpu" else str(torch.cuda.get_device_name(device) if kind == "cuda" else kind)
     if quantize is not None:
         how = f"{quantize} weight-only decoder linears (activations bf16 in the kernel), other weights {chosen}"
-    elif kind == "cpu" and cpu_native_bf16():
-        how = f"{chosen}; bf16 decode weights packed for oneDNN"
-    elif kind == "cpu":
+    elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16) and cpu_native_bf16():
+        how = f"{chosen}; bf16 decode weights are packed for oneDNN"
+    elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16):
         how = (
             f"{chosen}; no hardware bf16, so bf16 weights stay bf16 in memory and matmuls of "
             f"{UPCAST_ROWS}+ rows (encoder, prefill) and attention run in fp32"
