@@ -180,30 +180,38 @@ async def _chat_response(request, model: str, events, stream: bool, include_usag
 
 async def transcriptions(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
-    if not request.content_type.startswith("multipart/"):
-        raise InvalidRequestError("send multipart/form-data with a 'file' field", "file")
-    form: dict[str, str] = {}
-    audio: bytes | None = None
-    try:
-        reader = await request.multipart()
-    except ValueError:  # e.g. no boundary in the Content-Type
-        raise InvalidRequestError("a multipart/form-data body needs a boundary in its Content-Type", "file") from None
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            raise InvalidRequestError("nested multipart bodies are not supported; send flat form fields", "file")
-        if part.name == "file":
-            audio = bytes(await part.read())
-        elif part.name:
-            try:
-                form[part.name] = (await part.read()).decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidRequestError(f"form field '{part.name}' is not UTF-8 text", part.name) from None
+    form, audio = await _read_form(request)
     if not audio:
         raise InvalidRequestError("'file' is required and must not be empty", "file")
     model_id, language, fmt, stream, opts = oa.transcription_request(form)
     loaded = engine.get(model_id, "voxtral", "/v1/audio/transcriptions")
     async with aclosing(engine.stream(lambda: loaded.voxtral.transcribe(audio, language, opts))) as events:
         return await _transcription_response(request, events, fmt, stream)
+
+
+async def _read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]:
+    """A multipart/form-data body -> (its text fields, the 'file' field's bytes); malformed bodies are a 400."""
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidRequestError("send multipart/form-data with a 'file' field", "file")
+    form: dict[str, str] = {}
+    audio: bytes | None = None
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise InvalidRequestError("nested multipart bodies are not supported; send flat form fields", "file")
+            if part.name == "file":
+                audio = bytes(await part.read())
+            elif part.name:
+                try:
+                    form[part.name] = (await part.read()).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InvalidRequestError(f"form field '{part.name}' is not UTF-8 text", part.name) from None
+    except (ValueError, AssertionError):  # aiohttp's parser: no boundary, a missing or broken boundary line
+        raise InvalidRequestError(
+            "the multipart/form-data body is malformed (boundary or part headers)", "file"
+        ) from None
+    return form, audio
 
 
 async def _transcription_response(request, events, fmt: str, stream: bool) -> web.StreamResponse:
