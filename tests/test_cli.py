@@ -266,7 +266,7 @@ def test_help_shows_the_defaults_that_depend_on_the_checkpoint():
 def test_quantize_is_said_at_load_and_runs(native_dir, dia_dirs, dac_dirs, clip, tmp_path):
     result = invoke("transcribe", clip, "-m", native_dir, "--quantize", "int8", "--max-tokens", "4")
     assert result.exit_code == 0, result.stderr
-    assert "int8 weight-only" in result.stderr and "cpu:" in result.stderr
+    assert "int8 weight-only" in result.stderr and "cpu (auto):" in result.stderr
     out = tmp_path / "q.wav"
     result = invoke("speak", "[S1] Hi.", "-m", dia_dirs[0], "--dac", dac_dirs[0], "--quantize", "int4", "-o", out)
     assert result.exit_code == 0 and out.stat().st_size > 44, result.stderr
