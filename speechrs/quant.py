@@ -109,7 +109,7 @@ class Int4Linear(nn.Module):
             raise ValueError(f"int4 needs in_features divisible by {group}, got {self.in_features}")
         self.group = group
         n_pad = -self.out_features % INT4_ROWS  # e.g. Dia's 9 x 1028 logits rows: padded with zero rows
-        weight = F.pad(weight.detach(), (0, 0, 0, n_pad))
+        weight = F.pad(weight.detach(), (0, 0, 0, n_pad)) if n_pad else weight.detach()  # F.pad always copies
         n, k = weight.shape
         packed = torch.empty(n, k // 2, dtype=torch.uint8, device=weight.device)  # the kernel's packed shape
         scale_zero = torch.empty(k // group, n, 2, device=weight.device)
