@@ -255,6 +255,9 @@ def serve(
     max_queue: Annotated[
         int, typer.Option(min=0, help="Requests that may wait behind the running one; more get a 429.")
     ] = 16,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a client has to send its request body; then a 408.")
+    ] = 30.0,
 ):
     """Serve the models over an OpenAI-compatible HTTP API."""
     from .guard import Security
@@ -270,6 +273,7 @@ def serve(
             model,
             quantize=per_model,
             max_queue=max_queue,
+            body_timeout_s=body_timeout,
             security=Security(api_key or None, tuple(allowed_host or ()), tuple(cors_origin or ())),
             host=host,
             port=port,

@@ -33,6 +33,10 @@ class ServerBusyError(SpeechrsError):
         self.retry_after_s = retry_after_s
 
 
+class RequestTimeoutError(SpeechrsError):
+    """The client did not send its request body within the server's time limit."""
+
+
 class InvalidRequestError(SpeechrsError):
     """A request field is missing, malformed or out of range; `param` names the field when known."""
 

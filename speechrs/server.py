@@ -20,6 +20,7 @@ from .errors import (
     AudioError,
     InvalidRequestError,
     ModelNotFoundError,
+    RequestTimeoutError,
     ServerBusyError,
     SpeechrsError,
     UnsupportedModelError,
@@ -64,8 +65,15 @@ class Metrics:
 ENGINE = web.AppKey("engine", Engine)
 POLICY = web.AppKey("policy", MediaPolicy)
 METRICS = web.AppKey("metrics", Metrics)
+BODY_TIMEOUT = web.AppKey("body_timeout_s", float)  # seconds a client has to send its whole body
 
-_STATUS = {InvalidRequestError: 400, AudioError: 400, ModelNotFoundError: 404, UnsupportedModelError: 400}
+_STATUS = {
+    InvalidRequestError: 400,
+    AudioError: 400,
+    ModelNotFoundError: 404,
+    UnsupportedModelError: 400,
+    RequestTimeoutError: 408,
+}
 
 
 @web.middleware
@@ -101,9 +109,19 @@ async def errors(request: web.Request, handler):
     return response
 
 
+async def _within_body_timeout(request: web.Request, read):
+    """await read(), but a client that stalls while sending its body is answered 408 instead of holding its
+    connection (and a slot of the body cap) open."""
+    limit = request.app[BODY_TIMEOUT]
+    try:
+        return await asyncio.wait_for(read(), limit)
+    except asyncio.TimeoutError:
+        raise RequestTimeoutError(f"the request body did not arrive within {limit:g} s") from None
+
+
 async def _json(request: web.Request) -> dict:
     try:
-        body = await request.json()
+        body = await _within_body_timeout(request, request.json)
         # a lone UTF-16 surrogate ("\ud800") is valid JSON but no text: it would fail deep in a tokenizer
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -195,7 +213,9 @@ async def _read_form(request: web.Request) -> tuple[dict[str, str], bytes | None
         raise InvalidRequestError("send multipart/form-data with a 'file' field", "file")
     form: dict[str, str] = {}
     audio: bytes | None = None
-    try:
+
+    async def read() -> None:
+        nonlocal audio
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
@@ -207,6 +227,9 @@ async def _read_form(request: web.Request) -> tuple[dict[str, str], bytes | None
                     form[part.name] = (await part.read()).decode("utf-8")
                 except UnicodeDecodeError:
                     raise InvalidRequestError(f"form field '{part.name}' is not UTF-8 text", part.name) from None
+
+    try:
+        await _within_body_timeout(request, read)
     except (ValueError, AssertionError):  # aiohttp's parser: no boundary, a missing or broken boundary line
         raise InvalidRequestError(
             "the multipart/form-data body is malformed (boundary or part headers)", "file"
@@ -335,13 +358,16 @@ def make_app(
     max_upload_bytes: int = 25 * 2**20,
     security: Security | None = None,
     bound_host: str | None = None,
+    body_timeout_s: float = 30.0,
 ) -> web.Application:
     """The app over `engine`: media under `policy`, and the Host / content-type / API-key / CORS rules of
-    `security` (guard.py; loopback Host names and `bound_host` are always allowed)."""
+    `security` (guard.py; loopback Host names and `bound_host` are always allowed); a client has body_timeout_s
+    to send its whole body."""
     guard = make_guard(security or Security(), bound_host)
     app = web.Application(middlewares=[errors, guard], client_max_size=max_upload_bytes)
     app.on_response_prepare.append(add_cors_headers)
     app[ENGINE], app[POLICY], app[METRICS] = engine, policy or MediaPolicy(), Metrics()
+    app[BODY_TIMEOUT] = body_timeout_s
     app.router.add_routes(
         [
             web.post("/v1/chat/completions", chat_completions),
@@ -406,6 +432,7 @@ def run(
     quantize: list[str] | None = None,
     security: Security | None = None,
     max_queue: int | None = None,
+    body_timeout_s: float = 30.0,
     log=print,
 ) -> None:
     """Load, warm up and serve until interrupted. file:// audio is open on loopback hosts, else per allowed_dirs."""
@@ -435,7 +462,7 @@ def run(
     )
     log(f"serving {', '.join(m.name for m in engine.models)} on http://{host}:{port}/v1")
     web.run_app(
-        make_app(engine, policy, max_upload_bytes, security, bound_host=host),
+        make_app(engine, policy, max_upload_bytes, security, bound_host=host, body_timeout_s=body_timeout_s),
         host=host,
         port=port,
         handler_cancellation=True,

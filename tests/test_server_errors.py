@@ -375,3 +375,25 @@ def test_a_full_queue_answers_429_with_retry_after_at_once(engine):
     finally:
         gate.set()
         s.close()
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "multipart/form-data; boundary=b"])
+def test_a_client_that_stalls_while_sending_its_body_gets_a_408(engine, content_type):
+    import socket
+    import time
+
+    from http_server import Server
+
+    s = Server(make_app(engine, body_timeout_s=1.0))
+    try:
+        path = "/v1/audio/speech" if content_type.startswith("application") else "/v1/audio/transcriptions"
+        with socket.create_connection(("127.0.0.1", s.port), timeout=20) as sock:
+            head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+            head += "Content-Length: 1000\r\n\r\n"
+            sock.sendall(head.encode() + b'{"input": ')  # and then nothing more
+            t0 = time.perf_counter()
+            answer = sock.recv(65536).decode("utf-8", "replace")
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in answer, answer[:300]
+        assert time.perf_counter() - t0 < 10
+    finally:
+        s.close()
