@@ -258,6 +258,9 @@ def serve(
     body_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a client has to send its request body; then a 408.")
     ] = 30.0,
+    shutdown_grace: Annotated[
+        float, typer.Option(min=0, help="On SIGTERM: seconds the running request may finish; queued ones get 503.")
+    ] = 30.0,
 ):
     """Serve the models over an OpenAI-compatible HTTP API."""
     from .guard import Security
@@ -274,6 +277,7 @@ def serve(
             quantize=per_model,
             max_queue=max_queue,
             body_timeout_s=body_timeout,
+            shutdown_grace_s=shutdown_grace,
             security=Security(api_key or None, tuple(allowed_host or ()), tuple(cors_origin or ())),
             host=host,
             port=port,

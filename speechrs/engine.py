@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .compute import ComputePlan, plan
-from .errors import InvalidRequestError, ModelNotFoundError, ServerBusyError
+from .errors import InvalidRequestError, ModelNotFoundError, ServerBusyError, ShuttingDownError
 from .hub import DEFAULT_DAC, ModelSource, resolve, resolve_dac
 
 if TYPE_CHECKING:  # the pipelines import torch and the models: loaded when a model is
@@ -140,6 +140,7 @@ class Engine:
         self.queue_depth = 0  # requests submitted and not yet finished (running one included)
         self.busy_s = 0.0  # worker time spent on requests
         self.finished = 0  # requests the worker has finished
+        self.draining = False  # set by drain(): waiting requests are refused, the running one finishes
 
     def get(self, model: str | None, family: str, route: str) -> Loaded:
         """`model` as a client names it; "default" (or None) is the first loaded model of `family`."""
@@ -170,6 +171,20 @@ class Engine:
             self._worker = threading.Thread(target=self._work, name="speechrs-worker", daemon=True)
             self._worker.start()
 
+    def drain(self) -> None:
+        """Stop taking work: requests still waiting get ShuttingDownError (a 503) at once, and new ones too; the
+        running request goes on (the server gives it a grace period, then cancels its client)."""
+        self.draining = True
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is None:  # stop() already asked the worker to end: leave that to it
+                self._jobs.put(None)
+                return
+            _post(job, self._finish, job, ShuttingDownError("the server is shutting down; the request was not started"))
+
     def stop(self) -> None:
         if self._worker is not None:
             self._jobs.put(None)
@@ -178,6 +193,8 @@ class Engine:
 
     async def stream(self, make_events: Callable[[], Iterator]) -> AsyncGenerator:
         """Run `make_events()` on the worker and yield its events here; exceptions are re-raised here."""
+        if self.draining:
+            raise ShuttingDownError("the server is shutting down; retry on another instance or after its restart")
         if self.max_queue is not None and self.queue_depth > self.max_queue:
             per_request = self.busy_s / self.finished if self.finished else 10.0
             raise ServerBusyError(
@@ -208,6 +225,8 @@ class Engine:
             t0 = time.perf_counter()
             events: Iterator | None = None
             try:
+                if self.draining:
+                    raise ShuttingDownError("the server is shutting down; the request was not started")
                 if not job.cancelled.is_set():
                     events = job.make_events()
                     for event in events:

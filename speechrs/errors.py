@@ -33,6 +33,10 @@ class ServerBusyError(SpeechrsError):
         self.retry_after_s = retry_after_s
 
 
+class ShuttingDownError(SpeechrsError):
+    """The server is stopping: a request still waiting for the worker is answered, not run."""
+
+
 class RequestTimeoutError(SpeechrsError):
     """The client did not send its request body within the server's time limit."""
 

@@ -22,6 +22,7 @@ from .errors import (
     ModelNotFoundError,
     RequestTimeoutError,
     ServerBusyError,
+    ShuttingDownError,
     SpeechrsError,
     UnsupportedModelError,
 )
@@ -73,6 +74,7 @@ _STATUS = {
     ModelNotFoundError: 404,
     UnsupportedModelError: 400,
     RequestTimeoutError: 408,
+    ShuttingDownError: 503,
 }
 
 
@@ -96,10 +98,9 @@ async def errors(request: web.Request, handler):
         response = web.json_response(body, status=429, headers={"Retry-After": str(e.retry_after_s)})
     except SpeechrsError as e:
         status = _STATUS.get(type(e), 400)
-        code = "model_not_found" if status == 404 else None
-        response = web.json_response(
-            oa.error_body(str(e), "invalid_request_error", getattr(e, "param", None), code), status=status
-        )
+        code = {404: "model_not_found", 503: "shutting_down"}.get(status)
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        response = web.json_response(oa.error_body(str(e), kind, getattr(e, "param", None), code), status=status)
     except Exception:
         log.exception("internal error on %s", request.path)
         response = web.json_response(
@@ -384,7 +385,11 @@ def make_app(
         yield
         app[ENGINE].stop()
 
+    async def drain(app: web.Application) -> None:  # shutdown begins: queued requests 503, the running one goes on
+        app[ENGINE].drain()
+
     app.cleanup_ctx.append(worker)
+    app.on_shutdown.append(drain)
     return app
 
 
@@ -433,6 +438,7 @@ def run(
     security: Security | None = None,
     max_queue: int | None = None,
     body_timeout_s: float = 30.0,
+    shutdown_grace_s: float = 30.0,
     log=print,
 ) -> None:
     """Load, warm up and serve until interrupted. file:// audio is open on loopback hosts, else per allowed_dirs."""
@@ -468,4 +474,7 @@ def run(
         handler_cancellation=True,
         print=None,
         access_log=None,
+        # on SIGTERM/SIGINT: stop listening, answer queued requests 503 (on_shutdown: drain), give the running
+        # one this long, then cancel it and exit 0
+        shutdown_timeout=shutdown_grace_s,
     )

@@ -397,3 +397,46 @@ def test_a_client_that_stalls_while_sending_its_body_gets_a_408(engine, content_
         assert time.perf_counter() - t0 < 10
     finally:
         s.close()
+
+
+def test_shutdown_answers_queued_requests_503_and_lets_the_running_one_finish(engine):
+    import asyncio
+    import threading
+    import time
+
+    from http_server import Server
+
+    from speechrs.engine import Engine
+
+    gate = threading.Event()
+
+    def held():
+        gate.wait(30)
+        yield "done"
+
+    busy = Engine(engine.models)
+    s = Server(make_app(busy))
+    queued: dict = {}
+    try:
+
+        async def hold():
+            async for event in busy.stream(held):
+                return event
+
+        running = asyncio.run_coroutine_threadsafe(hold(), s.loop)
+        waiter = threading.Thread(target=lambda: queued.update(answer=post(s, "/v1/audio/speech", SPEECH_BODY)))
+        waiter.start()
+        deadline = time.time() + 10
+        while busy.queue_depth < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        closing = threading.Thread(target=s.close)  # what SIGTERM does in run_app: the runner's cleanup
+        closing.start()
+        waiter.join(10)
+        status, _, body = queued["answer"]
+        assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down"
+        assert not running.done()  # the running request was not cut short
+        gate.set()
+        assert running.result(30) == "done"
+        closing.join(30)
+    finally:
+        gate.set()
