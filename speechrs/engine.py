@@ -167,7 +167,10 @@ class Engine:
         return make_events()
 
     def start(self) -> None:
+        """Start the worker, unless it runs; an engine drained and stopped starts afresh (tests share one engine
+        between several apps, each of which drains and stops it when it closes)."""
         if self._worker is None:
+            self.draining = False
             self._worker = threading.Thread(target=self._work, name="speechrs-worker", daemon=True)
             self._worker.start()
 
@@ -193,7 +196,7 @@ class Engine:
 
     async def stream(self, make_events: Callable[[], Iterator]) -> AsyncGenerator:
         """Run `make_events()` on the worker and yield its events here; exceptions are re-raised here."""
-        if self.draining:
+        if self.draining and self._worker is not None:
             raise ShuttingDownError("the server is shutting down; retry on another instance or after its restart")
         if self.max_queue is not None and self.queue_depth > self.max_queue:
             per_request = self.busy_s / self.finished if self.finished else 10.0
