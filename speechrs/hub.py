@@ -4,6 +4,10 @@ Hub ids go through huggingface_hub, so its cache, HF_HOME, HF_HUB_CACHE, HF_HUB_
 apply. Only the files of one layout are fetched: Voxtral repos carry both layouts, ~9.4 GB each.
 """
 
+import functools
+import logging
+import socket
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +15,8 @@ from pathlib import Path
 from .dia.config import dia_schema
 from .errors import ModelNotFoundError, UnsupportedModelError
 from .jsonconf import read_json
+
+log = logging.getLogger(__name__)
 
 VOXTRAL_NATIVE_FILES = ["params.json", "consolidated.safetensors", "consolidated.safetensors.index.json", "tekken.json"]
 VOXTRAL_HF_FILES = [
@@ -77,7 +83,26 @@ def resolve_dac(model: str) -> Path:
     from huggingface_hub import snapshot_download
 
     with _hub_errors(model, "DAC ", "pass --dac DIR"):
-        return Path(snapshot_download(model, allow_patterns=DAC_FILES))
+        return Path(snapshot_download(model, allow_patterns=DAC_FILES, local_files_only=not hub_reachable()))
+
+
+@functools.cache
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub's endpoint opens within timeout_s. Without one, the cache alone is
+    used: huggingface_hub would otherwise retry each file five times with backoff (about 50 s of warnings on a
+    machine with no network) before the same "not cached" answer."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout_s).close()
+        return True
+    except OSError:
+        log.info("the hub at %s cannot be reached; using the local cache only", constants.ENDPOINT)
+        return False
 
 
 def _local_dir(model: str, what: str) -> Path | None:
@@ -115,9 +140,11 @@ def _download(repo_id: str) -> Path:
 
     misses: list[Exception] = []
 
+    local_only = not hub_reachable()
+
     def fetch_config(name: str) -> Path | None:
         try:
-            return Path(hf_hub_download(repo_id, name))
+            return Path(hf_hub_download(repo_id, name, local_files_only=local_only))
         except EntryNotFoundError as e:  # includes LocalEntryNotFoundError: offline and not cached
             misses.append(e)
             return None
@@ -133,4 +160,4 @@ def _download(repo_id: str) -> Path:
                     raise misses[-1]
                 raise ModelNotFoundError(f"hub repo {repo_id} has neither params.json nor config.json")
             patterns = VOXTRAL_HF_FILES if detect(config.parent).family == "voxtral" else DIA_FILES
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=local_only))

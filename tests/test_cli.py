@@ -290,3 +290,17 @@ def test_device_auto_is_the_default_and_the_load_line_says_what_it_chose(native_
     assert resolve_device("auto") in (expected, "mps")
     result = invoke("transcribe", clip, "-m", native_dir, "--max-tokens", "2")
     assert result.exit_code == 0 and f"{resolve_device('auto')} (auto):" in result.stderr, result.stderr
+
+
+def test_an_unreachable_hub_gives_the_one_line_error_at_once(clip, tmp_path):
+    """No network and nothing cached: the clear error in a second or two, not ~50 s of hub retry warnings."""
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")  # the discard port: refused
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "speechrs", "transcribe", str(clip), "-q"], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 1 and time.perf_counter() - t0 < 30
+    assert proc.stderr.count("\n") == 1 and "not in the local Hugging Face cache" in proc.stderr, proc.stderr
