@@ -8,6 +8,7 @@ import functools
 import logging
 import socket
 import urllib.parse
+import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,8 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
 
     if constants.HF_HUB_OFFLINE:
         return False
+    if urllib.request.getproxies():  # through a proxy a direct connection says nothing: let the client try
+        return True
     url = urllib.parse.urlparse(constants.ENDPOINT)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
