@@ -129,12 +129,16 @@ class KVCache(nn.Module):
         return self.k.shape[2]
 
     def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k/v (B, K, T, E) at [start, start+T) and return views of everything written so far."""
+        """Write k/v (B, K, T, E) at [start, start+T) and return everything written so far: views of the cache,
+        or at start 0 k/v themselves (the same values, in their own dtype: a prefill then attends in the model's
+        dtype, not the cache's fp32, see cache_dtype)."""
         end = start + k.shape[2]
         if end > self.max_len:
             self._grow(max(end, 2 * self.max_len))
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
+        if start == 0:
+            return k, v
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def _grow(self, max_len: int) -> None:

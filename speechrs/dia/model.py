@@ -224,8 +224,7 @@ class Dia(nn.Module):
         for layer, cache, ck, cv in zip(self.decoder.layers, self.caches, cross.k, cross.v, strict=True):
             a = layer.self_attention
             q, k, v = a.self_qkv(layer.pre_sa_norm(x), rot)
-            k_all, v_all = cache.update(start, k, v)
-            k, v = (k, v) if start == 0 else (k_all, v_all)  # a prefill attends to its own (unconverted) k/v
+            k, v = cache.update(start, k, v)
             x = x + a.out(attend(q, k, v, start, scale=1.0))
             c, h = layer.cross_attention, layer.pre_ca_norm(x)
             q = c.heads(c.q_proj, h, c.n_heads)

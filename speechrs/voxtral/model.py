@@ -147,8 +147,8 @@ class Attention(nn.Module):
         k = k.unflatten(-1, (K, E)).transpose(1, 2)  # (B, K, T, E)
         v = v.unflatten(-1, (K, E)).transpose(1, 2)
         q, k = apply_rope_interleaved(q, rot), apply_rope_interleaved(k, rot)
-        k_all, v_all = cache.update(start, k, v)
-        out = attend(q, k, v, start) if start == 0 else attend(q, k_all, v_all, start)  # a prefill: its own k/v
+        k, v = cache.update(start, k, v)
+        out = attend(q, k, v, start)
         return self.wo(out.transpose(1, 2).flatten(2))
 
 
