@@ -6,6 +6,7 @@ Axes: B batch, T query positions, S key positions, H heads, K kv heads, E head d
 import functools
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -121,8 +122,9 @@ class KVCache(nn.Module):
     def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype, device):
         super().__init__()
         shape = (batch, n_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # empty, not zeros: only what was written is ever read, and untouched pages cost no memory
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
 
     @property
     def max_len(self) -> int:
@@ -145,9 +147,27 @@ class KVCache(nn.Module):
         old = self.max_len
         for name in ("k", "v"):
             t = getattr(self, name)
-            bigger = t.new_zeros(t.shape[0], t.shape[1], max_len, t.shape[3])
+            bigger = t.new_empty(t.shape[0], t.shape[1], max_len, t.shape[3])
             bigger[:, :, :old] = t
             setattr(self, name, bigger)
+
+
+@dataclass(eq=False)
+class Segment:
+    """One request's rows in a batched decoder forward: the position of its first new token and its own caches
+    (one KVCache per layer, batch = its rows). Requests at different positions share the linears of a step; each
+    attends over its own cache with the same shapes as alone (engine.py: the scheduler)."""
+
+    start: int
+    caches: list[KVCache]
+
+
+def rows_per_segment(x: torch.Tensor, segments: list[Segment]) -> int:
+    """Rows of x (B, T, D) that each segment owns, in order: B / len(segments), checked."""
+    rows, rest = divmod(x.shape[0], len(segments))
+    if rest or not rows:
+        raise ValueError(f"{x.shape[0]} rows do not split evenly into {len(segments)} requests")
+    return rows
 
 
 def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:

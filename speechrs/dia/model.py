@@ -7,6 +7,8 @@ Dia's RoPE rotates half-split pairs; the loader reorders every q/k projection's 
 (checkpoint.py), so one complex multiply rotates them: q.k is unchanged when q and k share a permutation.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,12 +16,14 @@ from torch import nn
 from ..layers import (
     KVCache,
     RMSNorm,
+    Segment,
     apply_rope_interleaved,
     attend,
     attend_one,
     cache_dtype,
     fuse_linears,
     rope_table,
+    rows_per_segment,
     sdpa,
     upcast_on_this_cpu,
 )
@@ -46,14 +50,14 @@ class Attention(nn.Module):
     def heads(self, proj: nn.Linear, x: torch.Tensor, n: int) -> torch.Tensor:
         return proj(x).unflatten(-1, (n, self.head_dim)).transpose(1, 2)  # (B, n, T, E)
 
-    def self_qkv(self, x: torch.Tensor, rot: torch.Tensor):
-        """q, k rotated and v, each (B, heads, T, E), from one fused matmul."""
+    def self_qkv(self, x: torch.Tensor):
+        """q, k (not yet rotated) and v, each (B, heads, T, E), from one fused matmul."""
         H, K, E = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = (
             t.unflatten(-1, (n, E)).transpose(1, 2)
             for t, n in zip(self.qkv(x).split([H * E, K * E, K * E], dim=-1), (H, K, K), strict=True)
         )
-        return apply_rope_interleaved(q, rot), apply_rope_interleaved(k, rot), v
+        return q, k, v
 
     def out(self, o_BxHxTxE: torch.Tensor) -> torch.Tensor:
         return self.o_proj(o_BxHxTxE.transpose(1, 2).flatten(2))
@@ -82,7 +86,8 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x, rot):
         a = self.self_attention
-        q, k, v = a.self_qkv(self.pre_sa_norm(x), rot)
+        q, k, v = a.self_qkv(self.pre_sa_norm(x))
+        q, k = apply_rope_interleaved(q, rot), apply_rope_interleaved(k, rot)
         o = sdpa(q, k, v, scale=1.0, enable_gqa=a.n_heads != a.n_kv_heads)
         x = x + a.out(o)
         return x + self.mlp(self.post_sa_norm(x))
@@ -151,6 +156,13 @@ class CrossCache:
         self.k, self.v = k, v
 
 
+@dataclass(eq=False)
+class DiaSegment(Segment):
+    """One request's rows (its CFG pair) in a batched decoder forward, with its text's cross-attention K/V."""
+
+    cross: CrossCache | None = None
+
+
 class Dia(nn.Module):
     def __init__(self, cfg: DiaConfig):
         super().__init__()
@@ -159,6 +171,7 @@ class Dia(nn.Module):
         self.decoder = Decoder(cfg)
         self.logits_dense = nn.Linear(cfg.dec_dim, cfg.channels * cfg.audio_vocab, bias=False)
         self.caches: list[KVCache] = []
+        self._rope = torch.zeros(0)
 
     def prepare(self, after_layer=lambda: None, quantize: str | None = None) -> None:
         """Fused self-attention projections, then every decoder linear and the logits head quantized (`quantize`
@@ -192,14 +205,20 @@ class Dia(nn.Module):
         if upcast_on_this_cpu(self.decoder.embeddings.embed.weight):  # bf16 without hardware bf16 (upcast.py)
             upcast_linears(self)
 
-    def setup_caches(self, batch: int, max_len: int) -> None:
+    def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
+        """One request's self-attention cache, a KVCache per decoder layer for `batch` rows (2: the CFG pair) and
+        max_len steps; the RoPE table is made long enough too."""
         p, cfg = self.decoder.embeddings.embed.weight, self.cfg
-        if not self.caches or self.caches[0].max_len < max_len or self.caches[0].k.shape[0] != batch:
-            self.caches = [
-                KVCache(batch, cfg.dec_kv_heads, max_len, cfg.dec_head_dim, cache_dtype(p), p.device)
-                for _ in self.decoder.layers
-            ]
-        self._rope = _rope(cfg.dec_head_dim, cfg, max_len, p.device)
+        if self._rope.shape[0] < max_len:
+            self._rope = _rope(cfg.dec_head_dim, cfg, max(max_len, cfg.audio_length + 1), p.device)
+        return [
+            KVCache(batch, cfg.dec_kv_heads, max_len, cfg.dec_head_dim, cache_dtype(p), p.device)
+            for _ in self.decoder.layers
+        ]
+
+    def setup_caches(self, batch: int, max_len: int) -> None:
+        """The model's own cache, for `forward` (tests, benchmarks): pipelines hold one per request instead."""
+        self.caches = self.new_caches(batch, max_len)
 
     def cross_cache(self, enc_BxSxD: torch.Tensor) -> CrossCache:
         cfg, ks, vs = self.cfg, [], []
@@ -217,24 +236,40 @@ class Dia(nn.Module):
         return CrossCache(ks, vs)
 
     def forward(self, codes_BxTxC: torch.Tensor, start: int, cross: CrossCache) -> torch.Tensor:
-        """Delayed code rows at steps [start, start+T) -> logits (B, T, C, V) in float32."""
+        """Delayed code rows at steps [start, start+T) with the model's own cache (setup_caches) -> logits
+        (B, T, C, V) in float32."""
+        return self.forward_rows(codes_BxTxC, [DiaSegment(start, self.caches, cross)])
+
+    def forward_rows(self, codes_BxTxC: torch.Tensor, segments: list[DiaSegment]) -> torch.Tensor:
+        """The decoder over several requests at once: the rows split evenly between `segments` in order (a CFG
+        pair each), each at its own steps [start, start+T) with its own caches and text -> logits (B, T, C, V)."""
         cfg, T = self.cfg, codes_BxTxC.shape[1]
-        rot = self._rope[start : start + T]
+        n = rows_per_segment(codes_BxTxC, segments)
+        rots = [self._rope[s.start : s.start + T] for s in segments]
+        crosses = [s.cross for s in segments]
+        if any(c is None for c in crosses):
+            raise ValueError("every Dia segment needs its cross-attention cache")
         x = self.decoder.embeddings(codes_BxTxC)
-        for layer, cache, ck, cv in zip(self.decoder.layers, self.caches, cross.k, cross.v, strict=True):
-            a = layer.self_attention
-            q, k, v = a.self_qkv(layer.pre_sa_norm(x), rot)
-            k, v = cache.update(start, k, v)
-            x = x + a.out(attend(q, k, v, start, scale=1.0))
-            c, h = layer.cross_attention, layer.pre_ca_norm(x)
-            q = c.heads(c.q_proj, h, c.n_heads)
-            if cfg.cross_rope:  # v0.1: queries rotated at the decoder step
-                q = apply_rope_interleaved(q, rot)
-            if T == 1:
-                o = attend_one(q, ck, cv, scale=1.0)
-            else:
-                o = sdpa(q, ck, cv, scale=1.0, enable_gqa=c.n_heads != c.n_kv_heads)
-            x = x + c.out(o)
+        for i, layer in enumerate(self.decoder.layers):
+            a, c = layer.self_attention, layer.cross_attention
+            q, k, v = a.self_qkv(layer.pre_sa_norm(x))  # one matmul for every request's rows, not yet rotated
+            outs = []
+            for j, (s, rot) in enumerate(zip(segments, rots, strict=True)):  # each request as alone
+                rows = slice(j * n, (j + 1) * n)
+                ks, vs = s.caches[i].update(s.start, apply_rope_interleaved(k[rows], rot), v[rows])
+                outs.append(attend(apply_rope_interleaved(q[rows], rot), ks, vs, s.start, scale=1.0))
+            x = x + a.out(outs[0] if len(outs) == 1 else torch.cat(outs))
+            cq = c.heads(c.q_proj, layer.pre_ca_norm(x), c.n_heads)
+            outs = []
+            for j, (cross, rot) in enumerate(zip(crosses, rots, strict=True)):
+                rows = slice(j * n, (j + 1) * n)
+                qj = apply_rope_interleaved(cq[rows], rot) if cfg.cross_rope else cq[rows]  # v0.1: at the step
+                ck, cv = cross.k[i], cross.v[i]
+                if T == 1:
+                    outs.append(attend_one(qj, ck, cv, scale=1.0))
+                else:
+                    outs.append(sdpa(qj, ck, cv, scale=1.0, enable_gqa=c.n_heads != c.n_kv_heads))
+            x = x + c.out(outs[0] if len(outs) == 1 else torch.cat(outs))
             x = x + layer.mlp(layer.pre_mlp_norm(x))
         logits = self.logits_dense(self.decoder.norm(x))
         return logits.unflatten(-1, (cfg.channels, cfg.audio_vocab)).float()

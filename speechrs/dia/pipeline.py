@@ -1,4 +1,5 @@
-"""One Dia request at a time: text -> delayed codes (CFG, EOS countdown) -> codes -> DAC -> PCM.
+"""A Dia request: text -> delayed codes (CFG, EOS countdown) -> codes -> DAC -> PCM, as a generator of events and
+decoder steps (request.py): run alone by iterating it, or batched with others through `DiaPipeline.step`.
 
 Delayed layout: row 0 is all BOS; channel c at row t holds frame t - 1 - delay[c] (BOS while t <= delay[c]).
 Step t reads row t and writes row t + 1. After channel 0 ends at row s (by itself, or forced at row
@@ -16,12 +17,13 @@ import torch
 
 from .. import loudness
 from ..errors import AudioTooLongError, InvalidRequestError
+from ..request import Request, StepInput
 from ..sampling import dia_pick, make_generator
 from .checkpoint import load_dia
 from .config import HF_0626, NARI_V01, DiaConfig
 from .dac import DAC, load_dac
 from .events import AudioChunk, SpeakOptions, SpeakSettings, SpeechResult, Step
-from .model import Dia
+from .model import Dia, DiaSegment
 from .streaming import speak_streamed
 
 # Per-generation sampling defaults, one place. v0.1: mistral.rs SpeechGenerationConfig::default.
@@ -137,8 +139,16 @@ class DiaPipeline:
         if ref_audio is not None or ref_text is not None:
             text_ids, prompt = self._reference(text, ref_audio, ref_text, settings)
         if stream_audio:
-            return speak_streamed(self, text_ids, settings, prompt)
-        return self._speak(text_ids, settings, prompt)
+            return Request(self, speak_streamed(self, text_ids, settings, prompt))
+        return Request(self, self._speak(text_ids, settings, prompt))
+
+    @torch.inference_mode()
+    def step(self, inputs: list[StepInput]) -> None:
+        """One decoder step for several requests, each with its own step count, caches and text: their CFG pairs'
+        last rows (2, 1, C) each -> each input's logits (2, 1, C, V)."""
+        logits = self.model.forward_rows(torch.cat([i.x for i in inputs]), [i.segment for i in inputs])  # type: ignore[misc]
+        for b, i in enumerate(inputs):
+            i.logits = logits[2 * b : 2 * b + 2]
 
     def _reference(
         self, text: str, ref_audio, ref_text: str | None, opts: SpeakSettings
@@ -172,19 +182,26 @@ class DiaPipeline:
 
     def generate_codes(
         self, text_ids: list[int], opts: SpeakSettings, prompt_TxC: torch.Tensor | None = None
-    ) -> Iterator[Step | torch.Tensor]:
+    ) -> Request:
         """Steps, then the delayed rows (R, C) written, BOS row included (the last step's rows)."""
+        return Request(self, self._codes(text_ids, opts, prompt_TxC))
+
+    def _codes(
+        self, text_ids: list[int], opts: SpeakSettings, prompt_TxC: torch.Tensor | None = None
+    ) -> Iterator[Step | torch.Tensor | StepInput]:
         last = None
-        for step, rows in self.generate_rows(text_ids, opts, prompt_TxC):
+        for item in self.generate_rows(text_ids, opts, prompt_TxC):
+            if isinstance(item, StepInput):
+                yield item  # for the driver
+                continue
+            step, last = item
             yield step
-            last = rows
         assert last is not None, "generate_rows yields at least one step"
         yield last
 
-    @torch.inference_mode()
     def generate_rows(
         self, text_ids: list[int], opts: SpeakSettings, prompt_TxC: torch.Tensor | None = None
-    ) -> Iterator[tuple[Step, torch.Tensor]]:
+    ) -> Iterator[tuple[Step, torch.Tensor] | StepInput]:
         """(Step, delayed rows written so far) after each decoder step; the rows are a view, valid until the next
         step. Complete frames never change: a frame is complete once its last channel (delay max_delay) is
         written, by which time channel 0 has told whether it is a frame at all (EOS) max_delay steps before.
@@ -198,31 +215,31 @@ class DiaPipeline:
         L = len(prompt)
         known = delay(prompt.long(), list(cfg.delay_pattern), cfg.bos, cfg.pad)  # PAD: to be generated
         max_steps = opts.max_tokens or cfg.audio_length - L
-        cond = torch.tensor([text_ids], device=self.device)
-        enc = model.encoder(torch.cat([cond, torch.zeros_like(cond)]))  # rows [cond, uncond]: uncond is all zeros
-        cross = model.cross_cache(enc)
-        model.setup_caches(2, L + max_steps + 1)
+        with torch.inference_mode():  # not across the yields: the generator resumes in its driver's mode
+            cond = torch.tensor([text_ids], device=self.device)
+            enc = model.encoder(torch.cat([cond, torch.zeros_like(cond)]))  # rows [cond, uncond]: uncond all zeros
+            # this request's own text K/V and cache: the first pass reads the whole known prefix, later ones a row
+            segment = DiaSegment(0, model.new_caches(2, L + max_steps + 1), model.cross_cache(enc))
+            logits = model.forward_rows(known[: L + 1].to(self.device).expand(2, -1, C), [segment])
         rows = torch.full((L + max_steps + 1, C), cfg.bos, dtype=torch.long)
         rows[: L + 1] = known[: L + 1]
         delays = torch.tensor(cfg.delay_pattern)
         generator = make_generator(opts.seed, self.device)
         end_row: int | None = None  # row where channel 0 ended
-        t, start = L, 0  # the first pass reads the whole known prefix, later ones one row
+        r = L + 1  # the row this step writes
         while True:
-            x = rows[start : t + 1].to(self.device).expand(2, -1, C)
-            logits = model(x, start, cross)[:, -1]  # (2, C, V)
-            codes = dia_pick(
-                logits[0],
-                logits[1],
-                cfg_scale=opts.cfg_scale,
-                temperature=opts.temperature,
-                top_p=opts.top_p,
-                top_k=opts.top_k,
-                eos=cfg.eos,
-                sample_from_cond=cfg.generation == HF_0626,
-                generator=generator,
-            ).cpu()
-            r = t + 1
+            with torch.inference_mode():
+                codes = dia_pick(
+                    logits[0, -1],
+                    logits[1, -1],
+                    cfg_scale=opts.cfg_scale,
+                    temperature=opts.temperature,
+                    top_p=opts.top_p,
+                    top_k=opts.top_k,
+                    eos=cfg.eos,
+                    sample_from_cond=cfg.generation == HF_0626,
+                    generator=generator,
+                ).cpu()
             if r < len(known):
                 codes = torch.where(known[r] != cfg.pad, known[r], codes)
             # every reference counts the countdown inside max_tokens: EOS is forced max_delay steps before the end
@@ -232,19 +249,24 @@ class DiaPipeline:
                 after = r - end_row
                 codes = torch.where(delays == after, cfg.eos, torch.where(delays < after, cfg.pad, codes))
             rows[r] = codes
-            t = start = r
             frames = r - cfg.max_delay if end_row is None else min(r - cfg.max_delay, end_row - 1)
-            yield Step(r - L, max_steps, max(0, frames - L)), rows[: t + 1]
+            yield Step(r - L, max_steps, max(0, frames - L)), rows[: r + 1]
             if end_row is not None and r - end_row >= cfg.max_delay:
                 break
+            segment.start = r
+            pending = StepInput(rows[r : r + 1].to(self.device).expand(2, -1, C), segment)
+            yield pending  # the driver runs the decoder on it, alone or beside other requests
+            assert pending.logits is not None, "a StepInput is resumed once its logits are set"
+            logits = pending.logits
+            r += 1
 
     def _speak(
         self, text_ids: list[int], opts: SpeakSettings, prompt: torch.Tensor | None = None
-    ) -> Iterator[Step | SpeechResult]:
+    ) -> Iterator[Step | SpeechResult | StepInput]:
         t0 = time.perf_counter()
         delayed = torch.zeros(0)
-        for event in self.generate_codes(text_ids, opts, prompt):
-            if isinstance(event, Step):
+        for event in self._codes(text_ids, opts, prompt):
+            if isinstance(event, Step | StepInput):
                 yield event
             else:
                 delayed = event

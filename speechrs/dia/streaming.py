@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..request import StepInput
 from .events import AudioChunk, SpeakSettings, SpeechResult, Step
 
 if TYPE_CHECKING:  # pipeline.py imports this module; the pipeline is only a parameter here
@@ -26,7 +27,7 @@ FIRST_PIECE, LARGEST_PIECE = 16, 128  # frames: 0.19 s, then doubling to 1.5 s
 
 def speak_streamed(
     p: "DiaPipeline", text_ids: list[int], opts: SpeakSettings, prompt: torch.Tensor | None = None
-) -> Iterator[Step | AudioChunk | SpeechResult]:
+) -> Iterator[Step | AudioChunk | SpeechResult | StepInput]:
     """Frame indices here count from the first frame of the rows, the reference's (if any) included; only frames
     after the reference's L are decoded, as in the whole-clip path (transformers decodes the new codes only)."""
     t0 = time.perf_counter()
@@ -46,7 +47,11 @@ def speak_streamed(
         sent, size = sent + keep, min(2 * size, LARGEST_PIECE)
         return AudioChunk(pieces[-1], rate)
 
-    for step, rows in p.generate_rows(text_ids, opts, prompt):
+    for item in p.generate_rows(text_ids, opts, prompt):
+        if isinstance(item, StepInput):
+            yield item  # for the driver (request.py)
+            continue
+        step, rows = item
         yield step
         while L + step.frames >= sent + size + CONTEXT:  # the piece and its right context are complete
             yield piece(rows, size, L + step.frames)

@@ -14,11 +14,13 @@ from torch import nn
 from ..layers import (
     KVCache,
     RMSNorm,
+    Segment,
     apply_rope_interleaved,
     attend,
     cache_dtype,
     fuse_linears,
     rope_table,
+    rows_per_segment,
     sdpa,
     upcast_on_this_cpu,
 )
@@ -140,15 +142,21 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.wqkv = None  # [wq; wk; wv], one Linear made by Voxtral.setup_buffers()
 
-    def forward(self, x, start: int, rot, cache: KVCache) -> torch.Tensor:
+    def forward(self, x, parts: list[tuple[int, torch.Tensor, KVCache]]) -> torch.Tensor:
+        """x (B, T, D); parts: per request, in row order, (start, its RoPE rotations, its cache for this layer)."""
         H, K, E = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = self.wqkv(x).split([H * E, K * E, K * E], dim=-1)
+        q, k, v = self.wqkv(x).split([H * E, K * E, K * E], dim=-1)  # one matmul for every request's rows
         q = q.unflatten(-1, (H, E)).transpose(1, 2)  # (B, H, T, E)
         k = k.unflatten(-1, (K, E)).transpose(1, 2)  # (B, K, T, E)
         v = v.unflatten(-1, (K, E)).transpose(1, 2)
-        q, k = apply_rope_interleaved(q, rot), apply_rope_interleaved(k, rot)
-        k, v = cache.update(start, k, v)
-        out = attend(q, k, v, start)
+        n = x.shape[0] // len(parts)
+        outs = []
+        for i, (start, rot, cache) in enumerate(parts):  # each request as alone: its positions, its cache
+            rows = slice(i * n, (i + 1) * n)
+            qi, ki = apply_rope_interleaved(q[rows], rot), apply_rope_interleaved(k[rows], rot)
+            ki, vi = cache.update(start, ki, v[rows])
+            outs.append(attend(qi, ki, vi, start))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return self.wo(out.transpose(1, 2).flatten(2))
 
 
@@ -173,8 +181,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x, start: int, rot, cache: KVCache) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), start, rot, cache)
+    def forward(self, x, parts: list[tuple[int, torch.Tensor, KVCache]]) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), parts)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -225,18 +233,19 @@ class Voxtral(nn.Module):
         if upcast_on_this_cpu(self.tok_embeddings.weight):  # bf16 without hardware bf16: big matmuls in fp32
             upcast_linears(self)
 
-    def setup_caches(self, batch: int, max_len: int) -> None:
-        """Preallocate the KV cache and RoPE table for max_len tokens (both grow if a request goes further).
-
-        A cache left much larger by an earlier long request is reallocated, so a server does not keep it."""
+    def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
+        """One request's KV cache, a KVCache per layer for `batch` rows and max_len tokens (it grows if a request
+        goes further); the RoPE table is made long enough too."""
         p = self.tok_embeddings.weight
-        have = self.caches[0].max_len if self.caches else 0
-        if have < max_len or have > 4 * max_len + 4096 or self.caches[0].k.shape[0] != batch:
-            self.caches = [
-                KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, cache_dtype(p), p.device)
-                for _ in self.layers
-            ]
         self._ensure_rope(max_len)
+        return [
+            KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, cache_dtype(p), p.device)
+            for _ in self.layers
+        ]
+
+    def setup_caches(self, batch: int, max_len: int) -> None:
+        """The model's own cache, for `forward` (tests, benchmarks): pipelines hold one per request instead."""
+        self.caches = self.new_caches(batch, max_len)
 
     def _ensure_rope(self, length: int) -> None:
         if self._rope_len < length:
@@ -257,13 +266,20 @@ class Voxtral(nn.Module):
         return x
 
     def forward(self, x_BxTxD: torch.Tensor, start: int, last_only: bool = True) -> torch.Tensor:
-        """Run the decoder on embeddings at positions [start, start+T) -> logits (B, 1 or T, V) in float32."""
-        end = start + x_BxTxD.shape[1]
-        self._ensure_rope(end)
-        rot = self.rope[start:end]
+        """Run the decoder on embeddings at positions [start, start+T) with the model's own cache (setup_caches)
+        -> logits (B, 1 or T, V) in float32."""
+        return self.forward_rows(x_BxTxD, [Segment(start, self.caches)], last_only)
+
+    def forward_rows(self, x_BxTxD: torch.Tensor, segments: list[Segment], last_only: bool = True) -> torch.Tensor:
+        """The decoder over several requests at once: x's rows split evenly between `segments` in order, each at
+        its own positions [start, start+T) with its own cache -> logits (B, 1 or T, V) in float32."""
+        T = x_BxTxD.shape[1]
+        rows_per_segment(x_BxTxD, segments)
+        self._ensure_rope(max(s.start for s in segments) + T)
+        rots = [self.rope[s.start : s.start + T] for s in segments]
         x = x_BxTxD
-        for layer, cache in zip(self.layers, self.caches, strict=True):
-            x = layer(x, start, rot, cache)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, [(s.start, rot, s.caches[i]) for s, rot in zip(segments, rots, strict=True)])
         if last_only:
             x = x[:, -1:]
         return self.output(self.norm(x)).float()

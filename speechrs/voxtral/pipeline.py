@@ -1,4 +1,5 @@
-"""One Voxtral request at a time, synchronously, as a generator of events (tokens, then a summary)."""
+"""A Voxtral request as a generator of events (tokens, then a summary) and decoder steps (request.py): run alone
+by iterating it, or batched with others by the engine's scheduler through `VoxtralPipeline.step`."""
 
 import time
 from collections.abc import Iterator, Sequence
@@ -9,6 +10,8 @@ import torch
 
 from .. import audio as audio_io
 from ..errors import AudioError, InvalidRequestError
+from ..layers import Segment
+from ..request import Request, StepInput
 from ..sampling import make_generator, sample_token
 from .checkpoint import load_voxtral
 from .model import Voxtral
@@ -91,7 +94,7 @@ class VoxtralPipeline:
         opts.validate()
         mel, n_tokens, seconds = self._prepare_audio(audio)
         ids = transcription_prompt(self.tokenizer, n_tokens, language)
-        return self._generate(ids, [mel], seconds, opts, default_max=max(64, n_tokens))
+        return Request(self, self._generate(ids, [mel], seconds, opts, default_max=max(64, n_tokens)))
 
     def chat(
         self, messages: Sequence[tuple[str, list | str]], opts: GenerationOptions = GenerationOptions()
@@ -115,7 +118,16 @@ class VoxtralPipeline:
                     raise InvalidRequestError(f"unsupported content part {type(part).__name__}")
             parsed.append((role, out))
         ids = chat_prompt(self.tokenizer, parsed)
-        return self._generate(ids, mels, seconds, opts, default_max=CHAT_MAX_TOKENS)
+        return Request(self, self._generate(ids, mels, seconds, opts, default_max=CHAT_MAX_TOKENS))
+
+    @torch.inference_mode()
+    def step(self, inputs: list[StepInput]) -> None:
+        """One decoder step for several requests, each at its own position with its own cache: their last tokens
+        (1, 1) each -> each input's logits (1, 1, V)."""
+        x = self.model.tok_embeddings(torch.cat([i.x for i in inputs]))  # (B, 1, D)
+        logits = self.model.forward_rows(x, [i.segment for i in inputs])
+        for b, i in enumerate(inputs):
+            i.logits = logits[b : b + 1]
 
     def _prepare_audio(self, source) -> tuple[torch.Tensor, int, float]:
         """-> mel chunks (N, M, 3000), number of [AUDIO] tokens, duration in seconds."""
@@ -128,10 +140,9 @@ class VoxtralPipeline:
         mel_chunks = mel.reshape(f.num_mel_bins, -1, frames_per_chunk).transpose(0, 1)  # (N, M, 3000)
         return mel_chunks, f.n_audio_tokens(len(padded)), seconds
 
-    @torch.inference_mode()
     def _generate(
         self, ids: list[int], mels: list[torch.Tensor], seconds: float, opts: GenerationOptions, default_max: int
-    ) -> Iterator[Token | Done]:
+    ) -> Iterator[Token | Done | StepInput]:
         model, tok = self.model, self.tokenizer
         limit = model.cfg.max_seq_len
         if len(ids) >= limit:
@@ -149,18 +160,20 @@ class VoxtralPipeline:
         max_tokens = min(opts.max_tokens or default_max, room)
         usage = Usage(prompt_tokens=len(ids), audio_seconds=seconds)
         t0 = time.perf_counter()
-        audio_embeds = None
-        if mels:
-            audio_embeds = model.encode_audio(torch.cat(mels).to(self.device))  # (A, D)
-            if audio_embeds.shape[0] != ids.count(self.audio_token_id):
-                raise AudioError(
-                    f"{audio_embeds.shape[0]} audio embeddings for {ids.count(self.audio_token_id)} [AUDIO] tokens"
-                )
-        t1 = time.perf_counter()
-        usage.encode_s = t1 - t0
-        model.setup_caches(1, len(ids) + min(max_tokens, INITIAL_CACHE_TOKENS))  # grows if generation goes on
-        ids_t = torch.tensor([ids], device=self.device)
-        logits = model(model.embed(ids_t, audio_embeds, self.audio_token_id), 0)
+        with torch.inference_mode():  # not across the yields: the generator resumes in its driver's mode
+            audio_embeds = None
+            if mels:
+                audio_embeds = model.encode_audio(torch.cat(mels).to(self.device))  # (A, D)
+                if audio_embeds.shape[0] != ids.count(self.audio_token_id):
+                    raise AudioError(
+                        f"{audio_embeds.shape[0]} audio embeddings for {ids.count(self.audio_token_id)} [AUDIO] tokens"
+                    )
+            t1 = time.perf_counter()
+            usage.encode_s = t1 - t0
+            # this request's own cache; it grows if generation goes on
+            caches = model.new_caches(1, len(ids) + min(max_tokens, INITIAL_CACHE_TOKENS))
+            ids_t = torch.tensor([ids], device=self.device)
+            logits = model.forward_rows(model.embed(ids_t, audio_embeds, self.audio_token_id), [Segment(0, caches)])
         generator = make_generator(opts.seed, self.device)
         stream = StreamDecoder(tok)
         generated: list[int] = []
@@ -177,8 +190,10 @@ class VoxtralPipeline:
             yield Token(next_id, stream.push(next_id))
             if step + 1 == max_tokens:
                 break
-            x = model.tok_embeddings(torch.tensor([[next_id]], device=self.device))
-            logits = model(x, pos)
+            pending = StepInput(torch.tensor([[next_id]], device=self.device), Segment(pos, caches))
+            yield pending  # the driver runs the decoder on it, alone or beside other requests
+            assert pending.logits is not None, "a StepInput is resumed once its logits are set"
+            logits = pending.logits
             pos += 1
         tail = stream.flush()
         if tail:
