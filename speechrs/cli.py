@@ -253,8 +253,15 @@ def serve(
         list[str] | None, typer.Option(help="Send CORS headers to this browser origin (repeatable; * for any).")
     ] = None,
     max_queue: Annotated[
-        int, typer.Option(min=0, help="Requests that may wait behind the running one; more get a 429.")
+        int, typer.Option(min=0, help="Requests that may wait for a place in a batch; more get a 429.")
     ] = 16,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(min=1, help="Requests of one model decoded together [default: 4 on a CPU, 16 on CUDA]."),
+    ] = None,
+    request_timeout: Annotated[
+        float | None, typer.Option(min=1, help="Seconds a request may run, waiting included; then a 408.")
+    ] = None,
     body_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a client has to send its request body; then a 408.")
     ] = 30.0,
@@ -276,6 +283,8 @@ def serve(
             model,
             quantize=per_model,
             max_queue=max_queue,
+            max_batch=max_batch,
+            request_timeout_s=request_timeout,
             body_timeout_s=body_timeout,
             shutdown_grace_s=shutdown_grace,
             security=Security(api_key or None, tuple(allowed_host or ()), tuple(cors_origin or ())),

@@ -1,9 +1,10 @@
-"""The engine: loaded pipelines by model id, one worker thread per device, and the asyncio bridge.
+"""The engine: loaded pipelines by model id, the worker that batches their requests, and the asyncio bridge.
 
-Pipelines are synchronous and serve one request at a time. The CLI and the Python API iterate them in the
-caller's thread (`Engine.run`); the server submits them to the worker (`Engine.stream`), which feeds an
-asyncio queue through call_soon_threadsafe. A consumer that stops early (a client that went away) sets the
-job's cancel flag; the worker checks it between events, so the next request starts at once.
+A pipeline's request is a generator of events and decoder steps (request.py). The CLI and the Python API
+iterate it alone in the caller's thread (`Engine.run`); the server submits it to the worker (`Engine.stream`),
+whose scheduler decodes the requests of a model together (scheduler.py) and feeds each request's asyncio queue
+through call_soon_threadsafe. A consumer that stops early (a client that went away) sets the job's cancel flag;
+the worker checks it between steps and events, so its row is freed at once.
 """
 
 import asyncio
@@ -13,12 +14,13 @@ import queue
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .compute import ComputePlan, plan
 from .errors import InvalidRequestError, ModelNotFoundError, ServerBusyError, ShuttingDownError
 from .hub import DEFAULT_DAC, ModelSource, resolve, resolve_dac
+from .scheduler import END, Job, Scheduler, post
 
 if TYPE_CHECKING:  # the pipelines import torch and the models: loaded when a model is
     from .dia.pipeline import DiaPipeline
@@ -92,6 +94,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def torch_device_type(device) -> str:
+    """'cuda:1' -> 'cuda'; a torch.device -> its type."""
+    return str(device).split(":")[0]
+
+
 def check_device(device: str) -> None:
     import torch
 
@@ -107,40 +114,40 @@ def check_device(device: str) -> None:
         )
 
 
-@dataclass
-class _Job:
-    make_events: Callable[[], Iterator]
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-
-_END = object()
-
-
-def _post(job: _Job, fn, *args) -> bool:
-    """Run fn(*args) on the request's event loop; False once that loop is gone (the server shut down)."""
-    try:
-        job.loop.call_soon_threadsafe(fn, *args)
-        return True
-    except RuntimeError:
-        return False
+DEFAULT_MAX_BATCH = {"cpu": 4, "cuda": 16, "mps": 8}  # requests of one model decoded together, per device type
 
 
 class Engine:
-    def __init__(self, models: list[Loaded], max_queue: int | None = None):
-        """max_queue: requests that may wait behind the running one; past it a request is refused at once
-        (ServerBusyError: a 429 with Retry-After), so neither waits nor memory grow without bound."""
+    def __init__(
+        self,
+        models: list[Loaded],
+        max_queue: int | None = None,
+        max_batch: int | None = None,
+        request_timeout_s: float | None = None,
+    ):
+        """max_queue: requests that may wait for a place in a batch; past it a request is refused at once
+        (ServerBusyError: a 429 with Retry-After), so neither waits nor memory grow without bound. max_batch:
+        requests of one model decoded together (scheduler.py; None: DEFAULT_MAX_BATCH for the device).
+        request_timeout_s: a request still running after this long is failed (RequestTimeoutError)."""
         if not models:
             raise ValueError("an engine needs at least one model")
         self.models = models
         self.max_queue = max_queue
-        self._jobs: queue.Queue = queue.Queue()
+        device = getattr(models[0].pipeline, "device", "cpu")
+        self.max_batch = max_batch or DEFAULT_MAX_BATCH.get(torch_device_type(device), 4)
+        self.request_timeout_s = request_timeout_s
+        self.scheduler = Scheduler(self.max_batch, self._finish)
         self._worker: threading.Thread | None = None
-        self.queue_depth = 0  # requests submitted and not yet finished (running one included)
-        self.busy_s = 0.0  # worker time spent on requests
+        self.queue_depth = 0  # requests submitted and not yet finished (running ones included)
         self.finished = 0  # requests the worker has finished
-        self.draining = False  # set by drain(): waiting requests are refused, the running one finishes
+
+    @property
+    def busy_s(self) -> float:
+        return self.scheduler.busy_s
+
+    @property
+    def draining(self) -> bool:  # set by drain(): waiting requests are refused, running ones finish
+        return self.scheduler.draining
 
     def get(self, model: str | None, family: str, route: str) -> Loaded:
         """`model` as a client names it; "default" (or None) is the first loaded model of `family`."""
@@ -163,90 +170,71 @@ class Engine:
 
     @staticmethod
     def run(make_events: Callable[[], Iterator]) -> Iterator:
-        """Synchronous path (CLI, Python API): the pipeline's generator in the caller's thread."""
+        """Synchronous path (CLI, Python API): the request alone, in the caller's thread (request.py)."""
         return make_events()
+
+    def waiting(self, m: Loaded) -> int:
+        """Requests for model `m` made and waiting for a place in its batch."""
+        return self.scheduler.waiting_by(m.pipeline)
 
     def start(self) -> None:
         """Start the worker, unless it runs; an engine drained and stopped starts afresh (tests share one engine
         between several apps, each of which drains and stops it when it closes)."""
         if self._worker is None:
-            self.draining = False
-            self._worker = threading.Thread(target=self._work, name="speechrs-worker", daemon=True)
+            self.scheduler.draining = False
+            self._worker = threading.Thread(target=self.scheduler.work, name="speechrs-worker", daemon=True)
             self._worker.start()
 
     def drain(self) -> None:
         """Stop taking work: requests still waiting get ShuttingDownError (a 503) at once, and new ones too; the
-        running request goes on (the server gives it a grace period, then cancels its client)."""
-        self.draining = True
+        running ones go on (the server gives them a grace period, then cancels their clients)."""
+        self.scheduler.draining = True
         while True:
             try:
-                job = self._jobs.get_nowait()
+                job = self.scheduler.jobs.get_nowait()
             except queue.Empty:
                 return
             if job is None:  # stop() already asked the worker to end: leave that to it
-                self._jobs.put(None)
+                self.scheduler.jobs.put(None)
                 return
-            _post(job, self._finish, job, ShuttingDownError("the server is shutting down; the request was not started"))
+            post(job, self._finish, job, ShuttingDownError("the server is shutting down; the request was not started"))
 
     def stop(self) -> None:
         if self._worker is not None:
-            self._jobs.put(None)
+            self.scheduler.jobs.put(None)
             self._worker.join(timeout=30)
             self._worker = None
 
     async def stream(self, make_events: Callable[[], Iterator]) -> AsyncGenerator:
-        """Run `make_events()` on the worker and yield its events here; exceptions are re-raised here."""
+        """Run `make_events()` on the worker, batched with other requests of its model, and yield its events here;
+        exceptions are re-raised here."""
         if self.draining and self._worker is not None:
             raise ShuttingDownError("the server is shutting down; retry on another instance or after its restart")
-        if self.max_queue is not None and self.queue_depth > self.max_queue:
+        waiting = self.queue_depth - len(self.scheduler.running)
+        if self.max_queue is not None and waiting >= self.max_queue and self.queue_depth >= self.max_batch:
             per_request = self.busy_s / self.finished if self.finished else 10.0
             raise ServerBusyError(
                 f"the server is busy: {self.queue_depth} requests are running or waiting (--max-queue "
-                f"{self.max_queue}); retry later",
-                max(1, math.ceil(per_request * (self.queue_depth - self.max_queue))),
+                f"{self.max_queue}, --max-batch {self.max_batch}); retry later",
+                max(1, math.ceil(per_request * (waiting + 1) / self.max_batch)),
             )
         self.start()
-        job = _Job(make_events, asyncio.get_running_loop(), asyncio.Queue())
+        deadline = time.monotonic() + self.request_timeout_s if self.request_timeout_s else None
+        job = Job(make_events, asyncio.get_running_loop(), asyncio.Queue(), deadline)
         self.queue_depth += 1
-        self._jobs.put(job)
+        self.scheduler.jobs.put(job)
         try:
             while True:
                 item = await job.events.get()
-                if item is _END:
+                if item is END:
                     return
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
-            job.cancelled.set()  # no-op when finished; frees the worker when the consumer left early
+            job.cancelled.set()  # no-op when finished; frees its batch row when the consumer left early
 
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            t0 = time.perf_counter()
-            events: Iterator | None = None
-            try:
-                if self.draining:
-                    raise ShuttingDownError("the server is shutting down; the request was not started")
-                if not job.cancelled.is_set():
-                    events = job.make_events()
-                    for event in events:
-                        if job.cancelled.is_set() or not _post(job, job.events.put_nowait, event):
-                            log.info("request cancelled by its client; worker freed")
-                            break
-                result = _END
-            except Exception as e:  # handed to the awaiting request, which turns it into a response
-                result = e
-            finally:
-                close = getattr(events, "close", None)  # a generator's finally blocks run now, on this thread
-                if close is not None:
-                    close()
-                self.busy_s += time.perf_counter() - t0
-            _post(job, self._finish, job, result)
-
-    def _finish(self, job: _Job, result) -> None:
+    def _finish(self, job: Job, result) -> None:
         self.queue_depth -= 1
         self.finished += 1
         job.events.put_nowait(result)

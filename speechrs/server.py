@@ -55,10 +55,20 @@ class Metrics:
             "# HELP speechrs_speech_realtime_factor seconds of speech produced per second of work",
             "# TYPE speechrs_speech_realtime_factor gauge",
             f"speechrs_speech_realtime_factor {rtf:.3f}",
+            "# HELP speechrs_queue_depth requests running or waiting",
             "# TYPE speechrs_queue_depth gauge",
             f"speechrs_queue_depth {engine.queue_depth}",
+            "# HELP speechrs_waiting_requests requests made and waiting for a place in their model's batch",
+            "# TYPE speechrs_waiting_requests gauge",
+            *(f'speechrs_waiting_requests{{model="{m.name}"}} {engine.waiting(m)}' for m in engine.models),
             "# TYPE speechrs_worker_busy_seconds_total counter",
             f"speechrs_worker_busy_seconds_total {engine.busy_s:.3f}",
+            *engine.scheduler.batch_sizes.prometheus(
+                "speechrs_batch_size", "requests decoded together in one decoder step"
+            ),
+            *engine.scheduler.queue_wait_s.prometheus(
+                "speechrs_queue_wait_seconds", "time from a request's arrival to the start of its work"
+            ),
         ]
         return "\n".join(lines) + "\n"
 
@@ -402,6 +412,8 @@ def build(
     max_audio_s=None,
     quantize: list[str] | None = None,
     max_queue: int | None = None,
+    max_batch: int | None = None,
+    request_timeout_s: float | None = None,
     log=print,
 ) -> Engine:
     """Load every model; quantize[i] (int8, int4 or none) is model i's."""
@@ -418,7 +430,9 @@ def build(
             f"loaded {name} ({m.family}, {m.source.layout} layout) in {time.perf_counter() - t0:.1f} s; "
             f"{m.plan.summary}"
         )
-    return Engine(loaded, max_queue)
+    engine = Engine(loaded, max_queue, max_batch, request_timeout_s)
+    log(f"batching up to {engine.max_batch} requests per model; {max_queue} more may wait")
+    return engine
 
 
 def run(
@@ -437,6 +451,8 @@ def run(
     quantize: list[str] | None = None,
     security: Security | None = None,
     max_queue: int | None = None,
+    max_batch: int | None = None,
+    request_timeout_s: float | None = None,
     body_timeout_s: float = 30.0,
     shutdown_grace_s: float = 30.0,
     log=print,
@@ -456,6 +472,8 @@ def run(
         max_audio_s=max_audio_s,
         quantize=quantize,
         max_queue=max_queue,
+        max_batch=max_batch,
+        request_timeout_s=request_timeout_s,
         log=log,
     )
     if warmup:

@@ -353,7 +353,7 @@ def test_a_full_queue_answers_429_with_retry_after_at_once(engine):
         gate.wait(30)
         yield "done"
 
-    busy = Engine(engine.models, max_queue=0)
+    busy = Engine(engine.models, max_queue=0, max_batch=1)
     s = Server(make_app(busy))
     try:
 
