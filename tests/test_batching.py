@@ -1,0 +1,231 @@
+"""Continuous batching (scheduler.py): requests that join and leave a running batch get the same ids, codes and
+seeded samples as alone; a cancelled or failing request leaves the others untouched."""
+
+import asyncio
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import noise
+
+from speechrs.dia.events import AudioChunk, SpeakOptions, SpeechResult, Step
+from speechrs.engine import Engine
+from speechrs.request import Request, StepInput
+from speechrs.voxtral.pipeline import Audio, Done, GenerationOptions, Token
+
+
+@pytest.fixture
+def batched(engine):
+    e = Engine(engine.models, max_queue=16, max_batch=4)
+    yield e
+    e.stop()
+
+
+async def _consume(engine: Engine, make, wait_for: asyncio.Event | None = None, signal: asyncio.Event | None = None):
+    """The events of one request; it is submitted once `wait_for` is set, and sets `signal` after 3 events."""
+    if wait_for is not None:
+        await wait_for.wait()
+    events = []
+    async for event in engine.stream(make):
+        events.append(event)
+        if signal is not None and len(events) == 3:
+            signal.set()
+    return events
+
+
+def _run_staggered(engine: Engine, makes: list) -> list[list]:
+    """Request 0 starts at once; request i+1 joins once request i has made 3 events (so each joins a running
+    batch mid-way); they leave as each finishes."""
+
+    async def main():
+        signals = [asyncio.Event() for _ in makes]
+        return await asyncio.gather(
+            *(_consume(engine, make, signals[i - 1] if i else None, signals[i]) for i, make in enumerate(makes))
+        )
+
+    return asyncio.run(main())
+
+
+def _joined(batched: Engine) -> None:
+    """Some steps really ran several requests together."""
+    counts = batched.scheduler.batch_sizes.counts
+    assert sum(counts[1:]) > 0, f"no step batched more than one request: {counts}"
+
+
+def test_voxtral_requests_joining_and_leaving_a_batch_match_their_runs_alone(batched, clip):
+    vox = batched.get("tiny-voxtral", "voxtral", "test").voxtral
+    makes = [
+        lambda: vox.transcribe(clip, "en", GenerationOptions(max_tokens=24)),
+        lambda: vox.chat([("user", "Say something.")], GenerationOptions(max_tokens=18, temperature=0.9, seed=5)),
+        lambda: vox.transcribe((noise(2.0), 16000), None, GenerationOptions(max_tokens=5)),  # leaves early
+        lambda: vox.chat(
+            [("user", [Audio((noise(1.5, seed=3), 16000)), "What is this?"])],
+            GenerationOptions(max_tokens=20, temperature=1.0, top_p=0.9, seed=7),
+        ),
+    ]
+    together = _run_staggered(batched, makes)
+    for make, events in zip(makes, together, strict=True):
+        alone = list(make())
+        assert [e.id for e in events if isinstance(e, Token)] == [e.id for e in alone if isinstance(e, Token)]
+        assert isinstance(events[-1], Done) and events[-1].text == alone[-1].text
+    _joined(batched)
+
+
+def _codes(events) -> np.ndarray:
+    result = events[-1]
+    assert isinstance(result, SpeechResult)
+    return result.codes
+
+
+def test_dia_requests_joining_and_leaving_a_batch_match_their_runs_alone(batched, clip):
+    dia = batched.get("tiny-dia", "dia", "test").dia
+    makes = [
+        lambda: dia.speak("[S1] Hello there. [S2] Hi!", SpeakOptions(max_tokens=60, seed=0)),
+        lambda: dia.speak("[S1] A second one, streamed.", SpeakOptions(max_tokens=40, seed=1), stream_audio=True),
+        lambda: dia.speak("[S2] Greedy.", SpeakOptions(max_tokens=30, temperature=0)),  # leaves first
+        lambda: dia.speak(
+            "[S1] In the voice of the clip.",
+            SpeakOptions(max_tokens=50, seed=3),
+            ref_audio=(sf.read(clip, dtype="float32")[0][:16000], 16000),  # 1 s: the tiny model's room
+            ref_text="[S1] The reference words.",
+        ),
+    ]
+    together = _run_staggered(batched, makes)
+    for i, (make, events) in enumerate(zip(makes, together, strict=True)):
+        alone = list(make())
+        assert np.array_equal(_codes(events), _codes(alone)), f"request {i}: codes differ from its run alone"
+        assert [e.step for e in events if isinstance(e, Step)] == [e.step for e in alone if isinstance(e, Step)]
+        chunks = [e.pcm for e in events if isinstance(e, AudioChunk)]
+        if chunks:  # streamed: the same pieces as alone
+            alone_chunks = [e.pcm for e in alone if isinstance(e, AudioChunk)]
+            assert len(chunks) == len(alone_chunks) > 1
+            np.testing.assert_allclose(np.concatenate(chunks), np.concatenate(alone_chunks), atol=1e-5)
+    _joined(batched)
+
+
+def test_max_batch_bounds_the_rows_of_a_step(engine):
+    two = Engine(engine.models, max_batch=2)
+    try:
+        dia = two.get("tiny-dia", "dia", "test").dia
+        makes = [lambda s=s: dia.speak("[S1] Hi.", SpeakOptions(max_tokens=30, seed=s)) for s in range(4)]
+        asyncio.run(_gather(two, makes))
+        counts = two.scheduler.batch_sizes.counts
+        assert counts[1] > 0 and sum(counts[2:]) == 0, counts  # steps of 2, none of 3 or more
+    finally:
+        two.stop()
+
+
+async def _gather(engine, makes):
+    return await asyncio.gather(*(_consume(engine, make) for make in makes))
+
+
+def test_a_client_that_leaves_frees_its_row_and_the_others_go_on(batched):
+    dia = batched.get("tiny-dia", "dia", "test").dia
+
+    def long_one():
+        return dia.speak("[S1] A long one.", SpeakOptions(max_tokens=dia.cfg.audio_length, seed=4))
+
+    def other():
+        return dia.speak("[S2] The other one.", SpeakOptions(max_tokens=60, seed=9))
+
+    async def main():
+        started = asyncio.Event()
+
+        async def leave_early():
+            async for event in batched.stream(long_one):
+                if isinstance(event, Step) and event.step == 5:
+                    started.set()
+                    return  # the client goes away: its row must be dropped at the next step
+
+        _, events = await asyncio.gather(leave_early(), _consume(batched, other, started))
+        return events
+
+    events = asyncio.run(main())
+    assert np.array_equal(_codes(events), _codes(list(other())))
+    assert not batched.scheduler.running and batched.queue_depth == 0
+
+
+def test_a_request_that_fails_late_fails_alone(batched, clip):
+    vox = batched.get("tiny-voxtral", "voxtral", "test").voxtral
+
+    def failing():
+        request = vox.transcribe(clip, "en", GenerationOptions(max_tokens=24))
+
+        def steps():
+            n = 0
+            for item in request.steps:
+                n += isinstance(item, StepInput)
+                if n == 4:
+                    raise RuntimeError("found late: this request's audio is bad")
+                yield item
+
+        return Request(vox, steps())
+
+    def fine():
+        return vox.chat([("user", "Hello?")], GenerationOptions(max_tokens=16, temperature=0.7, seed=2))
+
+    async def main():
+        signal = asyncio.Event()
+
+        async def fails():
+            with pytest.raises(RuntimeError, match="found late"):
+                await _consume(batched, failing, signal=signal)
+
+        return (await asyncio.gather(fails(), _consume(batched, fine, signal)))[1]
+
+    events = asyncio.run(main())
+    assert [e.id for e in events if isinstance(e, Token)] == [e.id for e in fine() if isinstance(e, Token)]
+    assert not batched.scheduler.running and batched.queue_depth == 0
+
+
+def test_a_request_past_its_deadline_gets_a_timeout(engine):
+    from speechrs.errors import RequestTimeoutError
+
+    timed = Engine(engine.models, request_timeout_s=0.2)
+    try:
+        dia = timed.get("tiny-dia", "dia", "test").dia
+
+        def slow():
+            import time
+
+            request = dia.speak("[S1] Slow.", SpeakOptions(max_tokens=dia.cfg.audio_length, seed=1))
+
+            def steps():
+                for item in request.steps:
+                    time.sleep(0.01)
+                    yield item
+
+            return Request(dia, steps())
+
+        with pytest.raises(RequestTimeoutError, match="--request-timeout"):
+            asyncio.run(_consume(timed, slow))
+    finally:
+        timed.stop()
+
+
+def test_a_flood_of_requests_gets_only_200s_and_429s_and_the_server_stays_healthy(engine):
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from http_server import Server, post, request
+
+    from speechrs.server import make_app
+
+    flooded = Engine(engine.models, max_queue=4, max_batch=2)
+    s = Server(make_app(flooded))
+    try:
+        body = {"input": "[S1] Hi.", "response_format": "pcm", "max_tokens": 30}
+        with ThreadPoolExecutor(30) as pool:
+            answers = list(pool.map(lambda i: post(s, "/v1/audio/speech", {**body, "seed": i}), range(30)))
+        statuses = sorted({status for status, _, _ in answers})
+        assert statuses == [200, 429], statuses
+        for status, headers, raw in answers:
+            if status == 429:
+                assert int(headers["Retry-After"]) >= 1 and json.loads(raw)["error"]["code"] == "server_busy"
+        assert request(s, "GET", "/health")[0] == 200
+        assert post(s, "/v1/audio/speech", {**body, "seed": 0})[0] == 200
+        metrics = request(s, "GET", "/metrics")[2].decode()
+        assert 'speechrs_batch_size_bucket{le="2"}' in metrics and "speechrs_queue_wait_seconds_count" in metrics
+        assert 'speechrs_waiting_requests{model="tiny-dia"} 0' in metrics
+    finally:
+        s.close()
