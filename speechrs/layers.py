@@ -12,19 +12,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# x86 flags (/proc/cpuinfo) of the instructions oneDNN's fast bf16 kernels use. oneDNN also "supports" bf16 on
+# plain AVX-512 by emulating it: a Xeon whose hypervisor hides AVX512_BF16 and AMX ran a 2048^3 bf16 matmul at
+# 60 GFLOP/s against fp32's 318 (issue 16, benchmarks/machine.py), so its support is not enough.
+X86_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "avx_ne_convert"})
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The x86 CPU's feature flags from /proc/cpuinfo; None where there is no such line (not Linux, not x86)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
+
 
 @functools.cache
 def cpu_native_bf16() -> bool:
     """Whether bf16 matmuls run in hardware here (oneDNN's AVX-512 BF16 / AMX / AVX-NE-CONVERT kernels). Without
-    it, torch emulates bf16 and its matmuls run about 5x slower than fp32 (measured on AVX2; issue 16).
-    SPEECHRS_NATIVE_BF16=0 takes the path of a CPU without it (tests, benchmarks), =1 the other one."""
+    it, torch emulates bf16 and its matmuls run about 5x slower than fp32 (measured on AVX2 and on AVX-512 without
+    BF16; issue 16). SPEECHRS_NATIVE_BF16=0 takes the path of a CPU without it (tests, benchmarks), =1 the other."""
     forced = os.environ.get("SPEECHRS_NATIVE_BF16")
     if forced in ("0", "1"):
         return forced == "1"
     try:
-        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        onednn = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch build without these private ops
         return False
+    flags = cpu_flags()
+    return onednn and (flags is None or bool(flags & X86_BF16_FLAGS))
 
 
 def upcast_on_this_cpu(t: torch.Tensor) -> bool:

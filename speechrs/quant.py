@@ -87,7 +87,9 @@ class Int8Linear(nn.Module):
         rows = _rows(x)
         if len(rows) >= DEQUANT_ROWS:  # compute-bound: the GEMM in the fastest dtype this CPU has
             dtype = KERNEL_DTYPE if cpu_native_bf16() else torch.float32
-            y = F.linear(rows.to(dtype), self.qweight.to(dtype)) * self.scale.to(dtype)  # codes exact in bf16
+            # inputs and the product rounded to bf16 as on a bf16 GEMM, so every CPU computes the same numbers
+            x_k = rows.to(KERNEL_DTYPE).to(dtype)
+            y = F.linear(x_k, self.qweight.to(dtype)).to(KERNEL_DTYPE) * self.scale  # codes exact in bf16
         else:
             y = torch.ops.aten._weight_int8pack_mm(rows.to(KERNEL_DTYPE).contiguous(), self.qweight, self.scale)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)

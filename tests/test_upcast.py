@@ -54,3 +54,24 @@ def test_bf16_voxtral_without_native_bf16_upcasts_and_keeps_its_results(
     loaded = speechrs.load(str(native_dir), dtype="bfloat16")
     assert "no hardware bf16" in loaded.plan.summary
     assert loaded.transcribe(str(clip), max_tokens=3).usage.completion_tokens >= 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        (frozenset({"avx2", "avx512f", "avx512bw"}), False),  # oneDNN emulates bf16 here: 5x slower than fp32
+        (frozenset({"avx512f", "avx512_bf16"}), True),
+        (frozenset({"avx2", "amx_bf16", "amx_tile"}), True),
+    ],
+)
+def test_native_bf16_needs_the_cpu_flags_not_only_onednn(monkeypatch, flags, native):
+    import speechrs.layers as layers
+
+    monkeypatch.delenv("SPEECHRS_NATIVE_BF16", raising=False)
+    monkeypatch.setattr(layers, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    cpu_native_bf16.cache_clear()
+    try:
+        assert cpu_native_bf16() is native
+    finally:
+        cpu_native_bf16.cache_clear()
