@@ -152,17 +152,22 @@ def _summary(results: list[dict], wall_s: float, n: int) -> dict:
     }
 
 
-def report(name: str, unit: str, levels: list[tuple[int, dict, dict]]) -> None:
+def header(name: str, unit: str) -> None:
     print(f"\n{name}: {unit}/s aggregate, latency and time to first output in seconds")
     print(
         f"{'clients':>8}{'sequential':>12}{'concurrent':>12}{'speedup':>9}{'p50':>8}{'p95':>8}{'first p50':>11}"
-        f"{'seq p50':>9}{'identical':>11}"
+        f"{'seq p50':>9}{'seq first':>11}{'identical':>11}"
     )
-    for n, seq, conc in levels:
-        print(
-            f"{n:>8}{seq['rate']:>12.2f}{conc['rate']:>12.2f}{conc['rate'] / seq['rate']:>8.2f}x{conc['p50']:>8.1f}"
-            f"{conc['p95']:>8.1f}{conc['first_p50']:>11.2f}{seq['p50']:>9.1f}{conc['identical']:>8}/{n}"
-        )
+
+
+def row(n: int, seq: dict, conc: dict) -> None:
+    """One concurrency level, printed as soon as it is measured."""
+    print(
+        f"{n:>8}{seq['rate']:>12.2f}{conc['rate']:>12.2f}{conc['rate'] / seq['rate']:>8.2f}x{conc['p50']:>8.1f}"
+        f"{conc['p95']:>8.1f}{conc['first_p50']:>11.2f}{seq['p50']:>9.1f}{seq['first_p50']:>11.2f}"
+        f"{conc['identical']:>8}/{n}",
+        flush=True,
+    )
 
 
 def main():
@@ -187,17 +192,19 @@ def main():
         models.append(str(tiny.write_voxtral(args.cache / "voxtral-tiny")[0]))
     elif args.voxtral != "none":
         models.append(args.voxtral)
-    print(describe(limits()))
+    print(describe(limits()), flush=True)
     port = _free_port()
     server = start_server(models, str(dac), port, args)
     url = f"http://127.0.0.1:{port}"
     try:
         clients = [int(c) for c in args.clients.split(",")]
-        dia_levels = [(n, *asyncio.run(one_level(url, speak, n, args.steps))) for n in clients]
-        report(f"Dia {args.size} ({args.dtype}, {args.steps} steps each)", "decoder steps", dia_levels)
+        header(f"Dia {args.size} ({args.dtype}, {args.steps} steps each)", "decoder steps")
+        for n in clients:
+            row(n, *asyncio.run(one_level(url, speak, n, args.steps)))
         if len(models) > 1:
-            vox = [(n, *asyncio.run(one_level(url, chat, n, args.tokens))) for n in clients]
-            report(f"Voxtral {args.voxtral} ({args.tokens} tokens each)", "tokens", vox)
+            header(f"Voxtral {args.voxtral} ({args.tokens} tokens each)", "tokens")
+            for n in clients:
+                row(n, *asyncio.run(one_level(url, chat, n, args.tokens)))
     finally:
         server.terminate()
         server.wait(60)

@@ -70,6 +70,8 @@ def plan(device: str, dtype: str = "auto", quantize: str | None = None, chosen_b
             f"{chosen}; no hardware bf16, so bf16 weights stay bf16 in memory and matmuls of "
             f"{UPCAST_ROWS}+ rows (encoder, prefill) and attention run in fp32"
         )
+    elif kind == "cpu" and torch_dtype == torch.float32:
+        how = f"{chosen}; fp32 decode weights are packed for oneDNN"
     else:
         how = chosen
     picked = f" ({chosen_by})" if chosen_by else ""

@@ -189,6 +189,28 @@ def rows_per_segment(x: torch.Tensor, segments: list[Segment]) -> int:
     return rows
 
 
+# Row counts a decode step may batch (a request's rows times the requests), probed for batch invariance.
+PROBE_BATCHES = (2, 3, 4, 8, 16)
+
+
+@torch.inference_mode()
+def batch_invariant(linears: list[nn.Module], rows: int, dtype: torch.dtype, device) -> bool:
+    """Whether each Linear-like module gives a request's `rows` rows the same bits alone as stacked above other
+    requests' rows: then a batched decode step computes what the request computes alone. Whether it does is the
+    kernel's choice, per row count: torch's fp32 Linear sums in another order for 1, 2 or 8 rows, oneDNN's packed
+    kernels are the same from 2 rows on (measured on AVX-512; tests/test_batching.py). Probed on the model's own
+    weights with seeded random inputs: a kernel that reorders its sums for a row count differs at once."""
+    g = torch.Generator().manual_seed(0)
+    for linear in linears:
+        features = int(linear.in_features)  # type: ignore[arg-type]
+        x = torch.randn(rows * max(PROBE_BATCHES), features, generator=g).to(dtype).to(device)
+        alone = linear(x[:rows])
+        for batch in PROBE_BATCHES:
+            if not torch.equal(linear(x[: rows * batch])[:rows], alone):
+                return False
+    return True
+
+
 def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Attention of one query per row, q (B, H, 1, E), over all of k/v (B, K, S, E); K divides H (GQA).
 

@@ -6,7 +6,10 @@ freezing pass uses) streams bf16 weights 10-25% faster than torch's row-major Li
 The results are torch's bit for bit for 2 or more rows; for a single row torch's Linear sums in another order,
 and about one output in 5,000 differs by one bf16 ulp (tests/test_packing.py).
 
-Used for bfloat16 weights on a CPU whose oneDNN supports bf16; anything else keeps torch's nn.Linear, as does
+Used for bfloat16 weights on a CPU with native bf16, and for float32 weights on any CPU: oneDNN's fp32 kernel
+keeps its speed per row as rows are added, where torch's falls off (Dia's gate_up, 2 cores, AVX-512: 36 G
+row-params/s for 8 rows against 17.5), and a row's result does not depend on the other rows from 2 rows on,
+which continuous batching needs (layers.batch_invariant). Anything else keeps torch's nn.Linear, as does
 SPEECHRS_PACK_WEIGHTS=0 (for benchmarks, or to rule packing out when chasing a numerical question).
 """
 
@@ -22,7 +25,9 @@ from .layers import cpu_native_bf16, huge_page_empty
 def packable(weight: torch.Tensor) -> bool:
     if os.environ.get("SPEECHRS_PACK_WEIGHTS", "1") == "0":
         return False
-    return weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and cpu_native_bf16()
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16 and cpu_native_bf16())
 
 
 # The batch size oneDNN tunes the layout for. Measured on the real shapes (bf16, 2 cores), the 8-row layout was

@@ -6,10 +6,12 @@ import asyncio
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from conftest import noise
 
 from speechrs.dia.events import AudioChunk, SpeakOptions, SpeechResult, Step
 from speechrs.engine import Engine
+from speechrs.layers import batch_invariant
 from speechrs.request import Request, StepInput
 from speechrs.voxtral.pipeline import Audio, Done, GenerationOptions, Token
 
@@ -229,3 +231,81 @@ def test_a_flood_of_requests_gets_only_200s_and_429s_and_the_server_stays_health
         assert 'speechrs_waiting_requests{model="tiny-dia"} 0' in metrics
     finally:
         s.close()
+
+
+class _RowCountDependent(torch.nn.Module):
+    """A Linear whose result depends on how many rows it is given, as a kernel that reorders its sums does."""
+
+    in_features = 8
+
+    def forward(self, x):
+        return x * (1 + 1e-3 * x.shape[0])
+
+
+def test_the_probe_finds_a_kernel_that_depends_on_the_row_count():
+    assert not batch_invariant([_RowCountDependent()], 2, torch.float32, "cpu")
+    lin = torch.nn.Linear(8, 4, bias=False)
+    assert batch_invariant([_Invariant(lin)], 1, torch.float32, "cpu")
+
+
+class _Invariant(torch.nn.Module):
+    """Row by row: invariant by construction."""
+
+    def __init__(self, lin):
+        super().__init__()
+        self.lin, self.in_features = lin, lin.in_features
+
+    def forward(self, x):
+        return torch.cat([self.lin(r[None]) for r in x])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_batched_dia_step_gives_each_request_its_bits_alone(dia_dirs, dtype):
+    """Three requests at different steps with different texts, in one forward_rows, against each alone; whether
+    the model batches its matmuls (the probe) or runs them per request, the bits must be the same."""
+    from speechrs.dia.checkpoint import load_dia
+    from speechrs.dia.model import DiaSegment
+
+    model = load_dia(dia_dirs[1], dtype)
+    C, g = model.cfg.channels, torch.Generator().manual_seed(0)
+    segments, rows = [], []
+    with torch.inference_mode():
+        for length, start in ((5, 3), (9, 0), (2, 7)):
+            text = torch.randint(1, 200, (1, length), generator=g)
+            enc = model.encoder(torch.cat([text, torch.zeros_like(text)]))
+            seg = DiaSegment(0, model.new_caches(2, 16), model.cross_cache(enc))
+            prefix = torch.randint(0, 1024, (1, start + 1, C), generator=g).expand(2, -1, -1)
+            model.forward_rows(prefix, [seg])  # fill its cache up to `start`
+            seg.start = start + 1
+            segments.append(seg)
+            rows.append(torch.randint(0, 1024, (1, 1, C), generator=g).expand(2, -1, -1))
+        snapshots = [[(c.k.clone(), c.v.clone()) for c in s.caches] for s in segments]
+        together = model.forward_rows(torch.cat(rows), segments)
+        for i, (seg, snap) in enumerate(zip(segments, snapshots, strict=True)):
+            for c, (k, v) in zip(seg.caches, snap, strict=True):
+                c.k, c.v = k, v  # the cache as it was before the batched step
+            assert torch.equal(model.forward_rows(rows[i], [seg]), together[2 * i : 2 * i + 2]), i
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_batched_voxtral_step_gives_each_request_its_bits_alone(native_dir, dtype):
+    from speechrs.layers import Segment
+    from speechrs.voxtral.checkpoint import load_voxtral
+
+    model = load_voxtral(native_dir, "native", dtype)
+    g = torch.Generator().manual_seed(0)
+    segments, ids = [], []
+    with torch.inference_mode():
+        for start in (4, 11, 1):
+            seg = Segment(0, model.new_caches(1, 32))
+            prompt = torch.randint(0, model.cfg.vocab_size, (1, start), generator=g)
+            model.forward_rows(model.tok_embeddings(prompt), [seg])
+            seg.start = start
+            segments.append(seg)
+            ids.append(torch.randint(0, model.cfg.vocab_size, (1, 1), generator=g))
+        snapshots = [[(c.k.clone(), c.v.clone()) for c in s.caches] for s in segments]
+        together = model.forward_rows(model.tok_embeddings(torch.cat(ids)), segments)
+        for i, (seg, snap) in enumerate(zip(segments, snapshots, strict=True)):
+            for c, (k, v) in zip(seg.caches, snap, strict=True):
+                c.k, c.v = k, v
+            assert torch.equal(model.forward_rows(model.tok_embeddings(ids[i]), [seg]), together[i : i + 1]), i

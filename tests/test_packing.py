@@ -35,10 +35,19 @@ def test_packed_linear_for_one_row_is_within_one_bf16_ulp():
     assert ((packed - plain).abs() <= ulp).all() and (packed != plain).sum() <= plain.numel() // 1000
 
 
-def test_packing_needs_bf16_on_the_cpu(monkeypatch):
-    assert not packable(torch.zeros(1))  # float32 keeps torch's Linear: the reference-parity tests run there
+def test_float32_is_packed_on_any_cpu_and_the_switch_turns_packing_off(monkeypatch):
+    assert packable(torch.zeros(1)) == torch.backends.mkldnn.is_available()  # the reference-parity tests run there
+    assert not packable(torch.zeros(1, dtype=torch.float16))
     monkeypatch.setenv("SPEECHRS_PACK_WEIGHTS", "0")
-    assert not packable(torch.zeros(1, dtype=bf16))
+    assert not packable(torch.zeros(1)) and not packable(torch.zeros(1, dtype=bf16))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch")
+@pytest.mark.parametrize("rows", [1, 2, 8, 40])
+def test_packed_float32_linear_is_torch_linear_to_float_rounding(rows):
+    g = torch.Generator().manual_seed(rows)
+    w, x = torch.randn(1024, 3072, generator=g), torch.randn(rows, 3072, generator=g)
+    torch.testing.assert_close(PackedLinear(w)(x), torch.nn.functional.linear(x, w), rtol=1e-4, atol=1e-3)
 
 
 def _unpacked(monkeypatch, load):

@@ -429,14 +429,16 @@ def test_shutdown_answers_queued_requests_503_and_lets_the_running_one_finish(en
         deadline = time.time() + 10
         while busy.queue_depth < 2 and time.time() < deadline:
             time.sleep(0.01)
-        closing = threading.Thread(target=s.close)  # what SIGTERM does in run_app: the runner's cleanup
-        closing.start()
+        # what SIGTERM does in run_app: the runner's cleanup (the loop keeps running, so the held request's answer
+        # can still arrive; Server.close would stop the loop as soon as the cleanup ends)
+        closing = asyncio.run_coroutine_threadsafe(s.runner.cleanup(), s.loop)
         waiter.join(10)
         status, _, body = queued["answer"]
         assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down"
         assert not running.done()  # the running request was not cut short
         gate.set()
         assert running.result(30) == "done"
-        closing.join(30)
+        closing.result(30)
     finally:
         gate.set()
+        s.loop.call_soon_threadsafe(s.loop.stop)

@@ -20,6 +20,7 @@ from ..layers import (
     apply_rope_interleaved,
     attend,
     attend_one,
+    batch_invariant,
     cache_dtype,
     fuse_linears,
     rope_table,
@@ -172,6 +173,7 @@ class Dia(nn.Module):
         self.logits_dense = nn.Linear(cfg.dec_dim, cfg.channels * cfg.audio_vocab, bias=False)
         self.caches: list[KVCache] = []
         self._rope = torch.zeros(0)
+        self.batch_invariant = False  # whether forward_rows may run several requests' rows through one matmul
 
     def prepare(self, after_layer=lambda: None, quantize: str | None = None) -> None:
         """Fused self-attention projections, then every decoder linear and the logits head quantized (`quantize`
@@ -204,6 +206,10 @@ class Dia(nn.Module):
             pack_linears(self, ["logits_dense"])
         if upcast_on_this_cpu(self.decoder.embeddings.embed.weight):  # bf16 without hardware bf16 (upcast.py)
             upcast_linears(self)
+        first, p = self.decoder.layers[0], self.decoder.embeddings.embed.weight
+        a, c = first.self_attention, first.cross_attention
+        linears = [a.qkv, a.o_proj, c.q_proj, c.o_proj, first.mlp.gate_up_proj, first.mlp.down_proj]
+        self.batch_invariant = batch_invariant([*linears, self.logits_dense], 2, p.dtype, p.device)  # a CFG pair
 
     def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
         """One request's self-attention cache, a KVCache per decoder layer for `batch` rows (2: the CFG pair) and
@@ -245,6 +251,8 @@ class Dia(nn.Module):
         pair each), each at its own steps [start, start+T) with its own caches and text -> logits (B, T, C, V)."""
         cfg, T = self.cfg, codes_BxTxC.shape[1]
         n = rows_per_segment(codes_BxTxC, segments)
+        if len(segments) > 1 and not self.batch_invariant:  # these kernels would change a request's bits: one each
+            return torch.cat([self.forward_rows(codes_BxTxC[i * n : (i + 1) * n], [s]) for i, s in enumerate(segments)])
         rots = [self._rope[s.start : s.start + T] for s in segments]
         crosses = [s.cross for s in segments]
         if any(c is None for c in crosses):

@@ -17,6 +17,7 @@ from ..layers import (
     Segment,
     apply_rope_interleaved,
     attend,
+    batch_invariant,
     cache_dtype,
     fuse_linears,
     rope_table,
@@ -197,6 +198,7 @@ class Voxtral(nn.Module):
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.caches: list[KVCache] = []
         self._rope_len = 0
+        self.batch_invariant = False  # whether forward_rows may run several requests' rows through one matmul
 
     def setup_buffers(self, after_layer=lambda: None, quantize: str | None = None) -> None:
         """Derived tensors that no checkpoint stores; call after weights are assigned (meta -> real). The
@@ -232,6 +234,9 @@ class Voxtral(nn.Module):
             pack_linears(self, ["output"])
         if upcast_on_this_cpu(self.tok_embeddings.weight):  # bf16 without hardware bf16: big matmuls in fp32
             upcast_linears(self)
+        first, p = self.layers[0], self.tok_embeddings.weight
+        linears = [first.attention.wqkv, first.attention.wo, first.feed_forward.w13, first.feed_forward.w2, self.output]
+        self.batch_invariant = batch_invariant(linears, 1, p.dtype, p.device)
 
     def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
         """One request's KV cache, a KVCache per layer for `batch` rows and max_len tokens (it grows if a request
@@ -274,7 +279,11 @@ class Voxtral(nn.Module):
         """The decoder over several requests at once: x's rows split evenly between `segments` in order, each at
         its own positions [start, start+T) with its own cache -> logits (B, 1 or T, V) in float32."""
         T = x_BxTxD.shape[1]
-        rows_per_segment(x_BxTxD, segments)
+        n = rows_per_segment(x_BxTxD, segments)
+        if len(segments) > 1 and not self.batch_invariant:  # these kernels would change a request's bits: one each
+            return torch.cat(
+                [self.forward_rows(x_BxTxD[i * n : (i + 1) * n], [s], last_only) for i, s in enumerate(segments)]
+            )
         self._ensure_rope(max(s.start for s in segments) + T)
         rots = [self.rope[s.start : s.start + T] for s in segments]
         x = x_BxTxD
