@@ -53,7 +53,7 @@ def start_server(models: list[str], dac: str | None, port: int, args) -> subproc
         cmd += ["--max-batch", str(args.max_batch)]
     if args.quantize != "none":
         cmd += ["--quantize", args.quantize]
-    cmd += ["--dtype", "auto" if args.dtype == "float32" else args.dtype]
+    cmd += ["--dtype", args.serve_dtype]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ})
     deadline = time.time() + 900
     while time.time() < deadline:
@@ -174,6 +174,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["tiny", "full"], default="tiny", help="Dia's size (Voxtral: --voxtral)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--serve-dtype", default="auto", help="the server's --dtype (the checkpoint is --dtype)")
     ap.add_argument("--voxtral", default="tiny", help="'tiny', 'none', or a Voxtral directory")
     ap.add_argument("--clients", default="1,2,4,8")
     ap.add_argument("--steps", type=int, default=100, help="Dia decoder steps per request")
@@ -198,7 +199,9 @@ def main():
     url = f"http://127.0.0.1:{port}"
     try:
         clients = [int(c) for c in args.clients.split(",")]
-        header(f"Dia {args.size} ({args.dtype}, {args.steps} steps each)", "decoder steps")
+        header(
+            f"Dia {args.size} ({args.dtype} checkpoint, --dtype {args.serve_dtype}, {args.steps} steps each)", "steps"
+        )
         for n in clients:
             row(n, *asyncio.run(one_level(url, speak, n, args.steps)))
         if len(models) > 1:

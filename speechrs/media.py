@@ -8,6 +8,7 @@ listens on a loopback address, or for paths under directories given with --allow
 import asyncio
 import base64
 import binascii
+import io
 import ipaddress
 import os
 import socket
@@ -15,6 +16,8 @@ import stat
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import soundfile as sf
 
 from .audio import data_url_bytes, file_url_path
 from .errors import AudioError, InvalidRequestError
@@ -74,10 +77,13 @@ def _read_local(url: str, policy: MediaPolicy, param: str) -> bytes:
             "with --allowed-local-media-path DIR to allow files under DIR",
             param,
         )
-    # One answer for missing, unreadable and not-a-regular-file paths, so the errors tell no more than "no".
-    # O_NONBLOCK: opening a FIFO would otherwise wait for a writer; fstat then refuses it, devices and
-    # directories before a byte is read (file:///dev/zero would stream forever), and the cap holds while reading.
-    refused = AudioError(f"cannot read audio from {url[:200]}: no such regular, readable file")
+    # One answer for a missing, unreadable, special, too large or non-audio file, so what a client learns of the
+    # server's files is no more than "not usable audio". O_NONBLOCK: opening a FIFO would otherwise wait for a
+    # writer; fstat then refuses it, devices and directories before a byte is read (file:///dev/zero would
+    # stream forever), the cap holds while reading, and the header is checked here, not later by the decoder.
+    refused = AudioError(
+        f"cannot read audio from {url[:200]}: no regular, readable audio file of at most {policy.max_bytes} bytes"
+    )
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
@@ -91,7 +97,18 @@ def _read_local(url: str, policy: MediaPolicy, param: str) -> bytes:
         raise refused from None
     finally:
         os.close(fd)
-    return _capped(data, policy, param)
+    if len(data) > policy.max_bytes or not _readable_audio_header(data):
+        raise refused
+    return data
+
+
+def _readable_audio_header(data: bytes) -> bool:
+    """Whether libsndfile (audio.decode's reader) recognises the header; nothing is decoded."""
+    try:
+        sf.info(io.BytesIO(data))
+        return True
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return False
 
 
 async def _check_host(host: str, port: int, policy: MediaPolicy, param: str) -> None:

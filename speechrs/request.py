@@ -3,7 +3,8 @@
 A pipeline turns a request into a generator (`Request.steps`) that does the request's own work in line (checks,
 audio encoding, prefill, sampling, the DAC, streaming pieces) and yields two kinds of items: events for the caller
 (tokens, steps, audio, the result), and a `StepInput` each time it needs the decoder to run one step on its
-rows. Whoever drives the generator answers a StepInput by filling its `logits`, then resumes it:
+rows (and a `PAUSE` inside long work of its own, where others may take a step). Whoever drives the generator
+answers a StepInput by filling its `logits`, then resumes it:
 
 - alone (CLI, Python API): iterating a Request answers each StepInput with a batch-of-one step;
 - together (the server): engine.py's scheduler collects the StepInputs of every running request of a model and
@@ -33,6 +34,14 @@ class StepInput:
     logits: torch.Tensor | None = None
 
 
+class Pause:
+    """Yielded between two pieces of a request's own long work (Voxtral's audio encoder, 30 s at a time): a
+    scheduler runs the other requests' next step before resuming it, so their streams keep flowing."""
+
+
+PAUSE = Pause()
+
+
 class Stepper(Protocol):
     def step(self, inputs: list[StepInput]) -> None:
         """One batched decoder step over `inputs` (one row group each), setting each one's logits."""
@@ -51,9 +60,10 @@ class Request(Iterator):
     def __next__(self) -> Any:
         while True:
             item = next(self.steps)
-            if not isinstance(item, StepInput):
+            if isinstance(item, StepInput):
+                self.pipeline.step([item])
+            elif not isinstance(item, Pause):
                 return item
-            self.pipeline.step([item])
 
     def close(self) -> None:
         close = getattr(self.steps, "close", None)  # a generator's finally blocks run now

@@ -5,7 +5,8 @@ nano-vllm's shape (style.md 1.11) on request.py's generators: `waiting` holds re
 1. takes new jobs from the queue and makes their requests (the cheap checks: a bad request fails here, alone);
 2. admits at most one waiting request per model while the model runs fewer than `max_batch`: its own work up to
    its first decoder step (audio encoder and prompt, or text encoder and reference) runs now, between two steps
-   of the others, so running streams pause for one prefill, not for a whole request;
+   of the others, so running streams pause for one prefill, not for a whole request (a long audio's encoder
+   yields a Pause after each 30 s chunk, and the others take a step before the next);
 3. drops requests whose client went away or whose deadline passed (their generators are closed: clean-up runs);
 4. runs one batched decoder step per model over every running request waiting for one, and resumes each up to
    its next step (sampling, streaming pieces, the DAC, events for its client).
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import RequestTimeoutError, ShuttingDownError
-from .request import Request, StepInput, Stepper
+from .request import Pause, Request, StepInput, Stepper
 from .stats import Histogram
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class _Run:
     items: Iterator  # the request's events and StepInputs (request.py), or plain events
     stepper: Stepper | None  # the pipeline that steps it; None: an iterator with no steps, run through at once
     pending: StepInput | None = None  # set while it waits for the next batched step
+    paused: bool = False  # in its own long work (request.Pause): resumed after the others' next step
 
 
 def post(job: Job, fn, *args) -> bool:
@@ -89,6 +91,7 @@ class Scheduler:
                 self._admit()
                 self._expire()
                 self._step()
+                self._resume_paused()
                 self.busy_s += time.perf_counter() - t0
 
     def _take_jobs(self, block: bool) -> bool:
@@ -161,6 +164,11 @@ class Scheduler:
                 run.pending = None
                 self._advance(run)
 
+    def _resume_paused(self) -> None:
+        for run in [r for r in self.running if r.paused]:
+            run.paused = False
+            self._advance(run)
+
     def _advance(self, run: _Run) -> None:
         """Resume the request until it asks for a decoder step or ends, its events posted to its client."""
         job = run.job
@@ -168,6 +176,9 @@ class Scheduler:
             for item in run.items:
                 if isinstance(item, StepInput):
                     run.pending = item
+                    return
+                if isinstance(item, Pause):
+                    run.paused = True
                     return
                 if job.cancelled.is_set() or not post(job, job.events.put_nowait, item):
                     log.info("request cancelled by its client; worker freed")

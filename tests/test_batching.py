@@ -2,6 +2,7 @@
 seeded samples as alone; a cancelled or failing request leaves the others untouched."""
 
 import asyncio
+import itertools
 
 import numpy as np
 import pytest
@@ -309,3 +310,73 @@ def test_a_batched_voxtral_step_gives_each_request_its_bits_alone(native_dir, dt
             for c, (k, v) in zip(seg.caches, snap, strict=True):
                 c.k, c.v = k, v
             assert torch.equal(model.forward_rows(model.tok_embeddings(ids[i]), [seg]), together[i : i + 1]), i
+
+
+def test_a_paused_request_lets_the_running_ones_step_between_its_pieces(engine):
+    """request.Pause: a long piece of one request's own work (Voxtral's encoder, per 30 s chunk) gives way to the
+    other requests' next step; the log shows the steps between its pieces."""
+    import time
+
+    from speechrs.layers import Segment
+    from speechrs.request import PAUSE
+
+    log: list[str] = []
+
+    class Counter:
+        def step(self, inputs):
+            time.sleep(0.002)
+            log.append(f"step x{len(inputs)}")
+            for i in inputs:
+                i.logits = torch.zeros(1)
+
+    counter = Counter()
+
+    def stepping():  # runs until the other request is done
+        for n in range(5000):
+            if "piece 2" in log:
+                break
+            yield StepInput(torch.zeros(1), Segment(n, []))
+        yield "stepped"
+
+    def pausing():
+        for piece in range(3):
+            if piece:
+                yield PAUSE
+            log.append(f"piece {piece}")
+        yield "paused"
+
+    e = Engine(engine.models)
+    try:
+
+        async def main():
+            async def steps():
+                async for event in e.stream(lambda: Request(counter, stepping())):
+                    return event
+
+            async def pauses():
+                await asyncio.sleep(0.05)
+                return await _consume(e, lambda: Request(counter, pausing()))
+
+            return await asyncio.gather(steps(), pauses())
+
+        assert asyncio.run(main()) == ["stepped", ["paused"]]
+    finally:
+        e.stop()
+    pieces = [i for i, line in enumerate(log) if line.startswith("piece")]
+    assert len(pieces) == 3 and all(
+        any(log[j].startswith("step") for j in range(a, b)) for a, b in itertools.pairwise(pieces)
+    ), log
+
+
+def test_long_audio_is_encoded_a_chunk_at_a_time_with_the_same_result(native_pipeline):
+    from speechrs.request import Pause
+
+    pcm, opts = (noise(65.0), 16000), GenerationOptions(max_tokens=4)  # three 30 s chunks
+    pauses, ids = 0, []
+    for item in native_pipeline.transcribe(pcm, "en", opts).steps:  # driven by hand, as the scheduler does
+        if isinstance(item, StepInput):
+            native_pipeline.step([item])
+        pauses += isinstance(item, Pause)
+        ids += [item.id] if isinstance(item, Token) else []
+    assert pauses == 2
+    assert ids == [e.id for e in native_pipeline.transcribe(pcm, "en", opts) if isinstance(e, Token)]

@@ -264,26 +264,24 @@ def test_dia_samples_with_a_top_p_that_underflows(server):
 
 def test_file_urls_read_regular_files_only_off_the_event_loop_with_one_answer(server, clip, tmp_path):
     """A FIFO (which blocked the event loop on open), a device (file:///dev/zero streamed gigabytes), a
-    directory and a missing file all get the same 400, and the server answers others meanwhile."""
+    directory, a missing file, a file over the cap and a file that is not audio all get the same 400 (no oracle
+    for which files exist), and the server answers others meanwhile."""
     import os
 
     fifo = tmp_path / "pipe.wav"
     os.mkfifo(fifo)
+    big = tmp_path / "big.wav"
+    big.write_bytes(bytes(25 * 2**20 + 1))  # one byte over the media policy's cap
+    text = tmp_path / "notes.txt"
+    text.write_text("not audio at all\n" * 100)
     messages = [
         {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": f"file://{p}"}}]}
-        for p in (fifo, "/dev/zero", tmp_path, tmp_path / "missing.wav")
+        for p in (fifo, "/dev/zero", tmp_path, tmp_path / "missing.wav", big, text)
     ]
     messages_of = [error_of(post(server, "/v1/chat/completions", {**CHAT, "messages": [m]})) for m in messages]
     assert {status for status, _ in messages_of} == {400}
     answers = {err["message"].split(": ", 1)[1] for _, err in messages_of}
-    assert answers == {"no such regular, readable file"}, answers
-    big = tmp_path / "big.wav"
-    big.write_bytes(bytes(25 * 2**20 + 1))  # one byte over the media policy's cap
-    url = {"type": "audio_url", "audio_url": {"url": f"file://{big}"}}
-    status, err = error_of(
-        post(server, "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [url]}]})
-    )
-    assert status == 400 and "limit" in err["message"]
+    assert answers == {f"no regular, readable audio file of at most {25 * 2**20} bytes"}, answers
     assert (
         post(
             server,

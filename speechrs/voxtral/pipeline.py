@@ -11,7 +11,7 @@ import torch
 from .. import audio as audio_io
 from ..errors import AudioError, InvalidRequestError
 from ..layers import Segment
-from ..request import Request, StepInput
+from ..request import PAUSE, Pause, Request, StepInput
 from ..sampling import make_generator, sample_token
 from .checkpoint import load_voxtral
 from .model import Voxtral
@@ -142,7 +142,7 @@ class VoxtralPipeline:
 
     def _generate(
         self, ids: list[int], mels: list[torch.Tensor], seconds: float, opts: GenerationOptions, default_max: int
-    ) -> Iterator[Token | Done | StepInput]:
+    ) -> Iterator[Token | Done | StepInput | Pause]:
         model, tok = self.model, self.tokenizer
         limit = model.cfg.max_seq_len
         if len(ids) >= limit:
@@ -160,14 +160,20 @@ class VoxtralPipeline:
         max_tokens = min(opts.max_tokens or default_max, room)
         usage = Usage(prompt_tokens=len(ids), audio_seconds=seconds)
         t0 = time.perf_counter()
-        with torch.inference_mode():  # not across the yields: the generator resumes in its driver's mode
-            audio_embeds = None
-            if mels:
-                audio_embeds = model.encode_audio(torch.cat(mels).to(self.device))  # (A, D)
-                if audio_embeds.shape[0] != ids.count(self.audio_token_id):
-                    raise AudioError(
-                        f"{audio_embeds.shape[0]} audio embeddings for {ids.count(self.audio_token_id)} [AUDIO] tokens"
-                    )
+        audio_embeds, chunks = None, torch.cat(mels) if mels else None
+        if chunks is not None:  # 30 s at a time, pausing between (request.Pause): other requests step meanwhile
+            pieces = []
+            for i in range(len(chunks)):
+                if i:
+                    yield PAUSE
+                with torch.inference_mode():  # not across the yields: the generator resumes in its driver's mode
+                    pieces.append(model.encode_audio(chunks[i : i + 1].to(self.device)))
+            audio_embeds = torch.cat(pieces)  # (A, D)
+            if audio_embeds.shape[0] != ids.count(self.audio_token_id):
+                raise AudioError(
+                    f"{audio_embeds.shape[0]} audio embeddings for {ids.count(self.audio_token_id)} [AUDIO] tokens"
+                )
+        with torch.inference_mode():
             t1 = time.perf_counter()
             usage.encode_s = t1 - t0
             # this request's own cache; it grows if generation goes on
