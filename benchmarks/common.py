@@ -67,7 +67,8 @@ def worker_quantize(name: str) -> str | None:
 
 
 def linear_bytes(module) -> int:
-    """Bytes of weights a Linear-like module (nn.Linear, PackedLinear, Int8Linear, Int4Linear) reads per call."""
+    """Bytes of weights a Linear-like module (nn.Linear, PackedLinear, Int8Linear, Int4Linear, UpcastLinear) reads
+    per call."""
     from speechrs.packing import PackedLinear
 
     if isinstance(module, PackedLinear):  # an opaque oneDNN tensor: count its logical size
@@ -84,8 +85,9 @@ def per_step_bytes(model, skip: str = "") -> int:
 
     from speechrs.packing import PackedLinear
     from speechrs.quant import Int4Linear, Int8Linear
+    from speechrs.upcast import UpcastLinear
 
-    kinds = (torch.nn.Linear, PackedLinear, Int8Linear, Int4Linear)
+    kinds = (torch.nn.Linear, PackedLinear, Int8Linear, Int4Linear, UpcastLinear)
     total = 0
     for name, m in model.named_modules():
         if isinstance(m, kinds) and not (skip and re.search(skip, name)):
