@@ -44,7 +44,7 @@ def _free_port() -> int:
 
 
 def start_server(models: list[str], dac: str | None, port: int, args) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "speechrs", "serve", "--port", str(port), "--max-queue", "64"]
+    cmd = [sys.executable, "-m", "speechrs", "serve", "--port", str(port), "--max-queue", str(args.max_queue)]
     for m in models:
         cmd += ["-m", m]
     if dac:
@@ -141,6 +141,32 @@ async def one_level(url: str, fn, n: int, size: int) -> tuple[dict, dict]:
     return _summary(alone, sequential_s, n), {**_summary(together, concurrent_s, n), "identical": same}
 
 
+async def flood(url: str, n: int, steps: int) -> dict[int, int]:
+    """n speech requests at once -> how many got each status."""
+    import aiohttp
+
+    body = {"input": TEXTS[0], "response_format": "pcm", "max_tokens": steps}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session:
+
+        async def one(i: int) -> int:
+            async with session.post(f"{url}/v1/audio/speech", json={**body, "seed": i}) as resp:
+                await resp.read()
+                return resp.status
+
+        statuses = await asyncio.gather(*(one(i) for i in range(n)))
+        async with session.get(f"{url}/health") as resp:
+            healthy = resp.status == 200
+    counts = {s: statuses.count(s) for s in sorted(set(statuses))}
+    return {**counts, "healthy after": healthy}
+
+
+def _rss_mib(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def _summary(results: list[dict], wall_s: float, n: int) -> dict:
     latencies = sorted(r["latency"] for r in results)
     return {
@@ -182,6 +208,8 @@ def main():
     ap.add_argument("--max-batch", type=int, default=None)
     ap.add_argument("--quantize", default="none", choices=["none", "int8", "int4"])
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
+    ap.add_argument("--flood", type=int, default=0, help="then send this many speech requests at once")
+    ap.add_argument("--max-queue", type=int, default=64)
     args = ap.parse_args()
     import tiny
     from bench_dia import write_checkpoints
@@ -198,7 +226,7 @@ def main():
     server = start_server(models, str(dac), port, args)
     url = f"http://127.0.0.1:{port}"
     try:
-        clients = [int(c) for c in args.clients.split(",")]
+        clients = [int(c) for c in args.clients.split(",") if c]
         header(
             f"Dia {args.size} ({args.dtype} checkpoint, --dtype {args.serve_dtype}, {args.steps} steps each)", "steps"
         )
@@ -208,6 +236,15 @@ def main():
             header(f"Voxtral {args.voxtral} ({args.tokens} tokens each)", "tokens")
             for n in clients:
                 row(n, *asyncio.run(one_level(url, chat, n, args.tokens)))
+        if args.flood:
+            before = _rss_mib(server.pid, "VmRSS")
+            counts = asyncio.run(flood(url, args.flood, args.steps))
+            print(
+                f"\nflood of {args.flood} speech requests at once (--max-queue {args.max_queue}): {counts}; server RSS "
+                f"{before:.0f} MiB before, {_rss_mib(server.pid, 'VmRSS'):.0f} after (peak since start, load included: "
+                f"{_rss_mib(server.pid, 'VmHWM'):.0f})",
+                flush=True,
+            )
     finally:
         server.terminate()
         server.wait(60)
