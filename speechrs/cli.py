@@ -253,7 +253,7 @@ def serve(
         list[str] | None, typer.Option(help="Send CORS headers to this browser origin (repeatable; * for any).")
     ] = None,
     max_queue: Annotated[
-        int, typer.Option(min=0, help="Requests that may wait for a place in a batch; more get a 429.")
+        int, typer.Option(min=0, help="Requests that may wait beyond a full batch; more get a 429.")
     ] = 16,
     max_batch: Annotated[
         int | None,

@@ -125,7 +125,7 @@ class Engine:
         max_batch: int | None = None,
         request_timeout_s: float | None = None,
     ):
-        """max_queue: requests that may wait for a place in a batch; past it a request is refused at once
+        """max_queue: requests that may wait beyond a full batch; past it a request is refused at once
         (ServerBusyError: a 429 with Retry-After), so neither waits nor memory grow without bound. max_batch:
         requests of one model decoded together (scheduler.py; None: DEFAULT_MAX_BATCH for the device).
         request_timeout_s: a request still running after this long is failed (RequestTimeoutError)."""
@@ -210,12 +210,14 @@ class Engine:
         exceptions are re-raised here."""
         if self.draining and self._worker is not None:
             raise ShuttingDownError("the server is shutting down; retry on another instance or after its restart")
-        waiting = self.queue_depth - len(self.scheduler.running)
-        if self.max_queue is not None and waiting >= self.max_queue and self.queue_depth >= self.max_batch:
+        # a full batch plus max_queue waiting, counted from what was submitted (a burst arrives before the worker
+        # has admitted any of it)
+        waiting = self.queue_depth - self.max_batch
+        if self.max_queue is not None and waiting >= self.max_queue:
             per_request = self.busy_s / self.finished if self.finished else 10.0
             raise ServerBusyError(
-                f"the server is busy: {self.queue_depth} requests are running or waiting (--max-queue "
-                f"{self.max_queue}, --max-batch {self.max_batch}); retry later",
+                f"the server is busy: {self.queue_depth} requests are running or waiting (--max-batch "
+                f"{self.max_batch}, --max-queue {self.max_queue}); retry later",
                 max(1, math.ceil(per_request * (waiting + 1) / self.max_batch)),
             )
         self.start()

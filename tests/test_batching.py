@@ -220,8 +220,8 @@ def test_a_flood_of_requests_gets_only_200s_and_429s_and_the_server_stays_health
         body = {"input": "[S1] Hi.", "response_format": "pcm", "max_tokens": 30}
         with ThreadPoolExecutor(30) as pool:
             answers = list(pool.map(lambda i: post(s, "/v1/audio/speech", {**body, "seed": i}), range(30)))
-        statuses = sorted({status for status, _, _ in answers})
-        assert statuses == [200, 429], statuses
+        statuses = [status for status, _, _ in answers]
+        assert sorted(set(statuses)) == [200, 429] and statuses.count(200) >= 2 + 4, statuses
         for status, headers, raw in answers:
             if status == 429:
                 assert int(headers["Retry-After"]) >= 1 and json.loads(raw)["error"]["code"] == "server_busy"
