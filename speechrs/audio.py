@@ -10,6 +10,8 @@ import binascii
 import io
 import struct
 import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -90,14 +92,96 @@ def load(audio: AudioInput, sample_rate: int, max_seconds: float | None = None) 
             pcm, rate = decode(_bytes_from_url(text), name=text[:40])
         else:
             pcm, rate = decode(_read_path(Path(text)), name=text)
-    if not MIN_SAMPLE_RATE <= rate <= 1_000_000:
-        raise AudioError(f"audio sample rate {rate} Hz is not usable; expected {MIN_SAMPLE_RATE} Hz to 1 MHz")
-    if max_seconds is not None and len(pcm) / rate > max_seconds:
-        seconds = len(pcm) / rate
-        raise AudioTooLongError(f"audio is {seconds:.1f} s long; at most {max_seconds:g} s is accepted here", seconds)
+    _check_rate_and_length(rate, len(pcm), max_seconds)
     if not np.isfinite(pcm).all():
         raise AudioError("audio contains NaN or infinite samples")
     return resample(pcm, rate, sample_rate)
+
+
+def _check_rate_and_length(rate: int, n_samples: int, max_seconds: float | None) -> None:
+    if not MIN_SAMPLE_RATE <= rate <= 1_000_000:
+        raise AudioError(f"audio sample rate {rate} Hz is not usable; expected {MIN_SAMPLE_RATE} Hz to 1 MHz")
+    if max_seconds is not None and n_samples / rate > max_seconds:
+        seconds = n_samples / rate
+        raise AudioTooLongError(f"audio is {seconds:.1f} s long; at most {max_seconds:g} s is accepted here", seconds)
+
+
+BLOCK_SECONDS = 30.0  # AudioStream decodes this much of the source at a time
+
+
+@dataclass
+class AudioStream:
+    """Audio of any length, decoded `BLOCK_SECONDS` at a time: mono float32 blocks at `sample_rate`, so an hour of
+    44.1 kHz stereo is never held decoded at once. Opening it reads the header only (length, rate, format), so
+    unreadable or too long audio is refused before any work."""
+
+    source: AudioInput
+    sample_rate: int  # of the blocks
+    source_rate: int
+    source_frames: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.source_frames / self.source_rate
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        import soxr
+
+        resampler = None if self.source_rate == self.sample_rate else soxr.ResampleStream(
+            self.source_rate, self.sample_rate, 1, dtype="float32", quality="HQ"
+        )  # the same samples as resample() on the whole (soxr streams seamlessly)
+        step = int(BLOCK_SECONDS * self.source_rate)
+        for raw, last in _raw_blocks(self.source, step):
+            if not np.isfinite(raw).all():
+                raise AudioError("audio contains NaN or infinite samples")
+            out = raw if resampler is None else resampler.resample_chunk(raw, last=last)
+            if len(out):
+                yield out.astype(np.float32, copy=False)
+
+
+def open_stream(audio: AudioInput, sample_rate: int, max_seconds: float | None = None) -> AudioStream:
+    """An AudioStream over any AudioInput; URLs are read here (data: and file:// only, as load() reads them)."""
+    if isinstance(audio, tuple):
+        pcm = np.asarray(audio[0], dtype=np.float32)
+        pcm = pcm.mean(axis=1) if pcm.ndim == 2 else pcm
+        if pcm.size == 0:
+            raise AudioError("audio array is empty")
+        source: AudioInput = (pcm, int(audio[1]))
+        rate, frames = int(audio[1]), len(pcm)
+    else:
+        text = "" if isinstance(audio, bytes) else str(audio)
+        if text.startswith("data:") or "://" in text:
+            audio = _bytes_from_url(text)
+        elif not isinstance(audio, bytes) and not Path(text).is_file():
+            raise AudioError(f"audio file not found: {text}")
+        source = audio
+        try:
+            info = sf.info(io.BytesIO(audio) if isinstance(audio, bytes) else str(audio))
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+            raise AudioError("cannot decode audio: not a readable wav/flac/ogg/mp3 file") from None
+        rate, frames = int(info.samplerate), int(info.frames)
+        if frames <= 0:
+            raise AudioError("audio contains no samples")
+    _check_rate_and_length(rate, frames, max_seconds)
+    return AudioStream(source, sample_rate, rate, frames)
+
+
+def _raw_blocks(source: AudioInput, step: int) -> Iterator[tuple[np.ndarray, bool]]:
+    """(mono float32 block at the source's rate, whether it is the last)."""
+    if isinstance(source, tuple):
+        pcm = source[0]
+        for start in range(0, len(pcm), step):
+            yield pcm[start : start + step], start + step >= len(pcm)
+        return
+    try:
+        with sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as f:
+            block = f.read(step, dtype="float32", always_2d=True)
+            while len(block):
+                following = f.read(step, dtype="float32", always_2d=True)
+                yield block.mean(axis=1), len(following) == 0
+                block = following
+    except sf.LibsndfileError as e:
+        raise AudioError(f"cannot decode audio past its header ({e.error_string})") from None
 
 
 def resample(pcm: np.ndarray, rate: int, target: int) -> np.ndarray:

@@ -13,6 +13,8 @@ from ..errors import AudioError, InvalidRequestError
 from ..layers import Segment
 from ..request import PAUSE, Pause, Request, StepInput
 from ..sampling import make_generator, sample_token
+from ..vad import SplitOptions
+from . import transcript
 from .checkpoint import load_voxtral
 from .model import Voxtral
 from .tekken import AudioPart, Part, StreamDecoder, Tekken, chat_prompt, transcription_prompt
@@ -69,6 +71,9 @@ class Done:
     text: str
     finish_reason: str  # "stop" at </s>, "length" at max_tokens
     usage: Usage = field(default_factory=Usage)
+    tokens: list[int] = field(default_factory=list)  # the generated ids, </s> excluded
+    avg_logprob: float = 0.0  # mean log-probability of the chosen tokens under the model (</s> included)
+    segments: "list | None" = None  # transcript.Segment list when the audio was transcribed in segments
 
 
 class VoxtralPipeline:
@@ -89,12 +94,54 @@ class VoxtralPipeline:
         return cls(load_voxtral(directory, layout, dtype, device, quantize), Tekken(directory / "tekken.json"))
 
     def transcribe(
-        self, audio, language: str | None = None, opts: GenerationOptions = GenerationOptions()
+        self,
+        audio,
+        language: str | None = None,
+        opts: GenerationOptions = GenerationOptions(),
+        timestamps: bool = False,
+        split: SplitOptions = SplitOptions(),
     ) -> Iterator[Token | Done]:
+        """One prompt for the whole audio (transformers' and mistral-common's way) when it fits in the context and
+        no timestamps are asked for; otherwise segment by segment (transcript.py), with Progress and Segment
+        events and `Done.segments`."""
         opts.validate()
+        stream = audio_io.open_stream(audio, self.framing.sampling_rate, self.max_audio_s)  # reads the header only
+        if timestamps or not self._fits_one_prompt(stream.duration_s):
+            tok = self.tokenizer
+            steps = transcript.segmented(self, stream, lambda n: transcription_prompt(tok, n, language), opts, split)
+            return Request(self, steps)
         mel, n_tokens, seconds = self._prepare_audio(audio)
         ids = transcription_prompt(self.tokenizer, n_tokens, language)
-        return Request(self, self._generate(ids, [mel], seconds, opts, default_max=max(64, n_tokens)))
+        return Request(self, self.generate(ids, [mel], seconds, opts, default_max=max(64, n_tokens)))
+
+    def translate(
+        self,
+        audio,
+        to_language: str = "en",
+        opts: GenerationOptions = GenerationOptions(),
+        timestamps: bool = False,
+        split: SplitOptions = SplitOptions(),
+    ) -> Iterator[Token | Done]:
+        """Speech in any language -> text in `to_language` (a code or name), through Voxtral's chat prompt: the
+        transcription prompt cannot translate. Segmented as transcribe() decides."""
+        opts.validate()
+        instruction = transcript.translation_instruction(transcript.target_language(to_language))
+        stream = audio_io.open_stream(audio, self.framing.sampling_rate, self.max_audio_s)
+        if timestamps or not self._fits_one_prompt(stream.duration_s):
+            tok = self.tokenizer
+
+            def prompt(n: int) -> list[int]:
+                return chat_prompt(tok, [("user", [AudioPart(n), instruction])])
+
+            return Request(self, transcript.segmented(self, stream, prompt, opts, split))
+        return self.chat([("user", [Audio(audio), instruction])], opts)
+
+    def _fits_one_prompt(self, seconds: float) -> bool:
+        """Whether the audio's tokens, the prompt around them and a transcript as long (one token per audio token)
+        fit in the model's context: 2 x 375 tokens per 30 s against 32k, about 21 minutes for Voxtral-Mini."""
+        f = self.framing
+        padded = -(-round(seconds * f.sampling_rate) // f.chunk_samples) * f.chunk_samples
+        return 2 * f.n_audio_tokens(padded) + 32 <= self.model.cfg.max_seq_len
 
     def chat(
         self, messages: Sequence[tuple[str, list | str]], opts: GenerationOptions = GenerationOptions()
@@ -118,7 +165,7 @@ class VoxtralPipeline:
                     raise InvalidRequestError(f"unsupported content part {type(part).__name__}")
             parsed.append((role, out))
         ids = chat_prompt(self.tokenizer, parsed)
-        return Request(self, self._generate(ids, mels, seconds, opts, default_max=CHAT_MAX_TOKENS))
+        return Request(self, self.generate(ids, mels, seconds, opts, default_max=CHAT_MAX_TOKENS))
 
     @torch.inference_mode()
     def step(self, inputs: list[StepInput]) -> None:
@@ -131,16 +178,19 @@ class VoxtralPipeline:
 
     def _prepare_audio(self, source) -> tuple[torch.Tensor, int, float]:
         """-> mel chunks (N, M, 3000), number of [AUDIO] tokens, duration in seconds."""
+        pcm = audio_io.load(source, self.framing.sampling_rate, max_seconds=self.max_audio_s)  # before resampling
+        return *self.mel_chunks(pcm), len(pcm) / self.framing.sampling_rate
+
+    def mel_chunks(self, pcm) -> tuple[torch.Tensor, int]:
+        """16 kHz samples -> mel chunks (N, M, 3000) of 30 s (the last padded), number of [AUDIO] tokens."""
         f = self.framing
-        pcm = audio_io.load(source, f.sampling_rate, max_seconds=self.max_audio_s)  # checked before resampling
-        seconds = len(pcm) / f.sampling_rate
         padded = audio_io.pad_to_multiple(pcm, f.chunk_samples)
         mel = audio_io.log_mel(padded, f.num_mel_bins, f.window_size, f.hop_length, f.sampling_rate)
         frames_per_chunk = self.model.cfg.encoder.max_source_positions * 2
         mel_chunks = mel.reshape(f.num_mel_bins, -1, frames_per_chunk).transpose(0, 1)  # (N, M, 3000)
-        return mel_chunks, f.n_audio_tokens(len(padded)), seconds
+        return mel_chunks, f.n_audio_tokens(len(padded))
 
-    def _generate(
+    def generate(
         self, ids: list[int], mels: list[torch.Tensor], seconds: float, opts: GenerationOptions, default_max: int
     ) -> Iterator[Token | Done | StepInput | Pause]:
         model, tok = self.model, self.tokenizer
@@ -185,8 +235,10 @@ class VoxtralPipeline:
         generated: list[int] = []
         finish = "length"
         pos = len(ids)
+        logprob = 0.0
         for step in range(max_tokens):
             next_id = sample_token(logits[0, -1], opts.temperature, opts.top_p, generator)
+            logprob += float(torch.log_softmax(logits[0, -1].float(), -1)[next_id])
             if step == 0:
                 usage.prefill_s = time.perf_counter() - t1
             if next_id == tok.eos:
@@ -206,4 +258,4 @@ class VoxtralPipeline:
             yield Token(-1, tail)
         usage.completion_tokens = len(generated) + (finish == "stop")  # </s> is generated too
         usage.decode_s = time.perf_counter() - t1 - usage.prefill_s
-        yield Done(tok.decode(generated), finish, usage)
+        yield Done(tok.decode(generated), finish, usage, generated, logprob / max(1, usage.completion_tokens))
