@@ -9,6 +9,7 @@ with a small recurrent network. Its Python package is not imported: importing it
 import importlib.util
 import io
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,9 @@ class VoiceActivity:
             if VoiceActivity._file is None:
                 VoiceActivity._file = _model_path().read_bytes()
             data = VoiceActivity._file
-        self.model = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()  # about 20 ms
+        with warnings.catch_warnings():  # torch 2.13 calls jit.load deprecated; it is how silero ships the model
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.model = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()  # about 20 ms
         self.model.reset_states()
         self.rest = np.zeros(0, np.float32)  # samples short of a whole frame, kept for the next block
 

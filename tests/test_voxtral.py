@@ -9,7 +9,7 @@ from speechrs.errors import AudioError, ModelNotFoundError, UnsupportedModelErro
 from speechrs.hub import detect, resolve
 from speechrs.layers import half_split_to_interleaved, interleaved_to_half_split
 from speechrs.voxtral.checkpoint import load_voxtral
-from speechrs.voxtral.pipeline import Done, GenerationOptions, VoxtralPipeline
+from speechrs.voxtral.pipeline import Audio, Done, GenerationOptions, VoxtralPipeline
 
 
 def _logits(pipeline, ids, mels):
@@ -77,14 +77,16 @@ def test_usage_and_finish_reason(native_pipeline, clip):
     assert done.usage.prompt_tokens == 383 and abs(done.usage.audio_seconds - 5.895) < 0.01
 
 
-def test_audio_longer_than_the_context_is_refused(native_dir, tmp_path):
+def test_audio_longer_than_the_context_is_refused_in_chat_and_segmented_in_transcription(native_dir, tmp_path):
     small = tmp_path / "small-context"
     shutil.copytree(native_dir, small)
     params = json.loads((small / "params.json").read_text())
     (small / "params.json").write_text(json.dumps({**params, "max_seq_len": 500}))
     p = VoxtralPipeline.load(small, "native")
     with pytest.raises(AudioError, match="exceeds the model's context of 500"):
-        list(p.transcribe((noise(45.0), 16000)))
+        list(p.chat([("user", [Audio((noise(45.0), 16000)), "hi"])]))
+    done = list(p.transcribe((noise(45.0), 16000)))[-1]
+    assert isinstance(done, Done) and done.segments is not None  # no single prompt: segment by segment
 
 
 def test_layout_detection(native_dir, hf_dir, tmp_path):
