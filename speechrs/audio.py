@@ -127,8 +127,10 @@ class AudioStream:
     def blocks(self) -> Iterator[np.ndarray]:
         import soxr
 
-        resampler = None if self.source_rate == self.sample_rate else soxr.ResampleStream(
-            self.source_rate, self.sample_rate, 1, dtype="float32", quality="HQ"
+        resampler = (
+            None
+            if self.source_rate == self.sample_rate
+            else soxr.ResampleStream(self.source_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
         )  # the same samples as resample() on the whole (soxr streams seamlessly)
         step = int(BLOCK_SECONDS * self.source_rate)
         for raw, last in _raw_blocks(self.source, step):

@@ -8,12 +8,15 @@ import json
 import math
 import time
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
 
 from .dia.events import SpeakOptions
 from .errors import InvalidRequestError
-from .voxtral.pipeline import GenerationOptions, Usage
+from .subtitles import TRANSCRIPT_FORMATS
+from .voxtral.pipeline import Done, GenerationOptions, Usage
+from .voxtral.transcript import language_name, target_language
 
 # response_format -> (soundfile format, subtype, sample rate or None to keep, content type)
 # the formats soundfile encodes: (container, subtype, sample rate or None to keep the model's, content type)
@@ -23,7 +26,7 @@ ENCODED_FORMATS: dict[str, tuple[str, str, int | None, str]] = {
     "opus": ("OGG", "OPUS", 48000, "audio/ogg; codecs=opus"),  # Opus runs at 48 kHz, not 44.1
 }
 SPEECH_FORMATS = ("wav", "pcm", *ENCODED_FORMATS)  # wav and pcm by hand: exact mistral.rs bytes and content types
-TRANSCRIPTION_FORMATS = ("json", "text")
+TRANSCRIPTION_FORMATS = TRANSCRIPT_FORMATS
 
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits; OpenAI's seed is a signed 64-bit integer
@@ -159,9 +162,28 @@ def speech_done(n_in: int, steps: int) -> dict:
     }
 
 
-def transcription_request(form: dict) -> tuple[str, str | None, str, bool, GenerationOptions]:
-    """Multipart fields (strings) -> (model, language, response_format, stream, options)."""
-    fmt = form.get("response_format") or "json"
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    model: str
+    language: str | None  # the audio's (transcription); None lets the model choose
+    to_language: str | None  # the translation's target; None for a transcription
+    fmt: str  # one of TRANSCRIPTION_FORMATS
+    stream: bool
+    timestamps: bool  # segment by segment, with start and end times
+    opts: GenerationOptions
+
+
+def _form_text(form: dict, key: str) -> str | None:
+    value = form.get(key)
+    if isinstance(value, list):
+        raise InvalidRequestError(f"'{key}' is a single value, not a list", key)
+    return value or None
+
+
+def transcription_request(form: dict, translate: bool = False) -> TranscriptionRequest:
+    """Multipart fields (strings; lists for fields sent as name[]) -> the request. A translation goes to English
+    unless the `to_language` extension names another language."""
+    fmt = _form_text(form, "response_format") or "json"
     if fmt not in TRANSCRIPTION_FORMATS:
         raise InvalidRequestError(
             f"response_format '{fmt}' is not supported; use one of {', '.join(TRANSCRIPTION_FORMATS)}",
@@ -169,16 +191,52 @@ def transcription_request(form: dict) -> tuple[str, str | None, str, bool, Gener
         )
     numbers = {}
     for key, kind in (("temperature", float), ("top_p", float), ("max_tokens", int), ("seed", int)):
-        if form.get(key) not in (None, ""):
+        text = _form_text(form, key)
+        if text is not None:
             try:
-                numbers[key] = kind(form[key])
+                numbers[key] = kind(text)
             except ValueError:
                 raise InvalidRequestError(f"'{key}' must be a number", key) from None
-    stream_field = str(form.get("stream", "false")).lower()
+    stream_field = str(_form_text(form, "stream") or "false").lower()
     if stream_field not in ("true", "false", "1", "0"):
         raise InvalidRequestError("'stream' must be true or false", "stream")
     stream = stream_field in ("true", "1")
-    return form.get("model") or "default", form.get("language") or None, fmt, stream, generation_options(numbers)
+    if stream and fmt in ("srt", "vtt"):
+        raise InvalidRequestError(
+            f"a streamed transcript arrives as JSON events; use response_format json, text or verbose_json "
+            f"(segments as transcript.text.segment events), or stream false for {fmt}",
+            "response_format",
+        )
+    granularities = form.get("timestamp_granularities", [])
+    granularities = [granularities] if isinstance(granularities, str) else granularities
+    for g in granularities:
+        if g not in ("segment", "word"):
+            raise InvalidRequestError(
+                f"timestamp granularity '{g}' is not one of segment, word", "timestamp_granularities"
+            )
+    if "word" in granularities:
+        raise InvalidRequestError(
+            "word timestamps are not available: Voxtral has no timestamp tokens and speechrs has no word aligner "
+            "yet; use timestamp_granularities[]=segment",
+            "timestamp_granularities",
+        )
+    if granularities and fmt != "verbose_json":
+        raise InvalidRequestError(
+            "timestamp_granularities needs response_format verbose_json", "timestamp_granularities"
+        )
+    to_language = None
+    if translate:
+        to_language = _form_text(form, "to_language") or "en"
+        target_language(to_language)  # a 400 for an unknown language, before any work
+    return TranscriptionRequest(
+        model=_form_text(form, "model") or "default",
+        language=None if translate else _form_text(form, "language"),
+        to_language=to_language,
+        fmt=fmt,
+        stream=stream,
+        timestamps=fmt in ("verbose_json", "srt", "vtt") or bool(granularities),
+        opts=generation_options(numbers),
+    )
 
 
 # ---- responses ----
@@ -227,6 +285,21 @@ def transcription(text: str, usage: Usage) -> dict:
             "output_tokens": usage.completion_tokens,
             "total_tokens": usage.total_tokens,
         },
+    }
+
+
+def verbose_transcript(req: TranscriptionRequest, done: Done) -> dict:
+    """OpenAI's verbose_json (TranscriptionVerbose / TranslationVerbose): language as an English name (the target's
+    for a translation; "unknown" when none was given, as Voxtral does not report what it heard)."""
+    language = language_name(target_language(req.to_language) if req.to_language else req.language)
+    duration = round(done.usage.audio_seconds, 3)
+    return {
+        "task": "translate" if req.to_language else "transcribe",
+        "language": language,
+        "duration": duration,
+        "text": done.text,
+        "segments": [s.as_dict() for s in done.segments or []],
+        "usage": {"type": "duration", "seconds": duration},
     }
 
 

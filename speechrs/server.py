@@ -6,11 +6,9 @@ import json
 import logging
 import time
 import uuid
-from collections import Counter
 from contextlib import aclosing
-from dataclasses import dataclass, field
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -27,56 +25,25 @@ from .errors import (
     UnsupportedModelError,
 )
 from .guard import Security, add_cors_headers, is_loopback, make_guard
+from .http_common import (
+    BODY_TIMEOUT,
+    ENGINE,
+    METRICS,
+    POLICY,
+    Metrics,
+    first_event,
+    last_event,
+    send_event,
+    sse_response,
+    within_body_timeout,
+)
 from .media import MediaPolicy, fetch_audio, fetch_url_or_base64
 from .messages import parse_messages
+from .server_transcripts import transcriptions, translations
 from .voxtral.pipeline import Audio, Done, Token
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Metrics:
-    requests: Counter = field(default_factory=Counter)  # (route, status) -> count
-    audio_in_s: float = 0.0
-    audio_out_s: float = 0.0
-    speech_wall_s: float = 0.0  # time spent producing audio_out_s
-
-    def prometheus(self, engine: Engine) -> str:
-        lines = ["# TYPE speechrs_requests_total counter"]
-        lines += [
-            f'speechrs_requests_total{{route="{r}",status="{s}"}} {n}' for (r, s), n in sorted(self.requests.items())
-        ]
-        rtf = self.audio_out_s / self.speech_wall_s if self.speech_wall_s else 0.0
-        lines += [
-            "# TYPE speechrs_audio_input_seconds_total counter",
-            f"speechrs_audio_input_seconds_total {self.audio_in_s:.3f}",
-            "# TYPE speechrs_audio_output_seconds_total counter",
-            f"speechrs_audio_output_seconds_total {self.audio_out_s:.3f}",
-            "# HELP speechrs_speech_realtime_factor seconds of speech produced per second of work",
-            "# TYPE speechrs_speech_realtime_factor gauge",
-            f"speechrs_speech_realtime_factor {rtf:.3f}",
-            "# HELP speechrs_queue_depth requests running or waiting",
-            "# TYPE speechrs_queue_depth gauge",
-            f"speechrs_queue_depth {engine.queue_depth}",
-            "# HELP speechrs_waiting_requests requests made and waiting for a place in their model's batch",
-            "# TYPE speechrs_waiting_requests gauge",
-            *(f'speechrs_waiting_requests{{model="{m.name}"}} {engine.waiting(m)}' for m in engine.models),
-            "# TYPE speechrs_worker_busy_seconds_total counter",
-            f"speechrs_worker_busy_seconds_total {engine.busy_s:.3f}",
-            *engine.scheduler.batch_sizes.prometheus(
-                "speechrs_batch_size", "requests decoded together in one decoder step"
-            ),
-            *engine.scheduler.queue_wait_s.prometheus(
-                "speechrs_queue_wait_seconds", "time from a request's arrival to the start of its work"
-            ),
-        ]
-        return "\n".join(lines) + "\n"
-
-
-ENGINE = web.AppKey("engine", Engine)
-POLICY = web.AppKey("policy", MediaPolicy)
-METRICS = web.AppKey("metrics", Metrics)
-BODY_TIMEOUT = web.AppKey("body_timeout_s", float)  # seconds a client has to send its whole body
 
 _STATUS = {
     InvalidRequestError: 400,
@@ -120,19 +87,9 @@ async def errors(request: web.Request, handler):
     return response
 
 
-async def _within_body_timeout(request: web.Request, read):
-    """await read(), but a client that stalls while sending its body is answered 408 instead of holding its
-    connection (and a slot of the body cap) open."""
-    limit = request.app[BODY_TIMEOUT]
-    try:
-        return await asyncio.wait_for(read(), limit)
-    except asyncio.TimeoutError:
-        raise RequestTimeoutError(f"the request body did not arrive within {limit:g} s") from None
-
-
 async def _json(request: web.Request) -> dict:
     try:
-        body = await _within_body_timeout(request, request.json)
+        body = await within_body_timeout(request, request.json)
         # a lone UTF-16 surrogate ("\ud800") is valid JSON but no text: it would fail deep in a tokenizer
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -159,22 +116,6 @@ async def _resolve_audio(messages: list, policy: MediaPolicy) -> list:
     return out
 
 
-async def _first(stream):
-    """Pull the first event before any byte is sent, so request errors still become 4xx responses."""
-    try:
-        return await stream.__anext__()
-    except StopAsyncIteration:
-        return None
-
-
-async def _last(first, stream):
-    """The last event of a stream whose first event was already pulled (the summary: Done, SpeechResult)."""
-    last = first
-    async for event in stream:
-        last = event
-    return last
-
-
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     engine, policy = request.app[ENGINE], request.app[POLICY]
     model_id, messages, opts, stream, include_usage = oa.chat_request(await _json(request))
@@ -185,95 +126,26 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _chat_response(request, model: str, events, stream: bool, include_usage: bool) -> web.StreamResponse:
-    first = await _first(events)
+    first = await first_event(events)
     if not stream:
-        done = await _last(first, events)
+        done = await last_event(first, events)
         request.app[METRICS].audio_in_s += done.usage.audio_seconds
         return web.json_response(oa.chat_completion(model, done.text, done.finish_reason, done.usage))
     cid = f"chatcmpl-{uuid.uuid4().hex}"
-    resp = await _sse(request)
-    await _send(resp, oa.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
+    resp = await sse_response(request)
+    await send_event(resp, oa.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
     event = first
     while event is not None:
         if isinstance(event, Token) and event.text:
-            await _send(resp, oa.chat_chunk(cid, model, {"content": event.text}))
+            await send_event(resp, oa.chat_chunk(cid, model, {"content": event.text}))
         elif isinstance(event, Done):
             request.app[METRICS].audio_in_s += event.usage.audio_seconds
-            await _send(resp, oa.chat_chunk(cid, model, {}, event.finish_reason))
+            await send_event(resp, oa.chat_chunk(cid, model, {}, event.finish_reason))
             if include_usage:
-                await _send(resp, oa.chat_chunk(cid, model, {}, usage=event.usage))
-        event = await _first(events)
+                await send_event(resp, oa.chat_chunk(cid, model, {}, usage=event.usage))
+        event = await first_event(events)
     await resp.write(b"data: [DONE]\n\n")
     return resp
-
-
-async def transcriptions(request: web.Request) -> web.StreamResponse:
-    engine = request.app[ENGINE]
-    form, audio = await _read_form(request)
-    if not audio:
-        raise InvalidRequestError("'file' is required and must not be empty", "file")
-    model_id, language, fmt, stream, opts = oa.transcription_request(form)
-    loaded = engine.get(model_id, "voxtral", "/v1/audio/transcriptions")
-    async with aclosing(engine.stream(lambda: loaded.voxtral.transcribe(audio, language, opts))) as events:
-        return await _transcription_response(request, events, fmt, stream)
-
-
-async def _read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]:
-    """A multipart/form-data body -> (its text fields, the 'file' field's bytes); malformed bodies are a 400."""
-    if not request.content_type.startswith("multipart/"):
-        raise InvalidRequestError("send multipart/form-data with a 'file' field", "file")
-    form: dict[str, str] = {}
-    audio: bytes | None = None
-
-    async def read() -> None:
-        nonlocal audio
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise InvalidRequestError("nested multipart bodies are not supported; send flat form fields", "file")
-            if part.name == "file":
-                audio = bytes(await part.read())
-            elif part.name:
-                try:
-                    form[part.name] = (await part.read()).decode("utf-8")
-                except UnicodeDecodeError:
-                    raise InvalidRequestError(f"form field '{part.name}' is not UTF-8 text", part.name) from None
-
-    try:
-        await _within_body_timeout(request, read)
-    except (ValueError, AssertionError):  # aiohttp's parser: no boundary, a missing or broken boundary line
-        raise InvalidRequestError(
-            "the multipart/form-data body is malformed (boundary or part headers)", "file"
-        ) from None
-    return form, audio
-
-
-async def _transcription_response(request, events, fmt: str, stream: bool) -> web.StreamResponse:
-    first = await _first(events)
-    if stream:
-        resp = await _sse(request)
-        event = first
-        while event is not None:
-            if isinstance(event, Token) and event.text:
-                await _send(resp, {"type": "transcript.text.delta", "delta": event.text})
-            elif isinstance(event, Done):
-                request.app[METRICS].audio_in_s += event.usage.audio_seconds
-                await _send(
-                    resp,
-                    {
-                        "type": "transcript.text.done",
-                        "text": event.text,
-                        "usage": oa.transcription(event.text, event.usage)["usage"],
-                    },
-                )
-            event = await _first(events)
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-    done = await _last(first, events)
-    request.app[METRICS].audio_in_s += done.usage.audio_seconds
-    if fmt == "text":
-        return web.Response(text=done.text, content_type="text/plain")
-    return web.json_response(oa.transcription(done.text, done.usage))
 
 
 async def speech(request: web.Request) -> web.StreamResponse:
@@ -290,10 +162,10 @@ async def speech(request: web.Request) -> web.StreamResponse:
         return loaded.dia.speak(text, opts, stream_audio=streamed, ref_audio=ref_audio, ref_text=ref_text)
 
     async with aclosing(engine.stream(run)) as events:
-        first = await _first(events)  # request errors (bad options, text too long) are still 4xx here
+        first = await first_event(events)  # request errors (bad options, text too long) are still 4xx here
         if streamed:
             return await _speech_stream(request, loaded.dia, first, events, fmt, stream_format, t0)
-        result = await _last(first, events)
+        result = await last_event(first, events)
     _count_speech(request, result, t0)
     # encoding (mp3, opus resampling) takes real time: keep it off the event loop
     data, content_type = await asyncio.to_thread(oa.speech_bytes, result.pcm, result.sample_rate, fmt)
@@ -307,7 +179,7 @@ async def _speech_stream(request, pipeline, first, events, fmt: str, stream_form
 
     rate = pipeline.codec.cfg.sample_rate
     if stream_format == "sse":
-        resp = await _sse(request)
+        resp = await sse_response(request)
     else:
         resp = web.StreamResponse(headers={"Content-Type": oa.speech_content_type(fmt, rate)})
         resp.enable_chunked_encoding()
@@ -319,14 +191,14 @@ async def _speech_stream(request, pipeline, first, events, fmt: str, stream_form
         if isinstance(event, AudioChunk):
             pcm = to_s16le(event.pcm)
             if stream_format == "sse":
-                await _send(resp, {"type": "speech.audio.delta", "audio": base64.b64encode(pcm).decode()})
+                await send_event(resp, {"type": "speech.audio.delta", "audio": base64.b64encode(pcm).decode()})
             else:
                 await resp.write(pcm)
         elif isinstance(event, SpeechResult):
             _count_speech(request, event, t0)
             if stream_format == "sse":
-                await _send(resp, oa.speech_done(event.timings["text_tokens"], event.timings["steps"]))
-        event = await _first(events)
+                await send_event(resp, oa.speech_done(event.timings["text_tokens"], event.timings["steps"]))
+        event = await first_event(events)
     await resp.write_eof()
     return resp
 
@@ -353,16 +225,6 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text=request.app[METRICS].prometheus(request.app[ENGINE]), content_type="text/plain")
 
 
-async def _sse(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await resp.prepare(request)
-    return resp
-
-
-async def _send(resp: web.StreamResponse, body: dict) -> None:
-    await resp.write(f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode())
-
-
 def make_app(
     engine: Engine,
     policy: MediaPolicy | None = None,
@@ -383,6 +245,7 @@ def make_app(
         [
             web.post("/v1/chat/completions", chat_completions),
             web.post("/v1/audio/transcriptions", transcriptions),
+            web.post("/v1/audio/translations", translations),
             web.post("/v1/audio/speech", speech),
             web.get("/v1/models", models),
             web.get("/health", health),

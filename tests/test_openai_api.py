@@ -63,7 +63,7 @@ def test_which_speech_requests_stream(fmt, stream_format, streams):
 
 
 def test_transcription_form_fields():
-    model, language, fmt, stream, opts = oa.transcription_request(
+    req = oa.transcription_request(
         {
             "model": "m",
             "language": "fr",
@@ -73,8 +73,19 @@ def test_transcription_form_fields():
             "max_tokens": "9",
         }
     )
-    assert (model, language, fmt, stream) == ("m", "fr", "text", True)
-    assert (opts.temperature, opts.max_tokens) == (0.3, 9)
+    assert (req.model, req.language, req.fmt, req.stream, req.timestamps) == ("m", "fr", "text", True, False)
+    assert (req.opts.temperature, req.opts.max_tokens, req.to_language) == (0.3, 9, None)
+    for fields in ({"response_format": "srt"}, {"response_format": "verbose_json"}):
+        assert oa.transcription_request(fields).timestamps
+    both = {"response_format": "verbose_json", "timestamp_granularities": ["segment"]}
+    assert oa.transcription_request(both).timestamps
+    translation = oa.transcription_request({"language": "de", "to_language": "French"}, translate=True)
+    assert (translation.language, translation.to_language) == (None, "French")
+    assert oa.transcription_request({}, translate=True).to_language == "en"
+    with pytest.raises(InvalidRequestError, match="unknown target language 'klingon'"):
+        oa.transcription_request({"to_language": "klingon"}, translate=True)
+    with pytest.raises(InvalidRequestError, match="single value"):
+        oa.transcription_request({"language": ["en", "fr"]})
     with pytest.raises(InvalidRequestError, match="'seed' must be a number"):
         oa.transcription_request({"seed": "abc"})
 

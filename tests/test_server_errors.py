@@ -99,8 +99,14 @@ def test_transcription_errors(server):
     assert error_of(multipart({"model": "default"}, None))[1]["param"] == "file"
     status, err = error_of(multipart({"model": "default"}, b"RIFF....garbage"))
     assert status == 400 and "cannot decode" in err["message"]
-    status, err = error_of(multipart({"response_format": "srt"}, b"x"))
-    assert status == 400 and "json, text" in err["message"]
+    status, err = error_of(multipart({"response_format": "xml"}, b"x"))
+    assert status == 400 and "verbose_json, srt, vtt" in err["message"]
+    status, err = error_of(multipart({"response_format": "srt", "stream": "true"}, b"x"))
+    assert status == 400 and err["param"] == "response_format"
+    status, err = error_of(multipart({"response_format": "verbose_json", "timestamp_granularities[]": "word"}, b"x"))
+    assert status == 400 and "word timestamps" in err["message"] and err["param"] == "timestamp_granularities"
+    status, err = error_of(multipart({"timestamp_granularities[]": "segment"}, b"x"))
+    assert status == 400 and "verbose_json" in err["message"]
     status, err = error_of(multipart({"model": "ghost"}, b"x"))
     assert status == 404
     status, err = error_of(multipart({}, bytes(3 * 2**20)))  # the server takes 2 MiB

@@ -61,8 +61,7 @@ def target_language(value: str) -> str:
     if key in LANGUAGES.values():
         return key.capitalize()
     raise InvalidRequestError(
-        f"unknown target language '{value[:40]}'; use an ISO 639-1 code or name: {', '.join(LANGUAGES)}",
-        "to_language",
+        f"unknown target language '{value[:40]}'; use an ISO 639-1 code or name: {', '.join(LANGUAGES)}", "to_language"
     )
 
 
@@ -143,9 +142,7 @@ class _Joiner:
         return out
 
 
-def segmented(
-    pipeline, stream: AudioStream, prompt: Callable[[int], list[int]], opts, split: SplitOptions
-) -> Iterator:
+def segmented(pipeline, stream: AudioStream, prompt: Callable[[int], list[int]], opts, split: SplitOptions) -> Iterator:
     """The request's generator: Progress, Token deltas, each Segment as it completes, then Done with all of them.
     `prompt(n_audio_tokens)` builds one segment's prompt ids (transcription or translation)."""
     from .pipeline import Done, Token, Usage
