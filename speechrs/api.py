@@ -7,10 +7,14 @@ dataclasses the server builds. One object serves one request at a time.
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from . import subtitles
 from .dia.events import AudioChunk, SpeakOptions, SpeechResult, Step
 from .engine import Engine, Loaded, load_pipeline
+from .errors import InvalidRequestError, SpeechrsError
 from .messages import parse_messages
+from .vad import SplitOptions
 from .voxtral.pipeline import Done, GenerationOptions, Token, Usage
+from .voxtral.transcript import Segment
 
 DEFAULT_VOXTRAL = "mistralai/Voxtral-Mini-3B-2507"
 
@@ -20,6 +24,18 @@ class TextResult:
     text: str
     finish_reason: str  # "stop" or "length"
     usage: Usage
+    segments: list[Segment] | None = None  # with timestamps=True, or audio too long for one prompt
+
+    def srt(self) -> str:
+        return subtitles.srt(self._timed())
+
+    def vtt(self) -> str:
+        return subtitles.vtt(self._timed())
+
+    def _timed(self) -> list[Segment]:
+        if self.segments is None:
+            raise SpeechrsError("this transcript has no segments; ask for them with timestamps=True")
+        return self.segments
 
 
 class VoxtralModel:
@@ -29,13 +45,33 @@ class VoxtralModel:
         self.loaded, self.source, self.model_id, self.plan = loaded, loaded.source, loaded.name, loaded.plan
         self.pipeline = loaded.voxtral
 
-    def transcribe(self, audio, language: str | None = None, **options) -> TextResult:
-        """audio: a path, file:// or data: URL, encoded bytes, or (float array, sample rate)."""
-        return _collect(self.transcribe_stream(audio, language, **options))
+    def transcribe(
+        self, audio, language: str | None = None, timestamps: bool = False, max_segment_s: float = 30.0, **options
+    ) -> TextResult:
+        """audio: a path, file:// or data: URL, encoded bytes, or (float array, sample rate), of any length.
+        timestamps=True (or audio too long for one prompt) transcribes it segment by segment, split at pauses
+        into pieces of at most max_segment_s: the result's `segments` have start and end times."""
+        return _collect(self.transcribe_stream(audio, language, timestamps, max_segment_s, **options))
 
-    def transcribe_stream(self, audio, language: str | None = None, **options) -> Iterator[Token | Done]:
-        opts = GenerationOptions(**options)
-        return Engine.run(lambda: self.pipeline.transcribe(audio, language, opts))
+    def transcribe_stream(
+        self, audio, language: str | None = None, timestamps: bool = False, max_segment_s: float = 30.0, **options
+    ) -> Iterator:
+        """Token events, then Done; segmented requests also give Progress and each Segment as it ends."""
+        opts, split = GenerationOptions(**options), _split(max_segment_s)
+        return Engine.run(lambda: self.pipeline.transcribe(audio, language, opts, timestamps, split))
+
+    def translate(
+        self, audio, to_language: str = "en", timestamps: bool = False, max_segment_s: float = 30.0, **options
+    ) -> TextResult:
+        """Speech in any language -> text in to_language (an ISO 639-1 code or an English name), by Voxtral's chat
+        prompt; segments as in transcribe()."""
+        return _collect(self.translate_stream(audio, to_language, timestamps, max_segment_s, **options))
+
+    def translate_stream(
+        self, audio, to_language: str = "en", timestamps: bool = False, max_segment_s: float = 30.0, **options
+    ) -> Iterator:
+        opts, split = GenerationOptions(**options), _split(max_segment_s)
+        return Engine.run(lambda: self.pipeline.translate(audio, to_language, opts, timestamps, split))
 
     def chat(self, messages: list[dict], **options) -> TextResult:
         """messages: OpenAI-style dicts; audio parts as audio_url, input_audio or {"type": "audio", "audio": x}."""
@@ -72,11 +108,17 @@ class DiaModel:
         )
 
 
-def _collect(events: Iterator[Token | Done]) -> TextResult:
+def _collect(events: Iterator) -> TextResult:
     for event in events:
         if isinstance(event, Done):
-            return TextResult(event.text, event.finish_reason, event.usage)
+            return TextResult(event.text, event.finish_reason, event.usage, event.segments)
     raise RuntimeError("generation ended without a Done event")
+
+
+def _split(max_segment_s: float) -> SplitOptions:
+    if not 1.0 <= max_segment_s <= 30.0:  # a segment is one 30 s encoder chunk at most
+        raise InvalidRequestError(f"max_segment_s must be in [1, 30], got {max_segment_s:g}", "max_segment_s")
+    return SplitOptions(max_segment_s=max_segment_s)
 
 
 def load(

@@ -2,7 +2,6 @@
 
 import contextlib
 import itertools
-import json
 import logging
 import sys
 import time
@@ -29,6 +28,9 @@ err = Console(stderr=True, soft_wrap=True)  # one message, one line: no hard wra
 class OutputFormat(str, Enum):
     text = "text"
     json = "json"
+    verbose_json = "verbose_json"
+    srt = "srt"
+    vtt = "vtt"
 
 
 class AudioFormat(str, Enum):
@@ -69,11 +71,26 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 @app.command()
 def transcribe(
-    audio: Annotated[Path, typer.Argument(help="Audio file: wav, flac, ogg or mp3, any rate and channel count.")],
+    audio: Annotated[Path, typer.Argument(help="Audio file of any length: wav, flac, ogg or mp3, any rate/channels.")],
     model: Annotated[
         str, typer.Option("-m", "--model", help="Hub id or local directory.")
     ] = "mistralai/Voxtral-Mini-3B-2507",
     language: Annotated[str | None, typer.Option(help="ISO 639-1 code, e.g. en; omit to let the model choose.")] = None,
+    translate_to: Annotated[
+        str | None, typer.Option(help="Translate the speech into this language (code or name, e.g. fr).")
+    ] = None,
+    output_format: Annotated[
+        OutputFormat | None,
+        typer.Option(
+            "--format",
+            help="text, json (with usage), verbose_json (segments with start/end), srt or vtt "
+            "\\[default: from -o's suffix (.txt .json .srt .vtt), else text]",
+        ),
+    ] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the transcript here.")] = None,
+    max_segment_seconds: Annotated[
+        float, typer.Option(help="Longest segment (1-30 s); shorter gives shorter subtitle cues at more compute.")
+    ] = 30.0,
     max_tokens: Annotated[
         int | None, typer.Option(help="Most tokens to generate \\[default: one per audio token]")
     ] = None,
@@ -83,43 +100,41 @@ def transcribe(
     dtype: Annotated[DType, typer.Option(help=DTYPE_HELP)] = DType.auto,
     quantize: Annotated[Quantize, typer.Option(help=QUANTIZE_HELP)] = Quantize.none,
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")] = "auto",
-    output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="text, or json with usage.")
-    ] = OutputFormat.text,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress on stderr.")] = False,
 ):
-    """Transcribe an audio file with Voxtral; the text goes to stdout."""
+    """Transcribe (or translate) an audio file with Voxtral; the text goes to stdout or -o FILE.
+
+    Subtitles, verbose_json and audio too long for one prompt go segment by segment (split at pauses)."""
+    from . import subtitles
     from .api import VoxtralModel
+    from .cli_transcript import render, run_transcript, write
 
     if not audio.is_file():
         _fail(f"audio file not found: {audio}")
+    if output is not None and output_format is None and output.suffix.lower() not in subtitles.SUFFIX_FORMATS:
+        _fail(f"cannot tell the format from '{output.name}': use .txt, .json, .srt or .vtt, or give --format")
+    fmt = subtitles.format_for(output, output_format.value if output_format else None)
     try:
         loaded = _load(model, dtype.value, device, quiet, quantize=quantize.value)
         if not isinstance(loaded, VoxtralModel):
             _fail(f"{model} is not a Voxtral model; transcribe needs audio-in, text-out")
-        events = loaded.transcribe_stream(
-            str(audio), language, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed
-        )
-        done = _run_text(events, stream=output_format == OutputFormat.text, quiet=quiet)
+        options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        timestamps = fmt in ("verbose_json", "srt", "vtt")
+        if translate_to:
+            events = loaded.translate_stream(str(audio), translate_to, timestamps, max_segment_seconds, **options)
+        else:
+            events = loaded.transcribe_stream(str(audio), language, timestamps, max_segment_seconds, **options)
+        done = run_transcript(events, stream_stdout=fmt == "text" and output is None, quiet=quiet, err=err)
+        if done is None:
+            _fail("the transcription ended without a result")
+        if not (fmt == "text" and output is None):  # streamed text is on stdout already
+            write(render(done, fmt, language, translate_to), output)
     except SpeechrsError as e:
         _fail(str(e))
-    if output_format == OutputFormat.json:
-        u = done.usage
-        print(
-            json.dumps(
-                {
-                    "text": done.text,
-                    "finish_reason": done.finish_reason,
-                    "usage": {
-                        "prompt_tokens": u.prompt_tokens,
-                        "completion_tokens": u.completion_tokens,
-                        "total_tokens": u.total_tokens,
-                        "audio_seconds": round(u.audio_seconds, 3),
-                    },
-                },
-                ensure_ascii=False,
-            )
-        )
+    except OSError as e:
+        _fail(f"cannot write {output}: {e.strerror}")
+    if output is not None and not quiet:
+        err.print(f"wrote {output} ({fmt})", highlight=False)
 
 
 @app.command()
@@ -377,38 +392,6 @@ def _load(
             highlight=False,
         )
     return loaded
-
-
-def _run_text(events, stream: bool, quiet: bool):
-    """Print token deltas as they come (text mode) and a tokens/s summary on stderr; return the Done event."""
-    from .voxtral.pipeline import Done, Token
-
-    done = None
-    status = err.status("encoding audio and prefilling", spinner="dots") if not quiet else _nullcontext()
-    with status:
-        first = True
-        for event in events:
-            if isinstance(event, Token):
-                if first and not quiet:
-                    status.stop()
-                first = False
-                if stream:
-                    sys.stdout.write(event.text)
-                    sys.stdout.flush()
-            elif isinstance(event, Done):
-                done = event
-    if stream:
-        sys.stdout.write("\n")
-    if not quiet and done is not None:
-        u = done.usage
-        decode_tps = (u.completion_tokens - 1) / u.decode_s if u.completion_tokens > 1 and u.decode_s > 0 else 0.0
-        err.print(
-            f"{u.audio_seconds:.1f} s audio, {u.prompt_tokens} prompt tokens: encode {u.encode_s:.2f} s, "
-            f"prefill {u.prefill_s:.2f} s, {u.completion_tokens} tokens at {decode_tps:.1f} tok/s "
-            f"({done.finish_reason})",
-            highlight=False,
-        )
-    return done
 
 
 class _nullcontext:

@@ -288,13 +288,13 @@ def transcription(text: str, usage: Usage) -> dict:
     }
 
 
-def verbose_transcript(req: TranscriptionRequest, done: Done) -> dict:
+def verbose_transcript(done: Done, language: str | None, to_language: str | None = None) -> dict:
     """OpenAI's verbose_json (TranscriptionVerbose / TranslationVerbose): language as an English name (the target's
     for a translation; "unknown" when none was given, as Voxtral does not report what it heard)."""
-    language = language_name(target_language(req.to_language) if req.to_language else req.language)
+    language = language_name(target_language(to_language) if to_language else language)
     duration = round(done.usage.audio_seconds, 3)
     return {
-        "task": "translate" if req.to_language else "transcribe",
+        "task": "translate" if to_language else "transcribe",
         "language": language,
         "duration": duration,
         "text": done.text,

@@ -47,7 +47,7 @@ async def _transcript(request: web.Request, translate: bool) -> web.StreamRespon
         text = (subtitles.srt if req.fmt == "srt" else subtitles.vtt)(done.segments or [])
         return web.Response(text=text, content_type=subtitles.CONTENT_TYPES[req.fmt])
     if req.fmt == "verbose_json":
-        return web.json_response(oa.verbose_transcript(req, done))
+        return web.json_response(oa.verbose_transcript(done, req.language, req.to_language))
     return web.json_response(oa.transcription(done.text, done.usage))
 
 
