@@ -245,7 +245,9 @@ def serve(
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")] = "auto",
     dac: Annotated[str | None, typer.Option(help="DAC for Dia models \\[default: the generation's]")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body or fetched audio, MiB.")] = 25.0,
-    max_audio_seconds: Annotated[float, typer.Option(help="Longest audio accepted per input.")] = 1800.0,
+    max_audio_seconds: Annotated[
+        float, typer.Option(help="Longest audio accepted per input (long audio is transcribed in segments).")
+    ] = 14400.0,
     allowed_local_media_path: Annotated[
         list[Path] | None,
         typer.Option(

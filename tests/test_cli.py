@@ -304,3 +304,42 @@ def test_an_unreachable_hub_gives_the_one_line_error_at_once(clip, tmp_path):
     )
     assert proc.returncode == 1 and time.perf_counter() - t0 < 30
     assert proc.stderr.count("\n") == 1 and "not in the local Hugging Face cache" in proc.stderr, proc.stderr
+
+
+def test_transcribe_writes_subtitles_and_verbose_json(native_dir, paused_speech, tmp_path):
+    import srt
+
+    import speechrs
+
+    path, truth, duration = paused_speech
+    expected = speechrs.load(str(native_dir)).transcribe(str(path), timestamps=True, max_tokens=4)
+    out = tmp_path / "talk.srt"
+    result = invoke("transcribe", path, "-m", native_dir, "--max-tokens", "4", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text() == expected.srt() and len(list(srt.parse(out.read_text()))) == 2
+    assert f"wrote {out} (srt)" in result.stderr and "in 2 segments" in result.stderr and result.stdout == ""
+    result = invoke("transcribe", path, "-m", native_dir, "--max-tokens", "4", "--format", "vtt", "-q")
+    assert result.exit_code == 0 and result.stdout == expected.vtt()
+    result = invoke("transcribe", path, "-m", native_dir, "--max-tokens", "4", "--format", "verbose_json", "-q")
+    body = json.loads(result.stdout)
+    assert body["text"] == expected.text and body["duration"] == pytest.approx(duration, abs=1e-3)
+    assert [s["end"] for s in body["segments"]] == [round(s.end, 3) for s in expected.segments]
+    result = invoke("transcribe", path, "-m", native_dir, "--translate-to", "fr", "--max-tokens", "4", "-q")
+    assert (
+        result.exit_code == 0
+        and result.stdout.strip()
+        == speechrs.load(str(native_dir)).translate(str(path), "fr", max_tokens=4).text.strip()
+    )
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["-o", "x.doc"], "cannot tell the format from 'x.doc'"),
+        (["--translate-to", "klingon"], "unknown target language 'klingon'"),
+        (["--format", "srt", "--max-segment-seconds", "90"], "max_segment_s must be in"),
+    ],
+)
+def test_transcript_option_errors_are_one_line(native_dir, clip, tmp_path, args, match):
+    result = invoke("transcribe", clip, "-m", native_dir, *[a if a != "x.doc" else tmp_path / a for a in args])
+    assert result.exit_code == 1 and match in result.stderr and len(result.stderr.strip().splitlines()) <= 2

@@ -83,8 +83,10 @@ def test_audio_longer_than_the_context_is_refused_in_chat_and_segmented_in_trans
     params = json.loads((small / "params.json").read_text())
     (small / "params.json").write_text(json.dumps({**params, "max_seq_len": 500}))
     p = VoxtralPipeline.load(small, "native")
-    with pytest.raises(AudioError, match="exceeds the model's context of 500"):
+    with pytest.raises(AudioError, match="more than the model's context of 500"):
         list(p.chat([("user", [Audio((noise(45.0), 16000)), "hi"])]))
+    with pytest.raises(AudioError, match="exceeds the model's context of 500"):  # audio fits, prompt with it not
+        list(p.chat([("user", [Audio((noise(25.0), 16000)), "hi " * 200])]))
     done = list(p.transcribe((noise(45.0), 16000)))[-1]
     assert isinstance(done, Done) and done.segments is not None  # no single prompt: segment by segment
 

@@ -139,9 +139,11 @@ class VoxtralPipeline:
     def _fits_one_prompt(self, seconds: float) -> bool:
         """Whether the audio's tokens, the prompt around them and a transcript as long (one token per audio token)
         fit in the model's context: 2 x 375 tokens per 30 s against 32k, about 21 minutes for Voxtral-Mini."""
+        return 2 * self._audio_tokens(seconds) + 32 <= self.model.cfg.max_seq_len
+
+    def _audio_tokens(self, seconds: float) -> int:
         f = self.framing
-        padded = -(-round(seconds * f.sampling_rate) // f.chunk_samples) * f.chunk_samples
-        return 2 * f.n_audio_tokens(padded) + 32 <= self.model.cfg.max_seq_len
+        return f.n_audio_tokens(-(-round(seconds * f.sampling_rate) // f.chunk_samples) * f.chunk_samples)
 
     def chat(
         self, messages: Sequence[tuple[str, list | str]], opts: GenerationOptions = GenerationOptions()
@@ -177,7 +179,14 @@ class VoxtralPipeline:
             i.logits = logits[b : b + 1]
 
     def _prepare_audio(self, source) -> tuple[torch.Tensor, int, float]:
-        """-> mel chunks (N, M, 3000), number of [AUDIO] tokens, duration in seconds."""
+        """-> mel chunks (N, M, 3000), number of [AUDIO] tokens, duration in seconds. Audio whose tokens alone
+        overflow the context is refused from its header, before hours of it are decoded."""
+        seconds = audio_io.open_stream(source, self.framing.sampling_rate, self.max_audio_s).duration_s
+        if self._audio_tokens(seconds) >= self.model.cfg.max_seq_len:
+            raise AudioError(
+                f"{seconds:.0f} s of audio is {self._audio_tokens(seconds)} tokens, more than the model's context of "
+                f"{self.model.cfg.max_seq_len} tokens; send shorter audio"
+            )
         pcm = audio_io.load(source, self.framing.sampling_rate, max_seconds=self.max_audio_s)  # before resampling
         return *self.mel_chunks(pcm), len(pcm) / self.framing.sampling_rate
 
