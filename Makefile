@@ -48,6 +48,9 @@ demo: $(DEMO_DIR)/voxtral-native/params.json $(DEMO_DIR)/dia-v01/config.json
 	$(VENV)/bin/speechrs transcribe tests/data/clip_en_16k.wav -m $(DEMO_DIR)/voxtral-native --language en --max-tokens 32
 	@echo "== the same weights in the HF layout, as JSON with usage =="
 	$(VENV)/bin/speechrs transcribe tests/data/clip_en_16k.wav -m $(DEMO_DIR)/voxtral-hf --language en --max-tokens 32 --format json
+	@echo "== subtitles: split at pauses into segments, each with its start and end (SubRip) =="
+	$(VENV)/bin/speechrs transcribe tests/data/clip_en_16k.wav -m $(DEMO_DIR)/voxtral-native --language en --max-tokens 16 -o $(DEMO_DIR)/clip.srt
+	cat $(DEMO_DIR)/clip.srt
 	@echo "== speechrs speak (tiny random-weight Dia v0.1 + random DAC in descript's layout: the audio is noise) =="
 	$(VENV)/bin/speechrs speak "[S1] Hello there. [S2] Hi! (laughs)" -m $(DEMO_DIR)/dia-v01 --dac $(DEMO_DIR)/dac-descript --seed 0 --max-tokens 256 -o $(DEMO_DIR)/out.wav
 	@echo "== the 0626 generation (HF layout) with transformers' DAC layout, greedy =="

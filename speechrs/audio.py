@@ -152,15 +152,20 @@ def open_stream(audio: AudioInput, sample_rate: int, max_seconds: float | None =
         rate, frames = int(audio[1]), len(pcm)
     else:
         text = "" if isinstance(audio, bytes) else str(audio)
+        name = text[:40] if text else "audio"
         if text.startswith("data:") or "://" in text:
             audio = _bytes_from_url(text)
         elif not isinstance(audio, bytes) and not Path(text).is_file():
             raise AudioError(f"audio file not found: {text}")
+        if (len(audio) if isinstance(audio, bytes) else Path(text).stat().st_size) == 0:
+            raise AudioError(f"{name} is empty")
         source = audio
         try:
             info = sf.info(io.BytesIO(audio) if isinstance(audio, bytes) else str(audio))
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
-            raise AudioError("cannot decode audio: not a readable wav/flac/ogg/mp3 file") from None
+        except sf.LibsndfileError as e:  # as decode() says it: libsndfile's reason, not a repr
+            raise AudioError(f"cannot decode {name}: not a readable wav/flac/ogg/mp3 file ({e.error_string})") from None
+        except (RuntimeError, TypeError, ValueError):
+            raise AudioError(f"cannot decode {name}: not a readable wav/flac/ogg/mp3 file") from None
         rate, frames = int(info.samplerate), int(info.frames)
         if frames <= 0:
             raise AudioError("audio contains no samples")

@@ -3,7 +3,7 @@ by iterating it, or batched with others by the engine's scheduler through `Voxtr
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from ..sampling import make_generator, sample_token
 from ..vad import SplitOptions
 from . import transcript
 from .checkpoint import load_voxtral
+from .events import Done, Token, Usage
 from .model import Voxtral
 from .tekken import AudioPart, Part, StreamDecoder, Tekken, chat_prompt, transcription_prompt
 
@@ -44,36 +45,6 @@ class Audio:
     """An audio part of a chat message; `source` is anything audio_io.load accepts."""
 
     source: audio_io.AudioInput
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    audio_seconds: float = 0.0
-    encode_s: float = 0.0  # mel + audio encoder + adapter
-    prefill_s: float = 0.0
-    decode_s: float = 0.0  # every step after the first token
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass
-class Token:
-    id: int  # -1 for the final flush of an incomplete UTF-8 sequence
-    text: str  # delta; may be "" while a UTF-8 character is incomplete
-
-
-@dataclass
-class Done:
-    text: str
-    finish_reason: str  # "stop" at </s>, "length" at max_tokens
-    usage: Usage = field(default_factory=Usage)
-    tokens: list[int] = field(default_factory=list)  # the generated ids, </s> excluded
-    avg_logprob: float = 0.0  # mean log-probability of the chosen tokens under the model (</s> included)
-    segments: "list | None" = None  # transcript.Segment list when the audio was transcribed in segments
 
 
 class VoxtralPipeline:

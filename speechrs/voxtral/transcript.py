@@ -6,12 +6,12 @@ audio lies in the file, so their precision is the splitter's (32 ms frames, 0.2 
 
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from ..audio import AudioStream
 from ..errors import InvalidRequestError
 from ..request import PAUSE
 from ..vad import SplitOptions, split_speech
+from .events import Done, Progress, Segment, Token, Usage
 
 # ISO 639-1 -> the lower-case English names OpenAI's verbose_json reports (Voxtral's eight first)
 LANGUAGES = {
@@ -70,47 +70,6 @@ def translation_instruction(language: str) -> str:
     return f"Translate this audio into {language}. Answer with the translation only."
 
 
-@dataclass
-class Segment:
-    """One transcribed piece of the audio, in OpenAI's verbose_json segment shape."""
-
-    id: int
-    start: float  # seconds of the original audio
-    end: float
-    text: str
-    tokens: list[int]
-    avg_logprob: float  # mean log-probability of the chosen tokens
-    compression_ratio: float  # text bytes / zlib-compressed bytes, as Whisper computes it (> 2.4: repetitive)
-    no_speech_prob: float  # from the voice-activity detector: 1 - the highest speech probability inside
-    temperature: float
-
-    @property
-    def seek(self) -> int:
-        return round(self.start * 100)  # Whisper's seek: the start in 10 ms mel frames
-
-    def as_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "seek": self.seek,
-            "start": round(self.start, 3),
-            "end": round(self.end, 3),
-            "text": self.text,
-            "tokens": self.tokens,
-            "temperature": self.temperature,
-            "avg_logprob": self.avg_logprob,
-            "compression_ratio": self.compression_ratio,
-            "no_speech_prob": self.no_speech_prob,
-        }
-
-
-@dataclass
-class Progress:
-    """Seconds of audio read (and split) so far, of the total; before the first segment and after each block."""
-
-    done_s: float
-    total_s: float
-
-
 def compression_ratio(text: str) -> float:
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
@@ -145,8 +104,6 @@ class _Joiner:
 def segmented(pipeline, stream: AudioStream, prompt: Callable[[int], list[int]], opts, split: SplitOptions) -> Iterator:
     """The request's generator: Progress, Token deltas, each Segment as it completes, then Done with all of them.
     `prompt(n_audio_tokens)` builds one segment's prompt ids (transcription or translation)."""
-    from .pipeline import Done, Token, Usage
-
     usage = Usage(audio_seconds=stream.duration_s)
     segments: list[Segment] = []
     joiner, finish = _Joiner(), "stop"
