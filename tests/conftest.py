@@ -9,6 +9,7 @@ sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS.parent / "benchmarks"))  # quality.py: the teacher-forced comparison the tests share
 
 import tiny  # noqa: E402
+from speech import SENTENCES, EspeakMissing, speech_with_pauses  # noqa: E402,F401  (tests import them from here)
 
 CLIP = TESTS / "data" / "clip_en_16k.wav"
 
@@ -108,43 +109,7 @@ def server(engine):
     s.close()
 
 
-# ---- real speech with known pauses: espeak-ng sentences joined by silences ----
-
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "Speech servers should give subtitles with the right times.",
-    "A third sentence closes this short test recording.",
-]
-PAUSE_S = 2.0
-
-
-def _espeak(text: str, path: Path) -> np.ndarray:
-    import shutil
-    import subprocess
-
-    import soundfile as sf
-
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (make test installs it with apt where it can)")
-    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
-    pcm, rate = sf.read(path, dtype="float32")
-    assert rate == 22050
-    loud = np.flatnonzero(np.abs(pcm) > 1e-3)
-    return pcm[loud[0] : loud[-1] + 1]  # the speech itself, without espeak's own lead-in and tail
-
-
-def speech_with_pauses(directory: Path, repeats: int = 1, sentences=SENTENCES, pause_s: float = PAUSE_S):
-    """-> (22.05 kHz samples, [(start, end)] of each spoken sentence in seconds): 0.5 s of silence, then the
-    sentences (repeated) with pause_s of silence after each."""
-    rate = 22050
-    spoken = [_espeak(s, directory / f"sentence{i}.wav") for i, s in enumerate(sentences)]
-    parts, truth, t = [np.zeros(rate // 2, np.float32)], [], rate // 2
-    for _ in range(repeats):
-        for pcm in spoken:
-            parts += [pcm, np.zeros(int(pause_s * rate), np.float32)]
-            truth.append((t / rate, (t + len(pcm)) / rate))
-            t += len(pcm) + int(pause_s * rate)
-    return np.concatenate(parts), truth
+# ---- real speech with known pauses: espeak-ng sentences joined by silences (speech.py) ----
 
 
 @pytest.fixture(scope="session")
@@ -153,6 +118,9 @@ def paused_speech(tmp_path_factory):
     import soundfile as sf
 
     d = tmp_path_factory.mktemp("speech")
-    pcm, truth = speech_with_pauses(d, repeats=3)
+    try:
+        pcm, truth = speech_with_pauses(d, repeats=3)
+    except EspeakMissing as e:
+        pytest.skip(str(e))
     sf.write(d / "paused.wav", pcm, 22050)
     return d / "paused.wav", truth, len(pcm) / 22050
