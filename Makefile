@@ -28,11 +28,20 @@ lint: $(VENV)/.test
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# espeak-ng speaks the test sentences whose pauses segment timestamps are checked against (skipped without it)
+# Debian packages the tests use where the machine allows (root and apt): espeak-ng speaks the sentences whose
+# pauses segment timestamps are checked against; chromium runs the page at / headless. Without them, those tests
+# are skipped and say why.
+TEST_PACKAGES = espeak-ng chromium
 test-tools:
-	@command -v espeak-ng >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
-		(apt-get install -y -q espeak-ng >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null)); } || \
-		echo "note: espeak-ng could not be installed; the tests that need real speech will be skipped"
+	@missing=""; for p in $(TEST_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			echo "installing$$missing (apt)"; \
+			apt-get install -y -q $$missing >/dev/null 2>&1 || \
+				(apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$missing >/dev/null 2>&1) || \
+				echo "note: could not install$$missing; the tests that need them will be skipped"; \
+		else echo "note:$$missing not installed and no root apt here; the tests that need them will be skipped"; fi; \
+	fi
 
 test: lint test-tools
 	$(PY) -m pytest -q

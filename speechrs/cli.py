@@ -285,8 +285,9 @@ def serve(
     shutdown_grace: Annotated[
         float, typer.Option(min=0, help="On SIGTERM: seconds the running request may finish; queued ones get 503.")
     ] = 30.0,
+    no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not serve the page at / (speak and transcribe).")] = False,
 ):
-    """Serve the models over an OpenAI-compatible HTTP API."""
+    """Serve the models over an OpenAI-compatible HTTP API, and a page at / to try them in a browser."""
     from .guard import Security
     from .server import run
 
@@ -304,6 +305,7 @@ def serve(
             request_timeout_s=request_timeout,
             body_timeout_s=body_timeout,
             shutdown_grace_s=shutdown_grace,
+            ui=not no_ui,
             security=Security(api_key or None, tuple(allowed_host or ()), tuple(cors_origin or ())),
             host=host,
             port=port,

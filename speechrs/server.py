@@ -232,10 +232,11 @@ def make_app(
     security: Security | None = None,
     bound_host: str | None = None,
     body_timeout_s: float = 30.0,
+    ui: bool = True,
 ) -> web.Application:
     """The app over `engine`: media under `policy`, and the Host / content-type / API-key / CORS rules of
     `security` (guard.py; loopback Host names and `bound_host` are always allowed); a client has body_timeout_s
-    to send its whole body."""
+    to send its whole body; `ui` adds the page at / (speechrs/web)."""
     guard = make_guard(security or Security(), bound_host)
     app = web.Application(middlewares=[errors, guard], client_max_size=max_upload_bytes)
     app.on_response_prepare.append(add_cors_headers)
@@ -252,6 +253,10 @@ def make_app(
             web.get("/metrics", metrics),
         ]
     )
+    if ui:  # the page at / (speechrs/web): static files over the same public API
+        from . import web as page
+
+        app.router.add_routes(page.routes())
 
     async def worker(app: web.Application):
         app[ENGINE].start()
@@ -318,6 +323,7 @@ def run(
     request_timeout_s: float | None = None,
     body_timeout_s: float = 30.0,
     shutdown_grace_s: float = 30.0,
+    ui: bool = True,
     log=print,
 ) -> None:
     """Load, warm up and serve until interrupted. file:// audio is open on loopback hosts, else per allowed_dirs."""
@@ -348,8 +354,10 @@ def run(
         allow_private_hosts=allow_private_hosts,
     )
     log(f"serving {', '.join(m.name for m in engine.models)} on http://{host}:{port}/v1")
+    if ui:
+        log(f"a page to try them: http://{'localhost' if is_loopback(host) else host}:{port}/")
     web.run_app(
-        make_app(engine, policy, max_upload_bytes, security, bound_host=host, body_timeout_s=body_timeout_s),
+        make_app(engine, policy, max_upload_bytes, security, bound_host=host, body_timeout_s=body_timeout_s, ui=ui),
         host=host,
         port=port,
         handler_cancellation=True,

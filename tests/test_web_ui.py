@@ -1,0 +1,156 @@
+"""The page at / in a real browser: Debian's headless chromium driven by Playwright against the server on the tiny
+checkpoints. It types, clicks and uploads as a user would, and checks what the page shows and keeps against the
+Python API on the same models. Screenshots go to $SPEECHRS_SCREENSHOTS (a directory) when it is set."""
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import speechrs
+from speechrs.audio import to_s16le
+from speechrs.dia.pipeline import AudioChunk
+
+SPEAK = "[S1] Hello there. [S2] Hi! (laughs)"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine (make test installs Debian's chromium with apt where it can)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test extra: pip install -e '.[test]'")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    page = browser.new_page(viewport={"width": 900, "height": 1100})
+    failed: list[str] = []
+    page.on("requestfailed", lambda r: failed.append(r.url))
+    page.on("request", lambda r: failed.append(r.url) if not r.url.startswith((server.url, "blob:", "data:")) else None)
+    page.goto(server.url + "/")
+    yield page
+    page.close()
+    assert not failed, f"the page reached beyond the server or failed a request: {failed}"
+
+
+def screenshot(page, name: str) -> None:
+    directory = os.environ.get("SPEECHRS_SCREENSHOTS")
+    if directory:
+        page.screenshot(path=str(Path(directory) / name), full_page=True)
+
+
+def audio_bytes(page) -> bytes:
+    data = page.evaluate(
+        """async () => {
+            const buffer = await (await fetch(document.getElementById('speech-audio').src)).arrayBuffer();
+            return Array.from(new Uint8Array(buffer));
+        }"""
+    )
+    return bytes(data)
+
+
+def test_speak_streams_then_keeps_a_playable_wav(page, dia_dirs, dac_dirs):
+    page.wait_for_selector("#speak:not([hidden])")
+    assert "tiny-dia (dia)" in page.inner_text("#models")
+    page.fill("#speak-text", SPEAK)
+    page.fill("#seed", "3")
+    page.fill("#max-tokens", "60")
+    page.click("#speak-button")
+    # selectors, not wait_for_function: the page's CSP forbids the eval that Playwright's predicates use
+    page.wait_for_selector("#speech-audio[src^='blob:']", timeout=120_000)
+    duration = page.evaluate(
+        """() => new Promise((done) => {
+            const a = document.getElementById('speech-audio');
+            if (a.readyState >= 1) done(a.duration); else a.onloadedmetadata = () => done(a.duration);
+        })"""
+    )
+    tts = speechrs.load(str(dia_dirs[0]), dac=str(dac_dirs[0]))
+    streamed = np.concatenate(
+        [e.pcm for e in tts.speak_stream(SPEAK, stream_audio=True, seed=3, max_tokens=60) if isinstance(e, AudioChunk)]
+    )
+    wav = audio_bytes(page)
+    pcm, rate = sf.read(io.BytesIO(wav), dtype="int16")
+    assert rate == 44100 and pcm.tobytes() == to_s16le(streamed)  # the very samples the server streamed
+    assert duration == pytest.approx(len(streamed) / 44100, abs=1e-3)
+    assert not page.is_hidden("#speech-download") and "x real time" in page.inner_text("#figures")
+    assert page.is_hidden("#error")
+    screenshot(page, "speak.png")
+
+
+def test_transcribe_an_upload_streams_text_and_segments(page, native_dir, clip):
+    page.wait_for_selector("#transcribe:not([hidden])")
+    page.set_input_files("#audio-file", str(clip))
+    page.select_option("#language", "en")
+    page.click("#transcribe-button")
+    page.wait_for_selector("#transcribe-status:has-text('segment')", timeout=120_000)
+    expected = speechrs.load(str(native_dir)).transcribe(str(clip), "en", timestamps=True)
+    assert page.inner_text("#transcript") == expected.text
+    items = page.query_selector_all("#segments li")
+    assert len(items) == len(expected.segments) >= 1
+    assert items[0].inner_text().startswith(f"{expected.segments[0].start:.2f}–{expected.segments[0].end:.2f} s")
+    assert not page.is_hidden("#srt-download") and "tok/s" in page.inner_text("#figures")
+    screenshot(page, "transcribe.png")
+
+
+def test_errors_are_shown_as_sentences(page):
+    page.wait_for_selector("#speak:not([hidden])")
+    page.fill("#speak-text", "x" * 1500)  # over Dia's 1024-byte limit: a 400 from the server
+    page.click("#speak-button")
+    page.wait_for_selector("#error:not([hidden])")
+    message = page.inner_text("#error")
+    assert "1024" in message and "{" not in message  # the error's message, not its JSON
+    page.click("#transcribe-button")  # nothing chosen: said on the page, no request
+    page.wait_for_selector("#error:has-text('Choose an audio file')")
+
+
+def test_api_key_is_asked_for_and_sent(browser, engine):
+    from http_server import Server
+
+    from speechrs.guard import Security
+    from speechrs.server import make_app
+
+    server = Server(make_app(engine, security=Security(api_key="sesame")))
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/")  # the page itself needs no key; the API does
+        page.wait_for_selector("#key-form:not([hidden])")
+        assert "API key" in page.inner_text("#error")
+        page.fill("#api-key", "sesame")
+        page.click("#key-form button")
+        page.wait_for_selector("#speak:not([hidden])")
+        assert "tiny-voxtral" in page.inner_text("#models") and page.is_hidden("#key-form")
+        page.close()
+    finally:
+        server.close()
+
+
+def test_no_ui_leaves_the_page_out(engine):
+    from http_server import Server, request
+
+    from speechrs.server import make_app
+
+    server = Server(make_app(engine, ui=False))
+    try:
+        assert request(server, "GET", "/")[0] == 404
+    finally:
+        server.close()
+    server = Server(make_app(engine))
+    try:
+        status, headers, body = request(server, "GET", "/")
+        assert status == 200 and b"<title>speechrs</title>" in body
+        assert "default-src 'self'" in headers["Content-Security-Policy"]
+        assert request(server, "GET", "/ui/app.js")[0] == 200
+        assert request(server, "GET", "/ui/__init__.py")[0] == 404  # only the page's own files
+    finally:
+        server.close()
