@@ -25,29 +25,31 @@ def browser():
         pytest.skip("no chromium on this machine (make test installs Debian's chromium with apt where it can)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test extra: pip install -e '.[test]'")
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
-        )
+        # a fake microphone (a tone) that needs no permission prompt, for the Record button
+        fake_mic = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", *fake_mic])
         yield b
         b.close()
 
 
 @pytest.fixture()
 def page(browser, server):
-    page = browser.new_page(viewport={"width": 900, "height": 1100})
+    context = browser.new_context(viewport={"width": 900, "height": 1100}, permissions=["microphone"])
+    page = context.new_page()
     failed: list[str] = []
     page.on("requestfailed", lambda r: failed.append(r.url))
     page.on("request", lambda r: failed.append(r.url) if not r.url.startswith((server.url, "blob:", "data:")) else None)
     page.goto(server.url + "/")
     yield page
-    page.close()
+    context.close()
     assert not failed, f"the page reached beyond the server or failed a request: {failed}"
 
 
-def screenshot(page, name: str) -> None:
-    directory = os.environ.get("SPEECHRS_SCREENSHOTS")
-    if directory:
-        page.screenshot(path=str(Path(directory) / name), full_page=True)
+def screenshot(page, name: str, tmp_path: Path) -> None:
+    """Into $SPEECHRS_SCREENSHOTS if set (to look at), else the test's temporary directory; a real PNG either way."""
+    path = Path(os.environ.get("SPEECHRS_SCREENSHOTS") or tmp_path) / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def audio_bytes(page) -> bytes:
@@ -60,7 +62,7 @@ def audio_bytes(page) -> bytes:
     return bytes(data)
 
 
-def test_speak_streams_then_keeps_a_playable_wav(page, dia_dirs, dac_dirs):
+def test_speak_streams_then_keeps_a_playable_wav(page, dia_dirs, dac_dirs, tmp_path):
     page.wait_for_selector("#speak:not([hidden])")
     assert "tiny-dia (dia)" in page.inner_text("#models")
     page.fill("#speak-text", SPEAK)
@@ -85,10 +87,10 @@ def test_speak_streams_then_keeps_a_playable_wav(page, dia_dirs, dac_dirs):
     assert duration == pytest.approx(len(streamed) / 44100, abs=1e-3)
     assert not page.is_hidden("#speech-download") and "x real time" in page.inner_text("#figures")
     assert page.is_hidden("#error")
-    screenshot(page, "speak.png")
+    screenshot(page, "speak.png", tmp_path)
 
 
-def test_transcribe_an_upload_streams_text_and_segments(page, native_dir, clip):
+def test_transcribe_an_upload_streams_text_and_segments(page, native_dir, clip, tmp_path):
     page.wait_for_selector("#transcribe:not([hidden])")
     page.set_input_files("#audio-file", str(clip))
     page.select_option("#language", "en")
@@ -100,7 +102,23 @@ def test_transcribe_an_upload_streams_text_and_segments(page, native_dir, clip):
     assert len(items) == len(expected.segments) >= 1
     assert items[0].inner_text().startswith(f"{expected.segments[0].start:.2f}–{expected.segments[0].end:.2f} s")
     assert not page.is_hidden("#srt-download") and "tok/s" in page.inner_text("#figures")
-    screenshot(page, "transcribe.png")
+    screenshot(page, "transcribe.png", tmp_path)
+
+
+def test_record_from_the_microphone_then_transcribe(page):
+    """Chromium's fake microphone: MediaRecorder's webm is decoded by the page and sent as a WAV the server reads."""
+    page.wait_for_selector("#transcribe:not([hidden])")
+    page.click("#record-button")
+    page.wait_for_selector("#record-button.recording, #error:not([hidden])")
+    assert page.is_hidden("#error"), page.inner_text("#error")
+    page.wait_for_timeout(1500)
+    page.click("#record-button")
+    page.wait_for_selector("#transcribe-status:has-text('recorded')", timeout=30_000)
+    seconds = float(page.inner_text("#transcribe-status").split()[1])
+    assert 1.0 <= seconds <= 3.0
+    page.click("#transcribe-button")
+    page.wait_for_selector("#transcribe-status:has-text('segment')", timeout=120_000)
+    assert page.is_hidden("#error")  # the server decoded the page's WAV (a webm upload would be a 400)
 
 
 def test_errors_are_shown_as_sentences(page):
