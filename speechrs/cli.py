@@ -176,10 +176,20 @@ def speak(
     dtype: Annotated[DType, typer.Option(help=DTYPE_HELP)] = DType.auto,
     quantize: Annotated[Quantize, typer.Option(help=QUANTIZE_HELP)] = Quantize.none,
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")] = "auto",
+    captions: Annotated[
+        Path | None, typer.Option(help="Also write captions, one per piece of the script: .srt or .vtt")
+    ] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress on stderr.")] = False,
 ):
-    """Speak TEXT with Dia and write a 44.1 kHz mono file."""
+    """Speak TEXT with Dia and write a 44.1 kHz mono file.
+
+    Text of any length: a long script is spoken piece by piece (speaker turns, then sentences), each piece in
+    the voices of the one before."""
+    from . import subtitles
     from .api import DiaModel
+
+    if captions is not None and captions.suffix.lower() not in (".srt", ".vtt"):
+        _fail(f"--captions takes a .srt or .vtt file, not '{captions.name}'")
 
     if text_file is not None:
         try:
@@ -221,13 +231,18 @@ def speak(
             result = _run_speech(events, quiet)
             with _open_output(output) as out:
                 out.write(wav_bytes(result.pcm, result.sample_rate) if wav else to_s16le(result.pcm))
+        if captions is not None:
+            timed = subtitles.srt if captions.suffix.lower() == ".srt" else subtitles.vtt
+            captions.write_text(timed(result.segments), encoding="utf-8")
     except SpeechrsError as e:
         _fail(str(e))
     except OSError as e:
-        _fail(f"cannot write {output}: {e.strerror}")
+        _fail(f"cannot write {e.filename or output}: {e.strerror}")
     if not quiet:
+        pieces = f" in {len(result.segments)} pieces" if len(result.segments) > 1 else ""
         err.print(
-            f"wrote {output} ({result.duration_s:.2f} s, {result.sample_rate} Hz mono, {output_format.value})",
+            f"wrote {output} ({result.duration_s:.2f} s{pieces}, {result.sample_rate} Hz mono, {output_format.value})"
+            + (f" and {captions}" if captions is not None else ""),
             highlight=False,
         )
 
@@ -248,6 +263,9 @@ def serve(
     max_audio_seconds: Annotated[
         float, typer.Option(help="Longest audio accepted per input (long audio is transcribed in segments).")
     ] = 14400.0,
+    max_input_chars: Annotated[
+        int, typer.Option(min=1, help="Longest text accepted per speech request (long scripts go piece by piece).")
+    ] = 20000,
     allowed_local_media_path: Annotated[
         list[Path] | None,
         typer.Option(
@@ -314,6 +332,7 @@ def serve(
             dac=dac,
             max_upload_bytes=int(max_upload_mb * 2**20),
             max_audio_s=max_audio_seconds,
+            max_input_chars=max_input_chars,
             allowed_dirs=tuple(allowed_local_media_path or ()),
             allow_private_hosts=allow_private_media,
             warmup=warmup,
@@ -352,7 +371,7 @@ def _run_speech(events, quiet: bool, on_audio=None):
     t0 = time.perf_counter()
     result = None
     with Progress(
-        TextColumn("decoding"),
+        TextColumn("decoding{task.fields[piece]}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} steps"),
         TextColumn("{task.fields[audio]:.1f} s audio"),
@@ -361,10 +380,13 @@ def _run_speech(events, quiet: bool, on_audio=None):
         disable=quiet,
         transient=True,
     ) as progress:
-        task = progress.add_task("decode", total=None, audio=0.0)
+        task = progress.add_task("decode", total=None, audio=0.0, piece="")
         for event in events:
             if isinstance(event, Step):
-                progress.update(task, completed=event.step, total=event.max_steps, audio=event.frames / 86.13)
+                piece = f" piece {event.piece + 1}/{event.pieces}" if event.pieces > 1 else ""
+                progress.update(
+                    task, completed=event.step, total=event.max_steps, audio=event.frames / 86.13, piece=piece
+                )
             elif isinstance(event, AudioChunk) and on_audio is not None:
                 on_audio(event.pcm)
             elif isinstance(event, SpeechResult):

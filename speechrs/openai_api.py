@@ -154,11 +154,15 @@ def speech_content_type(fmt: str, rate: int) -> str:
     return ENCODED_FORMATS[fmt][3]
 
 
-def speech_done(n_in: int, steps: int) -> dict:
-    """The last SSE event: input tokens are Dia's text bytes, output tokens its decoder steps."""
+def speech_done(n_in: int, steps: int, segments=()) -> dict:
+    """The last SSE event: input tokens are Dia's text bytes, output tokens its decoder steps; `segments` (an
+    extension) are the script's pieces with their start and end in the audio, for captions."""
     return {
         "type": "speech.audio.done",
         "usage": {"input_tokens": n_in, "output_tokens": steps, "total_tokens": n_in + steps},
+        "segments": [
+            {"id": s.id, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in segments
+        ],
     }
 
 

@@ -197,7 +197,8 @@ async def _speech_stream(request, pipeline, first, events, fmt: str, stream_form
         elif isinstance(event, SpeechResult):
             _count_speech(request, event, t0)
             if stream_format == "sse":
-                await send_event(resp, oa.speech_done(event.timings["text_tokens"], event.timings["steps"]))
+                done = oa.speech_done(event.timings["text_tokens"], event.timings["steps"], event.segments)
+                await send_event(resp, done)
         event = await first_event(events)
     await resp.write_eof()
     return resp
@@ -278,6 +279,7 @@ def build(
     device="auto",
     dac=None,
     max_audio_s=None,
+    max_input_chars: int | None = None,
     quantize: list[str] | None = None,
     max_queue: int | None = None,
     max_batch: int | None = None,
@@ -293,6 +295,8 @@ def build(
         m = load_pipeline(name, dtype, device, dac, q)
         if m.family == "voxtral":
             m.voxtral.max_audio_s = max_audio_s
+        else:
+            m.dia.max_input_chars = max_input_chars
         loaded.append(m)
         log(
             f"loaded {name} ({m.family}, {m.source.layout} layout) in {time.perf_counter() - t0:.1f} s; "
@@ -313,6 +317,7 @@ def run(
     dac: str | None,
     max_upload_bytes: int,
     max_audio_s: float,
+    max_input_chars: int | None = None,
     allowed_dirs: tuple,
     allow_private_hosts: bool,
     warmup: bool,
@@ -339,6 +344,7 @@ def run(
         device=device,
         dac=dac,
         max_audio_s=max_audio_s,
+        max_input_chars=max_input_chars,
         quantize=quantize,
         max_queue=max_queue,
         max_batch=max_batch,

@@ -123,11 +123,11 @@ def test_record_from_the_microphone_then_transcribe(page):
 
 def test_errors_are_shown_as_sentences(page):
     page.wait_for_selector("#speak:not([hidden])")
-    page.fill("#speak-text", "x" * 1500)  # over Dia's 1024-byte limit: a 400 from the server
+    page.fill("#cfg-scale", "1000")  # out of range: a 400 from the server
     page.click("#speak-button")
     page.wait_for_selector("#error:not([hidden])")
     message = page.inner_text("#error")
-    assert "1024" in message and "{" not in message  # the error's message, not its JSON
+    assert "cfg_scale must be in [1, 100]" in message and "{" not in message  # the error's message, not its JSON
     page.click("#transcribe-button")  # nothing chosen: said on the page, no request
     page.wait_for_selector("#error:has-text('Choose an audio file')")
 

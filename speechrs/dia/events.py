@@ -39,9 +39,21 @@ class SpeakSettings:
 
 @dataclass
 class Step:
-    step: int  # decoder steps done
+    step: int  # decoder steps done (in this piece)
     max_steps: int  # upper bound, for a progress bar
     frames: int = 0  # complete audio frames (512 samples each) so far: all 9 channels known
+    piece: int = 0  # which piece of a long script (script.py) this step belongs to
+    pieces: int = 1
+
+
+@dataclass
+class SpeechSegment:
+    """One piece of the script and where it lies in the audio (seconds): a caption (subtitles.srt / .vtt)."""
+
+    id: int
+    start: float
+    end: float
+    text: str
 
 
 @dataclass
@@ -59,6 +71,7 @@ class SpeechResult:
     codes: np.ndarray  # (T, C) undelayed codes, int64
     channels: int = 1
     timings: dict = field(default_factory=dict)  # steps, text_tokens (with a reference's transcript), decode_s, dac_s
+    segments: list[SpeechSegment] = field(default_factory=list)  # the pieces of the script with their times
 
     @property
     def duration_s(self) -> float:

@@ -20,10 +20,11 @@ from ..errors import AudioTooLongError, InvalidRequestError
 from ..request import Request, StepInput
 from ..sampling import dia_pick, make_generator
 from .checkpoint import load_dia
-from .config import HF_0626, NARI_V01, DiaConfig
+from .config import HF_0626, NARI_V01
 from .dac import DAC, load_dac
-from .events import AudioChunk, SpeakOptions, SpeakSettings, SpeechResult, Step
+from .events import AudioChunk, SpeakOptions, SpeakSettings, SpeechResult, SpeechSegment, Step
 from .model import Dia, DiaSegment
+from .script import PIECE_BYTES, encode_text, speak_script, split_script
 from .streaming import speak_streamed
 
 # Per-generation sampling defaults, one place. v0.1: mistral.rs SpeechGenerationConfig::default.
@@ -34,17 +35,12 @@ DEFAULTS = {
 }
 
 
-def encode_text(text: str, cfg: DiaConfig) -> list[int]:
-    """UTF-8 bytes with [S1] -> 0x01 and [S2] -> 0x02 (nari, transformers' DiaTokenizer)."""
-    if not text or not text.strip():
-        raise InvalidRequestError("text is empty; give something to say, e.g. '[S1] Hello.'")
-    data = text.replace("[S1]", "\x01").replace("[S2]", "\x02").encode("utf-8")
-    if len(data) > cfg.text_length:
-        raise InvalidRequestError(
-            f"text is {len(data)} bytes; Dia takes at most {cfg.text_length} "
-            "(about 20 s of speech): split it into shorter requests"
-        )
-    return list(data)
+def _captioned(steps: Iterator, text: str) -> Iterator:
+    """A one-piece request's events, its result given its one caption."""
+    for event in steps:
+        if isinstance(event, SpeechResult):
+            event.segments = [SpeechSegment(0, 0.0, event.duration_s, text)]
+        yield event
 
 
 def delay(codes_TxC: torch.Tensor, delays: list[int], bos: int, pad: int) -> torch.Tensor:
@@ -70,6 +66,7 @@ class DiaPipeline:
         self.device = model.decoder.embeddings.embed.weight.device
         self.defaults = DEFAULTS[self.cfg.generation]
         self.voices: OrderedDict = OrderedDict()  # recent reference encodings (voices.py)
+        self.max_input_chars: int | None = None  # a server's limit on a request's text (--max-input-chars)
 
     @classmethod
     def load(
@@ -135,12 +132,23 @@ class DiaPipeline:
         settings = self.options(opts, stream_audio)
         if self.dac is None:  # before any work
             raise InvalidRequestError("no DAC decoder loaded; pass a DAC checkpoint (--dac)")
-        text_ids, prompt = encode_text(text, self.cfg), None  # text errors before the reference is encoded
+        if self.max_input_chars is not None and len(text) > self.max_input_chars:
+            raise InvalidRequestError(
+                f"input is {len(text)} characters; this server takes at most {self.max_input_chars}", "input"
+            )
+        budget = min(PIECE_BYTES, (self.cfg.text_length - 2) // 2)  # a piece and its reference's text must fit
+        pieces = split_script(text, budget) if len(text.encode()) > budget else [text]
+        text_ids, prompt = encode_text(pieces[0], self.cfg), None  # text errors before the reference is encoded
         if ref_audio is not None or ref_text is not None:
-            text_ids, prompt = self._reference(text, ref_audio, ref_text, settings)
-        if stream_audio:
-            return Request(self, speak_streamed(self, text_ids, settings, prompt))
-        return Request(self, self._speak(text_ids, settings, prompt))
+            text_ids, prompt = self._reference(pieces[0], ref_audio, ref_text, settings)
+        if len(pieces) > 1:
+            return Request(self, speak_script(self, pieces, settings, stream_audio, prompt, ref_text))
+        steps = (
+            speak_streamed(self, text_ids, settings, prompt)
+            if stream_audio
+            else self.speak_piece(text_ids, settings, prompt)
+        )
+        return Request(self, _captioned(steps, text))
 
     @torch.inference_mode()
     def step(self, inputs: list[StepInput]) -> None:
@@ -260,7 +268,7 @@ class DiaPipeline:
             logits = pending.logits
             r += 1
 
-    def _speak(
+    def speak_piece(
         self, text_ids: list[int], opts: SpeakSettings, prompt: torch.Tensor | None = None
     ) -> Iterator[Step | SpeechResult | StepInput]:
         t0 = time.perf_counter()
