@@ -159,6 +159,9 @@ def speak(
     normalize: Annotated[
         bool | None, typer.Option(help="Loudness to -14 LUFS, then tanh \\[default: on, off with --stream]")
     ] = None,
+    speed: Annotated[
+        float | None, typer.Option(help="0.25-4.0: faster or slower speech at the same pitch \\[default: 1]")
+    ] = None,
     ref_audio: Annotated[
         Path | None, typer.Option(help="Clone this voice: a 5-10 s recording (with --ref-text)")
     ] = None,
@@ -214,6 +217,7 @@ def speak(
             top_k=top_k,
             max_tokens=max_tokens,
             normalize=normalize,
+            speed=speed,
         )
         from .audio import to_s16le, wav_bytes, wav_stream_header
 

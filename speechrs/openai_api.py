@@ -93,9 +93,10 @@ def chat_request(body: dict) -> tuple[str, list, GenerationOptions, bool, bool]:
 
 
 def speech_request(body: dict) -> tuple[str, str, str, SpeakOptions, str | None]:
-    """-> (model, input text, response_format, options, stream_format). voice, speed and instructions are
-    accepted, unused. stream_format "sse" streams pcm deltas; "audio" streams pcm and wav bytes as they are
-    made (other formats are encoded once the clip is whole); absent, the whole normalised file is returned."""
+    """-> (model, input text, response_format, options, stream_format). speed (0.25-4.0) time-stretches the audio
+    at the same pitch; voice and instructions are accepted, unused. stream_format "sse" streams pcm deltas;
+    "audio" streams pcm and wav bytes as they are made (other formats are encoded once the clip is whole); absent,
+    the whole normalised file is returned."""
     if not isinstance(body, dict):
         raise InvalidRequestError("the body must be a JSON object")
     text = body.get("input")
@@ -126,6 +127,7 @@ def speech_request(body: dict) -> tuple[str, str, str, SpeakOptions, str | None]
         cfg_scale=_number(body, "cfg_scale"),
         seed=_number(body, "seed", int),
         normalize=normalize,
+        speed=_number(body, "speed"),
     )
     return body.get("model") or "default", text, fmt, opts, stream_format
 

@@ -22,6 +22,7 @@ class SpeakOptions:
     # -14 LUFS then tanh (mistral.rs); False: the DAC output with descript's tanh. None: True for a whole clip,
     # False for streamed audio (integrated loudness needs the whole clip, so streamed audio cannot have it)
     normalize: bool | None = None
+    speed: float | None = None  # 0.25-4.0: a pitch-preserving time stretch of the audio (tempo.py); None: 1
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class SpeakSettings:
     normalize: bool
     max_tokens: int | None = None  # None: all the rows the config has room for after the reference
     seed: int | None = None
+    speed: float = 1.0
 
 
 @dataclass

@@ -26,6 +26,7 @@ from .events import AudioChunk, SpeakOptions, SpeakSettings, SpeechResult, Speec
 from .model import Dia, DiaSegment
 from .script import PIECE_BYTES, encode_text, speak_script, split_script
 from .streaming import speak_streamed
+from .tempo import check_speed, with_speed
 
 # Per-generation sampling defaults, one place. v0.1: mistral.rs SpeechGenerationConfig::default.
 # 0626: the published settings (nari README / hf.py, transformers docs), not the bare generate() signature.
@@ -102,6 +103,7 @@ class DiaPipeline:
             normalize=pick(opts.normalize, not stream_audio),
             max_tokens=opts.max_tokens,
             seed=opts.seed,
+            speed=check_speed(pick(opts.speed, 1.0)),
         )
         low = self.cfg.max_delay + 1
         if full.max_tokens is not None and not low <= full.max_tokens <= self.cfg.audio_length:
@@ -142,13 +144,12 @@ class DiaPipeline:
         if ref_audio is not None or ref_text is not None:
             text_ids, prompt = self._reference(pieces[0], ref_audio, ref_text, settings)
         if len(pieces) > 1:
-            return Request(self, speak_script(self, pieces, settings, stream_audio, prompt, ref_text))
-        steps = (
-            speak_streamed(self, text_ids, settings, prompt)
-            if stream_audio
-            else self.speak_piece(text_ids, settings, prompt)
-        )
-        return Request(self, _captioned(steps, text))
+            steps = speak_script(self, pieces, settings, stream_audio, prompt, ref_text)
+        elif stream_audio:
+            steps = _captioned(speak_streamed(self, text_ids, settings, prompt), text)
+        else:
+            steps = _captioned(self.speak_piece(text_ids, settings, prompt), text)
+        return Request(self, with_speed(steps, settings.speed))
 
     @torch.inference_mode()
     def step(self, inputs: list[StepInput]) -> None:
