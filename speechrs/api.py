@@ -13,6 +13,7 @@ from .engine import Engine, Loaded, load_pipeline
 from .errors import InvalidRequestError, SpeechrsError
 from .messages import parse_messages
 from .vad import SplitOptions
+from .voice_store import VoiceStore
 from .voxtral.pipeline import Done, GenerationOptions, Token, Usage
 from .voxtral.transcript import Segment
 
@@ -83,29 +84,45 @@ class VoxtralModel:
 
 
 class DiaModel:
-    """Text in, speech out. speak() takes max_tokens, temperature, top_p, top_k, cfg_scale, seed, normalize."""
+    """Text in, speech out. speak() takes max_tokens, temperature, top_p, top_k, cfg_scale, seed, normalize, speed."""
 
-    def __init__(self, loaded: Loaded):
+    def __init__(self, loaded: Loaded, voices_dir=None):
         self.loaded, self.source, self.model_id, self.plan = loaded, loaded.source, loaded.name, loaded.plan
         self.pipeline = loaded.dia
+        self.voices = VoiceStore(voices_dir)  # named voices (voice_store.py): .add(name, clip, text), .list()
 
-    def speak(self, text: str, ref_audio=None, ref_text: str | None = None, **options) -> SpeechResult:
-        """[S1]/[S2] speaker tags and nonverbals like (laughs) are plain text. Returns pcm, codes, save().
-        ref_audio (a path, URL, bytes or (array, rate), 5-10 s) with ref_text, its transcript, clones a voice."""
-        for event in self.speak_stream(text, ref_audio=ref_audio, ref_text=ref_text, **options):
+    def speak(
+        self, text: str, ref_audio=None, ref_text: str | None = None, voice: str | None = None, **options
+    ) -> SpeechResult:
+        """[S1]/[S2] speaker tags and nonverbals like (laughs) are plain text; any length (long scripts go piece by
+        piece). Returns pcm, codes, segments (captions), save(). ref_audio (a path, URL, bytes or (array, rate),
+        5-10 s) with ref_text, its transcript, clones a voice; voice names one saved with self.voices.add."""
+        for event in self.speak_stream(text, ref_audio=ref_audio, ref_text=ref_text, voice=voice, **options):
             if isinstance(event, SpeechResult):
                 return event
         raise RuntimeError("generation ended without a result")
 
     def speak_stream(
-        self, text: str, stream_audio: bool = False, ref_audio=None, ref_text: str | None = None, **options
+        self,
+        text: str,
+        stream_audio: bool = False,
+        ref_audio=None,
+        ref_text: str | None = None,
+        voice: str | None = None,
+        **options,
     ) -> Iterator[Step | AudioChunk | SpeechResult]:
-        """Step(step, max_steps, frames) events while decoding, then the SpeechResult. With stream_audio, also
-        AudioChunk(pcm, sample_rate) events as soon as the DAC can decode them (not loudness-normalised)."""
+        """Step(step, max_steps, frames, piece, pieces) events while decoding, then the SpeechResult. With
+        stream_audio, also AudioChunk(pcm, sample_rate) events as soon as the DAC can decode them (not
+        loudness-normalised)."""
         opts = SpeakOptions(**options)
-        return Engine.run(
-            lambda: self.pipeline.speak(text, opts, stream_audio=stream_audio, ref_audio=ref_audio, ref_text=ref_text)
-        )
+        if voice is not None and (ref_audio is not None or ref_text is not None):
+            raise InvalidRequestError("give either a named voice or ref_audio with ref_text, not both", "voice")
+
+        def run():
+            audio, transcript = self.voices.reference(voice, self.pipeline) if voice else (ref_audio, ref_text)
+            return self.pipeline.speak(text, opts, stream_audio=stream_audio, ref_audio=audio, ref_text=transcript)
+
+        return Engine.run(run)
 
 
 def _collect(events: Iterator) -> TextResult:
@@ -128,6 +145,7 @@ def load(
     device: str = "auto",
     dac: str | None = None,
     quantize: str | None = None,
+    voices_dir=None,
 ) -> VoxtralModel | DiaModel:
     """Resolve a hub id or directory, detect the family and layout, and load it on `device` (auto: cuda, then mps,
     then cpu).
@@ -135,7 +153,7 @@ def load(
     dtype: auto picks the path for the device (compute.plan; `.plan.summary` says which), or float32 / bfloat16 /
     float16. quantize: "int8" (per output channel) or "int4" (groups of 32) weight-only decoder linears and
     output head, quantized at load (quant.py). dac: for Dia, a DAC 44 kHz hub id or directory (default: the one
-    the checkpoint's generation uses).
+    the checkpoint's generation uses). voices_dir: where Dia's named voices are kept (voice_store.default_dir()).
     """
     loaded = load_pipeline(model, dtype, device, dac, quantize)
-    return DiaModel(loaded) if loaded.family == "dia" else VoxtralModel(loaded)
+    return DiaModel(loaded, voices_dir) if loaded.family == "dia" else VoxtralModel(loaded)

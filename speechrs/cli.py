@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from .cli_voices import VoicesDir
+from .cli_voices import app as voices_app
 from .errors import SpeechrsError
 
 if TYPE_CHECKING:  # torch and the models load when a command runs, not when the CLI starts
@@ -23,6 +25,7 @@ app = typer.Typer(
     help="Local speech models: Voxtral transcription, Dia dialogue text-to-speech.",
 )
 err = Console(stderr=True, soft_wrap=True)  # one message, one line: no hard wraps
+app.add_typer(voices_app, name="voices")
 
 
 class OutputFormat(str, Enum):
@@ -162,6 +165,8 @@ def speak(
     speed: Annotated[
         float | None, typer.Option(help="0.25-4.0: faster or slower speech at the same pitch \\[default: 1]")
     ] = None,
+    voice: Annotated[str | None, typer.Option(help="A named voice (speechrs voices add/list).")] = None,
+    voices_dir: VoicesDir = None,
     ref_audio: Annotated[
         Path | None, typer.Option(help="Clone this voice: a 5-10 s recording (with --ref-text)")
     ] = None,
@@ -190,6 +195,7 @@ def speak(
     the voices of the one before."""
     from . import subtitles
     from .api import DiaModel
+    from .voice_store import VoiceStore
 
     if captions is not None and captions.suffix.lower() not in (".srt", ".vtt"):
         _fail(f"--captions takes a .srt or .vtt file, not '{captions.name}'")
@@ -205,9 +211,12 @@ def speak(
         loaded = _load(model, dtype.value, device, quiet, dac=dac, quantize=quantize.value)
         if not isinstance(loaded, DiaModel):
             _fail(f"{model} is not a Dia model; speak needs text-in, speech-out")
+        if voices_dir is not None:
+            loaded.voices = VoiceStore(voices_dir)
         events = loaded.speak_stream(
             text,
             stream_audio=stream,
+            voice=voice,
             ref_audio=ref_audio,
             ref_text=ref_text,
             seed=seed,
@@ -308,6 +317,7 @@ def serve(
         float, typer.Option(min=0, help="On SIGTERM: seconds the running request may finish; queued ones get 503.")
     ] = 30.0,
     no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not serve the page at / (speak and transcribe).")] = False,
+    voices_dir: VoicesDir = None,
 ):
     """Serve the models over an OpenAI-compatible HTTP API, and a page at / to try them in a browser."""
     from .guard import Security
@@ -328,6 +338,7 @@ def serve(
             body_timeout_s=body_timeout,
             shutdown_grace_s=shutdown_grace,
             ui=not no_ui,
+            voices_dir=voices_dir,
             security=Security(api_key or None, tuple(allowed_host or ()), tuple(cors_origin or ())),
             host=host,
             port=port,

@@ -10,6 +10,7 @@ from aiohttp import web
 from .engine import Engine
 from .errors import RequestTimeoutError
 from .media import MediaPolicy
+from .voice_store import VoiceStore
 
 
 @dataclass
@@ -55,6 +56,7 @@ ENGINE = web.AppKey("engine", Engine)
 POLICY = web.AppKey("policy", MediaPolicy)
 METRICS = web.AppKey("metrics", Metrics)
 BODY_TIMEOUT = web.AppKey("body_timeout_s", float)  # seconds a client has to send its whole body
+VOICES = web.AppKey("voices", VoiceStore)  # Dia's named voices (voice_store.py)
 
 
 async def within_body_timeout(request: web.Request, read):

@@ -30,6 +30,7 @@ from .http_common import (
     ENGINE,
     METRICS,
     POLICY,
+    VOICES,
     Metrics,
     first_event,
     last_event,
@@ -40,6 +41,7 @@ from .http_common import (
 from .media import MediaPolicy, fetch_audio, fetch_url_or_base64
 from .messages import parse_messages
 from .server_transcripts import transcriptions, translations
+from .voice_store import OPENAI_VOICES, VoiceStore
 from .voxtral.pipeline import Audio, Done, Token
 
 log = logging.getLogger(__name__)
@@ -154,12 +156,16 @@ async def speech(request: web.Request) -> web.StreamResponse:
     model_id, text, fmt, opts, stream_format = oa.speech_request(body)
     ref_url, ref_text = oa.speech_reference(body)
     loaded = engine.get(model_id, "dia", "/v1/audio/speech")
+    voice = _named_voice(request.app[VOICES], body.get("voice"))
+    if voice is not None and (ref_url is not None or ref_text is not None):
+        raise InvalidRequestError("give either a named voice or ref_audio with ref_text, not both", "voice")
     ref_audio = None if ref_url is None else await fetch_url_or_base64(ref_url, request.app[POLICY], "ref_audio")
     streamed = oa.streams_audio(fmt, stream_format)
     t0 = time.perf_counter()
 
-    def run():
-        return loaded.dia.speak(text, opts, stream_audio=streamed, ref_audio=ref_audio, ref_text=ref_text)
+    def run():  # in the engine's worker: encoding a voice the first time is a DAC encoder pass
+        audio, transcript = (ref_audio, ref_text) if voice is None else request.app[VOICES].reference(voice, loaded.dia)
+        return loaded.dia.speak(text, opts, stream_audio=streamed, ref_audio=audio, ref_text=transcript)
 
     async with aclosing(engine.stream(run)) as events:
         first = await first_event(events)  # request errors (bad options, text too long) are still 4xx here
@@ -204,6 +210,25 @@ async def _speech_stream(request, pipeline, first, events, fmt: str, stream_form
     return resp
 
 
+def _named_voice(store: VoiceStore, voice) -> str | None:
+    """The `voice` field -> a saved voice's name, or None for Dia's own voices (no field, or one of OpenAI's
+    built-in names that no saved voice takes). Any other name must be a saved voice: a 400 lists them."""
+    if voice is None or voice == "":
+        return None
+    if not isinstance(voice, str):
+        raise InvalidRequestError("'voice' must be a string: a saved voice's name", "voice")
+    if voice not in store.names() and voice.lower() in OPENAI_VOICES:
+        return None
+    return store.get(voice).name
+
+
+async def voices(request: web.Request) -> web.Response:
+    data = [
+        {"name": v.name, "object": "voice", "text": v.text, "seconds": v.seconds} for v in request.app[VOICES].list()
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
 def _count_speech(request, result, t0: float) -> None:
     metrics = request.app[METRICS]
     metrics.audio_out_s += result.duration_s
@@ -234,6 +259,7 @@ def make_app(
     bound_host: str | None = None,
     body_timeout_s: float = 30.0,
     ui: bool = True,
+    voices_dir=None,
 ) -> web.Application:
     """The app over `engine`: media under `policy`, and the Host / content-type / API-key / CORS rules of
     `security` (guard.py; loopback Host names and `bound_host` are always allowed); a client has body_timeout_s
@@ -243,12 +269,14 @@ def make_app(
     app.on_response_prepare.append(add_cors_headers)
     app[ENGINE], app[POLICY], app[METRICS] = engine, policy or MediaPolicy(), Metrics()
     app[BODY_TIMEOUT] = body_timeout_s
+    app[VOICES] = VoiceStore(voices_dir)
     app.router.add_routes(
         [
             web.post("/v1/chat/completions", chat_completions),
             web.post("/v1/audio/transcriptions", transcriptions),
             web.post("/v1/audio/translations", translations),
             web.post("/v1/audio/speech", speech),
+            web.get("/v1/audio/voices", voices),
             web.get("/v1/models", models),
             web.get("/health", health),
             web.get("/metrics", metrics),
@@ -329,6 +357,7 @@ def run(
     body_timeout_s: float = 30.0,
     shutdown_grace_s: float = 30.0,
     ui: bool = True,
+    voices_dir=None,
     log=print,
 ) -> None:
     """Load, warm up and serve until interrupted. file:// audio is open on loopback hosts, else per allowed_dirs."""
@@ -363,7 +392,16 @@ def run(
     if ui:
         log(f"a page to try them: http://{'localhost' if is_loopback(host) else host}:{port}/")
     web.run_app(
-        make_app(engine, policy, max_upload_bytes, security, bound_host=host, body_timeout_s=body_timeout_s, ui=ui),
+        make_app(
+            engine,
+            policy,
+            max_upload_bytes,
+            security,
+            bound_host=host,
+            body_timeout_s=body_timeout_s,
+            ui=ui,
+            voices_dir=voices_dir,
+        ),
         host=host,
         port=port,
         handler_cancellation=True,

@@ -176,7 +176,10 @@ class DiaPipeline:
         room = self.cfg.audio_length - (opts.max_tokens or self.cfg.max_delay + 1)  # rows the reference may take
         frame_s = self.codec.cfg.hop_length / self.codec.cfg.sample_rate
         try:  # the length is checked from the decoded samples, before the reference is resampled or encoded
-            codes = encode_reference(self, ref_audio, max_seconds=max(room, 0) * frame_s)
+            if isinstance(ref_audio, torch.Tensor):  # codes (L, C) encoded before: a named voice's (voice_store.py)
+                codes = ref_audio
+            else:
+                codes = encode_reference(self, ref_audio, max_seconds=max(room, 0) * frame_s)
         except AudioTooLongError as e:
             too_long = e.seconds
         else:
