@@ -1,4 +1,6 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,9 @@ sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS.parent / "benchmarks"))  # quality.py: the teacher-forced comparison the tests share
 
 import tiny  # noqa: E402
+
+# named voices of the tests live in a directory of their own, never in the user's ~/.local/share/speechrs/voices
+os.environ["SPEECHRS_VOICES_DIR"] = tempfile.mkdtemp(prefix="speechrs-test-voices-")
 from speech import SENTENCES, EspeakMissing, speech_with_pauses  # noqa: E402,F401  (tests import them from here)
 
 CLIP = TESTS / "data" / "clip_en_16k.wav"

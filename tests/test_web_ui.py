@@ -172,3 +172,36 @@ def test_no_ui_leaves_the_page_out(engine):
         assert request(server, "GET", "/ui/__init__.py")[0] == 404  # only the page's own files
     finally:
         server.close()
+
+
+def test_a_named_voice_and_a_speed_from_the_page(browser, engine, dia_dirs, dac_dirs, clip, tmp_path):
+    """The voice choice appears when the server has named voices; the page's WAV is the streamed audio of that
+    voice at that speed, as the Python API makes it."""
+    from http_server import Server
+
+    from speechrs.server import make_app
+
+    tts = speechrs.load(str(dia_dirs[0]), dac=str(dac_dirs[0]), voices_dir=tmp_path / "voices")
+    pcm, rate = sf.read(clip, dtype="float32")
+    tts.voices.add("narrator", (pcm[: int(1.5 * rate)], rate), "[S1] What the clip says.")
+    server = Server(make_app(engine, voices_dir=tmp_path / "voices"))
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.wait_for_selector("#voice-label:not([hidden])")
+        page.select_option("#voice", "narrator")
+        page.fill("#speak-text", "[S1] Now in that voice.")
+        page.fill("#seed", "4")
+        page.fill("#max-tokens", "40")
+        page.fill("#speed", "2")
+        page.click("#speak-button")
+        page.wait_for_selector("#speech-audio[src^='blob:']", timeout=120_000)
+        wav = audio_bytes(page)
+        events = tts.speak_stream(
+            "[S1] Now in that voice.", stream_audio=True, voice="narrator", seed=4, max_tokens=40, speed=2.0
+        )
+        streamed = np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)])
+        assert sf.read(io.BytesIO(wav), dtype="int16")[0].tobytes() == to_s16le(streamed)
+        page.close()
+    finally:
+        server.close()

@@ -1,5 +1,5 @@
 // The speechrs page: plain JavaScript over the server's public API, no framework, no build step, no network
-// beyond this server. Speech arrives as SSE pcm deltas (played as they come, then kept as a WAV); transcripts
+// beyond this server (/v1/models, /v1/audio/voices, /v1/audio/speech, /v1/audio/transcriptions and /translations). Speech arrives as SSE pcm deltas (played as they come, then kept as a WAV); transcripts
 // arrive as SSE text deltas and segment events (shown as they come, and kept as SRT).
 "use strict";
 
@@ -69,6 +69,16 @@ async function loadModels() {
     : "no models loaded";
   $("speak").hidden = !modelOf("dia");
   $("transcribe").hidden = !modelOf("voxtral");
+  if (modelOf("dia")) await loadVoices();
+}
+
+async function loadVoices() {
+  // the server's named voices (speechrs voices add); the choice is hidden while there are none
+  const { data } = await (await api("/v1/audio/voices")).json();
+  const select = $("voice");
+  select.replaceChildren(select.options[0]);
+  for (const v of data) select.add(new Option(`${v.name} (${v.seconds.toFixed(1)} s)`, v.name));
+  $("voice-label").hidden = data.length === 0;
 }
 
 // ---- speak ----
@@ -126,6 +136,7 @@ async function speak() {
     model: modelOf("dia"), input: $("speak-text").value, response_format: "pcm", stream_format: "sse",
     seed: number("seed", parseInt), temperature: number("temperature", parseFloat),
     cfg_scale: number("cfg-scale", parseFloat), max_tokens: number("max-tokens", parseInt),
+    speed: number("speed", parseFloat), voice: $("voice").value || undefined,
   };
   const t0 = performance.now();
   const pieces = [];
