@@ -125,3 +125,23 @@ def test_cli_writes_one_file_and_captions(dia_dirs, dac_dirs, tmp_path):
     assert captions.read_text().startswith("WEBVTT") and captions.read_text().count(" --> ") == n
     bad = invoke("speak", *args, "-o", out, "--captions", tmp_path / "c.txt")
     assert bad.exit_code == 1 and "--captions takes a .srt or .vtt file" in bad.stderr
+
+
+def test_server_streams_a_long_script_with_captions_and_limits_its_length(server, engine):
+    import json
+
+    from http_server import error_of, post
+
+    text = SCRIPT[:700]
+    status, _, body = post(server, "/v1/audio/speech", {"input": text, "stream_format": "sse", **FAST.__dict__})
+    events = [json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: {")]
+    assert status == 200 and events[-1]["type"] == "speech.audio.done"
+    pieces = split_script(text, PIECE_BYTES)
+    assert [s["text"] for s in events[-1]["segments"]] == pieces and len(pieces) > 1
+    dia = next(m for m in engine.models if m.family == "dia").dia
+    dia.max_input_chars = 500
+    try:
+        status, err = error_of(post(server, "/v1/audio/speech", {"input": text}))
+        assert status == 400 and err["param"] == "input" and "at most 500" in err["message"]
+    finally:
+        dia.max_input_chars = None
