@@ -3,7 +3,6 @@
 No HTTP here (server.py does that), so every rule is testable on plain dicts.
 """
 
-import io
 import json
 import math
 import time
@@ -13,19 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dia.events import SpeakOptions
+from .encode import CONTENT_TYPES, encode
 from .errors import InvalidRequestError
 from .subtitles import TRANSCRIPT_FORMATS
 from .voxtral.pipeline import Done, GenerationOptions, Usage
 from .voxtral.transcript import language_name, target_language
 
-# response_format -> (soundfile format, subtype, sample rate or None to keep, content type)
-# the formats soundfile encodes: (container, subtype, sample rate or None to keep the model's, content type)
-ENCODED_FORMATS: dict[str, tuple[str, str, int | None, str]] = {
-    "flac": ("FLAC", "PCM_16", None, "audio/flac"),
-    "mp3": ("MP3", "MPEG_LAYER_III", None, "audio/mpeg"),
-    "opus": ("OGG", "OPUS", 48000, "audio/ogg; codecs=opus"),  # Opus runs at 48 kHz, not 44.1
-}
-SPEECH_FORMATS = ("wav", "pcm", *ENCODED_FORMATS)  # wav and pcm by hand: exact mistral.rs bytes and content types
+# OpenAI's six; wav and pcm by hand (exact mistral.rs bytes and content types), the others with PyAV (encode.py)
+SPEECH_FORMATS = ("wav", "pcm", "mp3", "opus", "aac", "flac")
 TRANSCRIPTION_FORMATS = TRANSCRIPT_FORMATS
 
 
@@ -153,7 +147,7 @@ def speech_content_type(fmt: str, rate: int) -> str:
         return f"audio/wav; rate={rate}; channels=1"
     if fmt == "pcm":
         return f"audio/pcm; codecs=1; format=s16le; rate={rate}; channels=1"
-    return ENCODED_FORMATS[fmt][3]
+    return CONTENT_TYPES[fmt]
 
 
 def speech_done(n_in: int, steps: int, segments=()) -> dict:
@@ -310,18 +304,11 @@ def verbose_transcript(done: Done, language: str | None, to_language: str | None
 
 
 def speech_bytes(pcm: np.ndarray, rate: int, fmt: str) -> tuple[bytes, str]:
-    """Encoded audio and its content type; wav and pcm as mistral.rs writes them."""
-    from .audio import resample, to_s16le, wav_bytes
+    """Encoded audio and its content type; wav and pcm as mistral.rs writes them, the rest by encode.py."""
+    from .audio import to_s16le, wav_bytes
 
     if fmt == "wav":
         return wav_bytes(pcm, rate), speech_content_type(fmt, rate)
     if fmt == "pcm":
         return to_s16le(pcm), speech_content_type(fmt, rate)
-    import soundfile as sf
-
-    container, subtype, out_rate, content_type = ENCODED_FORMATS[fmt]
-    if out_rate and out_rate != rate:
-        pcm, rate = resample(pcm, rate, out_rate), out_rate
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(pcm, -1, 1), rate, format=container, subtype=subtype)
-    return buf.getvalue(), content_type
+    return encode(pcm, rate, fmt), CONTENT_TYPES[fmt]

@@ -183,7 +183,7 @@ def test_speech_clones_a_voice_like_the_python_api(client, api, server, clip, tm
     assert status == 400 and err["param"] == "ref_audio"  # private hosts refused by the media policy
 
 
-@pytest.mark.parametrize("fmt,magic", [("flac", b"fLaC"), ("mp3", None), ("opus", b"OggS")])
+@pytest.mark.parametrize("fmt,magic", [("flac", b"fLaC"), ("mp3", None), ("opus", b"OggS"), ("aac", b"\xff\xf1")])
 def test_speech_in_compressed_formats(server, fmt, magic):
     status, headers, body = post(
         server, "/v1/audio/speech", {"input": SPEAK, "response_format": fmt, "max_tokens": 30, "seed": 0}

@@ -115,8 +115,8 @@ def test_transcription_errors(server):
 
 
 def test_speech_errors(server):
-    status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "response_format": "aac"}))
-    assert status == 400 and err["param"] == "response_format" and "wav, pcm, flac, mp3, opus" in err["message"]
+    status, err = error_of(post(server, "/v1/audio/speech", {"input": SPEAK, "response_format": "ogg"}))
+    assert status == 400 and err["param"] == "response_format" and "wav, pcm, mp3, opus, aac, flac" in err["message"]
     status, err = error_of(post(server, "/v1/audio/speech", {"input": "", "response_format": "wav"}))
     assert status == 400 and "empty" in err["message"]
     status, err = error_of(post(server, "/v1/audio/speech", {"input": "a" * 2000}))  # one "word" over a piece
