@@ -14,7 +14,7 @@ from rich.console import Console
 
 from .cli_voices import VoicesDir
 from .cli_voices import app as voices_app
-from .errors import SpeechrsError
+from .errors import InvalidRequestError, SpeechrsError
 
 if TYPE_CHECKING:  # torch and the models load when a command runs, not when the CLI starts
     from .api import DiaModel, VoxtralModel
@@ -39,6 +39,14 @@ class OutputFormat(str, Enum):
 class AudioFormat(str, Enum):
     wav = "wav"
     pcm = "pcm"
+    mp3 = "mp3"
+    opus = "opus"
+    aac = "aac"
+    flac = "flac"
+
+
+AUDIO_SUFFIXES = {".wav": "wav", ".pcm": "pcm", ".raw": "pcm", ".mp3": "mp3", ".opus": "opus", ".ogg": "opus"}
+AUDIO_SUFFIXES |= {".aac": "aac", ".flac": "flac"}
 
 
 class DType(str, Enum):
@@ -179,8 +187,12 @@ def speak(
         ),
     ] = False,
     output_format: Annotated[
-        AudioFormat, typer.Option("--format", help="wav (16-bit) or pcm (raw s16le).")
-    ] = AudioFormat.wav,
+        AudioFormat | None,
+        typer.Option(
+            "--format",
+            help="wav (16-bit), pcm (raw s16le), mp3, opus, aac or flac \\[default: from -o's suffix, else wav]",
+        ),
+    ] = None,
     dtype: Annotated[DType, typer.Option(help=DTYPE_HELP)] = DType.auto,
     quantize: Annotated[Quantize, typer.Option(help=QUANTIZE_HELP)] = Quantize.none,
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")] = "auto",
@@ -228,9 +240,14 @@ def speak(
             normalize=normalize,
             speed=speed,
         )
-        from .audio import to_s16le, wav_bytes, wav_stream_header
+        from .audio import to_s16le, wav_stream_header
 
-        wav = output_format == AudioFormat.wav
+        fmt = output_format.value if output_format else AUDIO_SUFFIXES.get(output.suffix.lower(), "wav")
+        wav = fmt == "wav"
+        if stream and fmt not in ("wav", "pcm"):
+            raise InvalidRequestError(
+                f"--stream writes wav or pcm as it is made; {fmt} is encoded whole: drop --stream"
+            )
         if stream:
             events = iter(events)
             events = itertools.chain([next(events)], events)  # request errors surface before the output is opened
@@ -242,8 +259,11 @@ def speak(
                     _finish_wav_sizes(out)
         else:
             result = _run_speech(events, quiet)
+            from .openai_api import speech_bytes
+
+            data = speech_bytes(result.pcm, result.sample_rate, fmt)[0]  # the server's encoders
             with _open_output(output) as out:
-                out.write(wav_bytes(result.pcm, result.sample_rate) if wav else to_s16le(result.pcm))
+                out.write(data)
         if captions is not None:
             timed = subtitles.srt if captions.suffix.lower() == ".srt" else subtitles.vtt
             captions.write_text(timed(result.segments), encoding="utf-8")
@@ -254,7 +274,7 @@ def speak(
     if not quiet:
         pieces = f" in {len(result.segments)} pieces" if len(result.segments) > 1 else ""
         err.print(
-            f"wrote {output} ({result.duration_s:.2f} s{pieces}, {result.sample_rate} Hz mono, {output_format.value})"
+            f"wrote {output} ({result.duration_s:.2f} s{pieces}, {result.sample_rate} Hz mono, {fmt})"
             + (f" and {captions}" if captions is not None else ""),
             highlight=False,
         )

@@ -51,3 +51,15 @@ def test_an_empty_clip_is_an_empty_file(fmt):
 def test_unknown_format():
     with pytest.raises(InvalidRequestError, match="cannot encode 'ogg'"):
         encode(tone(), RATE, "ogg")
+
+
+def test_cli_speak_writes_the_format_of_its_suffix(dia_dirs, dac_dirs, tmp_path):
+    from test_cli import invoke
+
+    args = ["[S1] Hello there.", "-m", dia_dirs[0], "--dac", dac_dirs[0], "--seed", "1", "--max-tokens", "60"]
+    for name, codec in (("out.mp3", "mp3float"), ("out.ogg", "opus"), ("out.aac", "aac"), ("out.flac", "flac")):
+        result = invoke("speak", *args, "-o", tmp_path / name)
+        assert result.exit_code == 0, result.stderr
+        assert decode((tmp_path / name).read_bytes())[2] == codec
+    streamed = invoke("speak", *args, "--stream", "-o", tmp_path / "s.mp3")
+    assert streamed.exit_code == 1 and "--stream writes wav or pcm" in streamed.stderr
