@@ -61,7 +61,8 @@ def run_transcript(events, stream_stdout: bool, quiet: bool, err: Console):
 def _summary(done, wall_s: float, err: Console) -> None:
     u = done.usage
     decode_tps = (u.completion_tokens - 1) / u.decode_s if u.completion_tokens > 1 and u.decode_s > 0 else 0.0
-    pieces = f" in {len(done.segments)} segments" if done.segments is not None else ""
+    n = len(done.segments) if done.segments is not None else 0
+    pieces = f" in {n} segment{'' if n == 1 else 's'}" if done.segments is not None else ""
     err.print(
         f"{u.audio_seconds:.1f} s audio{pieces}, {u.prompt_tokens} prompt tokens: encode {u.encode_s:.2f} s, "
         f"prefill {u.prefill_s:.2f} s, {u.completion_tokens} tokens at {decode_tps:.1f} tok/s "

@@ -81,7 +81,7 @@ class VoxtralPipeline:
             tok = self.tokenizer
             steps = transcript.segmented(self, stream, lambda n: transcription_prompt(tok, n, language), opts, split)
             return Request(self, steps)
-        mel, n_tokens, seconds = self._prepare_audio(audio)
+        mel, n_tokens, seconds = self._prepare_audio(audio, stream.duration_s)
         ids = transcription_prompt(self.tokenizer, n_tokens, language)
         return Request(self, self.generate(ids, [mel], seconds, opts, default_max=max(64, n_tokens)))
 
@@ -149,10 +149,11 @@ class VoxtralPipeline:
         for b, i in enumerate(inputs):
             i.logits = logits[b : b + 1]
 
-    def _prepare_audio(self, source) -> tuple[torch.Tensor, int, float]:
+    def _prepare_audio(self, source, seconds: float | None = None) -> tuple[torch.Tensor, int, float]:
         """-> mel chunks (N, M, 3000), number of [AUDIO] tokens, duration in seconds. Audio whose tokens alone
         overflow the context is refused from its header, before hours of it are decoded."""
-        seconds = audio_io.open_stream(source, self.framing.sampling_rate, self.max_audio_s).duration_s
+        if seconds is None:  # the header, read once: transcribe() has read it already
+            seconds = audio_io.open_stream(source, self.framing.sampling_rate, self.max_audio_s).duration_s
         if self._audio_tokens(seconds) >= self.model.cfg.max_seq_len:
             raise AudioError(
                 f"{seconds:.0f} s of audio is {self._audio_tokens(seconds)} tokens, more than the model's context of "
