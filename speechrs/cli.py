@@ -1,6 +1,5 @@
 """speechrs command line: results on stdout, progress and errors on stderr, non-zero exit on failure."""
 
-import contextlib
 import itertools
 import logging
 import sys
@@ -207,6 +206,7 @@ def speak(
     the voices of the one before."""
     from . import subtitles
     from .api import DiaModel
+    from .cli_speech import finish_wav_sizes, open_output, run_speech
     from .voice_store import VoiceStore
 
     if captions is not None and captions.suffix.lower() not in (".srt", ".vtt"):
@@ -251,18 +251,18 @@ def speak(
         if stream:
             events = iter(events)
             events = itertools.chain([next(events)], events)  # request errors surface before the output is opened
-            with _open_output(output) as out:
+            with open_output(output) as out:
                 if wav:
                     out.write(wav_stream_header(loaded.pipeline.codec.cfg.sample_rate))
-                result = _run_speech(events, quiet, on_audio=lambda pcm: (out.write(to_s16le(pcm)), out.flush()))
+                result = run_speech(events, quiet, err, on_audio=lambda pcm: (out.write(to_s16le(pcm)), out.flush()))
                 if wav and out.seekable():  # a file, not a pipe: write the real sizes
-                    _finish_wav_sizes(out)
+                    finish_wav_sizes(out)
         else:
-            result = _run_speech(events, quiet)
+            result = run_speech(events, quiet, err)
             from .openai_api import speech_bytes
 
             data = speech_bytes(result.pcm, result.sample_rate, fmt)[0]  # the server's encoders
-            with _open_output(output) as out:
+            with open_output(output) as out:
                 out.write(data)
         if captions is not None:
             timed = subtitles.srt if captions.suffix.lower() == ".srt" else subtitles.vtt
@@ -377,65 +377,6 @@ def serve(
         _fail(str(e))
     except OSError as e:
         _fail(f"cannot listen on {host}:{port}: {e.strerror}")
-
-
-def _open_output(path: Path):
-    """The output file, or stdout's bytes for '-' (left open)."""
-    if str(path) == "-":
-        return contextlib.nullcontext(sys.stdout.buffer)
-    return open(path, "wb")
-
-
-def _finish_wav_sizes(f) -> None:
-    """Replace a streamed WAV header's unknown sizes (0xFFFFFFFF) with the real ones."""
-    end = f.tell()
-    f.seek(4)
-    f.write((end - 8).to_bytes(4, "little"))
-    f.seek(40)
-    f.write((end - 44).to_bytes(4, "little"))
-    f.seek(end)
-
-
-def _run_speech(events, quiet: bool, on_audio=None):
-    """Drive the step events through a rich progress bar, hand streamed pcm to on_audio; print the real-time
-    factor; return the result."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .dia.events import AudioChunk, SpeechResult, Step
-
-    t0 = time.perf_counter()
-    result = None
-    with Progress(
-        TextColumn("decoding{task.fields[piece]}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("{task.fields[audio]:.1f} s audio"),
-        TimeElapsedColumn(),
-        console=err,
-        disable=quiet,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("decode", total=None, audio=0.0, piece="")
-        for event in events:
-            if isinstance(event, Step):
-                piece = f" piece {event.piece + 1}/{event.pieces}" if event.pieces > 1 else ""
-                progress.update(
-                    task, completed=event.step, total=event.max_steps, audio=event.frames / 86.13, piece=piece
-                )
-            elif isinstance(event, AudioChunk) and on_audio is not None:
-                on_audio(event.pcm)
-            elif isinstance(event, SpeechResult):
-                result = event
-    wall = time.perf_counter() - t0
-    if not quiet and result is not None:
-        steps, secs = result.timings["steps"], result.duration_s
-        err.print(
-            f"{steps} steps in {result.timings['decode_s']:.1f} s ({steps / max(result.timings['decode_s'], 1e-9):.1f}"
-            f" steps/s), DAC {result.timings['dac_s']:.2f} s; {secs:.2f} s of audio in {wall:.1f} s: "
-            f"{secs / wall:.2f}x real time",
-            highlight=False,
-        )
-    return result
 
 
 def _load(
