@@ -2,51 +2,42 @@
 segments of at most 30 s (one Voxtral encoder chunk), cutting only in pauses where there are any.
 
 silero-vad (MIT, its wheel ships the weights: nothing downloads) scores each 32 ms frame (512 samples at 16 kHz)
-with a small recurrent network. Its Python package is not imported: importing it sets torch to one thread
-(`silero_vad/model.py`), which would slow every model in the process; the TorchScript file is loaded directly.
+with a small recurrent network (silero.py runs it in plain torch). Its Python package is not imported: importing
+it sets torch to one thread (`silero_vad/model.py`), which would slow every model in the process.
 """
 
-import importlib.util
-import io
+import logging
 import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import SpeechrsError
+from .silero import CONTEXT, SileroVAD, weights_path
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 FRAME = 512  # samples per VAD frame at 16 kHz: 32 ms
 FRAME_S = FRAME / SAMPLE_RATE
 
 
-def _model_path() -> Path:
-    spec = importlib.util.find_spec("silero_vad")  # finds the package without running its __init__
-    if spec is None or not spec.submodule_search_locations:
-        raise SpeechrsError("segment timestamps need the silero-vad package: pip install silero-vad")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.jit"
-
-
 class VoiceActivity:
-    """Speech probability per 32 ms frame of 16 kHz audio fed in blocks of any size; `reset` between files.
-    Not thread-safe: one per running request (it holds the network's recurrent state)."""
+    """Speech probability per 32 ms frame of 16 kHz audio fed in blocks of any size. One per request: it holds the
+    recurrent state and the last samples; the network (silero.py) is shared, loaded once per process."""
 
     _lock = threading.Lock()
-    _file: bytes | None = None
+    _model: SileroVAD | None = None
 
     def __init__(self) -> None:
-        with self._lock:  # the file is read once per process; each request loads its own module (its own state)
-            if VoiceActivity._file is None:
-                VoiceActivity._file = _model_path().read_bytes()
-            data = VoiceActivity._file
-        with warnings.catch_warnings():  # torch 2.13 calls jit.load deprecated; it is how silero ships the model
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self.model = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()  # about 20 ms
-        self.model.reset_states()
+        with self._lock:
+            if VoiceActivity._model is None:
+                VoiceActivity._model = _load_model()
+            self.model = VoiceActivity._model
+        self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.history = np.zeros(CONTEXT, np.float32)  # the CONTEXT samples before the next frame
         self.rest = np.zeros(0, np.float32)  # samples short of a whole frame, kept for the next block
 
     @torch.inference_mode()
@@ -58,8 +49,30 @@ class VoiceActivity:
             pcm = np.pad(pcm, (0, FRAME - len(pcm) % FRAME))
             n += 1
         self.rest = pcm[n * FRAME :]
-        frames = torch.from_numpy(np.ascontiguousarray(pcm[: n * FRAME])).view(n, FRAME)
-        return np.array([float(self.model(frames[i], SAMPLE_RATE)) for i in range(n)], np.float32)
+        if n == 0:
+            return np.zeros(0, np.float32)
+        samples = np.concatenate([self.history, pcm[: n * FRAME]])
+        self.history = samples[len(samples) - CONTEXT :]
+        windows = torch.from_numpy(np.ascontiguousarray(samples)).unfold(0, CONTEXT + FRAME, FRAME)  # (n, 576)
+        features = self.model.features(windows)  # the convolutions of every frame at once
+        probs = np.empty(n, np.float32)
+        for k in range(n):  # only the recurrent cell goes frame by frame
+            probs[k], self.state = self.model.step(features[k : k + 1], self.state)
+        return probs
+
+
+def _load_model() -> SileroVAD:
+    """silero's own weights, read from its TorchScript file (the model the package runs by default; matched to
+    1e-5 by tests/test_transcripts.py); if this torch can no longer load TorchScript, the safetensors weights the
+    wheel also ships (another release of the same network: 99% of frames agree on speech or not, measured)."""
+    try:
+        with warnings.catch_warnings():  # torch 2.13 calls jit.load deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scripted = torch.jit.load(str(weights_path().with_name("silero_vad.jit")), map_location="cpu")
+        return SileroVAD.from_scripted(scripted._model.state_dict())
+    except (AttributeError, RuntimeError, OSError) as e:
+        log.warning("silero's TorchScript model did not load (%s); using its safetensors weights", e)
+        return SileroVAD.load()
 
 
 @dataclass(frozen=True)

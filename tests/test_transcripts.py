@@ -190,3 +190,30 @@ def test_fifty_minutes_complete_with_bounded_memory(native_dir, paused_speech, t
         if minutes == 50:
             assert int(n_segments) >= 100  # 30 s or less each
     assert peaks[50] - peaks[0.5] < 150, peaks
+
+
+def test_plain_torch_vad_equals_silero_torchscript(paused_speech):
+    """vad.VoiceActivity (silero.py, batched convolutions) against silero's own TorchScript model, frame by frame as
+    the package runs it; and the safetensors fallback weights against it."""
+    import warnings
+
+    import torch
+
+    from speechrs.silero import SileroVAD, weights_path
+    from speechrs.vad import VoiceActivity
+
+    pcm = load(str(paused_speech[0]), 16000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.load(str(weights_path().with_name("silero_vad.jit")))
+    scripted.reset_states()
+    frames = torch.from_numpy(np.pad(pcm, (0, -len(pcm) % 512))).view(-1, 512)
+    with torch.inference_mode():
+        expected = np.array([float(scripted(f[None], 16000)) for f in frames])
+    vad = VoiceActivity()
+    ours = np.concatenate([vad.push(pcm[i : i + 7000], last=i + 7000 >= len(pcm)) for i in range(0, len(pcm), 7000)])
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+    fallback = VoiceActivity()
+    fallback.model = SileroVAD.load()
+    other = fallback.push(pcm, last=True)
+    assert np.mean((other > 0.5) == (expected > 0.5)) > 0.97  # another release of the weights: nearly the same
