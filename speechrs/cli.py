@@ -265,8 +265,7 @@ def speak(
             with open_output(output) as out:
                 out.write(data)
         if captions is not None:
-            timed = subtitles.srt if captions.suffix.lower() == ".srt" else subtitles.vtt
-            captions.write_text(timed(result.segments), encoding="utf-8")
+            captions.write_text(subtitles.timed_text(captions.suffix.lower()[1:], result.segments), encoding="utf-8")
     except SpeechrsError as e:
         _fail(str(e))
     except OSError as e:

@@ -78,7 +78,7 @@ def render(done, fmt: str, language: str | None, to_language: str | None) -> str
     if fmt == "text":
         return done.text + "\n"
     if fmt in ("srt", "vtt"):
-        return (subtitles.srt if fmt == "srt" else subtitles.vtt)(done.segments or [])
+        return subtitles.timed_text(fmt, done.segments or [])
     if fmt == "verbose_json":
         return json.dumps(verbose_transcript(done, language, to_language), ensure_ascii=False) + "\n"
     u = done.usage

@@ -44,7 +44,7 @@ async def _transcript(request: web.Request, translate: bool) -> web.StreamRespon
     if req.fmt == "text":
         return web.Response(text=done.text, content_type="text/plain")
     if req.fmt in ("srt", "vtt"):
-        text = (subtitles.srt if req.fmt == "srt" else subtitles.vtt)(done.segments or [])
+        text = subtitles.timed_text(req.fmt, done.segments or [])
         return web.Response(text=text, content_type=subtitles.CONTENT_TYPES[req.fmt])
     if req.fmt == "verbose_json":
         return web.json_response(oa.verbose_transcript(done, req.language, req.to_language))

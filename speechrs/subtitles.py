@@ -45,6 +45,11 @@ def vtt(segments: Iterable[Timed]) -> str:
     )
 
 
+def timed_text(fmt: str, segments: Iterable[Timed]) -> str:
+    """SubRip for "srt", WebVTT for "vtt"."""
+    return srt(segments) if fmt == "srt" else vtt(segments)
+
+
 def format_for(path: Path | None, given: str | None) -> str:
     """The transcript format: the one given, else the output file's suffix, else text."""
     if given:

@@ -24,7 +24,7 @@ from .config import HF_0626, NARI_V01
 from .dac import DAC, load_dac
 from .events import AudioChunk, SpeakOptions, SpeakSettings, SpeechResult, SpeechSegment, Step
 from .model import Dia, DiaSegment
-from .script import PIECE_BYTES, encode_text, speak_script, split_script
+from .script import PIECE_BYTES, encode_text, join_reference, speak_script, split_script
 from .streaming import speak_streamed
 from .tempo import check_speed, with_speed
 
@@ -172,7 +172,7 @@ class DiaPipeline:
                 "ref_audio, with its [S1]/[S2] tags)",
                 "ref_text" if ref_audio else "ref_audio",
             )
-        text_ids = encode_text((ref_text if ref_text[-1:].isspace() else ref_text + " ") + text, self.cfg)
+        text_ids = encode_text(join_reference(ref_text, text), self.cfg)
         room = self.cfg.audio_length - (opts.max_tokens or self.cfg.max_delay + 1)  # rows the reference may take
         frame_s = self.codec.cfg.hop_length / self.codec.cfg.sample_rate
         try:  # the length is checked from the decoded samples, before the reference is resampled or encoded

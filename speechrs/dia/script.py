@@ -138,7 +138,7 @@ def speak_script(
     timings = {"steps": 0, "text_tokens": 0, "dac_s": 0.0, "pieces": len(pieces)}
     anchor = (prompt, ref_text) if prompt is not None else None  # the voice to come back to (see below)
     for k, piece in enumerate(pieces):
-        ids = encode_text(piece if prompt is None else _join(ref_text, piece), p.cfg)
+        ids = encode_text(piece if prompt is None else join_reference(ref_text, piece), p.cfg)
         inner = speak_streamed(p, ids, opts, prompt) if stream_audio else p.speak_piece(ids, opts, prompt)
         joiner.new_piece()
         start = joiner.emitted / rate  # the new piece starts where the held tail (its seam) starts
@@ -177,6 +177,7 @@ def speak_script(
     yield SpeechResult(np.concatenate(out), rate, np.concatenate(codes), timings=timings, segments=segments)
 
 
-def _join(ref_text: str | None, text: str) -> str:
+def join_reference(ref_text: str | None, text: str) -> str:
+    """A reference's transcript and the text to speak, joined by a space, as nari's and transformers' examples do."""
     ref_text = ref_text or ""
     return (ref_text if ref_text[-1:].isspace() else ref_text + " ") + text
