@@ -3,13 +3,15 @@
 A decode step multiplies one or two rows by every decoder weight, so on a CPU it runs at the speed the weights
 stream from memory. oneDNN's blocked weight layout (`mkldnn._reorder_linear_weight`, the one torch.compile's CPU
 freezing pass uses) streams bf16 weights 10-25% faster than torch's row-major Linear on this project's machine.
-The results are torch's bit for bit for 2 or more rows; for a single row torch's Linear sums in another order,
-and about one output in 5,000 differs by one bf16 ulp (tests/test_packing.py).
+The results are torch's bit for bit for 2 or more rows. A single row is computed as the first of two equal rows:
+oneDNN's fp32 kernel (and on CPUs without AMX its bf16 one) sums a lone row in another order than a row among
+others, so a request decoded alone would differ in the last bit from the same request batched beside others
+(continuous batching needs them equal, layers.batch_invariant). A decode step streams the weights either way, so
+the second row costs nothing measurable (benchmarks/machine.py: 1 and 2 rows run at the same GB/s).
 
 Used for bfloat16 weights on a CPU with native bf16, and for float32 weights on any CPU: oneDNN's fp32 kernel
 keeps its speed per row as rows are added, where torch's falls off (Dia's gate_up, 2 cores, AVX-512: 36 G
-row-params/s for 8 rows against 17.5), and a row's result does not depend on the other rows from 2 rows on,
-which continuous batching needs (layers.batch_invariant). Anything else keeps torch's nn.Linear, as does
+row-params/s for 8 rows against 17.5), and a row's result does not depend on the other rows. Anything else keeps torch's nn.Linear, as does
 SPEECHRS_PACK_WEIGHTS=0 (for benchmarks, or to rule packing out when chasing a numerical question).
 """
 
@@ -47,6 +49,10 @@ class PackedLinear(nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), LAYOUT_ROWS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == x.shape[-1]:  # one row: the first of two, as the module docstring says
+            two = x.reshape(1, -1).expand(2, -1).contiguous()
+            out = torch.ops.mkldnn._linear_pointwise(two, self.packed, None, "none", [], "")
+            return out[:1].reshape(*x.shape[:-1], self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
 
     def extra_repr(self) -> str:
