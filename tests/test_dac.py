@@ -93,9 +93,29 @@ def test_missing_dac_weights_are_named(tmp_path):
 
 
 def test_chunked_decode_equals_one_pass(dac):
-    codes = torch.randint(0, 1024, (1, 9, 100), generator=torch.Generator().manual_seed(1))
+    codes = torch.randint(0, 1024, (2, 9, 100), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         whole = dac.decode_pre_tanh(codes, chunk=1000)
-        pieces = dac.decode_pre_tanh(codes, chunk=24)  # 5 chunks, 16 frames of context each side
-    assert pieces.shape == whole.shape == (1, 100 * 512)
+        pieces = dac.decode_pre_tanh(codes, chunk=24)  # 5 chunks on a stream (dac_stream.py)
+    assert pieces.shape == whole.shape == (2, 100 * 512)
     torch.testing.assert_close(pieces, whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sizes", [[100], [16, 32, 52], [1, 2, 3, 0, 10, 84], [5, 95, 0]])
+def test_a_stream_of_frames_decodes_as_one_pass_whatever_its_pieces(dac, sizes):
+    """Each push returns the samples that no longer depend on later frames; the end gives the rest. The samples
+    out so far never run ahead of the frames in, and lag them by the decoder's reach (about 10 frames)."""
+    from speechrs.dia.dac_stream import StreamingDecoder
+
+    codes = torch.randint(0, 1024, (1, 9, 100), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        whole = dac.decode_pre_tanh(codes, chunk=1000)
+    stream, outs, pushed = StreamingDecoder(dac), [], 0
+    for n in sizes:
+        outs.append(stream.push(codes[..., pushed : pushed + n]))
+        pushed += n
+        out = sum(o.shape[-1] for o in outs)
+        assert out <= pushed * 512 and (pushed < 12 or out >= (pushed - 12) * 512)
+    outs.append(stream.push(codes[..., :0], end=True))
+    torch.testing.assert_close(torch.cat(outs, dim=-1), whole, atol=1e-5, rtol=0)
+    assert StreamingDecoder(dac).push(codes[..., :0], end=True).shape == (1, 0)  # an empty stream

@@ -22,14 +22,15 @@ def test_streamed_pieces_equal_the_whole_clip_and_come_early(pipeline):
     chunks = [e for e in events if isinstance(e, AudioChunk)]
     result = events[-1]
     assert isinstance(result, SpeechResult) and np.array_equal(result.codes, whole.codes)
-    assert len(whole.codes) > 16 + 16 + 32  # the greedy tiny model speaks long enough for several pieces
+    assert len(whole.codes) > 16 + 32 + 64  # the greedy tiny model speaks long enough for several pieces
     assert sum(len(c.pcm) for c in chunks) == len(whole.pcm) == len(whole.codes) * 512
-    assert [len(c.pcm) // 512 for c in chunks][:2] == [16, 32]  # short first pieces, then doubling
+    # 16 frames pushed give what the DAC's reach (~10 frames) leaves final; then each push gives its own frames
+    assert 0 < len(chunks[0].pcm) < 16 * 512 and [len(c.pcm) for c in chunks[1:3]] == [32 * 512, 64 * 512]
     np.testing.assert_allclose(np.concatenate([c.pcm for c in chunks]), whole.pcm, atol=2e-5, rtol=0)
     np.testing.assert_array_equal(result.pcm, np.concatenate([c.pcm for c in chunks]))
     first_audio = next(i for i, e in enumerate(events) if isinstance(e, AudioChunk))
     steps = [e for e in events[:first_audio] if isinstance(e, Step)]
-    assert steps[-1].frames == 16 + 16 and steps[-1].step == 16 + 16 + 15  # piece + context, 15 steps behind
+    assert steps[-1].frames == 16 and steps[-1].step == 16 + 15  # the first piece's frames, 15 steps behind
     frames = [e.frames for e in events if isinstance(e, Step)]
     assert frames == sorted(frames) and frames[-1] == len(whole.codes)
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import ModelNotFoundError, UnsupportedModelError
 from ..weights import load_into, read_safetensors, release_unused
+from .dac_stream import StreamingDecoder
 
 
 @dataclass(frozen=True)
@@ -133,24 +134,18 @@ class DAC(nn.Module):
         self.source: Path | None = None  # the checkpoint directory, where dac_encoder.py finds the encoder
         self.encoder: nn.Module | None = None  # loaded on first use (voice cloning)
 
-    def decode_pre_tanh(self, codes_BxQxT: torch.Tensor, chunk: int = 128, context: int = 16) -> torch.Tensor:
+    def decode_pre_tanh(self, codes_BxQxT: torch.Tensor, chunk: int = 128) -> torch.Tensor:
         """codes (B, Q, T) -> waveform before the final tanh, (B, T * hop).
 
-        Long inputs are decoded `chunk` frames at a time with `context` frames of overlap on each side, then
-        cropped: the decoder sees about 10 frames either way (measured and derived: the latent conv +-3, the
-        first stage's residual units +-4.9, the rest ~2), so with 16 the result equals one full pass to float
-        rounding, while activations stay those of chunk + 32 frames (35 s at once would need ~2 GB). 128-frame
-        chunks hold ~0.25 GB and run ~7% faster than 512 here (their activations stay in cache) despite the
-        overlap (benchmarks/bench_dia.py)."""
-        T, hop = codes_BxQxT.shape[-1], self.cfg.hop_length
-        if chunk + 2 * context >= T:
+        Long inputs are decoded `chunk` frames at a time on a stream (dac_stream.py: each convolution keeps the
+        inputs its next outputs need), equal to one full pass to float rounding, while activations stay those
+        of about `chunk` frames (35 s at once would need ~2 GB). 128-frame chunks run faster than 512 here
+        (their activations stay in cache)."""
+        T = codes_BxQxT.shape[-1]
+        if chunk >= T:
             return self.decoder.model(self.quantizer.from_codes(codes_BxQxT)).squeeze(1)
-        pieces = []
-        for start in range(0, T, chunk):
-            lo, hi = max(0, start - context), min(T, start + chunk + context)
-            wave = self.decoder.model(self.quantizer.from_codes(codes_BxQxT[..., lo:hi])).squeeze(1)
-            keep = min(chunk, T - start)
-            pieces.append(wave[..., (start - lo) * hop : (start - lo + keep) * hop])
+        stream = StreamingDecoder(self, codes_BxQxT.shape[0])
+        pieces = [stream.push(codes_BxQxT[..., i : i + chunk], end=i + chunk >= T) for i in range(0, T, chunk)]
         return torch.cat(pieces, dim=-1)
 
     def decode(self, codes_BxQxT: torch.Tensor) -> torch.Tensor:

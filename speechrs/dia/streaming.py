@@ -1,11 +1,12 @@
 """Streamed Dia audio: DAC-decode frames while the decoder is still generating.
 
-A frame is complete max_delay (15) steps after channel 0 wrote it. The DAC sees about 10 frames either way, so a
-piece of frames [a, b) is decoded from [a - 16, b + 16) and cropped, as DAC.decode_pre_tanh does for long clips:
-a piece goes out once 16 frames past its end are complete (or the clip has ended). Pieces start small, for a
-short time to first audio, and double up to 128 frames, where the DAC is most efficient. The concatenated
-pieces equal the whole-clip decode within float rounding (tests/test_dia_streaming.py). Loudness normalisation
-needs the whole clip, so streamed audio is the DAC output with descript's tanh.
+A frame is complete max_delay (15) steps after channel 0 wrote it. Complete frames are pushed into the request's
+own streaming DAC decoder (dac_stream.py) in pieces that start small, for a short time to first audio, and double
+up to 128 frames, where the DAC is most efficient; each push returns the samples that no longer depend on frames
+to come (the decoder reaches about 10 frames to the right, so the first push of 16 frames gives about 6 frames of
+audio). Every frame passes the DAC once. The concatenated chunks equal the whole-clip decode within float
+rounding (tests/test_dia_streaming.py). Loudness normalisation needs the whole clip, so streamed audio is the DAC
+output with descript's tanh.
 """
 
 import time
@@ -16,13 +17,13 @@ import numpy as np
 import torch
 
 from ..request import StepInput
+from .dac_stream import StreamingDecoder
 from .events import AudioChunk, SpeakSettings, SpeechResult, Step
 
 if TYPE_CHECKING:  # pipeline.py imports this module; the pipeline is only a parameter here
     from .pipeline import DiaPipeline
 
-CONTEXT = 16  # frames of DAC context on each side of a piece (dac.py: the decoder sees ~10)
-FIRST_PIECE, LARGEST_PIECE = 16, 128  # frames: 0.19 s, then doubling to 1.5 s
+FIRST_PIECE, LARGEST_PIECE = 16, 128  # frames pushed into the DAC: 0.19 s, then doubling to 1.5 s
 
 
 def speak_streamed(
@@ -31,21 +32,27 @@ def speak_streamed(
     """Frame indices here count from the first frame of the rows, the reference's (if any) included; only frames
     after the reference's L are decoded, as in the whole-clip path (transformers decodes the new codes only)."""
     t0 = time.perf_counter()
-    rate, hop = p.codec.cfg.sample_rate, p.codec.cfg.hop_length
+    rate = p.codec.cfg.sample_rate
     L = 0 if prompt is None else len(prompt)
-    sent, size, dac_s = L, FIRST_PIECE, 0.0
+    dac = StreamingDecoder(p.codec)
+    pushed, size, dac_s = L, FIRST_PIECE, 0.0  # frames given to the DAC so far (the reference's count as given)
     pieces: list[np.ndarray] = []
     rows: torch.Tensor | None = None
     step: Step | None = None
 
-    def piece(rows: torch.Tensor, keep: int, ready: int) -> AudioChunk:
-        """The next `keep` frames, decoded from the complete frames before `ready`."""
-        nonlocal sent, size, dac_s
+    def push(rows: torch.Tensor, stop: int, end: bool) -> AudioChunk | None:
+        """Frames [pushed, stop) into the DAC -> the audio that is final now, if any."""
+        nonlocal pushed, size, dac_s
         t = time.perf_counter()
-        pieces.append(_decode_piece(p, rows, sent, keep, L, ready, hop))
+        with torch.inference_mode():
+            wave = dac.push(p.frames(rows, pushed, stop).T[None].to(p.device), end)[0]
+            pcm = torch.tanh(wave).float().cpu().numpy()
         dac_s += time.perf_counter() - t
-        sent, size = sent + keep, min(2 * size, LARGEST_PIECE)
-        return AudioChunk(pieces[-1], rate)
+        pushed, size = stop, min(2 * size, LARGEST_PIECE)
+        if not len(pcm):
+            return None
+        pieces.append(pcm)
+        return AudioChunk(pcm, rate)
 
     for item in p.generate_rows(text_ids, opts, prompt):
         if isinstance(item, StepInput):
@@ -53,13 +60,16 @@ def speak_streamed(
             continue
         step, rows = item
         yield step
-        while L + step.frames >= sent + size + CONTEXT:  # the piece and its right context are complete
-            yield piece(rows, size, L + step.frames)
+        while L + step.frames >= pushed + size:  # the next piece's frames are complete
+            chunk = push(rows, pushed + size, end=False)
+            if chunk is not None:
+                yield chunk
     if rows is None or step is None:
         raise RuntimeError("the decoder made no step")  # generate_rows always makes one
     total = L + step.frames
-    while sent < total:  # the clip has ended: its tail has no right context to wait for
-        yield piece(rows, min(size, total - sent), total)
+    chunk = push(rows, max(total, pushed), end=True)  # the clip has ended: the DAC gives the rest
+    if chunk is not None:
+        yield chunk
     pcm = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
     codes = p.frames(rows, L, total)
     yield SpeechResult(
@@ -73,16 +83,3 @@ def speak_streamed(
             "dac_s": dac_s,
         },
     )
-
-
-@torch.inference_mode()
-def _decode_piece(
-    p: "DiaPipeline", rows: torch.Tensor, start: int, size: int, first: int, ready: int, hop: int
-) -> np.ndarray:
-    """Frames [start, start + size) as float32 PCM, decoded with up to CONTEXT frames on each side from the
-    complete frames [first, ready)."""
-    lo, hi = max(first, start - CONTEXT), min(ready, start + size + CONTEXT)
-    codes = p.frames(rows, lo, hi)
-    wave = p.codec.decode_pre_tanh(codes.T[None].to(p.device), chunk=hi - lo)[0]
-    piece = wave[(start - lo) * hop : (start - lo + size) * hop]
-    return torch.tanh(piece).float().cpu().numpy()

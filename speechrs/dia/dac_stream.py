@@ -1,0 +1,128 @@
+"""The DAC decoder run on a stream of frames: each frame's layers are computed once, whatever the pieces.
+
+Decoding overlapping pieces (each with 16 frames of context on both sides, which the decoder's ~10-frame reach
+needs) computes every context frame again: for the pieces a streamed reply starts with (16, 32, 64 frames) that
+is 1.5-3x the work of the frames themselves, and the DAC took half of a batched server's time (issue 15, py-spy
+on 8 concurrent Dia streams). Here every convolution keeps the inputs its next outputs still need, so a frame
+passes each layer once, and a piece goes out as soon as its samples no longer depend on frames to come.
+
+Each layer emits only samples that are final; the layers' own lags add up (about 10 frames in all, the decoder's
+reach to the right). Per layer, over the whole stream, the operations are the whole-clip decoder's, the
+convolutions computed over other block boundaries: equal to one full pass to float rounding (tests/test_dac.py).
+
+Axes: B batch, C channels, N samples at the layer's rate.
+"""
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:  # dac.py imports this module
+    from .dac import DAC
+
+
+def _cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return b if a.shape[-1] == 0 else torch.cat([a, b], dim=-1)
+
+
+class _Conv:
+    """nn.Conv1d (stride 1, zero padding P = reach on each side) on a stream: it keeps the last 2P inputs (at first
+    the P zeros of the left padding); the end of the stream adds the P zeros of the right padding."""
+
+    def __init__(self, conv: nn.Conv1d, batch: int):
+        self.conv = conv
+        (self.pad,) = conv.padding  # type: ignore[misc]
+        self.span = conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
+        assert conv.stride == (1,) and self.span == 2 * self.pad + 1, "a symmetric 'same' convolution"
+        w = conv.weight
+        self.held = w.new_zeros(batch, conv.in_channels, self.pad)
+
+    def push(self, x_BxCxN: torch.Tensor, end: bool) -> torch.Tensor:
+        z = _cat(self.held, x_BxCxN)
+        if end:
+            z = _cat(z, z.new_zeros(*z.shape[:-1], self.pad))
+        if z.shape[-1] < self.span:
+            self.held = z
+            return z.new_zeros(z.shape[0], self.conv.out_channels, 0)
+        self.held = z[..., z.shape[-1] - self.span + 1 :]
+        c = self.conv
+        return F.conv1d(z, c.weight, c.bias, dilation=c.dilation)
+
+
+class _ConvTranspose:
+    """nn.ConvTranspose1d (kernel 2s, stride s, padding p) on a stream: each input sample adds to 2s outputs, so
+    the last s outputs of a piece wait for the next piece's overlap; the first and last p outputs are cropped, as
+    the padding does over the whole clip."""
+
+    def __init__(self, conv: nn.ConvTranspose1d, batch: int):
+        self.conv = conv
+        self.stride, (self.crop,) = conv.stride[0], conv.padding  # type: ignore[misc]
+        assert conv.kernel_size[0] == 2 * self.stride, "DAC's upsampling kernels are twice their stride"
+        self.pending = conv.weight.new_zeros(batch, conv.out_channels, self.stride)
+        self.to_crop = self.crop
+
+    def push(self, x_BxCxN: torch.Tensor, end: bool) -> torch.Tensor:
+        s, n = self.stride, x_BxCxN.shape[-1]
+        if n:
+            full = F.conv_transpose1d(x_BxCxN, self.conv.weight, None, stride=s)  # (B, C, (n + 1) s)
+            full[..., :s] += self.pending
+            ready, self.pending = full[..., : n * s], full[..., n * s :]
+        else:
+            ready = self.pending[..., :0]
+        if end:
+            ready = _cat(ready, self.pending[..., : s - self.crop])
+        if self.to_crop:
+            dropped = min(self.to_crop, ready.shape[-1])
+            ready, self.to_crop = ready[..., dropped:], self.to_crop - dropped
+        bias = self.conv.bias
+        return ready if bias is None else ready + bias[:, None]
+
+
+class _Residual:
+    """ResidualUnit on a stream: its convolution lags, so the skip path waits in a queue for its outputs."""
+
+    def __init__(self, unit: nn.Module, batch: int):
+        self.snake1, conv1, self.snake2, self.conv2 = unit.block
+        self.conv1 = _Conv(conv1, batch)
+        self.skip = conv1.weight.new_zeros(batch, conv1.in_channels, 0)
+
+    def push(self, x_BxCxN: torch.Tensor, end: bool) -> torch.Tensor:
+        y = self.conv1.push(self.snake1(x_BxCxN), end)
+        if y.shape[-1]:  # torch's convolutions refuse empty inputs
+            y = self.conv2(self.snake2(y))
+        self.skip = _cat(self.skip, x_BxCxN)
+        out = y.add_(self.skip[..., : y.shape[-1]])
+        self.skip = self.skip[..., y.shape[-1] :]
+        return out
+
+
+class StreamingDecoder:
+    """One stream's DAC decode: push(codes of the next frames) -> the waveform samples (before tanh) that are final
+    now; push(..., end=True) at the end returns the rest. Over the stream, T frames give T * hop samples."""
+
+    def __init__(self, dac: "DAC", batch: int = 1):
+        self.dac = dac
+        self.layers: list = []  # stateful layers (push) and pointwise ones (Snake, called)
+        for layer in dac.decoder.model:
+            for part in layer.block if hasattr(layer, "block") else [layer]:  # a DecoderBlock's parts, in order
+                if isinstance(part, nn.Conv1d):
+                    self.layers.append(_Conv(part, batch))
+                elif isinstance(part, nn.ConvTranspose1d):
+                    self.layers.append(_ConvTranspose(part, batch))
+                elif hasattr(part, "block"):  # a ResidualUnit
+                    self.layers.append(_Residual(part, batch))
+                else:  # Snake
+                    self.layers.append(part)
+
+    @torch.inference_mode()
+    def push(self, codes_BxQxT: torch.Tensor, end: bool = False) -> torch.Tensor:
+        B, _, T = codes_BxQxT.shape
+        if T:
+            x = self.dac.quantizer.from_codes(codes_BxQxT)  # per frame: no state
+        else:  # the end of a stream whose frames were all pushed before
+            x = self.dac.decoder.model[0].weight.new_zeros(B, self.dac.cfg.latent_dim, 0)
+        for layer in self.layers:
+            x = layer.push(x, end) if hasattr(layer, "push") else layer(x)
+        return x.squeeze(1)  # (B, samples)
