@@ -46,6 +46,19 @@ def cpu_native_bf16() -> bool:
     return onednn and (flags is None or bool(flags & X86_BF16_FLAGS))
 
 
+@functools.cache
+def cpu_amx() -> bool:
+    """Whether this CPU has AMX tiles for bf16 (Sapphire Rapids and later). There torch's bf16 flash-attention
+    kernel answers a decode query 1.5-2.3x faster than attend_one's fp32 matmuls (2 cores, B=2 H=16 K=4 E=128:
+    32 vs 56 us at S=100, 95 vs 216 us at S=500, 449 vs 588 us at S=1500); on AVX-512 BF16 without AMX it was
+    5-10x slower (attend_one). SPEECHRS_AMX=0 takes the other path, =1 this one."""
+    forced = os.environ.get("SPEECHRS_AMX")
+    if forced in ("0", "1"):
+        return forced == "1"
+    flags = cpu_flags()
+    return flags is not None and "amx_bf16" in flags and cpu_native_bf16()
+
+
 def upcast_on_this_cpu(t: torch.Tensor) -> bool:
     """A reduced-precision CPU tensor whose matmuls run faster in fp32 here (no native bf16 / fp16)."""
     return t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float16) and not cpu_native_bf16()
@@ -54,8 +67,11 @@ def upcast_on_this_cpu(t: torch.Tensor) -> bool:
 def cache_dtype(weight: torch.Tensor) -> torch.dtype:
     """The dtype of attention caches (KV, Dia's cross K/V) for a model whose weights are `weight`'s dtype: fp32
     for bf16/fp16 on the CPU, where a decode query is answered in fp32 (attend_one) and converting the whole
-    cache every step would cost more than holding it in fp32; the weights' dtype elsewhere."""
-    if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
+    cache every step would cost more than holding it in fp32; the weights' dtype elsewhere, and for bf16 on a CPU
+    with AMX, where torch's bf16 attention kernel is the faster one (cpu_amx). The values are the same either
+    way: k and v come out of bf16 linears."""
+    amx_bf16 = weight.dtype == torch.bfloat16 and cpu_amx()
+    if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16) and not amx_bf16:
         return torch.float32
     return weight.dtype
 
@@ -217,8 +233,9 @@ def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float |
     In bf16/fp16 on the CPU, torch's flash-attention kernel spends 5-10x longer on a single query than two fp32
     matmuls and a softmax (AVX-512 BF16, B=2 H=16 E=128: 333 vs 64 us at S=100, 3.6 ms vs 0.36 ms at S=1000;
     measured in fp32 the kernel is as fast, so fp32 keeps it). The scores and the sum run in fp32, as the kernel
-    does; the grouped heads share their kv head without a copy (query head h reads kv head h // (H / K))."""
-    if q.dtype == torch.float32 or q.device.type != "cpu":
+    does; the grouped heads share their kv head without a copy (query head h reads kv head h // (H / K)). With
+    k/v in q's dtype (cache_dtype: bf16 on a CPU with AMX) torch's kernel is used."""
+    if q.dtype == torch.float32 or q.device.type != "cpu" or k.dtype == q.dtype:
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     B, H, _, E = q.shape
     K = k.shape[1]

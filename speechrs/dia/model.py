@@ -234,7 +234,7 @@ class Dia(nn.Module):
             a = layer.cross_attention
             k = a.heads(a.k_proj, enc_BxSxD, a.n_kv_heads)
             k = apply_rope_interleaved(k, rot) if cfg.cross_rope else k
-            # fp32 for bf16 on the CPU, and contiguous: every decode step reads them whole (a strided view cost a
+            # in cache_dtype, and contiguous: every decode step reads them whole (a strided view cost a
             # gather copy of each per step, ~0.5 ms a layer)
             dtype = cache_dtype(enc_BxSxD)
             ks.append(k.to(dtype, memory_format=torch.contiguous_format))
