@@ -14,6 +14,7 @@ from speechrs.dia.events import AudioChunk, SpeakOptions, SpeechResult, Step
 from speechrs.engine import Engine
 from speechrs.layers import batch_invariant
 from speechrs.request import Request, StepInput
+from speechrs.voxtral import pipeline as voxtral_pipeline
 from speechrs.voxtral.pipeline import Audio, Done, GenerationOptions, Token
 
 
@@ -368,15 +369,39 @@ def test_a_paused_request_lets_the_running_ones_step_between_its_pieces(engine):
     ), log
 
 
-def test_long_audio_is_encoded_a_chunk_at_a_time_with_the_same_result(native_pipeline):
+def _by_hand(pipeline, pcm, opts) -> tuple[int, list[int], list[torch.Tensor]]:
+    """Drive a transcription as the scheduler does -> (pauses, token ids, each step's logits)."""
     from speechrs.request import Pause
 
-    pcm, opts = (noise(65.0), 16000), GenerationOptions(max_tokens=4)  # three 30 s chunks
-    pauses, ids = 0, []
-    for item in native_pipeline.transcribe(pcm, "en", opts).steps:  # driven by hand, as the scheduler does
+    pauses, ids, logits = 0, [], []
+    for item in pipeline.transcribe(pcm, "en", opts).steps:
         if isinstance(item, StepInput):
-            native_pipeline.step([item])
+            pipeline.step([item])
+            logits.append(item.logits)
         pauses += isinstance(item, Pause)
         ids += [item.id] if isinstance(item, Token) else []
-    assert pauses == 2
+    return pauses, ids, logits
+
+
+def test_long_audio_is_encoded_a_chunk_at_a_time_with_the_same_result(native_pipeline):
+    pcm, opts = (noise(65.0), 16000), GenerationOptions(max_tokens=4)  # three 30 s chunks
+    pauses, ids, _ = _by_hand(native_pipeline, pcm, opts)
+    done = [e for e in native_pipeline.transcribe(pcm, "en", opts) if isinstance(e, Done)][0]
+    prefill_pieces = -(-done.usage.prompt_tokens // voxtral_pipeline.PREFILL_TOKENS)
+    assert pauses == 2 + prefill_pieces - 1  # between the encoder's chunks, then between the prefill's pieces
     assert ids == [e.id for e in native_pipeline.transcribe(pcm, "en", opts) if isinstance(e, Token)]
+
+
+def test_a_long_prompt_is_prefilled_in_pieces_with_the_same_result(native_pipeline, monkeypatch):
+    """A prompt longer than PREFILL_TOKENS is prefilled a piece at a time, pausing between pieces (others step):
+    the same greedy ids as one pass, and logits equal to float rounding (fp32 tiny model)."""
+    pcm, opts = (noise(20.0), 16000), GenerationOptions(max_tokens=6)  # one chunk: no encoder pause
+    monkeypatch.setattr(voxtral_pipeline, "PREFILL_TOKENS", 10**6)
+    one_pass, ids, logits = _by_hand(native_pipeline, pcm, opts)
+    monkeypatch.setattr(voxtral_pipeline, "PREFILL_TOKENS", 64)
+    pieces, piece_ids, piece_logits = _by_hand(native_pipeline, pcm, opts)
+    done = [e for e in native_pipeline.transcribe(pcm, "en", opts) if isinstance(e, Done)][0]
+    assert one_pass == 0 and pieces == -(-done.usage.prompt_tokens // 64) - 1 >= 4
+    assert piece_ids == ids
+    for a, b in zip(piece_logits, logits, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -22,6 +22,11 @@ from .tekken import AudioPart, Part, StreamDecoder, Tekken, chat_prompt, transcr
 
 CHAT_MAX_TOKENS = 1024  # default completion budget for chat; transcription scales with the audio
 INITIAL_CACHE_TOKENS = 1024  # KV cache room beyond the prompt to start with; it doubles when needed
+# A prompt longer than this is prefilled this many tokens at a time, other requests taking a step between two
+# pieces: a 20-minute one-prompt transcript (~16,000 tokens) would otherwise stop every running stream for its
+# whole prefill. 1024 tokens is ~80 s of audio: prompts of one 30 s chunk (segmented transcripts, most chats) are
+# one piece, as before; the pieces give the same logits as one pass to float rounding (tests/test_batching.py).
+PREFILL_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -210,7 +215,12 @@ class VoxtralPipeline:
             # this request's own cache; it grows if generation goes on
             caches = model.new_caches(1, len(ids) + min(max_tokens, INITIAL_CACHE_TOKENS))
             ids_t = torch.tensor([ids], device=self.device)
-            logits = model.forward_rows(model.embed(ids_t, audio_embeds, self.audio_token_id), [Segment(0, caches)])
+            embeds = model.embed(ids_t, audio_embeds, self.audio_token_id)
+        for start in range(0, len(ids), PREFILL_TOKENS):  # a long prompt in pieces, pausing between (see there)
+            if start:
+                yield PAUSE
+            with torch.inference_mode():
+                logits = model.forward_rows(embeds[:, start : start + PREFILL_TOKENS], [Segment(start, caches)])
         generator = make_generator(opts.seed, self.device)
         stream = StreamDecoder(tok)
         generated: list[int] = []
