@@ -214,8 +214,9 @@ def batch_invariant(linears: list[nn.Module], rows: int, dtype: torch.dtype, dev
     """Whether each Linear-like module gives a request's `rows` rows the same bits alone as stacked above other
     requests' rows: then a batched decode step computes what the request computes alone. Whether it does is the
     kernel's choice, per row count: torch's fp32 Linear sums in another order for 1, 2 or 8 rows, oneDNN's packed
-    kernels are the same from 2 rows on (measured on AVX-512 and AMX), and PackedLinear runs a lone row as two. Probed on the model's own
-    weights with seeded random inputs: a kernel that reorders its sums for a row count differs at once."""
+    kernels are the same from 2 rows on (measured on AVX-512 and AMX), and PackedLinear runs a lone row as two.
+    Probed on the model's own weights with seeded random inputs: a kernel that reorders its sums for a row count
+    differs at once."""
     g = torch.Generator().manual_seed(0)
     for linear in linears:
         features = int(linear.in_features)  # type: ignore[arg-type]

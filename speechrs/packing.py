@@ -11,8 +11,9 @@ the second row costs nothing measurable (benchmarks/machine.py: 1 and 2 rows run
 
 Used for bfloat16 weights on a CPU with native bf16, and for float32 weights on any CPU: oneDNN's fp32 kernel
 keeps its speed per row as rows are added, where torch's falls off (Dia's gate_up, 2 cores, AVX-512: 36 G
-row-params/s for 8 rows against 17.5), and a row's result does not depend on the other rows. Anything else keeps torch's nn.Linear, as does
-SPEECHRS_PACK_WEIGHTS=0 (for benchmarks, or to rule packing out when chasing a numerical question).
+row-params/s for 8 rows against 17.5), and a row's result does not depend on the other rows. Anything else keeps
+torch's nn.Linear, as does SPEECHRS_PACK_WEIGHTS=0 (for benchmarks, or to rule packing out when chasing a
+numerical question).
 """
 
 import math

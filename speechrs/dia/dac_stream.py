@@ -33,7 +33,7 @@ class _Conv:
 
     def __init__(self, conv: nn.Conv1d, batch: int):
         self.conv = conv
-        (self.pad,) = conv.padding  # type: ignore[misc]
+        self.pad = int(conv.padding[0])  # padding is a tuple of ints here, never "same"
         self.span = conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
         assert conv.stride == (1,) and self.span == 2 * self.pad + 1, "a symmetric 'same' convolution"
         w = conv.weight
@@ -58,7 +58,7 @@ class _ConvTranspose:
 
     def __init__(self, conv: nn.ConvTranspose1d, batch: int):
         self.conv = conv
-        self.stride, (self.crop,) = conv.stride[0], conv.padding  # type: ignore[misc]
+        self.stride, self.crop = conv.stride[0], int(conv.padding[0])
         assert conv.kernel_size[0] == 2 * self.stride, "DAC's upsampling kernels are twice their stride"
         self.pending = conv.weight.new_zeros(batch, conv.out_channels, self.stride)
         self.to_crop = self.crop
