@@ -44,9 +44,8 @@ def speak_streamed(
         """Frames [pushed, stop) into the DAC -> the audio that is final now, if any."""
         nonlocal pushed, size, dac_s
         t = time.perf_counter()
-        with torch.inference_mode():
-            wave = dac.push(p.frames(rows, pushed, stop).T[None].to(p.device), end)[0]
-            pcm = torch.tanh(wave).float().cpu().numpy()
+        wave = dac.push(p.frames(rows, pushed, stop).T[None].to(p.device), end)[0]  # an inference tensor
+        pcm = torch.tanh(wave).float().cpu().numpy()
         dac_s += time.perf_counter() - t
         pushed, size = stop, min(2 * size, LARGEST_PIECE)
         if not len(pcm):
