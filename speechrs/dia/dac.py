@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ModelNotFoundError, UnsupportedModelError
 from ..weights import load_into, read_safetensors, release_unused
-from .dac_stream import StreamingDecoder
+from .dac_stream import StreamingDecoder, as_channels_last
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,9 @@ class Snake(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x + sin(alpha x)^2 / (alpha + 1e-9), with one temporary instead of four: at 44.1 kHz the activations,
         not the weights, are what a DAC decode holds in memory. Same operations in the same order as descript's."""
-        t = (self.alpha * x).sin_().square_()
-        return t.mul_((self.alpha + 1e-9).reciprocal()).add_(x)
+        alpha = self.alpha if x.dim() == 3 else self.alpha[..., None]  # (1, C, 1) or, over (B, C, 1, N), (1, C, 1, 1)
+        t = (alpha * x).sin_().square_()
+        return t.mul_((alpha + 1e-9).reciprocal()).add_(x)
 
 
 class ResidualUnit(nn.Module):
@@ -137,15 +138,14 @@ class DAC(nn.Module):
     def decode_pre_tanh(self, codes_BxQxT: torch.Tensor, chunk: int = 128) -> torch.Tensor:
         """codes (B, Q, T) -> waveform before the final tanh, (B, T * hop).
 
-        Long inputs are decoded `chunk` frames at a time on a stream (dac_stream.py: each convolution keeps the
-        inputs its next outputs need), equal to one full pass to float rounding, while activations stay those
-        of about `chunk` frames (35 s at once would need ~2 GB). 128-frame chunks run faster than 512 here
-        (their activations stay in cache)."""
+        Decoded `chunk` frames at a time on a stream (dac_stream.py: each convolution keeps the inputs its next
+        outputs need; channels-last 2D convolutions), equal to one pass of the decoder's modules to float rounding,
+        while activations stay those of about `chunk` frames (35 s at once would need ~2 GB). 128-frame chunks
+        run faster than 512 here (their activations stay in cache)."""
         T = codes_BxQxT.shape[-1]
-        if chunk >= T:
-            return self.decoder.model(self.quantizer.from_codes(codes_BxQxT)).squeeze(1)
         stream = StreamingDecoder(self, codes_BxQxT.shape[0])
-        pieces = [stream.push(codes_BxQxT[..., i : i + chunk], end=i + chunk >= T) for i in range(0, T, chunk)]
+        starts = range(0, T, chunk) or [0]  # no frames: the stream's end alone, no samples
+        pieces = [stream.push(codes_BxQxT[..., i : i + chunk], end=i + chunk >= T) for i in starts]
         return torch.cat(pieces, dim=-1)
 
     def decode(self, codes_BxQxT: torch.Tensor) -> torch.Tensor:
@@ -245,5 +245,6 @@ def load_dac(directory: Path, device="cpu") -> DAC:
     load_into(model, iter(renamed.items()), torch.float32, device)
     del raw, tensors, renamed
     release_unused(mappings, model)  # the encoder's and the unfolded weight-norm pages
+    as_channels_last(model)
     model.source = directory
     return model.eval()
