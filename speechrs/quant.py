@@ -30,6 +30,11 @@ BLOCK_ELEMENTS = 2**22
 # GEMM reaches ~300 with the conversion (AVX-512 BF16). Measured on 16384 x 3072: kernel 14.6 / 58.7 / 110 ms at
 # 16 / 64 / 128 rows, convert + GEMM 44 / 57 / 70 ms (benchmarks/machine.py has the per-path figures).
 DEQUANT_ROWS = 64
+# ...converted a block of weight rows at a time, each block (16 MiB converted) multiplied while it is in cache:
+# the whole weight converted at once is a fresh 100 MB+ buffer per call, whose page faults and memory traffic cost
+# as much as the GEMM. 383 rows on AMX, bf16: 16384 x 3072 70 -> 40 ms, 3072 x 8192 36 -> 18 ms; the fp32 path
+# (SPEECHRS_NATIVE_BF16=0, same machine) 174 -> 140 and 87 -> 69 ms (blocks of 32 and 64 MiB were slower there).
+DEQUANT_BLOCK_BYTES = 2**24
 
 
 def check_quantization(name: str | None) -> str | None:
@@ -46,10 +51,10 @@ def _as_kernel_dtype(scale: torch.Tensor) -> torch.Tensor:
     return (scale * (1 + 2.0**-7)).to(KERNEL_DTYPE).float()
 
 
-def _row_blocks(n_rows: int, k: int) -> list[tuple[int, int]]:
-    """[start, stop) row ranges of about BLOCK_ELEMENTS each, in multiples of INT4_ROWS (int4 packs whole
+def _row_blocks(n_rows: int, k: int, elements: int = BLOCK_ELEMENTS) -> list[tuple[int, int]]:
+    """[start, stop) row ranges of about `elements` each, in multiples of INT4_ROWS (int4 packs whole
     row blocks of 32 or 64, so blocks of rows pack independently)."""
-    step = max(INT4_ROWS, BLOCK_ELEMENTS // k // INT4_ROWS * INT4_ROWS)
+    step = max(INT4_ROWS, elements // k // INT4_ROWS * INT4_ROWS)
     return [(r, min(r + step, n_rows)) for r in range(0, n_rows, step)]
 
 
@@ -89,7 +94,10 @@ class Int8Linear(nn.Module):
             dtype = KERNEL_DTYPE if cpu_native_bf16() else torch.float32
             # inputs and the product rounded to bf16 as on a bf16 GEMM, so every CPU computes the same numbers
             x_k = rows.to(KERNEL_DTYPE).to(dtype)
-            y = F.linear(x_k, self.qweight.to(dtype)).to(KERNEL_DTYPE) * self.scale  # codes exact in bf16
+            y = torch.empty(len(rows), self.out_features, dtype=dtype, device=x.device)
+            for a, b in _row_blocks(self.out_features, self.in_features, DEQUANT_BLOCK_BYTES // dtype.itemsize):
+                torch.matmul(x_k, self.qweight[a:b].to(dtype).T, out=y[:, a:b])  # codes exact in bf16
+            y = y.to(KERNEL_DTYPE) * self.scale
         else:
             y = torch.ops.aten._weight_int8pack_mm(rows.to(KERNEL_DTYPE).contiguous(), self.qweight, self.scale)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
