@@ -235,8 +235,9 @@ def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float |
     matmuls and a softmax (AVX-512 BF16, B=2 H=16 E=128: 333 vs 64 us at S=100, 3.6 ms vs 0.36 ms at S=1000;
     measured in fp32 the kernel is as fast, so fp32 keeps it). The scores and the sum run in fp32, as the kernel
     does; the grouped heads share their kv head without a copy (query head h reads kv head h // (H / K)). With
-    k/v in q's dtype (cache_dtype: bf16 on a CPU with AMX) torch's kernel is used."""
-    if q.dtype == torch.float32 or q.device.type != "cpu" or k.dtype == q.dtype:
+    k/v in q's dtype on a CPU with AMX (cache_dtype keeps them bf16 there) torch's kernel is used; elsewhere a
+    bf16 k/v (a first step's own, not yet from the fp32 cache) takes the fp32 matmuls as before."""
+    if q.dtype == torch.float32 or q.device.type != "cpu" or (k.dtype == q.dtype and cpu_amx()):
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     B, H, _, E = q.shape
     K = k.shape[1]

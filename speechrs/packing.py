@@ -4,9 +4,10 @@ A decode step multiplies one or two rows by every decoder weight, so on a CPU it
 stream from memory. oneDNN's blocked weight layout (`mkldnn._reorder_linear_weight`, the one torch.compile's CPU
 freezing pass uses) streams bf16 weights 10-25% faster than torch's row-major Linear on this project's machine.
 The results are torch's bit for bit for 2 or more rows. A single row is computed as the first of two equal rows:
-oneDNN's fp32 kernel (and on CPUs without AMX its bf16 one) sums a lone row in another order than a row among
-others, so a request decoded alone would differ in the last bit from the same request batched beside others
-(continuous batching needs them equal, layers.batch_invariant). A decode step streams the weights either way, so
+oneDNN's fp32 kernel sums a lone row in another order than a row among others (measured on AVX-512 with AMX,
+where its bf16 kernel does not; other CPUs' bf16 kernels were not checked), so a request decoded alone would
+differ in the last bit from the same request batched beside others (continuous batching needs them equal,
+layers.batch_invariant). A decode step streams the weights either way, so
 the second row costs nothing measurable (benchmarks/machine.py: 1 and 2 rows run at the same GB/s).
 
 Used for bfloat16 weights on a CPU with native bf16, and for float32 weights on any CPU: oneDNN's fp32 kernel

@@ -10,9 +10,9 @@ from speechrs.layers import attend_one, cpu_amx
 @pytest.mark.parametrize("kv_heads", [4, 16])
 @pytest.mark.parametrize("cache", ["float32", "same"])
 def test_single_query_attention_equals_sdpa_in_float32(dtype, kv_heads, cache):
-    """The decode-step attention (fp32 matmuls for bf16/fp16 queries over an fp32 cache, torch's kernel over a
-    cache in the query's dtype) against SDPA on the same inputs in float32, GQA included: within the output
-    dtype's rounding."""
+    """The decode-step attention (fp32 matmuls for bf16/fp16 queries over an fp32 cache, on a CPU with AMX
+    torch's kernel over a cache in the query's dtype) against SDPA on the same inputs in float32, GQA included:
+    within the output dtype's rounding."""
     g = torch.Generator().manual_seed(kv_heads)
     q = torch.randn(2, 16, 1, 64, generator=g)
     k, v = torch.randn(2, kv_heads, 77, 64, generator=g), torch.randn(2, kv_heads, 77, 64, generator=g)

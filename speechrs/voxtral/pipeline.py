@@ -216,7 +216,7 @@ class VoxtralPipeline:
             caches = model.new_caches(1, len(ids) + min(max_tokens, INITIAL_CACHE_TOKENS))
             ids_t = torch.tensor([ids], device=self.device)
             embeds = model.embed(ids_t, audio_embeds, self.audio_token_id)
-        for start in range(0, len(ids), PREFILL_TOKENS):  # a long prompt in pieces, pausing between (see there)
+        for start in range(0, len(ids), PREFILL_TOKENS):  # a long prompt in pieces, pausing between (PREFILL_TOKENS)
             if start:
                 yield PAUSE
             with torch.inference_mode():
