@@ -88,7 +88,7 @@ def paths(weight: torch.Tensor) -> dict:
     if cpu_native_bf16():
         packed = PackedLinear(w16)
         out["bf16 packed"] = (packed, n * k * 2)
-    q8, q4 = Int8Linear(w16), Int4Linear(w16)
+    q8, q4 = Int8Linear.quantize(w16), Int4Linear.quantize(w16)
     out["int8"] = (q8, n * k)
     out["int4"] = (q4, n * k // 2 + q4.scale_zero.numel() * 2)
     return out

@@ -8,3 +8,11 @@ def load(model: str = "mistralai/Voxtral-Mini-3B-2507", **kwargs):
     from .api import load as _load  # keep `import speechrs` free of torch
 
     return _load(model, **kwargs)
+
+
+def quantize(model: str, output, quantize: str = "int8"):
+    """Write `model`'s decoder linears as int8 / int4 codes into the new directory `output`, which then loads with
+    speechrs.load(output) on any machine; see speechrs.quantize_checkpoint."""
+    from .quantize_checkpoint import quantize_checkpoint
+
+    return quantize_checkpoint(model, output, quantize)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from .cli_quantize import quantize as quantize_command
 from .cli_voices import VoicesDir
 from .cli_voices import app as voices_app
 from .errors import InvalidRequestError, SpeechrsError
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 err = Console(stderr=True, soft_wrap=True)  # one message, one line: no hard wraps
 app.add_typer(voices_app, name="voices")
+app.command("quantize")(quantize_command)
 
 
 class OutputFormat(str, Enum):

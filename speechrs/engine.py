@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from .compute import ComputePlan, plan
 from .errors import InvalidRequestError, ModelNotFoundError, ServerBusyError, ShuttingDownError
 from .hub import DEFAULT_DAC, ModelSource, resolve, resolve_dac
+from .quant_store import quantization_to_load
 from .scheduler import END, Job, Scheduler, post
 
 if TYPE_CHECKING:  # the pipelines import torch and the models: loaded when a model is
@@ -71,6 +72,12 @@ def load_pipeline(
     except ValueError as e:
         raise InvalidRequestError(str(e)) from None
     source = resolve(model)
+    try:  # a `speechrs quantize` directory brings its own quantization
+        stored = quantization_to_load(source.directory, how.quantize)
+        if stored != how.quantize:
+            how = plan(device, dtype, stored, chosen_by="auto" if asked == "auto" else "")
+    except ValueError as e:
+        raise InvalidRequestError(str(e)) from None
     if source.family == "dia":
         dac_dir = resolve_dac(dac or DEFAULT_DAC[source.layout])
         pipeline: VoxtralPipeline | DiaPipeline = DiaPipeline.load(

@@ -19,15 +19,19 @@ from .jsonconf import read_json
 
 log = logging.getLogger(__name__)
 
+# speechrs-quantized*: a directory `speechrs quantize` wrote, put on the hub (quant_store.py)
+QUANTIZED_FILES = ["speechrs-quantized*"]
 VOXTRAL_NATIVE_FILES = ["params.json", "consolidated.safetensors", "consolidated.safetensors.index.json", "tekken.json"]
+VOXTRAL_NATIVE_FILES += QUANTIZED_FILES
 VOXTRAL_HF_FILES = [
     "config.json",
     "model.safetensors",
     "model-*.safetensors",
     "model.safetensors.index.json",
     "tekken.json",
+    *QUANTIZED_FILES,
 ]
-DIA_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json"]
+DIA_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", *QUANTIZED_FILES]
 DAC_FILES = ["config.json", "model.safetensors", "*.pth"]
 # the DAC each Dia generation was released with: mistral.rs loads EricB's for v0.1, transformers descript's for 0626
 DEFAULT_DAC = {"nari_v01": "EricB/dac_44khz", "hf_0626": "descript/dac_44khz"}

@@ -12,6 +12,8 @@ weights are packed here, at load, on the machine that runs them.
 Each layer's exact reference is `dequantized()`: the same weight in float32, which the tests compare against.
 """
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,25 +64,39 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def int8_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: codes (N, K) int8 and scales (N,) bf16 with weight ~= codes * scale[:, None]."""
+    weight = weight.detach()
+    qweight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], device=weight.device)
+    for a, b in _row_blocks(*weight.shape):
+        block = weight[a:b]
+        s = _as_kernel_dtype(block.abs().amax(dim=1).float().clamp(min=1e-12) / 127.0)  # (rows,) max: exact
+        qweight[a:b] = block.to(torch.float32, copy=True).div_(s[:, None]).round_().clamp_(-127, 127)
+        scale[a:b] = s
+    return qweight, scale.to(KERNEL_DTYPE)
+
+
 class Int8Linear(nn.Module):
     """A bias-free Linear with int8 weights (N, K) and one scale per output row: y = (x @ q.T) * scale."""
 
     qweight: torch.Tensor  # (N, K) int8
     scale: torch.Tensor  # (N,) bf16
+    quantized_at_load = False  # True when made from float weights here, False when read from stored codes
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor):
         super().__init__()
-        self.out_features, self.in_features = weight.shape
-        weight = weight.detach()
-        qweight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
-        scale = torch.empty(self.out_features, device=weight.device)
-        for a, b in _row_blocks(*weight.shape):
-            block = weight[a:b]
-            s = _as_kernel_dtype(block.abs().amax(dim=1).float().clamp(min=1e-12) / 127.0)  # (rows,) max: exact
-            qweight[a:b] = block.to(torch.float32, copy=True).div_(s[:, None]).round_().clamp_(-127, 127)
-            scale[a:b] = s
+        self.out_features, self.in_features = qweight.shape
+        if qweight.data_ptr() % 64:  # the AVX-512 kernel's aligned loads crash on a view at any offset of a file
+            qweight = qweight.clone()
         self.register_buffer("qweight", qweight)
         self.register_buffer("scale", scale.to(KERNEL_DTYPE))
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor) -> "Int8Linear":
+        module = cls(*int8_codes(weight))
+        module.quantized_at_load = True
+        return module
 
     def dequantized(self) -> torch.Tensor:
         """The weight this layer computes with, in float32 (the reference the kernel is tested against)."""
@@ -106,33 +122,76 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
 
 
+def _int4_blocks(weight: torch.Tensor, group: int) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """(start, stop, codes, scale_zero) per row block of `weight` (N, K): codes (rows, K) int32 in 0..15 with
+    w = (q - 8) * scale + zero, scale_zero (K/g, rows, 2) in float32, already rounded to the kernel's bf16."""
+    n, k = weight.shape
+    for a, b in _row_blocks(n, k):
+        g = weight[a:b].to(torch.float32, copy=True).unflatten(1, (-1, group))  # (rows, K/g, g), a copy
+        lo, hi = g.amin(dim=2), g.amax(dim=2)
+        scale = _as_kernel_dtype(((hi - lo) / 15).clamp(min=1e-12))  # (rows, K/g)
+        zero = (lo + 8 * scale).to(KERNEL_DTYPE).float()  # w = (q - 8) * scale + zero: q = 0 is lo, 15 is hi
+        q = g.sub_(zero[..., None]).div_(scale[..., None]).add_(8).round_().clamp_(0, 15)
+        yield a, b, q.to(torch.int32).flatten(1), torch.stack([scale, zero], dim=2).transpose(0, 1)
+
+
+def int4_codes(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped asymmetric int4 in a layout any machine can read (speechrs quantize writes it): codes (N, K/2)
+    uint8, two per byte, k even in the low nibble; scale_zero (K/g, N, 2) bf16."""
+    weight = weight.detach()
+    n, k = weight.shape
+    codes = torch.empty(n, k // 2, dtype=torch.uint8, device=weight.device)
+    scale_zero = torch.empty(k // group, n, 2, device=weight.device)
+    for a, b, q, sz in _int4_blocks(weight, group):
+        codes[a:b] = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)
+        scale_zero[:, a:b] = sz
+    return codes, scale_zero.to(KERNEL_DTYPE)
+
+
 class Int4Linear(nn.Module):
     """A bias-free Linear with 4-bit weights in groups of INT4_GROUP along K, each with a scale and zero point."""
 
     packed: torch.Tensor  # (N padded, K / 2) uint8 in the kernel's layout for this CPU
     scale_zero: torch.Tensor  # (K / g, N padded, 2) bf16
+    quantized_at_load = False  # True when made from float weights here, False when read from stored codes
 
-    def __init__(self, weight: torch.Tensor, group: int = INT4_GROUP):
+    def __init__(self, out_features: int, group: int, packed: torch.Tensor, scale_zero: torch.Tensor):
+        """From tensors already in the kernel's layout: see quantize() and from_codes()."""
         super().__init__()
-        self.out_features, self.in_features = weight.shape
-        if self.in_features % group:
-            raise ValueError(f"int4 needs in_features divisible by {group}, got {self.in_features}")
-        self.group = group
-        n_pad = -self.out_features % INT4_ROWS  # e.g. Dia's 9 x 1028 logits rows: padded with zero rows
-        weight = F.pad(weight.detach(), (0, 0, 0, n_pad)) if n_pad else weight.detach()  # F.pad always copies
-        n, k = weight.shape
-        packed = torch.empty(n, k // 2, dtype=torch.uint8, device=weight.device)  # the kernel's packed shape
-        scale_zero = torch.empty(k // group, n, 2, device=weight.device)
-        for a, b in _row_blocks(n, k):
-            g = weight[a:b].to(torch.float32, copy=True).unflatten(1, (-1, group))  # (rows, K/g, g), a copy
-            lo, hi = g.amin(dim=2), g.amax(dim=2)
-            scale = _as_kernel_dtype(((hi - lo) / 15).clamp(min=1e-12))  # (rows, K/g)
-            zero = (lo + 8 * scale).to(KERNEL_DTYPE).float()  # w = (q - 8) * scale + zero: q = 0 is lo, 15 is hi
-            q = g.sub_(zero[..., None]).div_(scale[..., None]).add_(8).round_().clamp_(0, 15)
-            packed[a:b] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).flatten(1), 1)
-            scale_zero[:, a:b] = torch.stack([scale, zero], dim=2).transpose(0, 1)  # (K/g, rows, 2)
+        self.out_features, self.in_features, self.group = out_features, packed.shape[1] * 2, group
         self.register_buffer("packed", packed)
         self.register_buffer("scale_zero", scale_zero.to(KERNEL_DTYPE))
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, group: int = INT4_GROUP) -> "Int4Linear":
+        n, k = weight.shape
+        if k % group:
+            raise ValueError(f"int4 needs in_features divisible by {group}, got {k}")
+        n_pad = -n % INT4_ROWS  # e.g. Dia's 9 x 1028 logits rows: padded with zero rows
+        weight = F.pad(weight.detach(), (0, 0, 0, n_pad)) if n_pad else weight.detach()  # F.pad always copies
+        packed = torch.empty(n + n_pad, k // 2, dtype=torch.uint8, device=weight.device)  # the kernel's shape
+        scale_zero = torch.empty(k // group, n + n_pad, 2, device=weight.device)
+        for a, b, q, sz in _int4_blocks(weight, group):
+            packed[a:b] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+            scale_zero[:, a:b] = sz
+        scale_zero[:, n:] = 0  # padded rows (codes 0): as from_codes pads them, so both make the same tensors
+        module = cls(n, group, packed, scale_zero)
+        module.quantized_at_load = True
+        return module
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scale_zero: torch.Tensor, group: int) -> "Int4Linear":
+        """From int4_codes()'s portable layout: unpacked and packed again for this CPU, a row block at a time."""
+        n, half_k = codes.shape
+        n_pad = -n % INT4_ROWS
+        packed = torch.empty(n + n_pad, half_k, dtype=torch.uint8, device=codes.device)
+        for a, b in _row_blocks(n + n_pad, half_k * 2):
+            q = torch.zeros(b - a, half_k * 2, dtype=torch.int32, device=codes.device)  # padded rows stay 0
+            rows = codes[a : min(b, n)].to(torch.int32)
+            q[: len(rows), 0::2], q[: len(rows), 1::2] = rows & 15, rows >> 4
+            packed[a:b] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        scale_zero = F.pad(scale_zero, (0, 0, 0, n_pad)) if n_pad else scale_zero  # padded rows: 0 * q + 0
+        return cls(n, group, packed, scale_zero)
 
     def dequantized(self) -> torch.Tensor:
         """The weight this layer computes with, in float32: (q - 8) * scale + zero. The codes q - 8 are read back
@@ -158,23 +217,64 @@ class Int4Linear(nn.Module):
 def quantized_linear(weight: torch.Tensor, kind: str) -> nn.Module:
     if weight.device.type != "cpu" and kind == "int4":
         raise ValueError("int4 weights run on the CPU only in this version (torch's CUDA int4 layout differs)")
-    return Int8Linear(weight) if kind == "int8" else Int4Linear(weight)
+    return Int8Linear.quantize(weight) if kind == "int8" else Int4Linear.quantize(weight)
+
+
+class StoredInt8(nn.Module):
+    """An int8 Linear as a `speechrs quantize` checkpoint stores it (int8_codes): put in a Linear's place on the
+    meta device, filled by the loader like any other tensor, then made an Int8Linear by quantize_linears/fused."""
+
+    def __init__(self, out_features: int, in_features: int):
+        super().__init__()
+        self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.empty(out_features, dtype=KERNEL_DTYPE))
+
+
+class StoredInt4(nn.Module):
+    """An int4 Linear as a `speechrs quantize` checkpoint stores it (int4_codes's portable layout)."""
+
+    def __init__(self, out_features: int, in_features: int, group: int):
+        super().__init__()
+        self.group = group
+        self.register_buffer("codes", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("scale_zero", torch.empty(in_features // group, out_features, 2, dtype=KERNEL_DTYPE))
+
+
+STORED = {"int8": StoredInt8, "int4": StoredInt4}
+
+
+def _from_stored(parts: list[nn.Module]) -> nn.Module:
+    """One quantized Linear over the rows of stored ones (a single part keeps its tensors: no copy)."""
+    if all(isinstance(p, StoredInt8) for p in parts):
+        qweight = parts[0].qweight if len(parts) == 1 else torch.cat([p.qweight for p in parts])
+        return Int8Linear(qweight, torch.cat([p.scale for p in parts]))
+    if all(isinstance(p, StoredInt4) and p.group == parts[0].group for p in parts):
+        codes = parts[0].codes if len(parts) == 1 else torch.cat([p.codes for p in parts])
+        return Int4Linear.from_codes(codes, torch.cat([p.scale_zero for p in parts], dim=1), parts[0].group)
+    raise ValueError(f"cannot fuse {[type(p).__name__ for p in parts]}: a checkpoint mixes quantized and float parts")
+
+
+def _quantized(parts: list[nn.Module], kind: str) -> nn.Module:
+    if any(isinstance(p, (StoredInt8, StoredInt4)) for p in parts):
+        return _from_stored(parts)
+    if any(p.bias is not None for p in parts):
+        raise ValueError("quantized Linears have no bias")
+    weights = [p.weight.detach() for p in parts]
+    return quantized_linear(weights[0] if len(weights) == 1 else torch.cat(weights), kind)
 
 
 def quantize_linears(parent: nn.Module, names: list[str], kind: str) -> None:
-    """Replace the bias-free nn.Linear children `names` of `parent` with quantized ones."""
+    """Replace the bias-free nn.Linear children `names` of `parent` with quantized ones (or stored ones with the
+    Linears they hold)."""
     for name in names:
-        linear = getattr(parent, name)
-        if linear.bias is not None:
-            raise ValueError(f"{name}: quantized Linears have no bias")
-        setattr(parent, name, quantized_linear(linear.weight, kind))
+        setattr(parent, name, _quantized([getattr(parent, name)], kind))
 
 
 def quantize_fused(parent: nn.Module, names: list[str], fused_name: str, kind: str) -> None:
     """One quantized Linear `fused_name` over the rows of the Linears `names` (which read the same input); the
     Linears themselves are removed, so their weights' memory can go. Per-row scales make this exactly the
-    concatenation of the Linears quantized one by one (int4 groups run along K, within a row, too)."""
-    weights = [getattr(parent, name).weight.detach() for name in names]
-    setattr(parent, fused_name, quantized_linear(torch.cat(weights), kind))
+    concatenation of the Linears quantized one by one (int4 groups run along K, within a row, too), which is
+    also how stored ones are fused."""
+    setattr(parent, fused_name, _quantized([getattr(parent, name) for name in names], kind))
     for name in names:
         delattr(parent, name)

@@ -134,10 +134,12 @@ def load_into(
     dtype: torch.dtype | None,
     device: torch.device | str = "cpu",
     transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    keep_dtype: Callable[[str], bool] | None = None,
 ) -> None:
     """Assign canonical-named tensors to a model built on the meta device; every parameter must be filled.
 
-    Floating tensors are cast to `dtype` (None keeps the checkpoint's); shapes are asserted.
+    Floating tensors are cast to `dtype` (None keeps the checkpoint's), except those `keep_dtype` names (a
+    quantized Linear's scales); shapes are asserted.
     """
     expected = dict(model.state_dict(keep_vars=True))
     seen: dict[str, torch.Tensor] = {}
@@ -150,7 +152,10 @@ def load_into(
             raise UnsupportedModelError(
                 f"tensor '{name}' has shape {tuple(tensor.shape)}, the config implies {tuple(expected[name].shape)}"
             )
-        if tensor.is_floating_point() and dtype is not None and tensor.dtype != dtype:
+        keep = keep_dtype is not None and keep_dtype(name)
+        if keep and tensor.dtype != expected[name].dtype:
+            raise UnsupportedModelError(f"tensor '{name}' is {tensor.dtype}, expected {expected[name].dtype}")
+        if tensor.is_floating_point() and dtype is not None and tensor.dtype != dtype and not keep:
             tensor = tensor.to(dtype)
         seen[name] = tensor.to(device)
     missing = sorted(set(expected) - set(seen))

@@ -33,7 +33,7 @@ def test_kernel_equals_the_float32_layer_of_its_dequantized_weight(kind, rows):
     g = torch.Generator().manual_seed(rows)
     w = torch.randn(9252, 256, generator=g) / 16  # 9 x 1028 rows: Dia's logits, not a multiple of the row block
     x = torch.randn(rows, 256, generator=g)
-    layer = KINDS[kind](w)
+    layer = KINDS[kind].quantize(w)
     ref = F.linear(x.to(torch.bfloat16).float(), layer.dequantized())
     _close_to_bf16_rounding(layer(x), ref)
     assert layer(x.to(torch.bfloat16)).dtype == torch.bfloat16 and layer(x).dtype == torch.float32
@@ -41,9 +41,9 @@ def test_kernel_equals_the_float32_layer_of_its_dequantized_weight(kind, rows):
 
 def test_quantization_error_is_within_half_a_step():
     w = torch.randn(512, 256, generator=torch.Generator().manual_seed(0))
-    q8 = Int8Linear(w)
+    q8 = Int8Linear.quantize(w)
     assert bool(((q8.dequantized() - w).abs() <= q8.scale.float()[:, None] / 2 * 1.01 + 1e-6).all())
-    q4 = Int4Linear(w)
+    q4 = Int4Linear.quantize(w)
     step = q4.scale_zero[..., 0].float().T.repeat_interleave(quant.INT4_GROUP, dim=1)  # (N, K)
     assert bool(((q4.dequantized() - w).abs() <= step / 2 * 1.01 + 1e-3).all())
 
@@ -53,9 +53,9 @@ def test_row_blocks_quantize_exactly_as_the_whole_matrix(monkeypatch):
     x = torch.randn(3, 128)
     for cls in KINDS.values():
         monkeypatch.setattr(quant, "BLOCK_ELEMENTS", 64 * 128)  # four blocks of 64 rows
-        blocked = cls(w)
+        blocked = cls.quantize(w)
         monkeypatch.setattr(quant, "BLOCK_ELEMENTS", 2**30)
-        whole = cls(w)
+        whole = cls.quantize(w)
         assert torch.equal(blocked.dequantized(), whole.dequantized()) and torch.equal(blocked(x), whole(x))
 
 

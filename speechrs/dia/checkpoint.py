@@ -8,12 +8,14 @@ HF (DiaForConditionalGeneration): strip the `model.` prefix.
 
 import dataclasses
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from ..errors import UnsupportedModelError
 from ..layers import half_split_to_interleaved
+from ..quant_store import check_all_stored, install_stored, quantization_to_load, stored_quantization, stored_tensors
 from ..weights import checkpoint_files, load_into, read_safetensors, release_unused, rename, tensor_names
 from .config import DiaConfig
 from .model import Dia
@@ -69,23 +71,38 @@ def weight_naming(directory: Path) -> str:
     )
 
 
+def canonical_tensors(directory: Path, cfg: DiaConfig, mappings: list) -> Iterator[tuple[str, torch.Tensor]]:
+    """The checkpoint's tensors under canonical names (and RoPE rows interleaved), in either naming."""
+    read = _nari_tensors if weight_naming(directory) == "nari" else _hf_tensors
+    return ((name, _interleave_qk(name, t, cfg)) for name, t in read(directory, mappings))
+
+
 def load_dia(
     directory: Path, dtype: torch.dtype | None, device="cpu", generation: str | None = None, quantize: str | None = None
 ) -> Dia:
     """The config decides the semantics (`generation` overrides it, for tests); the tensor names the mapping.
-    `quantize` (int8 / int4) quantizes the decoder's linears and the logits head, layer by layer."""
+    `quantize` (int8 / int4) quantizes the decoder's linears and the logits head, layer by layer (a `speechrs
+    quantize` directory's codes are taken as they are)."""
     cfg = DiaConfig.load(directory / "config.json")
     if generation is not None:
         cfg = dataclasses.replace(cfg, generation=generation)
     mappings: list = []
-    read = _nari_tensors if weight_naming(directory) == "nari" else _hf_tensors
-    tensors = read(directory, mappings)
+    quantize = quantization_to_load(directory, quantize)
+    stored = stored_quantization(directory)
     with torch.device("meta"):
         model = Dia(cfg)
-    load_into(model, tensors, dtype, device, transform=lambda name, t: _interleave_qk(name, t, cfg))
+    keep_dtype = None
+    if stored is not None:
+        keep_dtype = install_stored(model, directory, stored)
+        tensors = stored_tensors(directory, mappings)
+    else:
+        tensors = canonical_tensors(directory, cfg, mappings)
+    load_into(model, tensors, dtype, device, keep_dtype=keep_dtype)
     # pages of transposed / interleaved / fused / packed originals, layer by layer: the peak stays ~1x the weights
     model.prepare(after_layer=lambda: release_unused(mappings, model), quantize=quantize)
     release_unused(mappings, model)
+    if stored is not None:
+        check_all_stored(model, directory)
     return model.eval()
 
 

@@ -7,6 +7,7 @@ Dia's RoPE rotates half-split pairs; the loader reorders every q/k projection's 
 (checkpoint.py), so one complex multiply rotates them: q.k is unchanged when q and k share a permutation.
 """
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -165,6 +166,11 @@ class DiaSegment(Segment):
 
 
 class Dia(nn.Module):
+    # the Linears prepare() quantizes (canonical names, before fusing): what `speechrs quantize` stores as codes
+    QUANTIZED = re.compile(
+        r"decoder\.layers\.\d+\.((self|cross)_attention\.[qkvo]_proj|mlp\.(gate_up|down)_proj)|logits_dense"
+    )
+
     def __init__(self, cfg: DiaConfig):
         super().__init__()
         self.cfg = cfg

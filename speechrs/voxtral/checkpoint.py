@@ -4,11 +4,13 @@ Native: params.json + consolidated.safetensors. HF: config.json + model.safetens
 The HF table is the inverse of transformers' convert_voxtral_weights_to_hf.py STATE_DICT_MAPPING.
 """
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from ..layers import half_split_to_interleaved
+from ..quant_store import check_all_stored, install_stored, quantization_to_load, stored_quantization, stored_tensors
 from ..weights import checkpoint_files, load_into, read_safetensors, release_unused, rename
 from .config import VoxtralConfig
 from .model import Voxtral
@@ -73,22 +75,33 @@ def _hf_tensors(directory: Path, cfg: VoxtralConfig, mappings: list):
             yield new, t
 
 
+def canonical_tensors(directory: Path, layout: str, mappings: list) -> tuple[VoxtralConfig, Iterator]:
+    """The config and the checkpoint's tensors under canonical names, in either layout."""
+    if layout == "native":
+        return VoxtralConfig.from_params_json(directory / "params.json"), _native_tensors(directory, mappings)
+    cfg = VoxtralConfig.from_hf_config(directory / "config.json")
+    return cfg, _hf_tensors(directory, cfg, mappings)
+
+
 def load_voxtral(
     directory: Path, layout: str, dtype: torch.dtype | None, device="cpu", quantize: str | None = None
 ) -> Voxtral:
     """Build on the meta device, assign the checkpoint's tensors, then derive the fixed buffers (and quantize the
-    decoder's linears, layer by layer)."""
+    decoder's linears, layer by layer, or take a `speechrs quantize` directory's codes)."""
     mappings: list = []
-    if layout == "native":
-        cfg = VoxtralConfig.from_params_json(directory / "params.json")
-        tensors = _native_tensors(directory, mappings)
-    else:
-        cfg = VoxtralConfig.from_hf_config(directory / "config.json")
-        tensors = _hf_tensors(directory, cfg, mappings)
+    quantize = quantization_to_load(directory, quantize)
+    stored = stored_quantization(directory)
+    cfg, tensors = canonical_tensors(directory, layout, mappings)  # a generator: nothing is read yet
     with torch.device("meta"):
         model = Voxtral(cfg)
-    load_into(model, tensors, dtype, device)
+    keep_dtype = None
+    if stored is not None:
+        keep_dtype = install_stored(model, directory, stored)
+        tensors = stored_tensors(directory, mappings)
+    load_into(model, tensors, dtype, device, keep_dtype=keep_dtype)
     # pages of permuted / fused / packed / cast originals, layer by layer: the peak stays ~1x the weights
     model.setup_buffers(after_layer=lambda: release_unused(mappings, model), quantize=quantize)
     release_unused(mappings, model)
+    if stored is not None:
+        check_all_stored(model, directory)
     return model.eval()

@@ -6,6 +6,7 @@ Sources: transformers models/voxtral (encoder = Whisper encoder, projector), mis
 """
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -188,6 +189,9 @@ class TransformerBlock(nn.Module):
 
 
 class Voxtral(nn.Module):
+    # the Linears setup_buffers quantizes (canonical names, before fusing): what `speechrs quantize` stores as codes
+    QUANTIZED = re.compile(r"layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[123])|output")
+
     def __init__(self, cfg: VoxtralConfig):
         super().__init__()
         self.cfg = cfg
