@@ -15,7 +15,17 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, per_step_bytes, print_table, rss_mb, run_workers, warm_page_cache, worker_quantize
+from common import (
+    ROOT,
+    load_args,
+    per_step_bytes,
+    print_table,
+    rss_mb,
+    run_workers,
+    stored_paths,
+    warm_page_cache,
+    worker_quantize,
+)
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -193,7 +203,9 @@ def main():
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--frames", type=int, default=430, help="DAC frames to decode (430 = 5 s)")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
-    ap.add_argument("--quantize", default="none", help="speechrs paths to run, e.g. none,int8,int4")
+    ap.add_argument(
+        "--quantize", default="none", help="speechrs paths to run, e.g. none,int8,int4,int8-stored (speechrs quantize)"
+    )
     ap.add_argument("--no-transformers", action="store_true", help="speechrs paths only")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--dia", type=Path, help=argparse.SUPPRESS)
@@ -203,8 +215,8 @@ def main():
         print(json.dumps(run_transformers(args.dia, args.dac, args.steps, args.frames, args.dtype)))
         return
     if args.worker:
-        quantize = worker_quantize(args.worker)
-        print(json.dumps(run_speechrs(args.dia, args.dac, args.steps, args.frames, args.dtype, quantize)))
+        dia, quantize = load_args(args.dia, worker_quantize(args.worker))
+        print(json.dumps(run_speechrs(dia, args.dac, args.steps, args.frames, args.dtype, quantize)))
         return
     from machine import describe, limits
 
@@ -213,6 +225,7 @@ def main():
     dia_mb = (dia / "model.safetensors").stat().st_size / 2**20
     weights_mb = dia_mb + (dac / "model.safetensors").stat().st_size / 2**20
     warm_page_cache(dia, dac)
+    written = stored_paths(dia, args.quantize)
     paths = [f"speechrs-{q}" if q != "none" else "speechrs" for q in args.quantize.split(",")]
     results = run_workers(
         __file__,
@@ -231,6 +244,8 @@ def main():
         ],
     )
     print(describe(lim))
+    for kind, seconds in written.items():
+        print(f"speechrs quantize to {kind}: {seconds:.1f} s (0 if its directory was already written)")
     print(
         f"Dia {args.size} ({dia_mb:.0f} MiB of {args.dtype} weights) + DAC 44 kHz (float32), greedy CFG, "
         f"{', '.join(str(r['steps']) for r in results.values())} steps, {args.frames} DAC frames"

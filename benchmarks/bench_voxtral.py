@@ -16,7 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, per_step_bytes, print_table, rss_mb, run_workers, warm_page_cache, worker_quantize
+from common import (
+    ROOT,
+    load_args,
+    per_step_bytes,
+    print_table,
+    rss_mb,
+    run_workers,
+    stored_paths,
+    warm_page_cache,
+    worker_quantize,
+)
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -188,7 +198,9 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--clip", type=Path, default=ROOT / "tests" / "data" / "clip_en_16k.wav")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
-    ap.add_argument("--quantize", default="none", help="speechrs paths to run, e.g. none,int8,int4")
+    ap.add_argument(
+        "--quantize", default="none", help="speechrs paths to run, e.g. none,int8,int4,int8-stored (speechrs quantize)"
+    )
     ap.add_argument("--no-transformers", action="store_true", help="speechrs paths only")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
@@ -198,8 +210,8 @@ def main():
         print(json.dumps(run_transformers(args.ckpt, args.clip, args.new_tokens, args.dtype)))
         return
     if args.worker:
-        q = worker_quantize(args.worker)
-        print(json.dumps(run_speechrs(args.ckpt, args.clip, args.new_tokens, args.dtype, q)))
+        ckpt, q = load_args(args.ckpt, worker_quantize(args.worker))
+        print(json.dumps(run_speechrs(ckpt, args.clip, args.new_tokens, args.dtype, q)))
         return
     from machine import describe, limits
 
@@ -208,6 +220,7 @@ def main():
     ckpt = write_checkpoint(args.size, args.dtype, args.cache / f"{args.size}-{args.dtype}")
     ckpt_mb = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2**20
     warm_page_cache(ckpt)
+    written = stored_paths(ckpt, args.quantize)
     paths = [f"speechrs-{q}" if q != "none" else "speechrs" for q in args.quantize.split(",")]
     results = run_workers(
         __file__,
@@ -216,6 +229,8 @@ def main():
     )
     s = results[paths[0]]
     print(describe(lim))
+    for kind, seconds in written.items():
+        print(f"speechrs quantize to {kind}: {seconds:.1f} s (0 if its directory was already written)")
     print(
         f"Voxtral {args.size} ({ckpt_mb:.0f} MiB of {args.dtype} weights), {s['prompt_tokens']}-token transcription "
         f"prompt, {args.new_tokens} greedy tokens, {s['threads']} threads"
