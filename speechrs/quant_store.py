@@ -72,18 +72,25 @@ def stored_tensors(directory: Path, mappings: list) -> Iterator[tuple[str, torch
         yield from read_safetensors(path, mappings)
 
 
-def install_stored(model: nn.Module, directory: Path, kind: str) -> Callable[[str], bool]:
-    """Put a StoredInt8/StoredInt4 in the place of every Linear whose codes the directory holds, on the meta
-    model, so the loader fills them like any tensor. Returns which tensor names are codes or scales (kept in
-    their own dtype when the rest is cast)."""
+def install_stored(
+    model: nn.Module, directory: Path, kind: str, quantized: Callable[[str], bool]
+) -> Callable[[str], bool]:
+    """Put a StoredInt8/StoredInt4 in the place of every Linear whose codes the directory holds (each one the
+    model quantizes: `quantized(name)`), on the meta model, so the loader fills them like any tensor. Returns
+    which tensor names are codes or scales (kept in their own dtype when the rest is cast)."""
     suffix, group = _CODE_SUFFIX[kind], (_manifest(directory) or {}).get("int4_group")
     names = [n for path in checkpoint_files(directory, WEIGHTS, INDEX) for n in tensor_names(path)]
     modules = [n.removesuffix(suffix) for n in names if n.endswith(suffix)]
     for name in modules:
         parent, _, leaf = name.rpartition(".")
-        linear = model.get_submodule(name)
+        try:
+            linear = model.get_submodule(name) if quantized(name) else None
+        except AttributeError:  # e.g. a layer index past the config's
+            linear = None
         if not isinstance(linear, nn.Linear):
-            raise UnsupportedModelError(f"{directory}: quantized tensor for {name}, which is not a Linear here")
+            raise UnsupportedModelError(
+                f"{directory}: quantized tensors for {name}, which this model does not quantize"
+            )
         holder: nn.Module
         if kind == "int8":
             holder = StoredInt8(linear.out_features, linear.in_features)

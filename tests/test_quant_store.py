@@ -95,8 +95,9 @@ def test_what_cannot_be_done_is_said(native_dir, tmp_path):
         load_voxtral(tmp_path / "q", "native", None)
 
 
-def test_a_directory_lacking_codes_the_loader_expects_is_refused(native_dir, tmp_path):
-    """Codes missing for one Linear would otherwise be quantized again at load from a float weight it lacks."""
+def test_a_directory_whose_codes_do_not_match_the_model_is_refused(native_dir, tmp_path):
+    """Codes missing for one Linear (it would be quantized again at load from a float weight the directory
+    lacks), or codes for a Linear the model keeps in float (here an audio-encoder projection)."""
     from speechrs.voxtral.checkpoint import canonical_tensors
     from speechrs.voxtral.model import Voxtral
 
@@ -105,6 +106,11 @@ def test_a_directory_lacking_codes_the_loader_expects_is_refused(native_dir, tmp
     quant_store.write_quantized(native_dir, tensors, only_some, "int8", tmp_path / "q", {})
     with pytest.raises(UnsupportedModelError, match="do not match"):
         load_voxtral(tmp_path / "q", "native", None)
+    _, tensors = canonical_tensors(native_dir, "native", [])
+    encoder_too = lambda name: Voxtral.QUANTIZED.fullmatch(name) or name.endswith("layers.0.attention.wq")  # noqa: E731
+    quant_store.write_quantized(native_dir, tensors, encoder_too, "int8", tmp_path / "q2", {})
+    with pytest.raises(UnsupportedModelError, match="whisper_encoder.*which this model does not quantize"):
+        load_voxtral(tmp_path / "q2", "native", None)
 
 
 def test_int8_codes_at_any_offset_of_a_file_are_safe_for_the_kernel():
