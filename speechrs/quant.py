@@ -186,10 +186,10 @@ class Int4Linear(nn.Module):
         n_pad = -n % INT4_ROWS
         packed = torch.empty(n + n_pad, half_k, dtype=torch.uint8, device=codes.device)
         for a, b in _row_blocks(n + n_pad, half_k * 2):
-            q = torch.zeros(b - a, half_k * 2, dtype=torch.int32, device=codes.device)  # padded rows stay 0
-            rows = codes[a : min(b, n)].to(torch.int32)
-            q[: len(rows), 0::2], q[: len(rows), 1::2] = rows & 15, rows >> 4
-            packed[a:b] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+            rows = codes[a : min(b, n)]
+            q = torch.stack((rows & 15, rows >> 4), dim=2).flatten(1)  # (rows, K) uint8: byte ops, 4x less traffic
+            q = F.pad(q, (0, 0, 0, b - a - len(rows))) if b - a > len(rows) else q  # padded rows: codes 0
+            packed[a:b] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
         scale_zero = F.pad(scale_zero, (0, 0, 0, n_pad)) if n_pad else scale_zero  # padded rows: 0 * q + 0
         return cls(n, group, packed, scale_zero)
 
