@@ -224,6 +224,9 @@ class StoredInt8(nn.Module):
     """An int8 Linear as a `speechrs quantize` checkpoint stores it (int8_codes): put in a Linear's place on the
     meta device, filled by the loader like any other tensor, then made an Int8Linear by quantize_linears/fused."""
 
+    qweight: torch.Tensor  # (N, K) int8
+    scale: torch.Tensor  # (N,) bf16
+
     def __init__(self, out_features: int, in_features: int):
         super().__init__()
         self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8))
@@ -232,6 +235,9 @@ class StoredInt8(nn.Module):
 
 class StoredInt4(nn.Module):
     """An int4 Linear as a `speechrs quantize` checkpoint stores it (int4_codes's portable layout)."""
+
+    codes: torch.Tensor  # (N, K / 2) uint8, two codes per byte
+    scale_zero: torch.Tensor  # (K / g, N, 2) bf16
 
     def __init__(self, out_features: int, in_features: int, group: int):
         super().__init__()
@@ -245,21 +251,24 @@ STORED = {"int8": StoredInt8, "int4": StoredInt4}
 
 def _from_stored(parts: list[nn.Module]) -> nn.Module:
     """One quantized Linear over the rows of stored ones (a single part keeps its tensors: no copy)."""
-    if all(isinstance(p, StoredInt8) for p in parts):
-        qweight = parts[0].qweight if len(parts) == 1 else torch.cat([p.qweight for p in parts])
-        return Int8Linear(qweight, torch.cat([p.scale for p in parts]))
-    if all(isinstance(p, StoredInt4) and p.group == parts[0].group for p in parts):
-        codes = parts[0].codes if len(parts) == 1 else torch.cat([p.codes for p in parts])
-        return Int4Linear.from_codes(codes, torch.cat([p.scale_zero for p in parts], dim=1), parts[0].group)
+    int8 = [p for p in parts if isinstance(p, StoredInt8)]
+    int4 = [p for p in parts if isinstance(p, StoredInt4) and p.group == getattr(parts[0], "group", None)]
+    if len(int8) == len(parts):
+        qweight = int8[0].qweight if len(int8) == 1 else torch.cat([p.qweight for p in int8])
+        return Int8Linear(qweight, torch.cat([p.scale for p in int8]))
+    if len(int4) == len(parts):
+        codes = int4[0].codes if len(int4) == 1 else torch.cat([p.codes for p in int4])
+        return Int4Linear.from_codes(codes, torch.cat([p.scale_zero for p in int4], dim=1), int4[0].group)
     raise ValueError(f"cannot fuse {[type(p).__name__ for p in parts]}: a checkpoint mixes quantized and float parts")
 
 
 def _quantized(parts: list[nn.Module], kind: str) -> nn.Module:
     if any(isinstance(p, (StoredInt8, StoredInt4)) for p in parts):
         return _from_stored(parts)
-    if any(p.bias is not None for p in parts):
-        raise ValueError("quantized Linears have no bias")
-    weights = [p.weight.detach() for p in parts]
+    linears = [p for p in parts if isinstance(p, nn.Linear)]
+    if len(linears) != len(parts) or any(p.bias is not None for p in linears):
+        raise ValueError("only bias-free Linears are quantized")
+    weights = [p.weight.detach() for p in linears]
     return quantized_linear(weights[0] if len(weights) == 1 else torch.cat(weights), kind)
 
 

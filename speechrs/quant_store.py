@@ -78,7 +78,7 @@ def install_stored(
     """Put a StoredInt8/StoredInt4 in the place of every Linear whose codes the directory holds (each one the
     model quantizes: `quantized(name)`), on the meta model, so the loader fills them like any tensor. Returns
     which tensor names are codes or scales (kept in their own dtype when the rest is cast)."""
-    suffix, group = _CODE_SUFFIX[kind], (_manifest(directory) or {}).get("int4_group")
+    suffix, group = _CODE_SUFFIX[kind], int((_manifest(directory) or {}).get("int4_group") or 0)  # 0: int8
     names = [n for path in checkpoint_files(directory, WEIGHTS, INDEX) for n in tensor_names(path)]
     modules = [n.removesuffix(suffix) for n in names if n.endswith(suffix)]
     for name in modules:

@@ -44,14 +44,14 @@ def quantize_checkpoint(
         from .voxtral.model import Voxtral
 
         _, tensors = voxtral_tensors(source.directory, source.layout, mappings)
-        quantized = Voxtral.QUANTIZED.fullmatch
+        quantized = Voxtral.quantizes
     else:
         from .dia.checkpoint import canonical_tensors as dia_tensors
         from .dia.config import DiaConfig
         from .dia.model import Dia
 
         tensors = dia_tensors(source.directory, DiaConfig.load(source.directory / "config.json"), mappings)
-        quantized = Dia.QUANTIZED.fullmatch
+        quantized = Dia.quantizes
     manifest = {"family": source.family, "layout": source.layout, "source": model}
     out = Path(out_dir).expanduser()
     files = write_quantized(source.directory, tensors, quantized, kind, out, manifest, on_tensor)

@@ -102,12 +102,12 @@ def test_a_directory_whose_codes_do_not_match_the_model_is_refused(native_dir, t
     from speechrs.voxtral.model import Voxtral
 
     _, tensors = canonical_tensors(native_dir, "native", [])
-    only_some = lambda name: Voxtral.QUANTIZED.fullmatch(name) and name != "layers.0.attention.wo"  # noqa: E731
+    only_some = lambda name: Voxtral.quantizes(name) and name != "layers.0.attention.wo"  # noqa: E731
     quant_store.write_quantized(native_dir, tensors, only_some, "int8", tmp_path / "q", {})
     with pytest.raises(UnsupportedModelError, match="do not match"):
         load_voxtral(tmp_path / "q", "native", None)
     _, tensors = canonical_tensors(native_dir, "native", [])
-    encoder_too = lambda name: Voxtral.QUANTIZED.fullmatch(name) or name.endswith("layers.0.attention.wq")  # noqa: E731
+    encoder_too = lambda name: Voxtral.quantizes(name) or name.endswith("layers.0.attention.wq")  # noqa: E731
     quant_store.write_quantized(native_dir, tensors, encoder_too, "int8", tmp_path / "q2", {})
     with pytest.raises(UnsupportedModelError, match="whisper_encoder.*which this model does not quantize"):
         load_voxtral(tmp_path / "q2", "native", None)

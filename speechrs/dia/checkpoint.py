@@ -93,7 +93,7 @@ def load_dia(
         model = Dia(cfg)
     keep_dtype = None
     if stored is not None:
-        keep_dtype = install_stored(model, directory, stored, Dia.QUANTIZED.fullmatch)
+        keep_dtype = install_stored(model, directory, stored, Dia.quantizes)
         tensors = stored_tensors(directory, mappings)
     else:
         tensors = canonical_tensors(directory, cfg, mappings)

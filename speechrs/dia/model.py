@@ -171,6 +171,11 @@ class Dia(nn.Module):
         r"decoder\.layers\.\d+\.((self|cross)_attention\.[qkvo]_proj|mlp\.(gate_up|down)_proj)|logits_dense"
     )
 
+    @classmethod
+    def quantizes(cls, name: str) -> bool:
+        """Whether `name` (a Linear's canonical name, before fusing) is one the quantizing step quantizes."""
+        return cls.QUANTIZED.fullmatch(name) is not None
+
     def __init__(self, cfg: DiaConfig):
         super().__init__()
         self.cfg = cfg

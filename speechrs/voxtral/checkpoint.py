@@ -96,7 +96,7 @@ def load_voxtral(
         model = Voxtral(cfg)
     keep_dtype = None
     if stored is not None:
-        keep_dtype = install_stored(model, directory, stored, Voxtral.QUANTIZED.fullmatch)
+        keep_dtype = install_stored(model, directory, stored, Voxtral.quantizes)
         tensors = stored_tensors(directory, mappings)
     load_into(model, tensors, dtype, device, keep_dtype=keep_dtype)
     # pages of permuted / fused / packed / cast originals, layer by layer: the peak stays ~1x the weights

@@ -192,6 +192,11 @@ class Voxtral(nn.Module):
     # the Linears setup_buffers quantizes (canonical names, before fusing): what `speechrs quantize` stores as codes
     QUANTIZED = re.compile(r"layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[123])|output")
 
+    @classmethod
+    def quantizes(cls, name: str) -> bool:
+        """Whether `name` (a Linear's canonical name, before fusing) is one the quantizing step quantizes."""
+        return cls.QUANTIZED.fullmatch(name) is not None
+
     def __init__(self, cfg: VoxtralConfig):
         super().__init__()
         self.cfg = cfg
