@@ -133,7 +133,6 @@ def load_into(
     tensors: Iterator[tuple[str, torch.Tensor]],
     dtype: torch.dtype | None,
     device: torch.device | str = "cpu",
-    transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
     keep_dtype: Callable[[str], bool] | None = None,
 ) -> None:
     """Assign canonical-named tensors to a model built on the meta device; every parameter must be filled.
@@ -144,8 +143,6 @@ def load_into(
     expected = dict(model.state_dict(keep_vars=True))
     seen: dict[str, torch.Tensor] = {}
     for name, tensor in tensors:
-        if transform is not None:
-            tensor = transform(name, tensor)
         if name not in expected:
             raise UnsupportedModelError(f"unexpected tensor '{name}' in checkpoint")
         if tuple(tensor.shape) != tuple(expected[name].shape):
