@@ -140,10 +140,9 @@ class DAC(nn.Module):
 
         Decoded `chunk` frames at a time on a stream (dac_stream.py: each convolution keeps the inputs its next
         outputs need; channels-last 2D convolutions), equal to one pass of the decoder's modules to float rounding,
-        while activations stay those of about `chunk` frames (35 s at once would need ~2 GB). The process's peak
-        memory grows with the chunk: 430 frames on Zen 4 (2 cores, full-size DAC), chunk 32 / 64 / 128 / 256:
-        6.06 / 5.38 / 5.00 / 6.98 s and +473 / +854 / +1450 / +1214 MiB of peak RSS, so 64: 0.6 GB less for 8%
-        more DAC time (under 1% of a clip's time with Dia's generation)."""
+        while activations stay those of about `chunk` frames (35 s at once would need ~2 GB). 430 frames on Zen 4
+        (2 cores, full-size DAC), chunk 32 / 64 / 128 / 256: 5.83 / 4.97 / 5.28 / 6.36 s, +274 / +376 / +631 / +508
+        MiB of peak RSS (before the stream's layers copied their tails, 5.38 s and +854 MiB at 64, +1450 at 128)."""
         T = codes_BxQxT.shape[-1]
         stream = StreamingDecoder(self, codes_BxQxT.shape[0])
         starts = range(0, T, chunk) or [0]  # no frames: the stream's end alone, no samples

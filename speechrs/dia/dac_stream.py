@@ -31,6 +31,12 @@ def _cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return b if a.shape[-1] == 0 else torch.cat([a, b], dim=-1)
 
 
+def _tail(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The last n samples, copied: a view would keep the whole piece's activation alive until the next push (every
+    layer's, so a push's activations all stayed: +1.45 GiB of peak RSS at 128 frames, +0.85 at 64)."""
+    return x[..., x.shape[-1] - n :].clone()
+
+
 def _empty(x: torch.Tensor, channels: int) -> torch.Tensor:
     return x.new_zeros(x.shape[0], channels, 1, 0)
 
@@ -68,7 +74,7 @@ class _Conv:
         if z.shape[-1] < self.span:
             self.held = z
             return _empty(z, self.conv.out_channels)
-        self.held = z[..., z.shape[-1] - self.span + 1 :]
+        self.held = _tail(z, self.span - 1)
         return F.conv2d(z, self.weight, self.conv.bias, dilation=(1, self.conv.dilation[0]))
 
 
@@ -89,7 +95,7 @@ class _ConvTranspose:
         if n:
             full = F.conv_transpose2d(x_BxCx1xN, self.weight, None, stride=(1, s))  # (B, C, 1, (n + 1) s)
             full[..., :s] += self.pending
-            ready, self.pending = full[..., : n * s], full[..., n * s :]
+            ready, self.pending = full[..., : n * s], _tail(full, s)
         else:
             ready = self.pending[..., :0]
         if end:
@@ -115,7 +121,7 @@ class _Residual:
             y = F.conv2d(self.snake2(y), self.weight2, self.conv2.bias)
         self.skip = _cat(self.skip, x_BxCx1xN)
         out = y.add_(self.skip[..., : y.shape[-1]])
-        self.skip = self.skip[..., y.shape[-1] :]
+        self.skip = _tail(self.skip, self.skip.shape[-1] - y.shape[-1])
         return out
 
 

@@ -2,7 +2,7 @@
 
 A frame is complete max_delay (15) steps after channel 0 wrote it. Complete frames are pushed into the request's own
 streaming DAC decoder (dac_stream.py) in pieces that start small, for a short time to first audio, and double up to
-64 frames (128 ran 8% faster but held 0.6 GB more memory, dac.py); each push returns the samples that no longer
+64 frames (the fastest piece, and less memory than 128: dac.py); each push returns the samples that no longer
 depend on frames to come (the decoder reaches about 10 frames to the right, so the first push of 16 frames gives
 about 6 frames of audio). Every frame passes the DAC once. The concatenated chunks equal the whole-clip decode
 within float rounding (tests/test_dia_streaming.py). Loudness normalisation needs the whole clip, so streamed audio
