@@ -60,11 +60,15 @@ demo: $(DEMO_DIR)/voxtral-native/params.json $(DEMO_DIR)/dia-v01/config.json
 	@echo "== subtitles: split at pauses into segments, each with its start and end (SubRip) =="
 	$(VENV)/bin/speechrs transcribe tests/data/clip_en_16k.wav -m $(DEMO_DIR)/voxtral-native --language en --max-tokens 16 -o $(DEMO_DIR)/clip.srt
 	cat $(DEMO_DIR)/clip.srt
+	@echo "== speechrs quantize: int8 codes written once, then loaded from the directory (the load line says int8) =="
+	rm -rf $(DEMO_DIR)/voxtral-int8
+	$(VENV)/bin/speechrs quantize $(DEMO_DIR)/voxtral-native -o $(DEMO_DIR)/voxtral-int8 --quantize int8
+	$(VENV)/bin/speechrs transcribe tests/data/clip_en_16k.wav -m $(DEMO_DIR)/voxtral-int8 --language en --max-tokens 16
 	@echo "== speechrs speak (tiny random-weight Dia v0.1 + random DAC in descript's layout: the audio is noise) =="
 	$(VENV)/bin/speechrs speak "[S1] Hello there. [S2] Hi! (laughs)" -m $(DEMO_DIR)/dia-v01 --dac $(DEMO_DIR)/dac-descript --seed 0 --max-tokens 256 -o $(DEMO_DIR)/out.wav
 	@echo "== the 0626 generation (HF layout) with transformers' DAC layout, greedy =="
 	$(VENV)/bin/speechrs speak "[S1] Hello there. [S2] Hi! (laughs)" -m $(DEMO_DIR)/dia-0626 --dac $(DEMO_DIR)/dac-hf --temperature 0 --max-tokens 256 -o $(DEMO_DIR)/out-0626.wav
-	@echo "== streamed: audio written while the decoder runs (pieces of 16, 32, 64, 128 frames) =="
+	@echo "== streamed: audio written while the decoder runs (pieces of 16, 32, then 64 frames) =="
 	$(VENV)/bin/speechrs speak "[S1] Hello there. [S2] Hi! (laughs)" -m $(DEMO_DIR)/dia-0626 --dac $(DEMO_DIR)/dac-hf --temperature 0 --max-tokens 256 --stream -o $(DEMO_DIR)/out-stream.wav
 
 bench: $(VENV)/.test
