@@ -128,7 +128,9 @@ def write_quantized(
     from safetensors.torch import save_file
 
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise ValueError(f"{out_dir} exists and is not empty; give a new directory")
+        half_way = any(out_dir.glob("speechrs-quantized*.safetensors")) and not (out_dir / MANIFEST).exists()
+        hint = " (a write that stopped half way left it: remove it)" if half_way else ""
+        raise ValueError(f"{out_dir} exists and is not empty; give a new directory{hint}")
     out_dir.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     weight_map: dict[str, str] = {}

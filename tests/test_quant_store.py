@@ -83,6 +83,10 @@ def test_what_cannot_be_done_is_said(native_dir, tmp_path):
     (busy / "keep.txt").write_text("mine")
     result = runner.invoke(app, ["quantize", str(native_dir), "-o", str(busy)])
     assert result.exit_code == 1 and "is not empty" in result.stderr and (busy / "keep.txt").read_text() == "mine"
+    assert "half way" not in result.stderr
+    (busy / "speechrs-quantized-00001.safetensors").write_bytes(b"")  # what an interrupted write leaves
+    result = runner.invoke(app, ["quantize", str(native_dir), "-o", str(busy)])
+    assert result.exit_code == 1 and "stopped half way left it: remove it" in result.stderr
     result = runner.invoke(app, ["quantize", str(tmp_path / "nowhere"), "-o", str(tmp_path / "out")])
     assert result.exit_code == 1 and "error:" in result.stderr and "Traceback" not in result.output
     speechrs.quantize(str(native_dir), tmp_path / "q", "int8")
