@@ -67,20 +67,19 @@ def quantization_to_load(directory: Path, asked: str | None) -> str | None:
     )
 
 
-def stored_tensors(directory: Path, mappings: list) -> Iterator[tuple[str, torch.Tensor]]:
-    for path in checkpoint_files(directory, WEIGHTS, INDEX):
-        yield from read_safetensors(path, mappings)
-
-
 def install_stored(
-    model: nn.Module, directory: Path, kind: str, quantized: Callable[[str], bool]
-) -> Callable[[str], bool]:
-    """Put a StoredInt8/StoredInt4 in the place of every Linear whose codes the directory holds (each one the
-    model quantizes: `quantized(name)`), on the meta model, so the loader fills them like any tensor. Returns
-    which tensor names are codes or scales (kept in their own dtype when the rest is cast)."""
-    suffix, group = _CODE_SUFFIX[kind], int((_manifest(directory) or {}).get("int4_group") or 0)  # 0: int8
-    names = [n for path in checkpoint_files(directory, WEIGHTS, INDEX) for n in tensor_names(path)]
-    modules = [n.removesuffix(suffix) for n in names if n.endswith(suffix)]
+    model: nn.Module, directory: Path, quantized: Callable[[str], bool], mappings: list
+) -> tuple[Iterator[tuple[str, torch.Tensor]], Callable[[str], bool]] | None:
+    """For a directory `speechrs quantize` wrote (None for any other checkpoint): put a StoredInt8/StoredInt4 in
+    the place of every Linear whose codes it holds (each one the model quantizes: `quantized(name)`), on the meta
+    model, so the loader fills them like any tensor. Returns the directory's tensors and which names are codes or
+    scales (kept in their own dtype when the rest is cast); check_all_stored() then checks what was used."""
+    manifest = _manifest(directory)
+    if manifest is None:
+        return None
+    kind, files = manifest["quantize"], checkpoint_files(directory, WEIGHTS, INDEX)
+    suffix = _CODE_SUFFIX[kind]
+    modules = [n.removesuffix(suffix) for path in files for n in tensor_names(path) if n.endswith(suffix)]
     for name in modules:
         parent, _, leaf = name.rpartition(".")
         try:
@@ -95,10 +94,11 @@ def install_stored(
         if kind == "int8":
             holder = StoredInt8(linear.out_features, linear.in_features)
         else:
-            holder = StoredInt4(linear.out_features, linear.in_features, group)
+            holder = StoredInt4(linear.out_features, linear.in_features, int(manifest["int4_group"]))
         setattr(model.get_submodule(parent) if parent else model, leaf, holder)
     stored = {f"{m}.{b}" for m in modules for b, _ in model.get_submodule(m).named_buffers()}
-    return stored.__contains__
+    tensors = (item for path in files for item in read_safetensors(path, mappings))
+    return tensors, stored.__contains__
 
 
 def check_all_stored(model: nn.Module, directory: Path) -> None:

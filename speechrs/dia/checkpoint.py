@@ -15,7 +15,7 @@ import torch
 
 from ..errors import UnsupportedModelError
 from ..layers import half_split_to_interleaved
-from ..quant_store import check_all_stored, install_stored, quantization_to_load, stored_quantization, stored_tensors
+from ..quant_store import check_all_stored, install_stored, quantization_to_load
 from ..weights import checkpoint_files, load_into, read_safetensors, release_unused, rename, tensor_names
 from .config import DiaConfig
 from .model import Dia
@@ -88,15 +88,10 @@ def load_dia(
         cfg = dataclasses.replace(cfg, generation=generation)
     mappings: list = []
     quantize = quantization_to_load(directory, quantize)
-    stored = stored_quantization(directory)
     with torch.device("meta"):
         model = Dia(cfg)
-    keep_dtype = None
-    if stored is not None:
-        keep_dtype = install_stored(model, directory, stored, Dia.quantizes)
-        tensors = stored_tensors(directory, mappings)
-    else:
-        tensors = canonical_tensors(directory, cfg, mappings)
+    stored = install_stored(model, directory, Dia.quantizes, mappings)  # a `speechrs quantize` directory
+    tensors, keep_dtype = stored or (canonical_tensors(directory, cfg, mappings), None)
     load_into(model, tensors, dtype, device, keep_dtype=keep_dtype)
     # pages of transposed / interleaved / fused / packed originals, layer by layer: the peak stays ~1x the weights
     model.prepare(after_layer=lambda: release_unused(mappings, model), quantize=quantize)

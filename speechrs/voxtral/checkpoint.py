@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..layers import half_split_to_interleaved
-from ..quant_store import check_all_stored, install_stored, quantization_to_load, stored_quantization, stored_tensors
+from ..quant_store import check_all_stored, install_stored, quantization_to_load
 from ..weights import checkpoint_files, load_into, read_safetensors, release_unused, rename
 from .config import VoxtralConfig
 from .model import Voxtral
@@ -90,14 +90,11 @@ def load_voxtral(
     decoder's linears, layer by layer, or take a `speechrs quantize` directory's codes)."""
     mappings: list = []
     quantize = quantization_to_load(directory, quantize)
-    stored = stored_quantization(directory)
     cfg, tensors = canonical_tensors(directory, layout, mappings)  # a generator: nothing is read yet
     with torch.device("meta"):
         model = Voxtral(cfg)
-    keep_dtype = None
-    if stored is not None:
-        keep_dtype = install_stored(model, directory, stored, Voxtral.quantizes)
-        tensors = stored_tensors(directory, mappings)
+    stored = install_stored(model, directory, Voxtral.quantizes, mappings)  # a `speechrs quantize` directory
+    tensors, keep_dtype = stored or (tensors, None)
     load_into(model, tensors, dtype, device, keep_dtype=keep_dtype)
     # pages of permuted / fused / packed / cast originals, layer by layer: the peak stays ~1x the weights
     model.setup_buffers(after_layer=lambda: release_unused(mappings, model), quantize=quantize)
