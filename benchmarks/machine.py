@@ -4,13 +4,14 @@
 
 Memory bandwidth: the best of several sums over a 1 GiB buffer (a read-only stream, what a decode step does).
 GEMM peak: the best of several large square matmuls. Kernels: one Linear of each path (torch fp32, torch bf16,
-oneDNN-packed bf16, int8 and int4 weight-only) on the decode shapes of Voxtral and Dia at 1, 2, 8 and 16 rows,
-in GB/s of weights read (against the bandwidth) and, for 383 rows (one prefill chunk), in GFLOP/s (against the
-peak). bench_voxtral.py and bench_dia.py import `limits()` so their figures are put against the same measures.
+oneDNN-packed bf16, int8 and int4 weight-only through speechrs's AVX2 kernels where they run and through torch's)
+on the decode shapes of Voxtral and Dia at 1, 2, 8 and 16 rows, in GB/s of weights read (against the bandwidth)
+and, for 383 rows (one prefill chunk), in GFLOP/s (against the peak). bench_voxtral.py and bench_dia.py import `limits()` so their figures are put against the same measures.
 """
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from speechrs import cpu_kernels  # noqa: E402
 from speechrs.compute import cpu_native_bf16, cpu_summary  # noqa: E402
 from speechrs.packing import PackedLinear  # noqa: E402
 from speechrs.quant import Int4Linear, Int8Linear  # noqa: E402
@@ -88,9 +90,13 @@ def paths(weight: torch.Tensor) -> dict:
     if cpu_native_bf16():
         packed = PackedLinear(w16)
         out["bf16 packed"] = (packed, n * k * 2)
-    q8, q4 = Int8Linear.quantize(w16), Int4Linear.quantize(w16)
-    out["int8"] = (q8, n * k)
-    out["int4"] = (q4, n * k // 2 + q4.scale_zero.numel() * 2)
+    kernels = ["speechrs", "torch"] if cpu_kernels.available() else ["torch"]  # speechrs's AVX2 kernels beside
+    for kernel in kernels:
+        os.environ["SPEECHRS_CPU_KERNELS"] = "1" if kernel == "speechrs" else "0"
+        q8, q4 = Int8Linear.quantize(w16), Int4Linear.quantize(w16)
+        out[f"int8 {kernel}"] = (q8, n * k)
+        out[f"int4 {kernel}"] = (q4, n * k // 2 + q4.scale_zero.numel() * 2)
+    os.environ.pop("SPEECHRS_CPU_KERNELS")
     return out
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernels
 from .layers import cpu_native_bf16
 
 QUANTIZATIONS = ("int8", "int4")
@@ -32,6 +33,10 @@ BLOCK_ELEMENTS = 2**22
 # GEMM reaches ~300 with the conversion (AVX-512 BF16). Measured on 16384 x 3072: kernel 14.6 / 58.7 / 110 ms at
 # 16 / 64 / 128 rows, convert + GEMM 44 / 57 / 70 ms (benchmarks/machine.py has the per-path figures).
 DEQUANT_ROWS = 64
+# ...except with speechrs's AVX2 kernel (cpu_kernels.c), which holds ~50 G multiply-adds/s from 8 rows to 192 where
+# converting to fp32 + the GEMM reaches 6 at 8 rows, 33 at 64, 43-48 at 128, 31-40 at 192 (2 Zen 3 cores, Voxtral's
+# 16384 x 3072 and 3072 x 8192); at 383 rows they are even.
+KERNEL_ROWS = 256
 # ...converted a block of weight rows at a time, each block (16 MiB converted) multiplied while it is in cache:
 # the whole weight converted at once is a fresh 100 MB+ buffer per call, whose page faults and memory traffic cost
 # as much as the GEMM. 383 rows on AMX, bf16: 16384 x 3072 70 -> 40 ms, 3072 x 8192 36 -> 18 ms; the fp32 path
@@ -77,17 +82,35 @@ def int8_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return qweight, scale.to(KERNEL_DTYPE)
 
 
-class Int8Linear(nn.Module):
-    """A bias-free Linear with int8 weights (N, K) and one scale per output row: y = (x @ q.T) * scale."""
+def _blocked(qweight: torch.Tensor) -> torch.Tensor:
+    """(N, K) codes -> (ceil(N/8), K/8, 8, 8): the layout cpu_kernels.c streams, 8 rows' next 8 codes in 64
+    contiguous bytes (rows padded with zero codes to a multiple of 8)."""
+    n, k = qweight.shape
+    qweight = F.pad(qweight, (0, 0, 0, -n % 8)) if n % 8 else qweight
+    return qweight.view(-1, 8, k // 8, 8).transpose(1, 2).contiguous()
 
-    qweight: torch.Tensor  # (N, K) int8
+
+class Int8Linear(nn.Module):
+    """A bias-free Linear with int8 weights (N, K) and one scale per output row: y = (x @ q.T) * scale.
+
+    Where speechrs's AVX2 kernel is available (cpu_kernels.py) the codes are held blocked for it and up to
+    KERNEL_ROWS rows go through it; elsewhere they stay (N, K) for torch's kernel. Both compute the same
+    numbers up to the order of the sums: bf16-rounded activations, fp32 accumulation, the product rounded to bf16."""
+
+    qweight: torch.Tensor  # (N, K) int8, or (ceil(N/8), K/8, 8, 8) when `blocked`
     scale: torch.Tensor  # (N,) bf16
+    kernel_scale: torch.Tensor  # (ceil(N/8) * 8,) fp32, when `blocked`
     quantized_at_load = False  # True when made from float weights here, False when read from stored codes
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor):
         super().__init__()
         self.out_features, self.in_features = qweight.shape
-        if qweight.data_ptr() % 64:  # the AVX-512 kernel's aligned loads crash on a view at any offset of a file
+        self.blocked = qweight.device.type == "cpu" and self.in_features % 8 == 0 and cpu_kernels.available()
+        if self.blocked:
+            qweight = _blocked(qweight)
+            scale32 = F.pad(scale.to(KERNEL_DTYPE).float(), (0, len(qweight) * 8 - self.out_features))
+            self.register_buffer("kernel_scale", scale32, persistent=False)  # the fp32 the kernel reads, padded
+        elif qweight.data_ptr() % 64:  # the AVX-512 kernel's aligned loads crash on a view at any offset of a file
             qweight = qweight.clone()
         self.register_buffer("qweight", qweight)
         self.register_buffer("scale", scale.to(KERNEL_DTYPE))
@@ -98,28 +121,47 @@ class Int8Linear(nn.Module):
         module.quantized_at_load = True
         return module
 
+    @property
+    def dequant_rows(self) -> int:
+        """From this many rows on, the codes are converted for a GEMM instead of going through a kernel."""
+        return KERNEL_ROWS if self.blocked else DEQUANT_ROWS
+
+    def codes(self, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.int8) -> torch.Tensor:
+        """Rows [start, stop) of the codes as (rows, K) in `dtype` (start a multiple of 8 when blocked)."""
+        stop = self.out_features if stop is None else stop
+        if not self.blocked:
+            return self.qweight[start:stop].to(dtype)
+        part = self.qweight[start // 8 : -(-stop // 8)]
+        rows = torch.empty(len(part), 8, self.in_features // 8, 8, dtype=dtype, device=part.device)
+        rows.copy_(part.transpose(1, 2))  # one pass: back to (rows, K) and converted
+        return rows.view(-1, self.in_features)[: stop - start]
+
     def dequantized(self) -> torch.Tensor:
         """The weight this layer computes with, in float32 (the reference the kernel is tested against)."""
-        return self.qweight.float() * self.scale.float()[:, None]
+        return self.codes(dtype=torch.float32) * self.scale.float()[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":  # torch's int8 kernel is CPU/MPS-only: dequantize into the activations' dtype
-            return F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
+            return F.linear(x, self.codes(dtype=x.dtype)) * self.scale.to(x.dtype)
         rows = _rows(x)
-        if len(rows) >= DEQUANT_ROWS:  # compute-bound: the GEMM in the fastest dtype this CPU has
+        if len(rows) >= self.dequant_rows:  # compute-bound: the GEMM in the fastest dtype this CPU has
             dtype = KERNEL_DTYPE if cpu_native_bf16() else torch.float32
             # inputs and the product rounded to bf16 as on a bf16 GEMM, so every CPU computes the same numbers
             x_k = rows.to(KERNEL_DTYPE).to(dtype)
             y = torch.empty(len(rows), self.out_features, dtype=dtype, device=x.device)
             for a, b in _row_blocks(self.out_features, self.in_features, DEQUANT_BLOCK_BYTES // dtype.itemsize):
-                torch.matmul(x_k, self.qweight[a:b].to(dtype).T, out=y[:, a:b])  # codes exact in bf16
+                torch.matmul(x_k, self.codes(a, b, dtype).T, out=y[:, a:b])  # codes exact in bf16
             y = y.to(KERNEL_DTYPE) * self.scale
+        elif self.blocked:
+            y = cpu_kernels.int8_linear(rows.to(KERNEL_DTYPE).float(), self.qweight, self.kernel_scale)
+            y = y[:, : self.out_features].to(KERNEL_DTYPE)
         else:
             y = torch.ops.aten._weight_int8pack_mm(rows.to(KERNEL_DTYPE).contiguous(), self.qweight, self.scale)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
+        kernel = "speechrs AVX2 kernel" if self.blocked else "torch kernel"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel, {kernel}"
 
 
 def _int4_blocks(weight: torch.Tensor, group: int) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
@@ -149,24 +191,37 @@ def int4_codes(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Ten
 
 
 class Int4Linear(nn.Module):
-    """A bias-free Linear with 4-bit weights in groups of INT4_GROUP along K, each with a scale and zero point."""
+    """A bias-free Linear with 4-bit weights in groups of INT4_GROUP along K, each with a scale and zero point.
 
-    packed: torch.Tensor  # (N padded, K / 2) uint8 in the kernel's layout for this CPU
-    scale_zero: torch.Tensor  # (K / g, N padded, 2) bf16
+    Where speechrs's AVX2 kernels are available (cpu_kernels.py) the codes and scales are held blocked for its
+    int4 kernel (8 output rows to a vector), elsewhere packed for torch's; both compute from bf16-rounded
+    activations with fp32 accumulation and round the product to bf16."""
+
+    packed: torch.Tensor  # (N padded, K / 2) uint8 in torch's layout for this CPU, or (N / 8, K / 2, 8) `blocked`
+    scale_zero: torch.Tensor  # (K / g, N padded, 2) bf16, or (N / 8, K / g, 2, 8) `blocked`
     quantized_at_load = False  # True when made from float weights here, False when read from stored codes
 
-    def __init__(self, out_features: int, group: int, packed: torch.Tensor, scale_zero: torch.Tensor):
-        """From tensors already in the kernel's layout: see quantize() and from_codes()."""
+    def __init__(self, out_features: int, group: int, packed: torch.Tensor, scale_zero: torch.Tensor, blocked=False):
+        """From tensors already in a kernel's layout: see quantize() and from_codes()."""
         super().__init__()
         self.out_features, self.in_features, self.group = out_features, packed.shape[1] * 2, group
+        self.blocked = blocked
         self.register_buffer("packed", packed)
         self.register_buffer("scale_zero", scale_zero.to(KERNEL_DTYPE))
+
+    @staticmethod
+    def _uses_speechrs_kernel(device: torch.device) -> bool:
+        return device.type == "cpu" and cpu_kernels.available()
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, group: int = INT4_GROUP) -> "Int4Linear":
         n, k = weight.shape
         if k % group:
             raise ValueError(f"int4 needs in_features divisible by {group}, got {k}")
+        if cls._uses_speechrs_kernel(weight.device):
+            module = cls.from_codes(*int4_codes(weight, group), group)
+            module.quantized_at_load = True
+            return module
         n_pad = -n % INT4_ROWS  # e.g. Dia's 9 x 1028 logits rows: padded with zero rows
         weight = F.pad(weight.detach(), (0, 0, 0, n_pad)) if n_pad else weight.detach()  # F.pad always copies
         packed = torch.empty(n + n_pad, k // 2, dtype=torch.uint8, device=weight.device)  # the kernel's shape
@@ -181,8 +236,16 @@ class Int4Linear(nn.Module):
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scale_zero: torch.Tensor, group: int) -> "Int4Linear":
-        """From int4_codes()'s portable layout: unpacked and packed again for this CPU, a row block at a time."""
+        """From int4_codes()'s portable layout: blocked for speechrs's kernel, or unpacked and packed again for
+        torch's, a row block at a time."""
         n, half_k = codes.shape
+        if cls._uses_speechrs_kernel(codes.device):  # its byte is the portable one: only the rows move
+            pad = -n % 8
+            codes = F.pad(codes, (0, 0, 0, pad)) if pad else codes
+            scale_zero = F.pad(scale_zero.to(KERNEL_DTYPE), (0, 0, 0, pad)) if pad else scale_zero.to(KERNEL_DTYPE)
+            blocked = codes.view(-1, 8, half_k).transpose(1, 2).contiguous()  # (N/8, K/2, 8)
+            sz = scale_zero.view(len(scale_zero), -1, 8, 2).permute(1, 0, 3, 2).contiguous()  # (N/8, K/g, 2, 8)
+            return cls(n, group, blocked, sz, blocked=True)
         n_pad = -n % INT4_ROWS
         packed = torch.empty(n + n_pad, half_k, dtype=torch.uint8, device=codes.device)
         for a, b in _row_blocks(n + n_pad, half_k * 2):
@@ -193,25 +256,39 @@ class Int4Linear(nn.Module):
         scale_zero = F.pad(scale_zero, (0, 0, 0, n_pad)) if n_pad else scale_zero  # padded rows: 0 * q + 0
         return cls(n, group, packed, scale_zero)
 
+    def group_scales(self) -> torch.Tensor:
+        """(K / g, N, 2) bf16: each group's scale and zero, whatever the layout."""
+        if self.blocked:
+            return self.scale_zero.permute(1, 0, 3, 2).flatten(1, 2)[:, : self.out_features]
+        return self.scale_zero[:, : self.out_features]
+
     def dequantized(self) -> torch.Tensor:
-        """The weight this layer computes with, in float32: (q - 8) * scale + zero. The codes q - 8 are read back
-        through the kernel itself (the identity matrix with scale 1 and zero 0: small integers, exact in bf16),
-        so this checks the packed layout too."""
-        eye = torch.eye(self.in_features, dtype=KERNEL_DTYPE)
-        unit = torch.zeros_like(self.scale_zero)
-        unit[..., 0] = 1
-        q_KxN = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group, unit).float()
-        scale, zero = (self.scale_zero[..., i].float().repeat_interleave(self.group, dim=0) for i in (0, 1))
-        return (q_KxN * scale + zero).T[: self.out_features].contiguous()
+        """The weight this layer computes with, in float32: (q - 8) * scale + zero. The codes q are read back
+        from the layout the kernel reads: torch's through the kernel itself (the identity matrix with scale 1 and
+        zero 0: small integers, exact in bf16), so this checks the packed layout too."""
+        if self.blocked:
+            codes = self.packed.transpose(1, 2).flatten(0, 1)[: self.out_features]  # (N, K/2) portable bytes
+            q_NxK = torch.stack((codes & 15, codes >> 4), dim=2).flatten(1).float() - 8
+        else:
+            eye = torch.eye(self.in_features, dtype=KERNEL_DTYPE)
+            unit = torch.zeros_like(self.scale_zero)
+            unit[..., 0] = 1
+            q_KxN = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group, unit).float()
+            q_NxK = q_KxN.T[: self.out_features]
+        scale, zero = (self.group_scales()[..., i].float().T.repeat_interleave(self.group, dim=1) for i in (0, 1))
+        return (q_NxK * scale + zero).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            _rows(x).to(KERNEL_DTYPE).contiguous(), self.packed, self.group, self.scale_zero
-        )
+        rows = _rows(x).to(KERNEL_DTYPE)
+        if self.blocked:
+            y = cpu_kernels.int4_linear(rows.float(), self.packed, self.scale_zero, self.group).to(KERNEL_DTYPE)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.contiguous(), self.packed, self.group, self.scale_zero)
         return y[:, : self.out_features].to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {self.group}"
+        kernel = "speechrs AVX2 kernel" if self.blocked else "torch kernel"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {self.group}, {kernel}"
 
 
 def quantized_linear(weight: torch.Tensor, kind: str) -> nn.Module:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from quality import compare, dia_logits, voxtral_logits
 
-from speechrs import quant
+from speechrs import cpu_kernels, quant
 from speechrs.dia.checkpoint import load_dia
 from speechrs.dia.pipeline import DiaPipeline, SpeakOptions, encode_text
 from speechrs.quant import Int4Linear, Int8Linear
@@ -27,13 +27,28 @@ def _close_to_bf16_rounding(y: torch.Tensor, ref: torch.Tensor) -> None:
     assert bool((err <= bound).all()), f"worst excess {(err - bound).max().item():.3g}"
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("rows", [1, 2, 8, 383])
-def test_kernel_equals_the_float32_layer_of_its_dequantized_weight(kind, rows):
+# each quantization with each CPU kernel, on any machine that can run it (the default picks one per CPU): speechrs's
+# AVX2 kernels (cpu_kernels.c) and torch's _weight_int8pack_mm / _weight_int4pack_mm_for_cpu
+PATHS = ["int8-speechrs", "int8-torch", "int4-speechrs", "int4-torch"]
+
+
+def _choose_kernel(path: str, monkeypatch) -> str:
+    """Layers made from now on in this test take `path`'s kernel; returns the quantization."""
+    monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "1" if path.endswith("speechrs") else "0")
+    if path.endswith("speechrs") and not cpu_kernels.available():
+        pytest.skip(f"speechrs's kernels cannot run here: {cpu_kernels.why_not()}")
+    return path[:4]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 383])
+def test_kernel_equals_the_float32_layer_of_its_dequantized_weight(path, rows, monkeypatch):
+    kind = _choose_kernel(path, monkeypatch)
     g = torch.Generator().manual_seed(rows)
     w = torch.randn(9252, 256, generator=g) / 16  # 9 x 1028 rows: Dia's logits, not a multiple of the row block
     x = torch.randn(rows, 256, generator=g)
     layer = KINDS[kind].quantize(w)
+    assert layer.blocked == path.endswith("speechrs")
     ref = F.linear(x.to(torch.bfloat16).float(), layer.dequantized())
     _close_to_bf16_rounding(layer(x), ref)
     assert layer(x.to(torch.bfloat16)).dtype == torch.bfloat16 and layer(x).dtype == torch.float32
@@ -44,7 +59,7 @@ def test_quantization_error_is_within_half_a_step():
     q8 = Int8Linear.quantize(w)
     assert bool(((q8.dequantized() - w).abs() <= q8.scale.float()[:, None] / 2 * 1.01 + 1e-6).all())
     q4 = Int4Linear.quantize(w)
-    step = q4.scale_zero[..., 0].float().T.repeat_interleave(quant.INT4_GROUP, dim=1)  # (N, K)
+    step = q4.group_scales()[..., 0].float().T.repeat_interleave(quant.INT4_GROUP, dim=1)  # (N, K)
     assert bool(((q4.dequantized() - w).abs() <= step / 2 * 1.01 + 1e-3).all())
 
 
@@ -62,18 +77,19 @@ def test_row_blocks_quantize_exactly_as_the_whole_matrix(monkeypatch):
 class ExactLayer(torch.nn.Module):
     """What a quantized layer claims to compute, in float32 from its codes: the bf16-rounded input (the kernels'
     activation dtype) times the dequantized weight, rounded to bf16 (their output dtype). int8 from
-    DEQUANT_ROWS rows on: the product of input and codes rounded to bf16 (the GEMM's output), then scaled."""
+    the layer's dequant_rows on: the product of input and codes rounded to bf16 (the GEMM's output), then scaled."""
 
     def __init__(self, layer: Int8Linear | Int4Linear):
         super().__init__()
         self.weight = layer.dequantized()
         self.int8 = isinstance(layer, Int8Linear)
         if self.int8:
-            self.codes, self.scale = layer.qweight.float(), layer.scale.float()
+            self.codes, self.scale = layer.codes(dtype=torch.float32), layer.scale.float()
+            self.dequant_rows = layer.dequant_rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xb = x.to(torch.bfloat16).float()
-        if self.int8 and xb.reshape(-1, xb.shape[-1]).shape[0] >= quant.DEQUANT_ROWS:
+        if self.int8 and xb.reshape(-1, xb.shape[-1]).shape[0] >= self.dequant_rows:
             return (F.linear(xb, self.codes).to(torch.bfloat16).float() * self.scale).to(torch.bfloat16).to(x.dtype)
         return F.linear(xb, self.weight).to(torch.bfloat16).to(x.dtype)
 
@@ -98,9 +114,11 @@ def _voxtral_case(pipeline, clip) -> tuple[list[int], int, torch.Tensor]:
     return ids, len(prompt), mel
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_quantized_voxtral_equals_its_layers_computed_exactly(native_dir, native_pipeline, clip, kind):
-    """Teacher-forced over every position (prompt and continuation): measured 100% top-1 for both kinds."""
+@pytest.mark.parametrize("path", PATHS)
+def test_quantized_voxtral_equals_its_layers_computed_exactly(native_dir, native_pipeline, clip, path, monkeypatch):
+    """Teacher-forced over every position (prompt and continuation): measured 100% top-1 for both kinds with
+    either kernel."""
+    kind = _choose_kernel(path, monkeypatch)
     quantized = load_voxtral(native_dir, "native", torch.float32, quantize=kind)
     reference = load_voxtral(native_dir, "native", torch.float32)
     assert _exact_reference(reference, quantized) == 4 * quantized.cfg.n_layers + 1  # qkv, o, w13, w2; head
@@ -123,11 +141,12 @@ def test_int8_voxtral_against_the_original_float32(native_dir, native_pipeline, 
     assert agreement["top1"] >= 0.95 and agreement["kl"] < 3e-3, agreement
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_quantized_dia_equals_its_layers_computed_exactly(dia_dirs, dac, kind):
+@pytest.mark.parametrize("path", PATHS)
+def test_quantized_dia_equals_its_layers_computed_exactly(dia_dirs, dac, path, monkeypatch):
     """Teacher-forced CFG logits of 64 greedy rows, every channel (576 positions). Measured: int4 100% top-1,
     KL 7e-5; int8 98.6-98.8%, KL 6e-4. Each int8 layer is exact but for one bf16 ulp in ~1 output of 10,000;
     the random decoder and CFG's x4 amplify those into 0.3 of logit, and 7 of 576 picks sit closer than that."""
+    kind = _choose_kernel(path, monkeypatch)
     quantized = load_dia(dia_dirs[0], torch.float32, quantize=kind)
     reference = load_dia(dia_dirs[0], torch.float32)
     assert _exact_reference(reference, quantized) == 8 * quantized.cfg.dec_layers + 1

@@ -1,0 +1,107 @@
+"""speechrs's AVX2 int8 kernel (cpu_kernels.c): exact to float32 accumulation, a row's result independent of the
+rows beside it and of the thread count, built once into the cache, and torch's kernel kept (with the reason said)
+where it cannot be built."""
+
+import pytest
+import torch
+
+from speechrs import compute, cpu_kernels, quant
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    """The kernels forced on (any AVX2 + FMA machine can run them, whatever the default picks for its CPU)."""
+    monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "1")
+    if not cpu_kernels.available():
+        pytest.skip(f"speechrs's int8 kernel cannot run here: {cpu_kernels.why_not()}")
+
+
+def _case(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return quant.int8_codes(torch.randn(n, k, generator=g))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 9, 17, 64])
+def test_the_kernel_is_exact_to_float32_accumulation(kernels, rows):
+    codes, scale = _case(100, 264)  # N not a multiple of the 8-row block, K = 33 steps of 8
+    x = torch.randn(rows, 264, generator=torch.Generator().manual_seed(rows))
+    y = cpu_kernels.int8_linear(x, quant._blocked(codes), quant.F.pad(scale.float(), (0, 4)))[:, :100]
+    ref = (x.double() @ codes.double().T) * scale.double()
+    # fp32 sums of 264 products of |x| ~ 1 and |code| <= 127: errors of a few fp32 ulps of the sum of |terms|
+    bound = 1e-6 * ((x.double().abs() @ codes.double().abs().T) * scale.double()) + 1e-30
+    assert bool(((y.double() - ref).abs() <= bound).all()), ((y.double() - ref).abs() / bound).max().item()
+
+
+def test_a_rows_result_does_not_depend_on_its_neighbours_or_the_threads(kernels):
+    """Batched decoding sends one request's row among others: its numbers must be those it gets alone."""
+    codes, scale = _case(72, 512, seed=1)
+    blocked, scale32 = quant._blocked(codes), scale.float()
+    x = torch.randn(17, 512, generator=torch.Generator().manual_seed(2))
+    alone = torch.cat([cpu_kernels.int8_linear(x[i : i + 1], blocked, scale32) for i in range(17)])
+    threads = torch.get_num_threads()
+    try:
+        for rows in (2, 3, 4, 5, 8, 17):
+            assert torch.equal(cpu_kernels.int8_linear(x[:rows], blocked, scale32), alone[:rows]), rows
+        torch.set_num_threads(1)
+        assert torch.equal(cpu_kernels.int8_linear(x, blocked, scale32), alone)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_layer_holds_the_blocked_codes_and_gives_them_back(kernels):
+    codes, scale = _case(100, 256)
+    layer = quant.Int8Linear(codes, scale)
+    assert layer.blocked and layer.qweight.shape == (13, 32, 8, 8) and "speechrs AVX2 kernel" in repr(layer)
+    assert torch.equal(layer.codes(), codes) and torch.equal(layer.codes(64, 100), codes[64:])
+    assert torch.equal(layer.dequantized(), codes.float() * scale.float()[:, None])
+
+
+def test_the_library_is_built_once_into_the_cache(kernels, monkeypatch, tmp_path):
+    monkeypatch.setenv("SPEECHRS_CACHE_DIR", str(tmp_path))
+    cpu_kernels._library.cache_clear()
+    try:
+        assert cpu_kernels.available()
+        (built,) = (tmp_path / "kernels").glob("cpu_kernels-*.so")
+        stamp = built.stat().st_mtime_ns
+        cpu_kernels._library.cache_clear()
+        assert cpu_kernels.available() and built.stat().st_mtime_ns == stamp  # loaded, not compiled again
+    finally:
+        cpu_kernels._library.cache_clear()
+
+
+def test_without_a_working_compiler_torch_s_kernel_runs_and_the_load_line_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "1")
+    monkeypatch.setenv("SPEECHRS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails: nothing cached under this name either
+    cpu_kernels._library.cache_clear()
+    try:
+        reason = cpu_kernels.why_not()
+        if reason and "could not build" not in reason:
+            pytest.skip(f"the kernels are not for this machine anyway: {reason}")
+        assert reason is not None and "false failed" in reason
+        codes, scale = _case(64, 128)
+        layer = quant.Int8Linear(codes, scale)
+        x = torch.randn(2, 128)
+        assert not layer.blocked and torch.allclose(layer(x).float(), x @ layer.dequantized().T, rtol=0.02, atol=0.05)
+        summary = compute.plan("cpu", "auto", "int8").summary
+        assert "torch's kernel: speechrs's not used, could not build them: false failed" in summary, summary
+    finally:
+        cpu_kernels._library.cache_clear()
+
+
+def test_the_setting_turns_them_off(monkeypatch):
+    monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "0")
+    assert cpu_kernels.why_not() == "SPEECHRS_CPU_KERNELS=0" and not quant.Int8Linear(*_case(8, 64)).blocked
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_quantized_models_batch_requests_through_them(kernels, native_dir, dia_dirs, kind):
+    """Their results do not depend on the rows beside a request's, so the load-time probe lets batched decoding
+    stack requests' rows into one call (layers.batch_invariant)."""
+    from speechrs.dia.checkpoint import load_dia
+    from speechrs.voxtral.checkpoint import load_voxtral
+
+    voxtral = load_voxtral(native_dir, "native", torch.float32, quantize=kind)
+    dia = load_dia(dia_dirs[0], torch.float32, quantize=kind)
+    assert voxtral.output.blocked and dia.logits_dense.blocked
+    assert voxtral.batch_invariant and dia.batch_invariant
