@@ -6,7 +6,8 @@ Memory bandwidth: the best of several sums over a 1 GiB buffer (a read-only stre
 GEMM peak: the best of several large square matmuls. Kernels: one Linear of each path (torch fp32, torch bf16,
 oneDNN-packed bf16, int8 and int4 weight-only through speechrs's AVX2 kernels where they run and through torch's)
 on the decode shapes of Voxtral and Dia at 1, 2, 8 and 16 rows, in GB/s of weights read (against the bandwidth)
-and, for 383 rows (one prefill chunk), in GFLOP/s (against the peak). bench_voxtral.py and bench_dia.py import `limits()` so their figures are put against the same measures.
+and, for 383 rows (one prefill chunk), in GFLOP/s (against the peak). bench_voxtral.py and bench_dia.py import
+`limits()` so their figures are put against the same measures.
 """
 
 import argparse

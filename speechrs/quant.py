@@ -288,7 +288,8 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         kernel = "speechrs AVX2 kernel" if self.blocked else "torch kernel"
-        return f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {self.group}, {kernel}"
+        shape = f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"{shape}, int4 groups of {self.group}, {kernel}"
 
 
 def quantized_linear(weight: torch.Tensor, kind: str) -> nn.Module:
