@@ -90,14 +90,12 @@ def _library() -> ctypes.CDLL | str:
         return f"could not build them: {e}"
     library.speechrs_int8_linear.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-        ctypes.c_void_p, ctypes.c_int,
+        ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
     ]  # fmt: skip
-    library.speechrs_int8_linear.restype = None
     library.speechrs_int4_linear.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
     ]  # fmt: skip
-    library.speechrs_int4_linear.restype = None
     return library
 
 
@@ -115,37 +113,54 @@ def available() -> bool:
     return why_not() is None
 
 
-def int8_linear(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (M, K) fp32, codes blocked (N/8, K/8, 8, 8) int8, scale (N,) fp32 -> (M, N) fp32; only where
-    available()."""
+# Per call these wrappers check only the activations: the weights' layout is quant.py's, fixed at load. The
+# Python around a call (~20 us) is most of a small layer's time, so it is kept short.
+
+
+def _kernel_input(x: torch.Tensor, features: int) -> torch.Tensor:
+    if x.dtype != torch.bfloat16:
+        x = x.to(torch.bfloat16)
+    if not x.is_contiguous():
+        x = x.contiguous()
+    if x.dim() != 2 or x.shape[1] != features:
+        raise ValueError(f"expected (rows, {features}) activations, got {tuple(x.shape)}")
+    return x
+
+
+def _checked(status: int) -> None:
+    if status != 0:
+        raise MemoryError("speechrs's CPU kernel could not allocate its scratch memory")
+
+
+def int8_linear(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, n_out: int) -> torch.Tensor:
+    """x (M, K) -> (M, n_out) bf16 with codes blocked (N/8, K/8, 8, 8) int8, scale (N,) fp32 (N >= n_out, the
+    codes' rows padded to a block); x is rounded to bf16 first. Only where available()."""
     library = _library()
     assert not isinstance(library, str), library
     n_blocks, k8 = blocked.shape[:2]
-    if not (x.dtype == scale.dtype == torch.float32 and blocked.dtype == torch.int8 and x.shape[1] == k8 * 8):
-        raise ValueError(f"int8_linear: x {tuple(x.shape)} {x.dtype}, codes {tuple(blocked.shape)}")
-    x, blocked, scale = x.contiguous(), blocked.contiguous(), scale.contiguous()
-    y = torch.empty(x.shape[0], n_blocks * 8, dtype=torch.float32)
-    library.speechrs_int8_linear(
-        x.data_ptr(), x.shape[0], x.shape[1], blocked.data_ptr(), scale.data_ptr(), n_blocks, y.data_ptr(),
-        torch.get_num_threads(),
+    x = _kernel_input(x, k8 * 8)
+    y = torch.empty(len(x), n_out, dtype=torch.bfloat16)
+    _checked(
+        library.speechrs_int8_linear(
+            x.data_ptr(), len(x), x.shape[1], blocked.data_ptr(), scale.data_ptr(), n_blocks, n_out, y.data_ptr(),
+            torch.get_num_threads(),
+        )
     )  # fmt: skip
     return y
 
 
-def int4_linear(x: torch.Tensor, blocked: torch.Tensor, scale_zero: torch.Tensor, group: int) -> torch.Tensor:
-    """x (M, K) fp32, codes blocked (N/8, K/2, 8) uint8, scale_zero blocked (N/8, K/group, 2, 8) bf16 -> (M, N)
-    fp32; only where available()."""
+def int4_linear(x: torch.Tensor, blocked: torch.Tensor, scale_zero: torch.Tensor, group: int, n_out: int):
+    """x (M, K) -> (M, n_out) bf16 with codes blocked (N/8, K/2, 8) uint8 and scale_zero blocked (N/8, K/group,
+    2, 8) bf16 (N >= n_out); x is rounded to bf16 first. Only where available()."""
     library = _library()
     assert not isinstance(library, str), library
     n_blocks, half_k = blocked.shape[:2]
-    ok = x.dtype == torch.float32 and blocked.dtype == torch.uint8 and scale_zero.dtype == torch.bfloat16
-    if not (ok and x.shape[1] == half_k * 2 and scale_zero.shape == (n_blocks, half_k * 2 // group, 2, 8)):
-        raise ValueError(f"int4_linear: x {tuple(x.shape)} {x.dtype}, codes {tuple(blocked.shape)}, group {group}")
-    x, blocked, scale_zero = x.contiguous(), blocked.contiguous(), scale_zero.contiguous()
-    y = torch.empty(x.shape[0], n_blocks * 8, dtype=torch.float32)
-    sums = torch.empty(x.shape[0], x.shape[1] // group, dtype=torch.float32)  # the kernel's scratch
-    library.speechrs_int4_linear(
-        x.data_ptr(), x.shape[0], x.shape[1], blocked.data_ptr(), scale_zero.data_ptr(), group, n_blocks,
-        y.data_ptr(), sums.data_ptr(), torch.get_num_threads(),
+    x = _kernel_input(x, half_k * 2)
+    y = torch.empty(len(x), n_out, dtype=torch.bfloat16)
+    _checked(
+        library.speechrs_int4_linear(
+            x.data_ptr(), len(x), x.shape[1], blocked.data_ptr(), scale_zero.data_ptr(), group, n_blocks, n_out,
+            y.data_ptr(), torch.get_num_threads(),
+        )
     )  # fmt: skip
     return y

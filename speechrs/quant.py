@@ -107,7 +107,7 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = qweight.shape
         self.blocked = qweight.device.type == "cpu" and self.in_features % 8 == 0 and cpu_kernels.available()
         if self.blocked:
-            qweight = _blocked(qweight)
+            qweight = _blocked(qweight.to(torch.int8))
             scale32 = F.pad(scale.to(KERNEL_DTYPE).float(), (0, len(qweight) * 8 - self.out_features))
             self.register_buffer("kernel_scale", scale32, persistent=False)  # the fp32 the kernel reads, padded
         elif qweight.data_ptr() % 64:  # the AVX-512 kernel's aligned loads crash on a view at any offset of a file
@@ -153,8 +153,7 @@ class Int8Linear(nn.Module):
                 torch.matmul(x_k, self.codes(a, b, dtype).T, out=y[:, a:b])  # codes exact in bf16
             y = y.to(KERNEL_DTYPE) * self.scale
         elif self.blocked:
-            y = cpu_kernels.int8_linear(rows.to(KERNEL_DTYPE).float(), self.qweight, self.kernel_scale)
-            y = y[:, : self.out_features].to(KERNEL_DTYPE)
+            y = cpu_kernels.int8_linear(rows, self.qweight, self.kernel_scale, self.out_features)
         else:
             y = torch.ops.aten._weight_int8pack_mm(rows.to(KERNEL_DTYPE).contiguous(), self.qweight, self.scale)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -206,6 +205,11 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features, self.group = out_features, packed.shape[1] * 2, group
         self.blocked = blocked
+        if blocked:  # the layout cpu_kernels.int4_linear reads without checking it per call
+            n_blocks = -(-out_features // 8)
+            assert packed.shape == (n_blocks, self.in_features // 2, 8) and packed.dtype == torch.uint8
+            assert scale_zero.shape == (n_blocks, self.in_features // group, 2, 8) and group % 2 == 0
+            packed, scale_zero = packed.contiguous(), scale_zero.contiguous()
         self.register_buffer("packed", packed)
         self.register_buffer("scale_zero", scale_zero.to(KERNEL_DTYPE))
 
@@ -279,12 +283,14 @@ class Int4Linear(nn.Module):
         return (q_NxK * scale + zero).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = _rows(x).to(KERNEL_DTYPE)
+        rows = _rows(x)
         if self.blocked:
-            y = cpu_kernels.int4_linear(rows.float(), self.packed, self.scale_zero, self.group).to(KERNEL_DTYPE)
+            y = cpu_kernels.int4_linear(rows, self.packed, self.scale_zero, self.group, self.out_features)
         else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.contiguous(), self.packed, self.group, self.scale_zero)
-        return y[:, : self.out_features].to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+            rows = rows.to(KERNEL_DTYPE).contiguous()
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, self.group, self.scale_zero)
+            y = y[:, : self.out_features]
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         kernel = "speechrs AVX2 kernel" if self.blocked else "torch kernel"

@@ -21,29 +21,39 @@ def _case(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return quant.int8_codes(torch.randn(n, k, generator=g))
 
 
+def _layer(kind: str, n: int, k: int, seed: int = 0) -> torch.nn.Module:
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
+    layer = quant.Int8Linear.quantize(w) if kind == "int8" else quant.Int4Linear.quantize(w)
+    assert layer.blocked
+    return layer
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 9, 17, 64])
-def test_the_kernel_is_exact_to_float32_accumulation(kernels, rows):
-    codes, scale = _case(100, 264)  # N not a multiple of the 8-row block, K = 33 steps of 8
-    x = torch.randn(rows, 264, generator=torch.Generator().manual_seed(rows))
-    y = cpu_kernels.int8_linear(x, quant._blocked(codes), quant.F.pad(scale.float(), (0, 4)))[:, :100]
-    ref = (x.double() @ codes.double().T) * scale.double()
-    # fp32 sums of 264 products of |x| ~ 1 and |code| <= 127: errors of a few fp32 ulps of the sum of |terms|
-    bound = 1e-6 * ((x.double().abs() @ codes.double().abs().T) * scale.double()) + 1e-30
+def test_the_kernels_are_exact_to_float32_sums_rounded_once_to_bf16(kernels, kind, rows):
+    layer = _layer(kind, 100, 288)  # N not a multiple of the 8-row block; K = 9 int4 groups, 36 int8 steps
+    x = torch.randn(rows, 288, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
+    y = layer(x)
+    w = layer.dequantized().double()
+    ref = x.double() @ w.T
+    # the fp32 sums of 288 products err by a few fp32 ulps of the sum of |terms|; then one rounding to bf16
+    bound = 2.0**-8 * ref.abs() + 1e-6 * (x.double().abs() @ w.abs().T)
+    assert y.dtype == torch.bfloat16 and y.shape == (rows, 100)
     assert bool(((y.double() - ref).abs() <= bound).all()), ((y.double() - ref).abs() / bound).max().item()
 
 
-def test_a_rows_result_does_not_depend_on_its_neighbours_or_the_threads(kernels):
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_a_rows_result_does_not_depend_on_its_neighbours_or_the_threads(kernels, kind):
     """Batched decoding sends one request's row among others: its numbers must be those it gets alone."""
-    codes, scale = _case(72, 512, seed=1)
-    blocked, scale32 = quant._blocked(codes), scale.float()
+    layer = _layer(kind, 72, 512, seed=1)
     x = torch.randn(17, 512, generator=torch.Generator().manual_seed(2))
-    alone = torch.cat([cpu_kernels.int8_linear(x[i : i + 1], blocked, scale32) for i in range(17)])
+    alone = torch.cat([layer(x[i : i + 1]) for i in range(17)])
     threads = torch.get_num_threads()
     try:
         for rows in (2, 3, 4, 5, 8, 17):
-            assert torch.equal(cpu_kernels.int8_linear(x[:rows], blocked, scale32), alone[:rows]), rows
+            assert torch.equal(layer(x[:rows]), alone[:rows]), rows
         torch.set_num_threads(1)
-        assert torch.equal(cpu_kernels.int8_linear(x, blocked, scale32), alone)
+        assert torch.equal(layer(x), alone)
     finally:
         torch.set_num_threads(threads)
 
