@@ -207,10 +207,13 @@ def main():
         "--quantize", default="none", help="speechrs paths to run, e.g. none,int8,int4,int8-stored (speechrs quantize)"
     )
     ap.add_argument("--no-transformers", action="store_true", help="speechrs paths only")
+    ap.add_argument("--repeats", type=int, default=REPEATS, help="timings are the best of this many runs")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--dia", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--dac", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global REPEATS
+    REPEATS = args.repeats
     if args.worker == "transformers":
         print(json.dumps(run_transformers(args.dia, args.dac, args.steps, args.frames, args.dtype)))
         return
@@ -241,6 +244,8 @@ def main():
             str(args.frames),
             "--dtype",
             args.dtype,
+            "--repeats",
+            str(args.repeats),
         ],
     )
     print(describe(lim))

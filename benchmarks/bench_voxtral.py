@@ -202,9 +202,12 @@ def main():
         "--quantize", default="none", help="speechrs paths to run, e.g. none,int8,int4,int8-stored (speechrs quantize)"
     )
     ap.add_argument("--no-transformers", action="store_true", help="speechrs paths only")
+    ap.add_argument("--repeats", type=int, default=REPEATS, help="timings are the best of this many runs")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global REPEATS
+    REPEATS = args.repeats
 
     if args.worker == "transformers":
         print(json.dumps(run_transformers(args.ckpt, args.clip, args.new_tokens, args.dtype)))
@@ -225,7 +228,8 @@ def main():
     results = run_workers(
         __file__,
         paths + ([] if args.no_transformers else ["transformers"]),
-        ["--ckpt", str(ckpt), "--clip", str(args.clip), "--new-tokens", str(args.new_tokens), "--dtype", args.dtype],
+        ["--ckpt", str(ckpt), "--clip", str(args.clip), "--new-tokens", str(args.new_tokens), "--dtype", args.dtype]
+        + ["--repeats", str(args.repeats)],
     )
     s = results[paths[0]]
     print(describe(lim))
