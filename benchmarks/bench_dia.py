@@ -197,6 +197,7 @@ def run_transformers(dia: Path, dac: Path, steps: int, frames: int, dtype: str) 
 
 
 def main():
+    global REPEATS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["tiny", "full"], default="tiny")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -212,7 +213,6 @@ def main():
     ap.add_argument("--dia", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--dac", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global REPEATS
     REPEATS = args.repeats
     if args.worker == "transformers":
         print(json.dumps(run_transformers(args.dia, args.dac, args.steps, args.frames, args.dtype)))

@@ -192,6 +192,7 @@ def run_transformers(ckpt: Path, clip: Path, n_new: int, dtype: str) -> dict:
 
 
 def main():
+    global REPEATS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["tiny", "full"], default="tiny")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -206,7 +207,6 @@ def main():
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global REPEATS
     REPEATS = args.repeats
 
     if args.worker == "transformers":
