@@ -13,7 +13,7 @@ import torch
 from . import cpu_kernels
 from .layers import cpu_native_bf16
 from .quant import check_quantization
-from .upcast import UPCAST_ROWS
+from .upcast import KERNEL_ROWS, UPCAST_ROWS
 from .weights import parse_dtype
 
 
@@ -75,9 +75,11 @@ def plan(device: str, dtype: str = "auto", quantize: str | None = None, chosen_b
     elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16) and cpu_native_bf16():
         how = f"{chosen}; bf16 decode weights are packed for oneDNN"
     elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16):
+        rows = KERNEL_ROWS if cpu_kernels.available() else UPCAST_ROWS
+        kernel = f", fewer through speechrs's AVX2 kernel" if cpu_kernels.available() else ""
         how = (
             f"{chosen}; no hardware bf16, so bf16 weights stay bf16 in memory and matmuls of "
-            f"{UPCAST_ROWS}+ rows (encoder, prefill) and attention run in fp32"
+            f"{rows}+ rows (encoder, prefill) and attention run in fp32{kernel}"
         )
     elif kind == "cpu" and torch_dtype == torch.float32:
         how = f"{chosen}; fp32 decode weights are packed for oneDNN"

@@ -92,6 +92,10 @@ def _library() -> ctypes.CDLL | str:
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
         ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
     ]  # fmt: skip
+    library.speechrs_bf16_linear.argtypes = [
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+        ctypes.c_void_p, ctypes.c_int,
+    ]  # fmt: skip
     library.speechrs_int4_linear.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
@@ -163,4 +167,20 @@ def int4_linear(x: torch.Tensor, blocked: torch.Tensor, scale_zero: torch.Tensor
             y.data_ptr(), torch.get_num_threads(),
         )
     )  # fmt: skip
+    return y
+
+
+def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (M, K) @ weight (N, K)^T -> (M, N) bf16, weight bf16 with contiguous rows (a row view of a larger weight
+    too); x is rounded to bf16 first. Only where available()."""
+    library = _library()
+    assert not isinstance(library, str), library
+    n, k = weight.shape
+    x = _kernel_input(x, k)
+    y = torch.empty(len(x), n, dtype=torch.bfloat16)
+    _checked(
+        library.speechrs_bf16_linear(
+            x.data_ptr(), len(x), k, weight.data_ptr(), weight.stride(0), n, y.data_ptr(), torch.get_num_threads()
+        )
+    )
     return y

@@ -4,33 +4,53 @@ Without AVX-512 BF16 / AMX, torch emulates bf16 matmuls, about 5x slower than fp
 and prefill of one 30 s chunk took 280 s in bf16 and about 60 s in fp32 on a 2-core AVX2 EPYC). Holding a 3B
 model in fp32 doubles its memory, so the weights stay bf16 and a matmul of many rows (the encoder, a prefill)
 converts its weight to fp32 for that call: one layer's weight at a time is ever fp32, and the conversion is
-amortised over the rows. A decode step's one or two rows keep torch's bf16 kernel, which reads half the bytes.
+amortised over the rows. A decode step's few rows read the bf16 weight as it is: through speechrs's AVX2 kernel
+(cpu_kernels.c) where it runs, which streams 8 rows at a time with a prefetch, else torch's bf16 Linear.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernels
+
 # From this many rows on, a matmul is compute-bound and the fp32 GEMM wins despite converting the weight.
 UPCAST_ROWS = 16
+# ...but not against speechrs's bf16 kernel, which converts each weight in registers: on 2 Zen 3 cores it ran
+# 30-42 G multiply-adds/s from 32 to 256 rows where converting + the fp32 GEMM ran 7-19 at 32-128 rows and 23-34
+# at 256 (Voxtral's 16384 x 3072, 3072 x 8192, its encoder's 1280 x 5120); torch's bf16 Linear 2-4x slower than
+# the kernel from 2 rows on.
+KERNEL_ROWS = 256
 
 
 class UpcastLinear(nn.Module):
-    """An nn.Linear over the same (bf16) weight and bias, computing in fp32 from UPCAST_ROWS rows on."""
+    """An nn.Linear over the same (bf16) weight and bias, computing in fp32 from UPCAST_ROWS rows on, or below
+    KERNEL_ROWS through speechrs's bf16 kernel where it runs."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias
+        w = linear.weight
+        self.kernel = (  # speechrs's bf16 kernel reads (N, K) rows of K % 8 elements, contiguous each
+            w.device.type == "cpu" and w.dtype == torch.bfloat16 and w.shape[1] % 8 == 0 and w.stride(1) == 1
+        ) and cpu_kernels.available()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() // x.shape[-1] < UPCAST_ROWS:
+        rows = x.numel() // x.shape[-1]
+        if self.kernel and rows < KERNEL_ROWS:
+            y = cpu_kernels.bf16_linear(x.reshape(-1, self.in_features), self.weight)
+            y = y if self.bias is None else y + self.bias
+            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        if rows < UPCAST_ROWS:
             return F.linear(x, self.weight, self.bias)
         bias = None if self.bias is None else self.bias.float()
         return F.linear(x.float(), self.weight.float(), bias).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, {self.weight.dtype} upcast to fp32"
+        kernel = f", under {KERNEL_ROWS} rows through speechrs's AVX2 kernel" if self.kernel else ""
+        shape = f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"{shape}, {self.weight.dtype} upcast to fp32{kernel}"
 
 
 def upcast_linears(model: nn.Module) -> int:

@@ -1,11 +1,12 @@
-"""speechrs's AVX2 int8 kernel (cpu_kernels.c): exact to float32 accumulation, a row's result independent of the
-rows beside it and of the thread count, built once into the cache, and torch's kernel kept (with the reason said)
-where it cannot be built."""
+"""speechrs's AVX2 int8, int4 and bf16 kernels (cpu_kernels.c): exact to float32 sums rounded once to bf16, a
+row's result independent of the rows beside it and of the thread count, built once into the cache, and torch's
+kernels kept (with the reason said) where they cannot be built."""
 
 import pytest
 import torch
 
 from speechrs import compute, cpu_kernels, quant
+from speechrs.upcast import UpcastLinear
 
 
 @pytest.fixture
@@ -23,18 +24,28 @@ def _case(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _layer(kind: str, n: int, k: int, seed: int = 0) -> torch.nn.Module:
     w = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
+    if kind == "bf16":  # a bf16 model's decode rows on a CPU without native bf16 (upcast.py)
+        linear = torch.nn.Linear(k, n, bias=False, dtype=torch.bfloat16)
+        linear.weight.data.copy_(w)
+        layer = UpcastLinear(linear)
+        assert layer.kernel
+        return layer
     layer = quant.Int8Linear.quantize(w) if kind == "int8" else quant.Int4Linear.quantize(w)
     assert layer.blocked
     return layer
 
 
-@pytest.mark.parametrize("kind", ["int8", "int4"])
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 9, 17, 64])
+def _weight(layer: torch.nn.Module) -> torch.Tensor:
+    return layer.weight.float() if isinstance(layer, UpcastLinear) else layer.dequantized()
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4", "bf16"])
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 7, 9, 15, 17, 64])
 def test_the_kernels_are_exact_to_float32_sums_rounded_once_to_bf16(kernels, kind, rows):
     layer = _layer(kind, 100, 288)  # N not a multiple of the 8-row block; K = 9 int4 groups, 36 int8 steps
     x = torch.randn(rows, 288, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
     y = layer(x)
-    w = layer.dequantized().double()
+    w = _weight(layer).double()
     ref = x.double() @ w.T
     # the fp32 sums of 288 products err by a few fp32 ulps of the sum of |terms|; then one rounding to bf16
     bound = 2.0**-8 * ref.abs() + 1e-6 * (x.double().abs() @ w.abs().T)
@@ -42,10 +53,10 @@ def test_the_kernels_are_exact_to_float32_sums_rounded_once_to_bf16(kernels, kin
     assert bool(((y.double() - ref).abs() <= bound).all()), ((y.double() - ref).abs() / bound).max().item()
 
 
-@pytest.mark.parametrize("kind", ["int8", "int4"])
+@pytest.mark.parametrize("kind", ["int8", "int4", "bf16"])
 def test_a_rows_result_does_not_depend_on_its_neighbours_or_the_threads(kernels, kind):
     """Batched decoding sends one request's row among others: its numbers must be those it gets alone."""
-    layer = _layer(kind, 72, 512, seed=1)
+    layer = _layer(kind, 75, 512, seed=1)
     x = torch.randn(17, 512, generator=torch.Generator().manual_seed(2))
     alone = torch.cat([layer(x[i : i + 1]) for i in range(17)])
     threads = torch.get_num_threads()
@@ -104,14 +115,23 @@ def test_the_setting_turns_them_off(monkeypatch):
     assert cpu_kernels.why_not() == "SPEECHRS_CPU_KERNELS=0" and not quant.Int8Linear(*_case(8, 64)).blocked
 
 
-@pytest.mark.parametrize("kind", ["int8", "int4"])
-def test_quantized_models_batch_requests_through_them(kernels, native_dir, dia_dirs, kind):
+@pytest.mark.parametrize("kind", ["int8", "int4", "bf16"])
+def test_models_batch_requests_through_them(kernels, native_dir, dia_dirs, kind, monkeypatch):
     """Their results do not depend on the rows beside a request's, so the load-time probe lets batched decoding
-    stack requests' rows into one call (layers.batch_invariant)."""
+    stack requests' rows into one call (layers.batch_invariant). bf16: a bf16 model on a CPU without native
+    bf16 (the path taken on any CPU with SPEECHRS_NATIVE_BF16=0)."""
     from speechrs.dia.checkpoint import load_dia
+    from speechrs.layers import cpu_native_bf16
     from speechrs.voxtral.checkpoint import load_voxtral
 
-    voxtral = load_voxtral(native_dir, "native", torch.float32, quantize=kind)
-    dia = load_dia(dia_dirs[0], torch.float32, quantize=kind)
-    assert voxtral.output.blocked and dia.logits_dense.blocked
+    dtype, quantize = (torch.bfloat16, None) if kind == "bf16" else (torch.float32, kind)
+    monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "0")
+    cpu_native_bf16.cache_clear()
+    try:
+        voxtral = load_voxtral(native_dir, "native", dtype, quantize=quantize)
+        dia = load_dia(dia_dirs[0], dtype, quantize=quantize)
+    finally:
+        cpu_native_bf16.cache_clear()
+    kernel = "kernel" if kind == "bf16" else "blocked"
+    assert getattr(voxtral.output, kernel) and getattr(dia.logits_dense, kernel)
     assert voxtral.batch_invariant and dia.batch_invariant

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from quality import compare, voxtral_logits
 
+from speechrs import cpu_kernels
 from speechrs.layers import cpu_native_bf16
 from speechrs.packing import PackedLinear
-from speechrs.upcast import UPCAST_ROWS, UpcastLinear
+from speechrs.upcast import KERNEL_ROWS, UPCAST_ROWS, UpcastLinear
 from speechrs.voxtral.checkpoint import load_voxtral
 from speechrs.voxtral.tekken import transcription_prompt
 
@@ -21,27 +22,45 @@ def no_native_bf16(monkeypatch):
     cpu_native_bf16.cache_clear()  # the environment is restored after this, so the next call reads it again
 
 
-def test_many_rows_multiply_in_float32_and_few_in_bf16():
+@pytest.fixture(params=["speechrs", "torch"])
+def decode_kernel(request, monkeypatch) -> str:
+    """Layers made in the test read decode rows through speechrs's AVX2 bf16 kernel or torch's bf16 Linear, on
+    any machine that can run each (skipped, with the reason, where speechrs's cannot be built)."""
+    monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "1" if request.param == "speechrs" else "0")
+    if request.param == "speechrs" and not cpu_kernels.available():
+        pytest.skip(f"speechrs's kernels cannot run here: {cpu_kernels.why_not()}")
+    return request.param
+
+
+def test_many_rows_multiply_in_float32_and_few_in_bf16(decode_kernel):
     g = torch.Generator().manual_seed(0)
     linear = torch.nn.Linear(64, 96, dtype=torch.bfloat16)
     with torch.no_grad():
         linear.weight.copy_(torch.randn(96, 64, generator=g))
         linear.bias.copy_(torch.randn(96, generator=g))
     up = UpcastLinear(linear)
-    x = torch.randn(UPCAST_ROWS, 64, generator=g).to(torch.bfloat16)
+    x = torch.randn(KERNEL_ROWS if up.kernel else UPCAST_ROWS, 64, generator=g).to(torch.bfloat16)
     exact = F.linear(x.float(), linear.weight.float(), linear.bias.float()).to(torch.bfloat16)
     assert torch.equal(up(x), exact)
-    assert torch.equal(up(x[:2]), F.linear(x[:2], linear.weight, linear.bias))
+    assert up.kernel == (decode_kernel == "speechrs")
+    if decode_kernel == "torch":
+        assert torch.equal(up(x[:2]), F.linear(x[:2], linear.weight, linear.bias))
+    else:  # fp32 sums rounded to bf16, then the bias added in bf16: two roundings, each of half an ulp of its sum
+        product = F.linear(x[:2].double(), linear.weight.double())
+        exact = product + linear.bias.double()
+        bound = 2.0**-8 * (product.abs() + exact.abs()) + 1e-6
+        assert bool(((up(x[:2]).double() - exact).abs() <= bound).all())
 
 
 def test_bf16_voxtral_without_native_bf16_upcasts_and_keeps_its_results(
-    no_native_bf16, native_dir, native_pipeline, clip
+    no_native_bf16, decode_kernel, native_dir, native_pipeline, clip
 ):
     import speechrs
 
     model = load_voxtral(native_dir, "native", torch.bfloat16)
     kinds = {type(m) for m in model.modules()}
     assert UpcastLinear in kinds and PackedLinear not in kinds and torch.nn.Linear not in kinds
+    assert model.output.kernel == model.layers[0].attention.wqkv.kernel == (decode_kernel == "speechrs")
     assert model.output.weight.dtype == torch.bfloat16  # compact in memory
     mel, n_audio, _ = native_pipeline._prepare_audio(str(clip))
     ids = transcription_prompt(native_pipeline.tokenizer, n_audio, "en") + [1000 + i for i in range(16)]
@@ -49,7 +68,8 @@ def test_bf16_voxtral_without_native_bf16_upcasts_and_keeps_its_results(
     agreement = compare(
         voxtral_logits(native_pipeline.model, audio_id, ids, mel), voxtral_logits(model, audio_id, ids, mel)
     )
-    # measured: KL 4.9e-4, top-1 97.2% over 399 positions, as close as the native bf16 path (4.9e-4, 97.0%)
+    # measured: KL 4.9e-4, top-1 97.2% over 399 positions, as close as the native bf16 path (4.9e-4, 97.0%);
+    # teacher-forced positions are all one prefill here, so the decode kernel shows in the load's probe and below
     assert agreement["kl"] < 2e-3, agreement
     loaded = speechrs.load(str(native_dir), dtype="bfloat16")
     assert "no hardware bf16" in loaded.plan.summary
