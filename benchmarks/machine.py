@@ -4,7 +4,7 @@
 
 Memory bandwidth: the best of several sums over a 1 GiB buffer (a read-only stream, what a decode step does).
 GEMM peak: the best of several large square matmuls. Kernels: one Linear of each path (torch fp32, torch bf16,
-oneDNN-packed bf16, int8 and int4 weight-only through speechrs's AVX2 kernels where they run and through torch's)
+oneDNN-packed bf16, int8 and int4 weight-only; speechrs's AVX2 kernels where they run, for bf16 as upcast.py runs it)
 on the decode shapes of Voxtral and Dia at 1, 2, 8 and 16 rows, in GB/s of weights read (against the bandwidth)
 and, for 383 rows (one prefill chunk), in GFLOP/s (against the peak). bench_voxtral.py and bench_dia.py import
 `limits()` so their figures are put against the same measures.
@@ -26,6 +26,7 @@ from speechrs import cpu_kernels  # noqa: E402
 from speechrs.compute import cpu_native_bf16, cpu_summary  # noqa: E402
 from speechrs.packing import PackedLinear  # noqa: E402
 from speechrs.quant import Int4Linear, Int8Linear  # noqa: E402
+from speechrs.upcast import UpcastLinear  # noqa: E402
 
 SHAPES = {  # (out, in) of the largest per-step weights
     "voxtral w13": (16384, 3072),
@@ -93,6 +94,10 @@ def paths(weight: torch.Tensor) -> dict:
     if cpu_native_bf16():
         packed = PackedLinear(w16)
         out["bf16 packed"] = (packed, n * k * 2)
+    if cpu_kernels.available():  # a bf16 model's decode rows on a CPU without native bf16 (upcast.py)
+        linear = torch.nn.Linear(k, n, bias=False, dtype=torch.bfloat16)
+        linear.weight.data.copy_(w16)
+        out["bf16 speechrs"] = (UpcastLinear(linear), n * k * 2)
     kernels = ["speechrs", "torch"] if cpu_kernels.available() else ["torch"]  # speechrs's AVX2 kernels beside
     for kernel in kernels:
         os.environ["SPEECHRS_CPU_KERNELS"] = "1" if kernel == "speechrs" else "0"

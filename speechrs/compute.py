@@ -76,7 +76,7 @@ def plan(device: str, dtype: str = "auto", quantize: str | None = None, chosen_b
         how = f"{chosen}; bf16 decode weights are packed for oneDNN"
     elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16):
         rows = KERNEL_ROWS if cpu_kernels.available() else UPCAST_ROWS
-        kernel = f", fewer through speechrs's AVX2 kernel" if cpu_kernels.available() else ""
+        kernel = ", fewer through speechrs's AVX2 kernel" if cpu_kernels.available() else ""
         how = (
             f"{chosen}; no hardware bf16, so bf16 weights stay bf16 in memory and matmuls of "
             f"{rows}+ rows (encoder, prefill) and attention run in fp32{kernel}"
