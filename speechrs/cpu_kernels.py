@@ -58,7 +58,8 @@ def _build() -> Path:
     # built beside the target and renamed: processes building at once each rename a whole library
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+        command = [compiler, *FLAGS, str(SOURCE), "-o", str(built)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)  # ~1 s; never hang a load
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
             raise RuntimeError(f"{compiler} failed: {last}")
