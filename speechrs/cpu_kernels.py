@@ -132,56 +132,35 @@ def _kernel_input(x: torch.Tensor, features: int) -> torch.Tensor:
     return x
 
 
-def _checked(status: int) -> None:
+def _run(function: str, x: torch.Tensor, features: int, n_out: int, *weights) -> torch.Tensor:
+    """y (M, n_out) bf16 from the C `function`(x, M, K, *weights, y, threads); x (M, features) rounded to bf16."""
+    library = _library()
+    assert not isinstance(library, str), library
+    x = _kernel_input(x, features)
+    y = torch.empty(len(x), n_out, dtype=torch.bfloat16)
+    status = getattr(library, function)(x.data_ptr(), len(x), features, *weights, y.data_ptr(), torch.get_num_threads())
     if status != 0:
         raise MemoryError("speechrs's CPU kernel could not allocate its scratch memory")
+    return y
 
 
 def int8_linear(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, n_out: int) -> torch.Tensor:
     """x (M, K) -> (M, n_out) bf16 with codes blocked (N/8, K/8, 8, 8) int8, scale (N,) fp32 (N >= n_out, the
     codes' rows padded to a block); x is rounded to bf16 first. Only where available()."""
-    library = _library()
-    assert not isinstance(library, str), library
     n_blocks, k8 = blocked.shape[:2]
-    x = _kernel_input(x, k8 * 8)
-    y = torch.empty(len(x), n_out, dtype=torch.bfloat16)
-    _checked(
-        library.speechrs_int8_linear(
-            x.data_ptr(), len(x), x.shape[1], blocked.data_ptr(), scale.data_ptr(), n_blocks, n_out, y.data_ptr(),
-            torch.get_num_threads(),
-        )
-    )  # fmt: skip
-    return y
+    return _run("speechrs_int8_linear", x, k8 * 8, n_out, blocked.data_ptr(), scale.data_ptr(), n_blocks, n_out)
 
 
 def int4_linear(x: torch.Tensor, blocked: torch.Tensor, scale_zero: torch.Tensor, group: int, n_out: int):
     """x (M, K) -> (M, n_out) bf16 with codes blocked (N/8, K/2, 8) uint8 and scale_zero blocked (N/8, K/group,
     2, 8) bf16 (N >= n_out); x is rounded to bf16 first. Only where available()."""
-    library = _library()
-    assert not isinstance(library, str), library
     n_blocks, half_k = blocked.shape[:2]
-    x = _kernel_input(x, half_k * 2)
-    y = torch.empty(len(x), n_out, dtype=torch.bfloat16)
-    _checked(
-        library.speechrs_int4_linear(
-            x.data_ptr(), len(x), x.shape[1], blocked.data_ptr(), scale_zero.data_ptr(), group, n_blocks, n_out,
-            y.data_ptr(), torch.get_num_threads(),
-        )
-    )  # fmt: skip
-    return y
+    weights = (blocked.data_ptr(), scale_zero.data_ptr(), group, n_blocks, n_out)
+    return _run("speechrs_int4_linear", x, half_k * 2, n_out, *weights)
 
 
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (M, K) @ weight (N, K)^T -> (M, N) bf16, weight bf16 with contiguous rows (a row view of a larger weight
     too); x is rounded to bf16 first. Only where available()."""
-    library = _library()
-    assert not isinstance(library, str), library
     n, k = weight.shape
-    x = _kernel_input(x, k)
-    y = torch.empty(len(x), n, dtype=torch.bfloat16)
-    _checked(
-        library.speechrs_bf16_linear(
-            x.data_ptr(), len(x), k, weight.data_ptr(), weight.stride(0), n, y.data_ptr(), torch.get_num_threads()
-        )
-    )
-    return y
+    return _run("speechrs_bf16_linear", x, k, n, weight.data_ptr(), weight.stride(0), n)
