@@ -45,12 +45,12 @@ def cpu_summary() -> str:
     return f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, {bf16})"
 
 
-def _kernel(kind: str, quantize: str) -> str:
+def _kernel(kind: str) -> str:
     """Which kernel a quantized layer runs, and why."""
-    if kind == "cpu" and quantize == "int8":
-        reason = cpu_kernels.why_not()
-        return "speechrs's AVX2 kernel" if reason is None else f"torch's kernel: speechrs's not used, {reason}"
-    return "torch's kernel, activations bf16" if kind == "cpu" else "dequantized per call"
+    if kind != "cpu":
+        return "dequantized per call"
+    reason = cpu_kernels.why_not()
+    return "speechrs's AVX2 kernel" if reason is None else f"torch's kernel: speechrs's not used, {reason}"
 
 
 def plan(device: str, dtype: str = "auto", quantize: str | None = None, chosen_by: str = "") -> ComputePlan:
@@ -71,7 +71,7 @@ def plan(device: str, dtype: str = "auto", quantize: str | None = None, chosen_b
         raise ValueError("int4 weights run on the CPU only in this version; use --quantize int8 or none on " + kind)
     where = cpu_summary() if kind == "cpu" else str(torch.cuda.get_device_name(device) if kind == "cuda" else kind)
     if quantize is not None:
-        how = f"{quantize} weight-only decoder linears ({_kernel(kind, quantize)}), other weights {chosen}"
+        how = f"{quantize} weight-only decoder linears ({_kernel(kind)}), other weights {chosen}"
     elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16) and cpu_native_bf16():
         how = f"{chosen}; bf16 decode weights are packed for oneDNN"
     elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16):

@@ -107,7 +107,7 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = qweight.shape
         self.blocked = qweight.device.type == "cpu" and self.in_features % 8 == 0 and cpu_kernels.available()
         if self.blocked:
-            qweight = _blocked(qweight.to(torch.int8))
+            qweight = _blocked(qweight)
             scale32 = F.pad(scale.to(KERNEL_DTYPE).float(), (0, len(qweight) * 8 - self.out_features))
             self.register_buffer("kernel_scale", scale32, persistent=False)  # the fp32 the kernel reads, padded
         elif qweight.data_ptr() % 64:  # the AVX-512 kernel's aligned loads crash on a view at any offset of a file

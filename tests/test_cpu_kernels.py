@@ -104,10 +104,24 @@ def test_without_a_working_compiler_torch_s_kernel_runs_and_the_load_line_says_w
         layer = quant.Int8Linear(codes, scale)
         x = torch.randn(2, 128)
         assert not layer.blocked and torch.allclose(layer(x).float(), x @ layer.dequantized().T, rtol=0.02, atol=0.05)
-        summary = compute.plan("cpu", "auto", "int8").summary
-        assert "torch's kernel: speechrs's not used, could not build them: false failed" in summary, summary
+        for kind in ("int8", "int4"):
+            summary = compute.plan("cpu", "auto", kind).summary
+            assert "torch's kernel: speechrs's not used, could not build them: false failed" in summary, summary
     finally:
         cpu_kernels._library.cache_clear()
+
+
+def test_the_load_line_names_speechrs_s_kernels_where_they_run(kernels, monkeypatch):
+    for kind in ("int8", "int4"):
+        summary = compute.plan("cpu", "auto", kind).summary
+        assert f"{kind} weight-only decoder linears (speechrs's AVX2 kernel)" in summary, summary
+    monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "0")  # a bf16 model on a CPU without native bf16
+    compute.cpu_native_bf16.cache_clear()
+    try:
+        summary = compute.plan("cpu", "bfloat16").summary
+        assert "matmuls of 256+ rows (encoder, prefill) and attention run in fp32, fewer through speechrs's" in summary
+    finally:
+        compute.cpu_native_bf16.cache_clear()
 
 
 def test_the_setting_turns_them_off(monkeypatch):
