@@ -268,3 +268,197 @@ int speechrs_bf16_linear(const uint16_t *x_bf16, int64_t M, int64_t K, const uin
     free(x);
     return 0;
 }
+
+/* ---- AVX-512 BF16 (Zen 4/5, Cooper Lake, Sapphire Rapids and later): the same layouts, read 16 lanes wide ----
+
+   The int8 and int4 codes keep the blocked layouts above (quant.py blocks them once, whatever the ISA). Here the
+   weights are made exact bf16 in registers and multiplied by the bf16 activations as they come with vdpbf16ps
+   (16 lanes, each a pair of k: two exact products added in fp32), so x is never widened and one instruction does
+   32 multiply-adds. Every output is again one fixed chain whatever the tile (batch-invariant). The library is
+   built with -mavx2 -mfma; these functions carry their own target and run only where cpu_kernels.py has read the
+   CPU's avx512_bf16 flag. */
+#ifndef SPEECHRS_NO_AVX512
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+/* int8's code stream prefetched 8 KiB ahead: from memory (two 50 MB weights in turn, 2 Zen 5 cores) 1-2 rows read
+   39-40 GB/s against 33-36 at 2 KiB and 4 rows 28-36 against 23-28 (1 KiB: less again) */
+#define PREFETCH_AVX512 8192
+
+/* int8, one block of 8 output rows times MR rows of x: a step of 8 along K is 64 code bytes, rows 0-3 then 4-7,
+   made into two bf16 vectors whose 32-bit lane l holds row l/4's codes at k + 2(l%4), k + 2(l%4) + 1; the 8
+   activations at k, broadcast to the four 128-bit lanes, line up with them. A row's sum is its 4 lanes'. */
+AVX512 static inline __attribute__((always_inline)) void tile8_avx512(const uint16_t *x, int64_t K,
+                                                                     const int8_t *block, const float *scale,
+                                                                     uint16_t *y, int64_t N, int64_t left,
+                                                                     int MR) {
+    __m512 acc[16];
+    for (int a = 0; a < 2 * MR; a++) acc[a] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8) {
+        const int8_t *p = block + k * 8;
+        _mm_prefetch((const char *)(p + PREFETCH_AVX512), _MM_HINT_T0);
+        __m512 f[4];
+        for (int j = 0; j < 4; j++)
+            f[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16 * j))));
+        const __m512bh w0 = _mm512_cvtne2ps_pbh(f[1], f[0]), w1 = _mm512_cvtne2ps_pbh(f[3], f[2]);
+        for (int i = 0; i < MR; i++) {
+            const __m512bh xv = (__m512bh)_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(x + i * K + k)));
+            acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], w0, xv);
+            acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], w1, xv);
+        }
+    }
+    float t[32];
+    for (int i = 0; i < MR; i++) {
+        _mm512_storeu_ps(t, acc[2 * i]);
+        _mm512_storeu_ps(t + 16, acc[2 * i + 1]);
+        for (int r = 0; r < 8 && r < left; r++)
+            y[i * N + r] = bf16_round(((t[4 * r] + t[4 * r + 1]) + (t[4 * r + 2] + t[4 * r + 3])) * scale[r]);
+    }
+}
+
+/* As speechrs_int8_linear (same arguments, same layout); x is read as bf16, not widened. */
+AVX512 int speechrs_int8_linear_avx512(const uint16_t *x, int64_t M, int64_t K, const int8_t *codes,
+                                       const float *scale, int64_t n_blocks, int64_t n_out, uint16_t *y,
+                                       int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const int8_t *block = codes + b * 8 * K;
+        const float *s = scale + b * 8;
+        const int64_t left = n_out - b * 8;
+        for (int64_t m = 0; m < M;) {
+            const int64_t rows = M - m >= 8 ? 8 : M - m;
+            const uint16_t *xm = x + m * K;
+            uint16_t *ym = y + m * n_out + b * 8;
+            switch (rows) { /* each a tile unrolled for its row count */
+            case 8: tile8_avx512(xm, K, block, s, ym, n_out, left, 8); break;
+            case 7: tile8_avx512(xm, K, block, s, ym, n_out, left, 7); break;
+            case 6: tile8_avx512(xm, K, block, s, ym, n_out, left, 6); break;
+            case 5: tile8_avx512(xm, K, block, s, ym, n_out, left, 5); break;
+            case 4: tile8_avx512(xm, K, block, s, ym, n_out, left, 4); break;
+            case 3: tile8_avx512(xm, K, block, s, ym, n_out, left, 3); break;
+            case 2: tile8_avx512(xm, K, block, s, ym, n_out, left, 2); break;
+            default: tile8_avx512(xm, K, block, s, ym, n_out, left, 1); break;
+            }
+            m += rows;
+        }
+    }
+    return 0;
+}
+
+/* int4, NB blocks of 8 output rows times MR rows of x. Two steps along K at once: 16 code bytes, pair p for rows
+   0-7 then pair p + 1, widened to 16 32-bit lanes; each lane's two nibbles become its pair of exact bf16 weights
+   q - 8 through a 16-entry table (vpermw reads 5 index bits: the table is written twice, so the high nibble's
+   low bit, which sits at bit 4 of the low word's index, is ignored). The activations' pairs p and p + 1 are
+   spread to lanes 0-7 and 8-15. Per group: y += scale * sum(x (q - 8)) + zero * sum(x), then the halves folded. */
+AVX512 static inline __attribute__((always_inline)) void tile4_avx512(const uint16_t *x, const float *xsum,
+                                                                     int64_t K, const uint8_t *codes,
+                                                                     const uint16_t *sz, int64_t group,
+                                                                     uint16_t *y, int64_t N, int64_t left,
+                                                                     int MR, int NB) {
+    const int64_t G = K / group;
+    __m512i table = _mm512_setzero_si512();
+    for (int q = 0; q < 16; q++) {
+        float f = (float)(q - 8);
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        table = _mm512_mask_set1_epi16(table, (__mmask32)(0x10001u << q), (short)(u >> 16)); /* exact in bf16 */
+    }
+    const __m512i pairs = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i dup = _mm512_set_epi32(7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i high = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 15, 14, 13, 12, 11, 10, 9, 8);
+    __m512 total[8];
+    for (int a = 0; a < MR * NB; a++) total[a] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+        __m512 acc[8];
+        for (int a = 0; a < MR * NB; a++) acc[a] = _mm512_setzero_ps();
+        for (int64_t p = g * group / 2; p < (g + 1) * group / 2; p += 2) {
+            __m512bh xv[4];
+            for (int i = 0; i < MR; i++) {
+                __m512i two = _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)(x + i * K + 2 * p)));
+                xv[i] = (__m512bh)_mm512_permutexvar_epi32(pairs, two);
+            }
+            for (int b = 0; b < NB; b++) {
+                const uint8_t *c = codes + b * K * 4 + p * 8;
+                _mm_prefetch((const char *)(c + PREFETCH_BYTES), _MM_HINT_T0);
+                __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)c));
+                __m512i index = _mm512_or_si512(v, _mm512_slli_epi32(v, 12)); /* low word: q0, high word: q1 */
+                const __m512bh w = (__m512bh)_mm512_permutexvar_epi16(index, table);
+                for (int i = 0; i < MR; i++) acc[i * NB + b] = _mm512_dpbf16_ps(acc[i * NB + b], w, xv[i]);
+            }
+        }
+        for (int b = 0; b < NB; b++) {
+            const uint16_t *s = sz + b * G * 16 + g * 16; /* 8 scales, then 8 zeros */
+            __m512 sz32 = _mm512_castsi512_ps(
+                _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)s)), 16));
+            __m512 scale = _mm512_permutexvar_ps(dup, sz32);
+            __m512 zero = _mm512_maskz_permutexvar_ps(0x00ff, high, sz32);
+            for (int i = 0; i < MR; i++) {
+                int a = i * NB + b;
+                total[a] = _mm512_fmadd_ps(acc[a], scale, total[a]);
+                total[a] = _mm512_fmadd_ps(_mm512_set1_ps(xsum[i * G + g]), zero, total[a]);
+            }
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int b = 0; b < NB; b++) {
+            __m512 t = total[i * NB + b];
+            __m256 folded = _mm256_add_ps(_mm512_castps512_ps256(t), _mm512_extractf32x8_ps(t, 1));
+            float out[8];
+            _mm256_storeu_ps(out, folded);
+            for (int j = 0; j < 8 && b * 8 + j < left; j++) y[i * N + b * 8 + j] = bf16_round(out[j]);
+        }
+}
+
+/* As speechrs_int4_linear (same arguments, same layouts). */
+AVX512 int speechrs_int4_linear_avx512(const uint16_t *x, int64_t M, int64_t K, const uint8_t *codes,
+                                       const uint16_t *scale_zero, int64_t group, int64_t n_blocks, int64_t n_out,
+                                       uint16_t *y, int threads) {
+    const int64_t G = K / group;
+    float *xsum = malloc((size_t)(M * G + 1) * sizeof(float));
+    if (!xsum) return -1;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t g = 0; g < G; g++) {
+            float s = 0.0f;
+            for (int64_t k = g * group; k < (g + 1) * group; k++) {
+                uint32_t u = (uint32_t)x[m * K + k] << 16;
+                float f;
+                memcpy(&f, &u, 4);
+                s += f;
+            }
+            xsum[m * G + g] = s;
+        }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t t = 0; t < (n_blocks + 3) / 4; t++) {
+        const int64_t b0 = t * 4, nb = n_blocks - b0 < 4 ? n_blocks - b0 : 4;
+        for (int64_t m = 0; m < M;) {
+            const int64_t rows = M - m >= 4 ? 4 : M - m;
+            const uint16_t *xm = x + m * K;
+            const float *sm = xsum + m * G;
+            /* one row or two: all nb blocks at once, so 4 sums are in flight (one alone waits on its last FMA);
+               3 or 4 rows: 2 blocks at a time */
+            for (int64_t b = 0; b < nb; b += rows <= 2 ? nb : 2) {
+                const int64_t nt = rows <= 2 ? nb : (nb - b < 2 ? nb - b : 2);
+                const uint8_t *c = codes + (b0 + b) * K * 4;
+                const uint16_t *s = scale_zero + (b0 + b) * G * 16;
+                uint16_t *ym = y + m * n_out + (b0 + b) * 8;
+                const int64_t left = n_out - (b0 + b) * 8;
+#define TILE4(MR, NB) tile4_avx512(xm, sm, K, c, s, group, ym, n_out, left, MR, NB)
+                if (nt == 4 && rows == 2) TILE4(2, 4);
+                else if (nt == 4) TILE4(1, 4);
+                else if (nt == 3 && rows == 2) TILE4(2, 3);
+                else if (nt == 3) TILE4(1, 3);
+                else if (nt == 2 && rows == 4) TILE4(4, 2);
+                else if (nt == 2 && rows == 3) TILE4(3, 2);
+                else if (nt == 2 && rows == 2) TILE4(2, 2);
+                else if (nt == 2) TILE4(1, 2);
+                else if (rows == 4) TILE4(4, 1);
+                else if (rows == 3) TILE4(3, 1);
+                else if (rows == 2) TILE4(2, 1);
+                else TILE4(1, 1);
+#undef TILE4
+            }
+            m += rows;
+        }
+    }
+    free(xsum);
+    return 0;
+}
+#endif
