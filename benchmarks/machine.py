@@ -4,13 +4,15 @@
 
 Memory bandwidth: the best of several sums over a 1 GiB buffer (a read-only stream, what a decode step does).
 GEMM peak: the best of several large square matmuls. Kernels: one Linear of each path (torch fp32, torch bf16,
-oneDNN-packed bf16, int8 and int4 weight-only; speechrs's AVX2 kernels where they run, for bf16 as upcast.py runs it)
-on the decode shapes of Voxtral and Dia at 1, 2, 8 and 16 rows, in GB/s of weights read (against the bandwidth)
-and, for 383 rows (one prefill chunk), in GFLOP/s (against the peak). bench_voxtral.py and bench_dia.py import
-`limits()` so their figures are put against the same measures.
+oneDNN-packed bf16, int8 and int4 weight-only: torch's and each variant of speechrs's that runs here; speechrs's
+bf16 kernel as upcast.py runs it) on the decode shapes of Voxtral and Dia at 1, 2, 8 and 16 rows, in GB/s of
+weights read (against the bandwidth; each weight streamed from memory, not from cache) and, for 383 rows (one
+prefill chunk), in GFLOP/s (against the peak). bench_voxtral.py and bench_dia.py import `limits()` so
+their figures are put against the same measures.
 """
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -83,28 +85,49 @@ def describe(lim: dict) -> str:
     )
 
 
+# Each path is timed over enough copies of its weight (in turn) to hold ROTATE_BYTES, so a decode shape streams from
+# memory as it does in a model's step instead of from a 32 MiB+ L3 that one 24-64 MB weight would partly fit.
+ROTATE_BYTES = 512 * 2**20
+KERNEL_SETTINGS = {"speechrs-avx512": "1", "speechrs-avx2": "avx2", "torch": "0"}  # SPEECHRS_CPU_KERNELS
+
+
+def _kernels() -> list[str]:
+    """The weight-only kernels this machine can run: torch's, and each of speechrs's variants it has."""
+    found = []
+    for name, setting in KERNEL_SETTINGS.items():
+        os.environ["SPEECHRS_CPU_KERNELS"] = setting
+        if setting == "0" or cpu_kernels.variant() == name.removeprefix("speechrs-"):
+            found.append(name)
+    os.environ.pop("SPEECHRS_CPU_KERNELS")
+    return found
+
+
+def _linear(w: torch.Tensor):
+    return lambda x: F.linear(x.to(w.dtype), w)
+
+
 def paths(weight: torch.Tensor) -> dict:
-    """name -> (module or function, bytes of weights it reads per call)."""
+    """name -> (a function of x for each copy of the weight, bytes of weights it reads per call)."""
     n, k = weight.shape
-    w32, w16 = weight.float(), weight.to(torch.bfloat16)
-    out = {
-        "fp32 F.linear": (lambda x: F.linear(x.float(), w32), n * k * 4),
-        "bf16 F.linear": (lambda x: F.linear(x, w16), n * k * 2),
+    copies = lambda n_bytes: range(max(1, ROTATE_BYTES // n_bytes))  # noqa: E731
+    w16 = weight.to(torch.bfloat16)
+    out: dict = {
+        "fp32 F.linear": ([_linear(weight.clone()) for _ in copies(n * k * 4)], n * k * 4),
+        "bf16 F.linear": ([_linear(w16.clone()) for _ in copies(n * k * 2)], n * k * 2),
     }
     if cpu_native_bf16():
-        packed = PackedLinear(w16)
-        out["bf16 packed"] = (packed, n * k * 2)
+        out["bf16 packed"] = ([PackedLinear(w16.clone()) for _ in copies(n * k * 2)], n * k * 2)
     if cpu_kernels.available():  # a bf16 model's decode rows on a CPU without native bf16 (upcast.py)
         linear = torch.nn.Linear(k, n, bias=False, dtype=torch.bfloat16)
         linear.weight.data.copy_(w16)
-        out["bf16 speechrs"] = (UpcastLinear(linear), n * k * 2)
-    kernels = ["speechrs", "torch"] if cpu_kernels.available() else ["torch"]  # speechrs's AVX2 kernels beside
-    for kernel in kernels:
-        os.environ["SPEECHRS_CPU_KERNELS"] = "1" if kernel == "speechrs" else "0"
+        out["bf16 speechrs"] = ([copy.deepcopy(UpcastLinear(linear)) for _ in copies(n * k * 2)], n * k * 2)
+    for kernel in _kernels():
+        os.environ["SPEECHRS_CPU_KERNELS"] = KERNEL_SETTINGS[kernel]
         q8, q4 = Int8Linear.quantize(w16), Int4Linear.quantize(w16)
-        out[f"int8 {kernel}"] = (q8, n * k)
-        out[f"int4 {kernel}"] = (q4, n * k // 2 + q4.scale_zero.numel() * 2)
-    os.environ.pop("SPEECHRS_CPU_KERNELS")
+        q4_bytes = n * k // 2 + q4.scale_zero.numel() * 2
+        out[f"int8 {kernel}"] = ([copy.deepcopy(q8) for _ in copies(n * k)], n * k)
+        out[f"int4 {kernel}"] = ([copy.deepcopy(q4) for _ in copies(q4_bytes)], q4_bytes)
+    os.environ.pop("SPEECHRS_CPU_KERNELS", None)
     return out
 
 
@@ -121,21 +144,23 @@ def main() -> None:
             f"memory bandwidth {lim['bandwidth_gbs']} GB/s; GEMM peak fp32 {lim['fp32_gflops']} GFLOP/s, "
             f"bf16 {lim['bf16_gflops']} GFLOP/s"
         )
-        print(f"{'shape':<14}{'path':<15}" + "".join(f"{r:>9} row" for r in (1, 2, 8, 16)) + f"{'383 rows':>12}")
+        print(f"{'shape':<14}{'path':<22}" + "".join(f"{r:>9} row" for r in (1, 2, 8, 16)) + f"{'383 rows':>12}")
     with torch.inference_mode():
         for label, (n, k) in SHAPES.items():
             weight = torch.randn(n, k) / k**0.5
-            for name, (fn, n_bytes) in paths(weight).items():
+            for name, (fns, n_bytes) in paths(weight).items():
                 row = {}
                 for rows in (1, 2, 8, 16):
                     x = torch.randn(rows, k, dtype=torch.bfloat16)
-                    row[rows] = n_bytes / best_of(lambda: fn(x)) / 1e9  # noqa: B023 (timed at once)
+                    seconds = best_of(lambda: [fn(x) for fn in fns]) / len(fns)  # noqa: B023 (timed at once)
+                    row[rows] = n_bytes / seconds / 1e9
                 x = torch.randn(383, k, dtype=torch.bfloat16)
-                row["prefill_gflops"] = 2 * 383 * n * k / best_of(lambda: fn(x), repeats=3) / 1e9  # noqa: B023
+                seconds = best_of(lambda: fns[0](x), repeats=3)  # noqa: B023 (compute-bound: one copy)
+                row["prefill_gflops"] = 2 * 383 * n * k / seconds / 1e9
                 result["kernels"][f"{label} / {name}"] = {str(r): round(v, 1) for r, v in row.items()}
                 if not args.json:
                     gbs = "".join(f"{row[r]:>9.1f}GB/s"[:13].rjust(13) for r in (1, 2, 8, 16))
-                    print(f"{label:<14}{name:<15}{gbs}{row['prefill_gflops']:>9.1f}GF/s")
+                    print(f"{label:<14}{name:<22}{gbs}{row['prefill_gflops']:>9.1f}GF/s")
     if args.json:
         print(json.dumps(result))
 

@@ -50,7 +50,11 @@ def _kernel(kind: str) -> str:
     if kind != "cpu":
         return "dequantized per call"
     reason = cpu_kernels.why_not()
-    return "speechrs's AVX2 kernel" if reason is None else f"torch's kernel: speechrs's not used, {reason}"
+    return (
+        cpu_kernels.kernel_name(cpu_kernels.variant())
+        if reason is None
+        else f"torch's kernel: speechrs's not used, {reason}"
+    )
 
 
 def plan(device: str, dtype: str = "auto", quantize: str | None = None, chosen_by: str = "") -> ComputePlan:

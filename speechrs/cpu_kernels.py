@@ -2,14 +2,21 @@
 
 On an AVX2 CPU torch's weight-only int8 kernel reads 10-18 GB/s of codes at one row on 2 Zen 3 cores and falls as
 rows are added (issue 16); the kernel here streams a blocked layout at the machine's bandwidth (20-23 GB/s) and
-stays compute-bound beyond. Nothing needs a compiler at install: the C file ships as package data, is compiled
-once into a per-user cache (under a second), and loaded with ctypes (which releases the GIL during the call). It
-links libgomp.so.1, which resolves to the OpenMP runtime torch has already loaded, so both share one thread pool.
-Where no compiler works, or the CPU lacks AVX2/FMA, `available()` is False with the reason in `why_not()`, and
-callers keep torch's kernel.
+stays compute-bound beyond. On an AVX-512 BF16 CPU without AMX (2 Zen 4 cores, 35.8 GB/s) torch's int8 kernel
+streams 19-24 GB/s at one row and holds 55-72 G multiply-adds/s from 4 rows to 16, the AVX-512 variant here 32-33
+GB/s and 95-151; int4, torch's 35 G weights/s at one row and 81-83 from 4 rows, this one's 38-46 and 92-111.
+Nothing needs a compiler at install: the C file ships as package data, is compiled once into a per-user cache
+(under two seconds), and loaded with ctypes (which releases the GIL during the call). It links libgomp.so.1,
+which resolves to the OpenMP runtime torch has already loaded, so both share one thread pool. Where no compiler
+works, or the CPU lacks AVX2/FMA, `available()` is False with the reason in `why_not()`, and callers keep torch's
+kernel.
 
-SPEECHRS_CPU_KERNELS: "0" never use these; "1" wherever they can be built; unset, where torch's kernel level is
-AVX2 (measured there; on AVX-512 CPUs torch's kernels stay until this one is measured against them).
+Two variants over the same weight layouts: "avx2" (AVX2 + FMA, activations widened to fp32) and "avx512"
+(AVX-512 BF16: vdpbf16ps on the bf16 activations as they are); `variant()` says which a layer made now runs.
+SPEECHRS_CPU_KERNELS: "0" never use these; "1" wherever they can be built (the best variant the CPU has);
+"avx2" the AVX2 variant even on an AVX-512 CPU; unset, where they were measured faster than torch's: torch's
+kernel level AVX2 (Zen 3), or AVX-512 BF16 without AMX (Zen 4; an earlier reading on Zen 5 agreed). With AMX
+(Sapphire Rapids and later), or AVX-512 without BF16, torch's kernels stay unless set.
 """
 
 import ctypes
@@ -45,12 +52,13 @@ def _compiler() -> str | None:
     return None
 
 
-def _build() -> Path:
+def _build(extra: list[str] | None = None) -> Path:
     """The library for this source and these flags, compiled once (raises RuntimeError with the reason)."""
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (cc, gcc or clang; or set CC)")
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    flags = [*FLAGS, *(extra or [])]
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
     target = cache_dir() / "kernels" / f"cpu_kernels-{digest}.so"
     if target.exists():
         return target
@@ -58,7 +66,7 @@ def _build() -> Path:
     # built beside the target and renamed: processes building at once each rename a whole library
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        command = [compiler, *FLAGS, str(SOURCE), "-o", str(built)]
+        command = [compiler, *flags, str(SOURCE), "-o", str(built)]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)  # ~1 s; never hang a load
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
@@ -67,18 +75,43 @@ def _build() -> Path:
     return target
 
 
+AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"}  # the AVX-512 variant's target
+SETTINGS = ("0", "1", "avx2")
+
+
+@functools.cache
+def _flags() -> frozenset[str] | None:
+    return cpu_flags()  # /proc/cpuinfo, read once here (layers.cpu_flags stays uncached for its own callers)
+
+
+def _setting() -> str | None:
+    return os.environ.get("SPEECHRS_CPU_KERNELS") or None
+
+
+def _best_variant() -> str:
+    flags = _flags()
+    return "avx512" if flags is not None and flags >= AVX512_FLAGS else "avx2"
+
+
 def _wanted() -> str | None:
     """None if the kernels should be used here, else why not."""
-    setting = os.environ.get("SPEECHRS_CPU_KERNELS")
+    setting = _setting()
     if setting == "0":
         return "SPEECHRS_CPU_KERNELS=0"
+    if setting is not None and setting not in SETTINGS:
+        return f"SPEECHRS_CPU_KERNELS={setting!r} is none of 0 (never), 1 (the best variant), avx2"
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"built for x86-64 Linux only ({platform.system()} {platform.machine()})"
-    flags = cpu_flags()
+    flags = _flags()
     if flags is not None and not {"avx2", "fma"} <= flags:
         return "the CPU lacks AVX2/FMA"
-    if setting != "1" and torch.backends.cpu.get_cpu_capability() != "AVX2":
-        return f"torch's kernels on {torch.backends.cpu.get_cpu_capability()} (SPEECHRS_CPU_KERNELS=1 to use them)"
+    if setting is None:
+        level = torch.backends.cpu.get_cpu_capability()
+        amx = flags is not None and "amx_bf16" in flags
+        if level == "AVX2" or (level == "AVX512" and _best_variant() == "avx512" and not amx):
+            return None
+        what = " with AMX" if amx else " without AVX-512 BF16" if level == "AVX512" else ""
+        return f"torch's kernels on {level}{what} (SPEECHRS_CPU_KERNELS=1 to use them)"
     return None
 
 
@@ -88,7 +121,10 @@ def _library() -> ctypes.CDLL | str:
     try:
         library = ctypes.CDLL(str(_build()))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        return f"could not build them: {e}"
+        try:  # a compiler too old for AVX-512 BF16 intrinsics (gcc < 10) still builds the AVX2 variant
+            library = ctypes.CDLL(str(_build(["-DSPEECHRS_NO_AVX512"])))
+        except (OSError, RuntimeError, subprocess.SubprocessError):
+            return f"could not build them: {e}"
     library.speechrs_int8_linear.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
         ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
@@ -101,6 +137,9 @@ def _library() -> ctypes.CDLL | str:
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
     ]  # fmt: skip
+    if hasattr(library, "speechrs_int8_linear_avx512"):  # same arguments as the AVX2 ones
+        library.speechrs_int8_linear_avx512.argtypes = library.speechrs_int8_linear.argtypes
+        library.speechrs_int4_linear_avx512.argtypes = library.speechrs_int4_linear.argtypes
     return library
 
 
@@ -116,6 +155,21 @@ def why_not() -> str | None:
 
 def available() -> bool:
     return why_not() is None
+
+
+def variant() -> str | None:
+    """ "avx512" or "avx2": the int8 / int4 kernels layers made now run; None where none are used (why_not())."""
+    if why_not() is not None:
+        return None
+    library = _library()
+    built = not isinstance(library, str) and hasattr(library, "speechrs_int8_linear_avx512")
+    return "avx512" if built and _setting() != "avx2" and _best_variant() == "avx512" else "avx2"
+
+
+def kernel_name(variant: str | None) -> str:
+    """How a load line and a layer's repr name the kernel `variant` (None: torch's)."""
+    names = {"avx512": "speechrs's AVX-512 BF16 kernel", "avx2": "speechrs's AVX2 kernel"}
+    return names.get(variant or "", "torch's kernel")
 
 
 # Per call these wrappers check only the activations: the weights' layout is quant.py's, fixed at load. The
@@ -144,19 +198,29 @@ def _run(function: str, x: torch.Tensor, features: int, n_out: int, *weights) ->
     return y
 
 
-def int8_linear(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, n_out: int) -> torch.Tensor:
+FUNCTIONS = {
+    ("int8", "avx2"): "speechrs_int8_linear",
+    ("int8", "avx512"): "speechrs_int8_linear_avx512",
+    ("int4", "avx2"): "speechrs_int4_linear",
+    ("int4", "avx512"): "speechrs_int4_linear_avx512",
+}
+
+
+def int8_linear(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, n_out: int, variant: str = "avx2"):
     """x (M, K) -> (M, n_out) bf16 with codes blocked (N/8, K/8, 8, 8) int8, scale (N,) fp32 (N >= n_out, the
-    codes' rows padded to a block); x is rounded to bf16 first. Only where available()."""
+    codes' rows padded to a block); x is rounded to bf16 first. Only where variant() is `variant` or "avx512"."""
     n_blocks, k8 = blocked.shape[:2]
-    return _run("speechrs_int8_linear", x, k8 * 8, n_out, blocked.data_ptr(), scale.data_ptr(), n_blocks, n_out)
+    weights = (blocked.data_ptr(), scale.data_ptr(), n_blocks, n_out)
+    return _run(FUNCTIONS["int8", variant], x, k8 * 8, n_out, *weights)
 
 
-def int4_linear(x: torch.Tensor, blocked: torch.Tensor, scale_zero: torch.Tensor, group: int, n_out: int):
+def int4_linear(x: torch.Tensor, blocked: torch.Tensor, scale_zero: torch.Tensor, group: int, n_out: int,
+                variant: str = "avx2"):  # fmt: skip
     """x (M, K) -> (M, n_out) bf16 with codes blocked (N/8, K/2, 8) uint8 and scale_zero blocked (N/8, K/group,
-    2, 8) bf16 (N >= n_out); x is rounded to bf16 first. Only where available()."""
+    2, 8) bf16 (N >= n_out); x is rounded to bf16 first. Only where variant() is `variant` or "avx512"."""
     n_blocks, half_k = blocked.shape[:2]
     weights = (blocked.data_ptr(), scale_zero.data_ptr(), group, n_blocks, n_out)
-    return _run("speechrs_int4_linear", x, half_k * 2, n_out, *weights)
+    return _run(FUNCTIONS["int4", variant], x, half_k * 2, n_out, *weights)
 
 
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

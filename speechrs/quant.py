@@ -36,7 +36,12 @@ DEQUANT_ROWS = 64
 # ...except with speechrs's AVX2 kernel (cpu_kernels.c), which holds ~50 G multiply-adds/s from 8 rows to 192 where
 # converting to fp32 + the GEMM reaches 6 at 8 rows, 33 at 64, 43-48 at 128, 31-40 at 192 (2 Zen 3 cores, Voxtral's
 # 16384 x 3072 and 3072 x 8192); at 383 rows they are even.
-KERNEL_ROWS = 256
+# With the AVX-512 BF16 variant, which holds ~300 G multiply-adds/s from 64 rows to 383 on 2 Zen 4 cores, converting
+# to bf16 + oneDNN's GEMM draws even at 128 rows and wins above: 16384 x 3072 kernel 21 / 43 / 64 / 128 ms at 64 /
+# 128 / 192 / 383 rows against 27 / 42 / 55 / 102, 3072 x 8192 11 / 21 / 31 / 63 against 13 / 20 / 27 / 50. (An
+# earlier reading on 2 Zen 5 cores put the crossing at 192-256.) The AVX2 figures above were measured before codes()
+# converted 6x faster: the AVX2 crossover may now be lower (not measured again; no AVX2 machine since).
+KERNEL_ROWS = {"avx2": 256, "avx512": 128}
 # ...converted a block of weight rows at a time, each block (16 MiB converted) multiplied while it is in cache:
 # the whole weight converted at once is a fresh 100 MB+ buffer per call, whose page faults and memory traffic cost
 # as much as the GEMM. 383 rows on AMX, bf16: 16384 x 3072 70 -> 40 ms, 3072 x 8192 36 -> 18 ms; the fp32 path
@@ -93,9 +98,10 @@ def _blocked(qweight: torch.Tensor) -> torch.Tensor:
 class Int8Linear(nn.Module):
     """A bias-free Linear with int8 weights (N, K) and one scale per output row: y = (x @ q.T) * scale.
 
-    Where speechrs's AVX2 kernel is available (cpu_kernels.py) the codes are held blocked for it and up to
-    KERNEL_ROWS rows go through it; elsewhere they stay (N, K) for torch's kernel. Both compute the same
-    numbers up to the order of the sums: bf16-rounded activations, fp32 accumulation, the product rounded to bf16."""
+    Where speechrs's kernels run (cpu_kernels.py) the codes are held blocked for the variant chosen at making
+    (`kernel`) and fewer than `dequant_rows` rows go through it; elsewhere they stay (N, K) for torch's kernel.
+    All compute the same numbers up to the order of the sums: bf16-rounded activations, fp32 accumulation, the
+    product rounded to bf16."""
 
     qweight: torch.Tensor  # (N, K) int8, or (ceil(N/8), K/8, 8, 8) when `blocked`
     scale: torch.Tensor  # (N,) bf16
@@ -105,7 +111,9 @@ class Int8Linear(nn.Module):
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor):
         super().__init__()
         self.out_features, self.in_features = qweight.shape
-        self.blocked = qweight.device.type == "cpu" and self.in_features % 8 == 0 and cpu_kernels.available()
+        cpu = qweight.device.type == "cpu" and self.in_features % 8 == 0
+        self.kernel = cpu_kernels.variant() if cpu else None  # speechrs's "avx512" / "avx2", or None: torch's
+        self.blocked = self.kernel is not None
         if self.blocked:
             qweight = _blocked(qweight)
             scale32 = F.pad(scale.to(KERNEL_DTYPE).float(), (0, len(qweight) * 8 - self.out_features))
@@ -124,17 +132,18 @@ class Int8Linear(nn.Module):
     @property
     def dequant_rows(self) -> int:
         """From this many rows on, the codes are converted for a GEMM instead of going through a kernel."""
-        return KERNEL_ROWS if self.blocked else DEQUANT_ROWS
+        return KERNEL_ROWS.get(self.kernel or "", DEQUANT_ROWS)
 
     def codes(self, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.int8) -> torch.Tensor:
         """Rows [start, stop) of the codes as (rows, K) in `dtype` (start a multiple of 8 when blocked)."""
         stop = self.out_features if stop is None else stop
         if not self.blocked:
             return self.qweight[start:stop].to(dtype)
-        part = self.qweight[start // 8 : -(-stop // 8)]
-        rows = torch.empty(len(part), 8, self.in_features // 8, 8, dtype=dtype, device=part.device)
-        rows.copy_(part.transpose(1, 2))  # one pass: back to (rows, K) and converted
-        return rows.view(-1, self.in_features)[: stop - start]
+        part = self.qweight[start // 8 : -(-stop // 8)]  # (n, K/8, 8, 8)
+        # a row's 8 codes at k..k+7 moved as one int64 back to (rows, K), then converted contiguously: 6x faster
+        # than one strided copy-and-convert of bytes (0.8 against 4.5 ms for a block of 2048 x 3072)
+        words = part.view(torch.int64).view(len(part), self.in_features // 8, 8).transpose(1, 2).contiguous()
+        return words.view(torch.int8).view(-1, self.in_features)[: stop - start].to(dtype)
 
     def dequantized(self) -> torch.Tensor:
         """The weight this layer computes with, in float32 (the reference the kernel is tested against)."""
@@ -152,14 +161,14 @@ class Int8Linear(nn.Module):
             for a, b in _row_blocks(self.out_features, self.in_features, DEQUANT_BLOCK_BYTES // dtype.itemsize):
                 torch.matmul(x_k, self.codes(a, b, dtype).T, out=y[:, a:b])  # codes exact in bf16
             y = y.to(KERNEL_DTYPE) * self.scale
-        elif self.blocked:
-            y = cpu_kernels.int8_linear(rows, self.qweight, self.kernel_scale, self.out_features)
+        elif self.kernel is not None:  # blocked for it
+            y = cpu_kernels.int8_linear(rows, self.qweight, self.kernel_scale, self.out_features, self.kernel)
         else:
             y = torch.ops.aten._weight_int8pack_mm(rows.to(KERNEL_DTYPE).contiguous(), self.qweight, self.scale)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        kernel = "speechrs AVX2 kernel" if self.blocked else "torch kernel"
+        kernel = cpu_kernels.kernel_name(self.kernel)
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel, {kernel}"
 
 
@@ -192,20 +201,23 @@ def int4_codes(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Ten
 class Int4Linear(nn.Module):
     """A bias-free Linear with 4-bit weights in groups of INT4_GROUP along K, each with a scale and zero point.
 
-    Where speechrs's AVX2 kernels are available (cpu_kernels.py) the codes and scales are held blocked for its
-    int4 kernel (8 output rows to a vector), elsewhere packed for torch's; both compute from bf16-rounded
+    Where speechrs's kernels run (cpu_kernels.py) the codes and scales are held blocked for its int4 kernel
+    (8 output rows to a vector; `kernel` the variant), elsewhere packed for torch's; both compute from bf16-rounded
     activations with fp32 accumulation and round the product to bf16."""
 
     packed: torch.Tensor  # (N padded, K / 2) uint8 in torch's layout for this CPU, or (N / 8, K / 2, 8) `blocked`
     scale_zero: torch.Tensor  # (K / g, N padded, 2) bf16, or (N / 8, K / g, 2, 8) `blocked`
     quantized_at_load = False  # True when made from float weights here, False when read from stored codes
 
-    def __init__(self, out_features: int, group: int, packed: torch.Tensor, scale_zero: torch.Tensor, blocked=False):
-        """From tensors already in a kernel's layout: see quantize() and from_codes()."""
+    def __init__(self, out_features: int, group: int, packed: torch.Tensor, scale_zero: torch.Tensor,
+                 kernel: str | None = None):  # fmt: skip
+        """From tensors already in a kernel's layout (`kernel` speechrs's variant, None torch's): see quantize()
+        and from_codes()."""
         super().__init__()
         self.out_features, self.in_features, self.group = out_features, packed.shape[1] * 2, group
-        self.blocked = blocked
-        if blocked:  # the layout cpu_kernels.int4_linear reads without checking it per call
+        self.kernel = kernel
+        self.blocked = kernel is not None
+        if self.blocked:  # the layout cpu_kernels.int4_linear reads without checking it per call
             n_blocks = -(-out_features // 8)
             assert packed.shape == (n_blocks, self.in_features // 2, 8) and packed.dtype == torch.uint8
             assert scale_zero.shape == (n_blocks, self.in_features // group, 2, 8) and group % 2 == 0
@@ -214,15 +226,15 @@ class Int4Linear(nn.Module):
         self.register_buffer("scale_zero", scale_zero.to(KERNEL_DTYPE))
 
     @staticmethod
-    def _uses_speechrs_kernel(device: torch.device) -> bool:
-        return device.type == "cpu" and cpu_kernels.available()
+    def _speechrs_kernel(device: torch.device) -> str | None:
+        return cpu_kernels.variant() if device.type == "cpu" else None
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, group: int = INT4_GROUP) -> "Int4Linear":
         n, k = weight.shape
         if k % group:
             raise ValueError(f"int4 needs in_features divisible by {group}, got {k}")
-        if cls._uses_speechrs_kernel(weight.device):
+        if cls._speechrs_kernel(weight.device):
             module = cls.from_codes(*int4_codes(weight, group), group)
             module.quantized_at_load = True
             return module
@@ -243,13 +255,14 @@ class Int4Linear(nn.Module):
         """From int4_codes()'s portable layout: blocked for speechrs's kernel, or unpacked and packed again for
         torch's, a row block at a time."""
         n, half_k = codes.shape
-        if cls._uses_speechrs_kernel(codes.device):  # its byte is the portable one: only the rows move
+        kernel = cls._speechrs_kernel(codes.device)
+        if kernel:  # its byte is the portable one: only the rows move
             pad = -n % 8
             codes = F.pad(codes, (0, 0, 0, pad)) if pad else codes
             scale_zero = F.pad(scale_zero.to(KERNEL_DTYPE), (0, 0, 0, pad)) if pad else scale_zero.to(KERNEL_DTYPE)
             blocked = codes.view(-1, 8, half_k).transpose(1, 2).contiguous()  # (N/8, K/2, 8)
             sz = scale_zero.view(len(scale_zero), -1, 8, 2).permute(1, 0, 3, 2).contiguous()  # (N/8, K/g, 2, 8)
-            return cls(n, group, blocked, sz, blocked=True)
+            return cls(n, group, blocked, sz, kernel)
         n_pad = -n % INT4_ROWS
         packed = torch.empty(n + n_pad, half_k, dtype=torch.uint8, device=codes.device)
         for a, b in _row_blocks(n + n_pad, half_k * 2):
@@ -284,8 +297,8 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = _rows(x)
-        if self.blocked:
-            y = cpu_kernels.int4_linear(rows, self.packed, self.scale_zero, self.group, self.out_features)
+        if self.kernel is not None:  # blocked for it
+            y = cpu_kernels.int4_linear(rows, self.packed, self.scale_zero, self.group, self.out_features, self.kernel)
         else:
             rows = rows.to(KERNEL_DTYPE).contiguous()
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, self.group, self.scale_zero)
@@ -293,7 +306,7 @@ class Int4Linear(nn.Module):
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        kernel = "speechrs AVX2 kernel" if self.blocked else "torch kernel"
+        kernel = cpu_kernels.kernel_name(self.kernel)
         shape = f"in_features={self.in_features}, out_features={self.out_features}"
         return f"{shape}, int4 groups of {self.group}, {kernel}"
 

@@ -1,6 +1,6 @@
-"""speechrs's AVX2 int8, int4 and bf16 kernels (cpu_kernels.c): exact to float32 sums rounded once to bf16, a
-row's result independent of the rows beside it and of the thread count, built once into the cache, and torch's
-kernels kept (with the reason said) where they cannot be built."""
+"""speechrs's int8, int4 (AVX2 and AVX-512 BF16) and bf16 (AVX2) kernels (cpu_kernels.c): exact to float32 sums
+rounded once to bf16, a row's result independent of the rows beside it and of the thread count, built once into
+the cache, the variant chosen per CPU, and torch's kernels kept (with the reason said) where they are not used."""
 
 import pytest
 import torch
@@ -9,12 +9,21 @@ from speechrs import compute, cpu_kernels, quant
 from speechrs.upcast import UpcastLinear
 
 
-@pytest.fixture
-def kernels(monkeypatch):
-    """The kernels forced on (any AVX2 + FMA machine can run them, whatever the default picks for its CPU)."""
-    monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "1")
+@pytest.fixture(params=["avx2", "avx512"])
+def kernels(request, monkeypatch) -> str:
+    """Each variant forced on where the CPU has it (any AVX2 + FMA machine runs "avx2", one with AVX-512 BF16
+    "avx512" too, whatever the default picks for its CPU); skipped with the reason elsewhere."""
+    monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "avx2" if request.param == "avx2" else "1")
     if not cpu_kernels.available():
-        pytest.skip(f"speechrs's int8 kernel cannot run here: {cpu_kernels.why_not()}")
+        pytest.skip(f"speechrs's kernels cannot run here: {cpu_kernels.why_not()}")
+    if cpu_kernels.variant() != request.param:
+        pytest.skip(f"speechrs's {request.param} kernels cannot run here: the CPU lacks AVX-512 BF16 or the compiler")
+    return request.param
+
+
+def _bf16_variant(kind: str, kernels: str) -> None:
+    if kind == "bf16" and kernels != "avx2":
+        pytest.skip("the bf16 kernel has only its AVX2 variant (it serves CPUs without native bf16)")
 
 
 def _case(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,7 +31,7 @@ def _case(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return quant.int8_codes(torch.randn(n, k, generator=g))
 
 
-def _layer(kind: str, n: int, k: int, seed: int = 0) -> torch.nn.Module:
+def _layer(kind: str, n: int, k: int, seed: int = 0, variant: str = "avx2") -> torch.nn.Module:
     w = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
     if kind == "bf16":  # a bf16 model's decode rows on a CPU without native bf16 (upcast.py)
         linear = torch.nn.Linear(k, n, bias=False, dtype=torch.bfloat16)
@@ -31,7 +40,7 @@ def _layer(kind: str, n: int, k: int, seed: int = 0) -> torch.nn.Module:
         assert layer.kernel
         return layer
     layer = quant.Int8Linear.quantize(w) if kind == "int8" else quant.Int4Linear.quantize(w)
-    assert layer.blocked
+    assert layer.blocked and layer.kernel == variant
     return layer
 
 
@@ -42,7 +51,9 @@ def _weight(layer: torch.nn.Module) -> torch.Tensor:
 @pytest.mark.parametrize("kind", ["int8", "int4", "bf16"])
 @pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 7, 9, 15, 17, 64])
 def test_the_kernels_are_exact_to_float32_sums_rounded_once_to_bf16(kernels, kind, rows):
-    layer = _layer(kind, 100, 288)  # N not a multiple of the 8-row block; K = 9 int4 groups, 36 int8 steps
+    _bf16_variant(kind, kernels)
+    # N not a multiple of the 8-row block; K = 9 int4 groups, 36 int8 steps
+    layer = _layer(kind, 100, 288, variant=kernels)
     x = torch.randn(rows, 288, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
     y = layer(x)
     w = _weight(layer).double()
@@ -56,7 +67,8 @@ def test_the_kernels_are_exact_to_float32_sums_rounded_once_to_bf16(kernels, kin
 @pytest.mark.parametrize("kind", ["int8", "int4", "bf16"])
 def test_a_rows_result_does_not_depend_on_its_neighbours_or_the_threads(kernels, kind):
     """Batched decoding sends one request's row among others: its numbers must be those it gets alone."""
-    layer = _layer(kind, 75, 512, seed=1)
+    _bf16_variant(kind, kernels)
+    layer = _layer(kind, 75, 512, seed=1, variant=kernels)
     x = torch.randn(17, 512, generator=torch.Generator().manual_seed(2))
     alone = torch.cat([layer(x[i : i + 1]) for i in range(17)])
     threads = torch.get_num_threads()
@@ -72,7 +84,8 @@ def test_a_rows_result_does_not_depend_on_its_neighbours_or_the_threads(kernels,
 def test_the_layer_holds_the_blocked_codes_and_gives_them_back(kernels):
     codes, scale = _case(100, 256)
     layer = quant.Int8Linear(codes, scale)
-    assert layer.blocked and layer.qweight.shape == (13, 32, 8, 8) and "speechrs AVX2 kernel" in repr(layer)
+    name = "AVX2" if kernels == "avx2" else "AVX-512 BF16"
+    assert layer.blocked and layer.qweight.shape == (13, 32, 8, 8) and f"speechrs's {name} kernel" in repr(layer)
     assert torch.equal(layer.codes(), codes) and torch.equal(layer.codes(64, 100), codes[64:])
     assert torch.equal(layer.dequantized(), codes.float() * scale.float()[:, None])
 
@@ -102,8 +115,9 @@ def test_without_a_working_compiler_torch_s_kernel_runs_and_the_load_line_says_w
         assert reason is not None and "false failed" in reason
         codes, scale = _case(64, 128)
         layer = quant.Int8Linear(codes, scale)
-        x = torch.randn(2, 128)
-        assert not layer.blocked and torch.allclose(layer(x).float(), x @ layer.dequantized().T, rtol=0.02, atol=0.05)
+        x = torch.randn(2, 128, generator=torch.Generator().manual_seed(0))
+        exact = x.to(torch.bfloat16).float() @ layer.dequantized().T  # torch's kernel rounds x, then the sums, to bf16
+        assert not layer.blocked and torch.allclose(layer(x).float(), exact, rtol=2**-7, atol=1e-3)
         for kind in ("int8", "int4"):
             summary = compute.plan("cpu", "auto", kind).summary
             assert "torch's kernel: speechrs's not used, could not build them: false failed" in summary, summary
@@ -112,9 +126,10 @@ def test_without_a_working_compiler_torch_s_kernel_runs_and_the_load_line_says_w
 
 
 def test_the_load_line_names_speechrs_s_kernels_where_they_run(kernels, monkeypatch):
+    name = "AVX2" if kernels == "avx2" else "AVX-512 BF16"
     for kind in ("int8", "int4"):
         summary = compute.plan("cpu", "auto", kind).summary
-        assert f"{kind} weight-only decoder linears (speechrs's AVX2 kernel)" in summary, summary
+        assert f"{kind} weight-only decoder linears (speechrs's {name} kernel)" in summary, summary
     monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "0")  # a bf16 model on a CPU without native bf16
     compute.cpu_native_bf16.cache_clear()
     try:
@@ -122,6 +137,37 @@ def test_the_load_line_names_speechrs_s_kernels_where_they_run(kernels, monkeypa
         assert "matmuls of 256+ rows (encoder, prefill) and attention run in fp32, fewer through speechrs's" in summary
     finally:
         compute.cpu_native_bf16.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("level", "flags", "chosen"),
+    [
+        ("AVX2", {"avx2", "fma"}, "avx2"),  # Zen 3: measured faster than torch's
+        ("AVX512", {"avx2", "fma", *cpu_kernels.AVX512_FLAGS}, "avx512"),  # Zen 5: measured faster
+        ("AVX512", {"avx2", "fma", *cpu_kernels.AVX512_FLAGS, "amx_bf16"}, "with AMX"),  # torch's stay
+        ("AVX512", {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}, "without AVX-512 BF16"),
+        ("DEFAULT", {"sse4_2"}, "lacks AVX2/FMA"),
+    ],
+)
+def test_the_default_takes_them_where_they_were_measured_faster(monkeypatch, level, flags, chosen):
+    monkeypatch.delenv("SPEECHRS_CPU_KERNELS", raising=False)
+    monkeypatch.setattr(cpu_kernels, "_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: level)
+    if chosen in ("avx2", "avx512"):
+        if cpu_kernels.why_not() is not None:
+            pytest.skip(f"speechrs's kernels cannot run here: {cpu_kernels.why_not()}")
+        assert cpu_kernels.variant() == chosen
+        monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "avx2")
+        assert cpu_kernels.variant() == "avx2"
+    else:
+        reason = cpu_kernels.why_not()
+        assert reason is not None and chosen in reason and cpu_kernels.variant() is None, reason
+
+
+def test_an_unknown_setting_is_named_and_keeps_torch_s(monkeypatch):
+    monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "avx1024")
+    assert cpu_kernels.why_not() == "SPEECHRS_CPU_KERNELS='avx1024' is none of 0 (never), 1 (the best variant), avx2"
+    assert not quant.Int8Linear(*_case(8, 64)).blocked
 
 
 def test_the_setting_turns_them_off(monkeypatch):
@@ -138,6 +184,7 @@ def test_models_batch_requests_through_them(kernels, native_dir, dia_dirs, kind,
     from speechrs.layers import cpu_native_bf16
     from speechrs.voxtral.checkpoint import load_voxtral
 
+    _bf16_variant(kind, kernels)
     dtype, quantize = (torch.bfloat16, None) if kind == "bf16" else (torch.float32, kind)
     monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "0")
     cpu_native_bf16.cache_clear()
@@ -146,6 +193,6 @@ def test_models_batch_requests_through_them(kernels, native_dir, dia_dirs, kind,
         dia = load_dia(dia_dirs[0], dtype, quantize=quantize)
     finally:
         cpu_native_bf16.cache_clear()
-    kernel = "kernel" if kind == "bf16" else "blocked"
-    assert getattr(voxtral.output, kernel) and getattr(dia.logits_dense, kernel)
+    kernel = True if kind == "bf16" else kernels
+    assert voxtral.output.kernel == kernel and dia.logits_dense.kernel == kernel
     assert voxtral.batch_invariant and dia.batch_invariant

@@ -28,16 +28,19 @@ def _close_to_bf16_rounding(y: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 # each quantization with each CPU kernel, on any machine that can run it (the default picks one per CPU): speechrs's
-# AVX2 kernels (cpu_kernels.c) and torch's _weight_int8pack_mm / _weight_int4pack_mm_for_cpu
-PATHS = ["int8-speechrs", "int8-torch", "int4-speechrs", "int4-torch"]
+# AVX-512 BF16 and AVX2 kernels (cpu_kernels.c) and torch's _weight_int8pack_mm / _weight_int4pack_mm_for_cpu
+PATHS = ["int8-avx512", "int8-avx2", "int8-torch", "int4-avx512", "int4-avx2", "int4-torch"]
+SETTINGS = {"avx512": "1", "avx2": "avx2", "torch": "0"}  # SPEECHRS_CPU_KERNELS for each
 
 
 def _choose_kernel(path: str, monkeypatch) -> str:
     """Layers made from now on in this test take `path`'s kernel; returns the quantization."""
-    monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "1" if path.endswith("speechrs") else "0")
-    if path.endswith("speechrs") and not cpu_kernels.available():
-        pytest.skip(f"speechrs's kernels cannot run here: {cpu_kernels.why_not()}")
-    return path[:4]
+    kind, kernel = path.split("-")
+    monkeypatch.setenv("SPEECHRS_CPU_KERNELS", SETTINGS[kernel])
+    if kernel != "torch" and cpu_kernels.variant() != kernel:
+        why = cpu_kernels.why_not() or "the CPU lacks AVX-512 BF16 or the compiler"
+        pytest.skip(f"speechrs's {kernel} kernels cannot run here: {why}")
+    return kind
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -48,7 +51,7 @@ def test_kernel_equals_the_float32_layer_of_its_dequantized_weight(path, rows, m
     w = torch.randn(9252, 256, generator=g) / 16  # 9 x 1028 rows: Dia's logits, not a multiple of the row block
     x = torch.randn(rows, 256, generator=g)
     layer = KINDS[kind].quantize(w)
-    assert layer.blocked == path.endswith("speechrs")
+    assert layer.kernel == (None if path.endswith("torch") else path[5:])
     ref = F.linear(x.to(torch.bfloat16).float(), layer.dequantized())
     _close_to_bf16_rounding(layer(x), ref)
     assert layer(x.to(torch.bfloat16)).dtype == torch.bfloat16 and layer(x).dtype == torch.float32
