@@ -343,6 +343,18 @@ AVX512 int speechrs_int8_linear_avx512(const uint16_t *x, int64_t M, int64_t K, 
     return 0;
 }
 
+/* q - 8 in bf16 (exact) for q = 0..15, written twice: vpermw reads 5 index bits (see tile4_avx512). */
+AVX512 static inline __m512i int4_table(void) {
+    __m512i table = _mm512_setzero_si512();
+    for (int q = 0; q < 16; q++) {
+        float f = (float)(q - 8);
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        table = _mm512_mask_set1_epi16(table, (__mmask32)(0x10001u << q), (short)(u >> 16));
+    }
+    return table;
+}
+
 /* int4, NB blocks of 8 output rows times MR rows of x. Two steps along K at once: 16 code bytes, pair p for rows
    0-7 then pair p + 1, widened to 16 32-bit lanes; each lane's two nibbles become its pair of exact bf16 weights
    q - 8 through a 16-entry table (vpermw reads 5 index bits: the table is written twice, so the high nibble's
@@ -354,13 +366,7 @@ AVX512 static inline __attribute__((always_inline)) void tile4_avx512(const uint
                                                                      uint16_t *y, int64_t N, int64_t left,
                                                                      int MR, int NB) {
     const int64_t G = K / group;
-    __m512i table = _mm512_setzero_si512();
-    for (int q = 0; q < 16; q++) {
-        float f = (float)(q - 8);
-        uint32_t u;
-        memcpy(&u, &f, 4);
-        table = _mm512_mask_set1_epi16(table, (__mmask32)(0x10001u << q), (short)(u >> 16)); /* exact in bf16 */
-    }
+    const __m512i table = int4_table();
     const __m512i pairs = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i dup = _mm512_set_epi32(7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i high = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 15, 14, 13, 12, 11, 10, 9, 8);
@@ -459,6 +465,45 @@ AVX512 int speechrs_int4_linear_avx512(const uint16_t *x, int64_t M, int64_t K, 
         }
     }
     free(xsum);
+    return 0;
+}
+/* The int4 weights of blocks [b0, b1) made bf16 for a GEMM (quant.Int4Linear's prefill path): out (8 (b1 - b0),
+   K), w = (q - 8) * scale + zero with a multiply and an add, each rounded in fp32 (torch's order, so this equals
+   Int4Linear.dequantized() rounded to bf16; the library is built with -ffp-contract=off), then to bf16 (nearest
+   even). 16 code bytes (pairs p, p + 1 of the 8 rows) make 32 weights per step, 4 of each row stored together. */
+AVX512 int speechrs_int4_weights_avx512(const uint8_t *codes, const uint16_t *scale_zero, int64_t K, int64_t group,
+                                        int64_t b0, int64_t b1, uint16_t *out, int threads) {
+    const int64_t G = K / group;
+    const __m512i table = int4_table();
+    const __m512i pair_scale = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    const __m512i pair_zero = _mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = b0; b < b1; b++) {
+        const uint8_t *c = codes + b * K * 4;
+        const uint16_t *sz = scale_zero + b * G * 16;
+        uint16_t *o = out + (b - b0) * 8 * K;
+        for (int64_t g = 0; g < G; g++) {
+            __m512 sz32 = _mm512_castsi512_ps(
+                _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(sz + g * 16))), 16));
+            const __m512 scale = _mm512_permutexvar_ps(pair_scale, sz32), zero = _mm512_permutexvar_ps(pair_zero, sz32);
+            for (int64_t p = g * group / 2; p < (g + 1) * group / 2; p += 2) {
+                __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c + p * 8)));
+                __m512i q = _mm512_permutexvar_epi16(_mm512_or_si512(v, _mm512_slli_epi32(v, 12)), table);
+                /* words of lanes 0-7: rows 0-7 at k = 2p, 2p + 1; lanes 8-15: the same rows at 2p + 2, 2p + 3 */
+                __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(q)), 16));
+                __m512 hi = _mm512_castsi512_ps(
+                    _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(q, 1)), 16));
+                __m256i wlo = (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(_mm512_mul_ps(lo, scale), zero));
+                __m256i whi = (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(_mm512_mul_ps(hi, scale), zero));
+                __m256i a = _mm256_unpacklo_epi32(wlo, whi), d = _mm256_unpackhi_epi32(wlo, whi); /* rows 0 1 4 5, 2 3 6 7 */
+                const int64_t four[8] = {_mm256_extract_epi64(a, 0), _mm256_extract_epi64(a, 1),
+                                         _mm256_extract_epi64(d, 0), _mm256_extract_epi64(d, 1),
+                                         _mm256_extract_epi64(a, 2), _mm256_extract_epi64(a, 3),
+                                         _mm256_extract_epi64(d, 2), _mm256_extract_epi64(d, 3)};
+                for (int r = 0; r < 8; r++) memcpy(o + r * K + 2 * p, four + r, 8); /* row r's 4 weights */
+            }
+        }
+    }
     return 0;
 }
 #endif

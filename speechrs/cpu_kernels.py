@@ -34,7 +34,7 @@ import torch
 from .layers import cpu_flags
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 
 
 def cache_dir() -> Path:
@@ -140,6 +140,10 @@ def _library() -> ctypes.CDLL | str:
     if hasattr(library, "speechrs_int8_linear_avx512"):  # same arguments as the AVX2 ones
         library.speechrs_int8_linear_avx512.argtypes = library.speechrs_int8_linear.argtypes
         library.speechrs_int4_linear_avx512.argtypes = library.speechrs_int4_linear.argtypes
+        library.speechrs_int4_weights_avx512.argtypes = [
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+            ctypes.c_void_p, ctypes.c_int,
+        ]  # fmt: skip
     return library
 
 
@@ -221,6 +225,19 @@ def int4_linear(x: torch.Tensor, blocked: torch.Tensor, scale_zero: torch.Tensor
     n_blocks, half_k = blocked.shape[:2]
     weights = (blocked.data_ptr(), scale_zero.data_ptr(), group, n_blocks, n_out)
     return _run(FUNCTIONS["int4", variant], x, half_k * 2, n_out, *weights)
+
+
+def int4_weights(blocked: torch.Tensor, scale_zero: torch.Tensor, group: int, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) of int4 codes blocked as for int4_linear made bf16 weights (rows, K): (q - 8) * scale +
+    zero, each step rounded in fp32, then to bf16. start a multiple of 8. Only where variant() is "avx512"."""
+    library = _library()
+    assert not isinstance(library, str), library
+    b0, b1 = start // 8, -(-stop // 8)
+    k = blocked.shape[1] * 2
+    out = torch.empty((b1 - b0) * 8, k, dtype=torch.bfloat16)
+    args = (blocked.data_ptr(), scale_zero.data_ptr(), k, group, b0, b1, out.data_ptr(), torch.get_num_threads())
+    library.speechrs_int4_weights_avx512(*args)
+    return out[: stop - start]
 
 
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

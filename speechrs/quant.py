@@ -47,6 +47,11 @@ KERNEL_ROWS = {"avx2": 256, "avx512": 128}
 # as much as the GEMM. 383 rows on AMX, bf16: 16384 x 3072 70 -> 40 ms, 3072 x 8192 36 -> 18 ms; the fp32 path
 # (SPEECHRS_NATIVE_BF16=0, same machine) 174 -> 140 and 87 -> 69 ms (blocks of 32 and 64 MiB were slower there).
 DEQUANT_BLOCK_BYTES = 2**24
+# From this many rows on, speechrs's blocked int4 weights are made bf16 a block at a time (in C on AVX-512 BF16:
+# 0.65 ms for 2048 x 3072) for oneDNN's bf16 GEMM, where the CPU has native bf16 (elsewhere its int4 kernel keeps
+# every row count). 2 Zen 4 cores, 16384 x 3072 and 3072 x 8192: the AVX-512 kernel holds ~220 GFLOP/s from 16
+# rows on, the conversion + GEMM 132 / 200-211 / 279-282 / 333-379 at 16 / 32 / 64 / 128-383 rows: even at ~40.
+INT4_GEMM_ROWS = 64
 
 
 def check_quantization(name: str | None) -> str | None:
@@ -72,6 +77,17 @@ def _row_blocks(n_rows: int, k: int, elements: int = BLOCK_ELEMENTS) -> list[tup
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
+
+
+def _blockwise_matmul(rows: torch.Tensor, n_out: int, weight_rows, dtype: torch.dtype) -> torch.Tensor:
+    """rows (M, K) @ W^T -> (M, n_out) bf16 in `dtype`'s GEMM, W made a block of its rows at a time by
+    weight_rows(start, stop, dtype) (start a multiple of 8) and multiplied while the block is in cache. The inputs
+    are rounded to bf16 first and the product after, as on a bf16 GEMM, so every CPU computes the same numbers."""
+    x_k = rows.to(KERNEL_DTYPE).to(dtype)
+    y = torch.empty(len(rows), n_out, dtype=dtype, device=rows.device)
+    for a, b in _row_blocks(n_out, rows.shape[1], DEQUANT_BLOCK_BYTES // dtype.itemsize):
+        torch.matmul(x_k, weight_rows(a, b, dtype).T, out=y[:, a:b])
+    return y.to(KERNEL_DTYPE)
 
 
 def int8_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,12 +171,7 @@ class Int8Linear(nn.Module):
         rows = _rows(x)
         if len(rows) >= self.dequant_rows:  # compute-bound: the GEMM in the fastest dtype this CPU has
             dtype = KERNEL_DTYPE if cpu_native_bf16() else torch.float32
-            # inputs and the product rounded to bf16 as on a bf16 GEMM, so every CPU computes the same numbers
-            x_k = rows.to(KERNEL_DTYPE).to(dtype)
-            y = torch.empty(len(rows), self.out_features, dtype=dtype, device=x.device)
-            for a, b in _row_blocks(self.out_features, self.in_features, DEQUANT_BLOCK_BYTES // dtype.itemsize):
-                torch.matmul(x_k, self.codes(a, b, dtype).T, out=y[:, a:b])  # codes exact in bf16
-            y = y.to(KERNEL_DTYPE) * self.scale
+            y = _blockwise_matmul(rows, self.out_features, self.codes, dtype) * self.scale  # codes exact in bf16
         elif self.kernel is not None:  # blocked for it
             y = cpu_kernels.int8_linear(rows, self.qweight, self.kernel_scale, self.out_features, self.kernel)
         else:
@@ -295,9 +306,30 @@ class Int4Linear(nn.Module):
         scale, zero = (self.group_scales()[..., i].float().T.repeat_interleave(self.group, dim=1) for i in (0, 1))
         return (q_NxK * scale + zero).contiguous()
 
+    @property
+    def dequant_rows(self) -> int:
+        """From this many rows on, the weights are made bf16 for a GEMM instead of going through a kernel."""
+        return INT4_GEMM_ROWS if self.kernel is not None and cpu_native_bf16() else 2**62
+
+    def weights(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        """Rows [start, stop) of the weight, (q - 8) * scale + zero computed in float32, as (rows, K) in `dtype`
+        (blocked layout only; start a multiple of 8)."""
+        if self.kernel == "avx512" and dtype == KERNEL_DTYPE:  # one pass in C, ~10x the torch ops below
+            return cpu_kernels.int4_weights(self.packed, self.scale_zero, self.group, start, stop)
+        part = self.packed[start // 8 : -(-stop // 8)]  # (n, K/2, 8)
+        codes = part.transpose(1, 2).reshape(-1, self.in_features // 2)  # (8n, K/2) portable bytes
+        q = torch.stack((codes & 15, codes >> 4), dim=2).view(len(codes), -1, self.group)  # (8n, K/g, g)
+        sz = self.scale_zero[start // 8 : -(-stop // 8)].permute(0, 3, 1, 2).reshape(len(codes), -1, 2)
+        w = q.to(torch.float32).sub_(8).mul_(sz[..., 0:1].float()).add_(sz[..., 1:2].float())
+        return w.view(len(codes), self.in_features)[: stop - start].to(dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = _rows(x)
-        if self.kernel is not None:  # blocked for it
+        if len(rows) >= self.dequant_rows:
+            # a prefill: its weights made bf16 a block at a time for oneDNN's GEMM (one more rounding of each
+            # weight, 2^-9 of it, against the int4 step's ~1/30 of the group's range)
+            y = _blockwise_matmul(rows, self.out_features, self.weights, KERNEL_DTYPE)
+        elif self.kernel is not None:  # blocked for it
             y = cpu_kernels.int4_linear(rows, self.packed, self.scale_zero, self.group, self.out_features, self.kernel)
         else:
             rows = rows.to(KERNEL_DTYPE).contiguous()
