@@ -47,10 +47,11 @@ KERNEL_ROWS = {"avx2": 256, "avx512": 128}
 # as much as the GEMM. 383 rows on AMX, bf16: 16384 x 3072 70 -> 40 ms, 3072 x 8192 36 -> 18 ms; the fp32 path
 # (SPEECHRS_NATIVE_BF16=0, same machine) 174 -> 140 and 87 -> 69 ms (blocks of 32 and 64 MiB were slower there).
 DEQUANT_BLOCK_BYTES = 2**24
-# From this many rows on, speechrs's blocked int4 weights are made bf16 a block at a time (in C on AVX-512 BF16:
-# 0.65 ms for 2048 x 3072) for oneDNN's bf16 GEMM, where the CPU has native bf16 (elsewhere its int4 kernel keeps
-# every row count). 2 Zen 4 cores, 16384 x 3072 and 3072 x 8192: the AVX-512 kernel holds ~220 GFLOP/s from 16
-# rows on, the conversion + GEMM 132 / 200-211 / 279-282 / 333-379 at 16 / 32 / 64 / 128-383 rows: even at ~40.
+# From this many rows on, int4 weights blocked for speechrs's AVX-512 BF16 kernel are made bf16 a block at a time
+# (in C: 0.65 ms for 2048 x 3072; torch ops took 4-13) for oneDNN's bf16 GEMM (elsewhere the int4 kernel at hand
+# keeps every row count: the AVX2 one ran 73-106 GFLOP/s at 383 rows on Zen 3, torch's fp32 Linear 70). On 2 Zen 4
+# cores, 16384 x 3072 and 3072 x 8192: the AVX-512 kernel holds ~220 GFLOP/s from 16 rows on, the conversion + GEMM
+# 132 / 200-211 / 279-282 / 333-379 at 16 / 32 / 64 / 128-383 rows: even at ~40.
 INT4_GEMM_ROWS = 64
 
 
@@ -309,7 +310,7 @@ class Int4Linear(nn.Module):
     @property
     def dequant_rows(self) -> int:
         """From this many rows on, the weights are made bf16 for a GEMM instead of going through a kernel."""
-        return INT4_GEMM_ROWS if self.kernel is not None and cpu_native_bf16() else 2**62
+        return INT4_GEMM_ROWS if self.kernel == "avx512" and cpu_native_bf16() else 2**62
 
     def weights(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows [start, stop) of the weight, (q - 8) * scale + zero computed in float32, as (rows, K) in `dtype`
