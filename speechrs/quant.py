@@ -125,12 +125,16 @@ class Int8Linear(nn.Module):
     kernel_scale: torch.Tensor  # (ceil(N/8) * 8,) fp32, when `blocked`
     quantized_at_load = False  # True when made from float weights here, False when read from stored codes
 
+    @property
+    def blocked(self) -> bool:
+        """Whether the codes are laid out for speechrs's kernels (any variant)."""
+        return self.kernel is not None
+
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor):
         super().__init__()
         self.out_features, self.in_features = qweight.shape
         cpu = qweight.device.type == "cpu" and self.in_features % 8 == 0
         self.kernel = cpu_kernels.variant() if cpu else None  # speechrs's "avx512" / "avx2", or None: torch's
-        self.blocked = self.kernel is not None
         if self.blocked:
             qweight = _blocked(qweight)
             scale32 = F.pad(scale.to(KERNEL_DTYPE).float(), (0, len(qweight) * 8 - self.out_features))
@@ -221,6 +225,11 @@ class Int4Linear(nn.Module):
     scale_zero: torch.Tensor  # (K / g, N padded, 2) bf16, or (N / 8, K / g, 2, 8) `blocked`
     quantized_at_load = False  # True when made from float weights here, False when read from stored codes
 
+    @property
+    def blocked(self) -> bool:
+        """Whether the codes and scales are laid out for speechrs's kernels (any variant)."""
+        return self.kernel is not None
+
     def __init__(self, out_features: int, group: int, packed: torch.Tensor, scale_zero: torch.Tensor,
                  kernel: str | None = None):  # fmt: skip
         """From tensors already in a kernel's layout (`kernel` speechrs's variant, None torch's): see quantize()
@@ -228,7 +237,6 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features, self.group = out_features, packed.shape[1] * 2, group
         self.kernel = kernel
-        self.blocked = kernel is not None
         if self.blocked:  # the layout cpu_kernels.int4_linear reads without checking it per call
             n_blocks = -(-out_features // 8)
             assert packed.shape == (n_blocks, self.in_features // 2, 8) and packed.dtype == torch.uint8
