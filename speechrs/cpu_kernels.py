@@ -220,21 +220,23 @@ def int8_linear(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, n_o
 
 def int4_linear(x: torch.Tensor, blocked: torch.Tensor, scale_zero: torch.Tensor, group: int, n_out: int,
                 variant: str = "avx2"):  # fmt: skip
-    """x (M, K) -> (M, n_out) bf16 with codes blocked (N/8, K/2, 8) uint8 and scale_zero blocked (N/8, K/group,
-    2, 8) bf16 (N >= n_out); x is rounded to bf16 first. Only where variant() is `variant` or "avx512"."""
-    n_blocks, half_k = blocked.shape[:2]
-    weights = (blocked.data_ptr(), scale_zero.data_ptr(), group, n_blocks, n_out)
-    return _run(FUNCTIONS["int4", variant], x, half_k * 2, n_out, *weights)
+    """x (M, K) -> (M, n_out) bf16 with codes and scales blocked as quant.Int4Linear holds them for `variant`
+    (avx2: (N/8, K/2, 8) uint8 and (N/8, K/group, 2, 8) bf16; avx512: (N/16, K/8, 16, 4) and (N/16, K/group, 2,
+    16)), N >= n_out; x is rounded to bf16 first. Only where variant() is `variant` or "avx512"."""
+    features = blocked.shape[1] * (8 if variant == "avx512" else 2)
+    weights = (blocked.data_ptr(), scale_zero.data_ptr(), group, len(blocked), n_out)
+    return _run(FUNCTIONS["int4", variant], x, features, n_out, *weights)
 
 
 def int4_weights(blocked: torch.Tensor, scale_zero: torch.Tensor, group: int, start: int, stop: int) -> torch.Tensor:
-    """Rows [start, stop) of int4 codes blocked as for int4_linear made bf16 weights (rows, K): (q - 8) * scale +
-    zero, each step rounded in fp32, then to bf16. start a multiple of 8. Only where variant() is "avx512"."""
+    """Rows [start, stop) of int4 codes blocked as for int4_linear's avx512 variant made bf16 weights (rows, K):
+    (q - 8) * scale + zero, each step rounded in fp32, then to bf16. start a multiple of 16. Only where variant() is
+    "avx512"."""
     library = _library()
     assert not isinstance(library, str), library
-    b0, b1 = start // 8, -(-stop // 8)
-    k = blocked.shape[1] * 2
-    out = torch.empty((b1 - b0) * 8, k, dtype=torch.bfloat16)
+    b0, b1 = start // 16, -(-stop // 16)
+    k = blocked.shape[1] * 8
+    out = torch.empty((b1 - b0) * 16, k, dtype=torch.bfloat16)
     args = (blocked.data_ptr(), scale_zero.data_ptr(), k, group, b0, b1, out.data_ptr(), torch.get_num_threads())
     library.speechrs_int4_weights_avx512(*args)
     return out[: stop - start]

@@ -82,7 +82,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 def _blockwise_matmul(rows: torch.Tensor, n_out: int, weight_rows, dtype: torch.dtype) -> torch.Tensor:
     """rows (M, K) @ W^T -> (M, n_out) bf16 in `dtype`'s GEMM, W made a block of its rows at a time by
-    weight_rows(start, stop, dtype) (start a multiple of 8) and multiplied while the block is in cache. The inputs
+    weight_rows(start, stop, dtype) (start a multiple of 16) and multiplied while the block is in cache. The inputs
     are rounded to bf16 first and the product after, as on a bf16 GEMM, so every CPU computes the same numbers."""
     x_k = rows.to(KERNEL_DTYPE).to(dtype)
     y = torch.empty(len(rows), n_out, dtype=dtype, device=rows.device)
@@ -221,8 +221,11 @@ class Int4Linear(nn.Module):
     (8 output rows to a vector; `kernel` the variant), elsewhere packed for torch's; both compute from bf16-rounded
     activations with fp32 accumulation and round the product to bf16."""
 
-    packed: torch.Tensor  # (N padded, K / 2) uint8 in torch's layout for this CPU, or (N / 8, K / 2, 8) `blocked`
-    scale_zero: torch.Tensor  # (K / g, N padded, 2) bf16, or (N / 8, K / g, 2, 8) `blocked`
+    # torch's: packed (N padded, K / 2) uint8 in its layout for this CPU, scale_zero (K / g, N padded, 2) bf16;
+    # speechrs's AVX2 kernel: (N / 8, K / 2, 8) and (N / 8, K / g, 2, 8); its AVX-512 one: (N / 16, K / 8, 16, 4)
+    # and (N / 16, K / g, 2, 16) (cpu_kernels.c says why)
+    packed: torch.Tensor
+    scale_zero: torch.Tensor
     quantized_at_load = False  # True when made from float weights here, False when read from stored codes
 
     @property
@@ -235,15 +238,22 @@ class Int4Linear(nn.Module):
         """From tensors already in a kernel's layout (`kernel` speechrs's variant, None torch's): see quantize()
         and from_codes()."""
         super().__init__()
-        self.out_features, self.in_features, self.group = out_features, packed.shape[1] * 2, group
         self.kernel = kernel
+        self.out_features, self.group = out_features, group
+        self.in_features = packed.shape[1] * 8 if kernel == "avx512" else packed.shape[1] * 2
         if self.blocked:  # the layout cpu_kernels.int4_linear reads without checking it per call
-            n_blocks = -(-out_features // 8)
-            assert packed.shape == (n_blocks, self.in_features // 2, 8) and packed.dtype == torch.uint8
-            assert scale_zero.shape == (n_blocks, self.in_features // group, 2, 8) and group % 2 == 0
+            r, k = self.block_rows, self.in_features
+            shape = (-(-out_features // r), k // 8, r, 4) if kernel == "avx512" else (-(-out_features // r), k // 2, r)
+            assert packed.shape == shape and packed.dtype == torch.uint8 and group % 32 == 0
+            assert scale_zero.shape == (shape[0], k // group, 2, r)
             packed, scale_zero = packed.contiguous(), scale_zero.contiguous()
         self.register_buffer("packed", packed)
         self.register_buffer("scale_zero", scale_zero.to(KERNEL_DTYPE))
+
+    @property
+    def block_rows(self) -> int:
+        """Output rows to a block of the blocked layout: 16 for speechrs's AVX-512 kernel, 8 for its AVX2 one."""
+        return 16 if self.kernel == "avx512" else 8
 
     @staticmethod
     def _speechrs_kernel(device: torch.device) -> str | None:
@@ -277,11 +287,15 @@ class Int4Linear(nn.Module):
         n, half_k = codes.shape
         kernel = cls._speechrs_kernel(codes.device)
         if kernel:  # its byte is the portable one: only the rows move
-            pad = -n % 8
+            r = 16 if kernel == "avx512" else 8
+            pad = -n % r
             codes = F.pad(codes, (0, 0, 0, pad)) if pad else codes
             scale_zero = F.pad(scale_zero.to(KERNEL_DTYPE), (0, 0, 0, pad)) if pad else scale_zero.to(KERNEL_DTYPE)
-            blocked = codes.view(-1, 8, half_k).transpose(1, 2).contiguous()  # (N/8, K/2, 8)
-            sz = scale_zero.view(len(scale_zero), -1, 8, 2).permute(1, 0, 3, 2).contiguous()  # (N/8, K/g, 2, 8)
+            if kernel == "avx512":  # (N/16, K/8, 16, 4): each chunk of 8 along K, 4 bytes of each of 16 rows
+                blocked = codes.view(-1, r, half_k // 4, 4).permute(0, 2, 1, 3).contiguous()
+            else:  # (N/8, K/2, 8)
+                blocked = codes.view(-1, r, half_k).transpose(1, 2).contiguous()
+            sz = scale_zero.view(len(scale_zero), -1, r, 2).permute(1, 0, 3, 2).contiguous()  # (N/r, K/g, 2, r)
             return cls(n, group, blocked, sz, kernel)
         n_pad = -n % INT4_ROWS
         packed = torch.empty(n + n_pad, half_k, dtype=torch.uint8, device=codes.device)
@@ -304,7 +318,7 @@ class Int4Linear(nn.Module):
         from the layout the kernel reads: torch's through the kernel itself (the identity matrix with scale 1 and
         zero 0: small integers, exact in bf16), so this checks the packed layout too."""
         if self.blocked:
-            codes = self.packed.transpose(1, 2).flatten(0, 1)[: self.out_features]  # (N, K/2) portable bytes
+            codes = self._portable_codes(self.packed)[: self.out_features]
             q_NxK = torch.stack((codes & 15, codes >> 4), dim=2).flatten(1).float() - 8
         else:
             eye = torch.eye(self.in_features, dtype=KERNEL_DTYPE)
@@ -320,15 +334,21 @@ class Int4Linear(nn.Module):
         """From this many rows on, the weights are made bf16 for a GEMM instead of going through a kernel."""
         return INT4_GEMM_ROWS if self.kernel == "avx512" and cpu_native_bf16() else 2**62
 
+    def _portable_codes(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Blocks of the blocked codes back to int4_codes()'s portable bytes, (rows, K/2)."""
+        if self.kernel == "avx512":  # (n, K/8, 16, 4)
+            return blocks.permute(0, 2, 1, 3).reshape(-1, self.in_features // 2)
+        return blocks.transpose(1, 2).reshape(-1, self.in_features // 2)  # (n, K/2, 8)
+
     def weights(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows [start, stop) of the weight, (q - 8) * scale + zero computed in float32, as (rows, K) in `dtype`
-        (blocked layout only; start a multiple of 8)."""
+        (blocked layout only; start a multiple of block_rows)."""
         if self.kernel == "avx512" and dtype == KERNEL_DTYPE:  # one pass in C, ~10x the torch ops below
             return cpu_kernels.int4_weights(self.packed, self.scale_zero, self.group, start, stop)
-        part = self.packed[start // 8 : -(-stop // 8)]  # (n, K/2, 8)
-        codes = part.transpose(1, 2).reshape(-1, self.in_features // 2)  # (8n, K/2) portable bytes
-        q = torch.stack((codes & 15, codes >> 4), dim=2).view(len(codes), -1, self.group)  # (8n, K/g, g)
-        sz = self.scale_zero[start // 8 : -(-stop // 8)].permute(0, 3, 1, 2).reshape(len(codes), -1, 2)
+        r = self.block_rows
+        codes = self._portable_codes(self.packed[start // r : -(-stop // r)])  # (rows, K/2)
+        q = torch.stack((codes & 15, codes >> 4), dim=2).view(len(codes), -1, self.group)  # (rows, K/g, g)
+        sz = self.scale_zero[start // r : -(-stop // r)].permute(0, 3, 1, 2).reshape(len(codes), -1, 2)
         w = q.to(torch.float32).sub_(8).mul_(sz[..., 0:1].float()).add_(sz[..., 1:2].float())
         return w.view(len(codes), self.in_features)[: stop - start].to(dtype)
 
