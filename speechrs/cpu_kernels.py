@@ -4,7 +4,8 @@ On an AVX2 CPU torch's weight-only int8 kernel reads 10-18 GB/s of codes at one 
 rows are added (issue 16); the kernel here streams a blocked layout at the machine's bandwidth (20-23 GB/s) and
 stays compute-bound beyond. On an AVX-512 BF16 CPU without AMX (2 Zen 4 cores, 35.8 GB/s) torch's int8 kernel
 streams 19-24 GB/s at one row and holds 55-72 G multiply-adds/s from 4 rows to 16, the AVX-512 variant here 32-33
-GB/s and 95-151; int4, torch's 35 G weights/s at one row and 81-83 from 4 rows, this one's 38-46 and 92-111.
+GB/s and 95-151; int4, torch's 44 G weights/s at one row and 81-83 G multiply-adds/s from 4 rows, this one's
+69-82 and ~145 (its own 16-row layout).
 Nothing needs a compiler at install: the C file ships as package data, is compiled once into a per-user cache
 (under two seconds), and loaded with ctypes (which releases the GIL during the call). It links libgomp.so.1,
 which resolves to the OpenMP runtime torch has already loaded, so both share one thread pool. Where no compiler

@@ -50,8 +50,10 @@ DEQUANT_BLOCK_BYTES = 2**24
 # From this many rows on, int4 weights blocked for speechrs's AVX-512 BF16 kernel are made bf16 a block at a time
 # (in C: 0.65 ms for 2048 x 3072; torch ops took 4-13) for oneDNN's bf16 GEMM (elsewhere the int4 kernel at hand
 # keeps every row count: the AVX2 one ran 73-106 GFLOP/s at 383 rows on Zen 3, torch's fp32 Linear 70). On 2 Zen 4
-# cores, 16384 x 3072 and 3072 x 8192: the AVX-512 kernel holds ~220 GFLOP/s from 16 rows on, the conversion + GEMM
-# 132 / 200-211 / 279-282 / 333-379 at 16 / 32 / 64 / 128-383 rows: even at ~40.
+# cores, 16384 x 3072 and 3072 x 8192: the AVX-512 kernel held ~220 GFLOP/s from 16 rows on, the conversion + GEMM
+# 132 / 200-211 / 279-282 / 333-379 at 16 / 32 / 64 / 128-383 rows: even at ~40. On its 16-row layout the kernel
+# holds ~290 GFLOP/s at 16 rows (conversion 0.48 ms per 2048 x 3072): about even with the GEMM at 64 rows, which
+# wins above (the crossover not measured again).
 INT4_GEMM_ROWS = 64
 
 
