@@ -86,9 +86,19 @@ def describe(lim: dict) -> str:
 
 
 # Each path is timed over enough copies of its weight (in turn) to hold ROTATE_BYTES, so a decode shape streams from
-# memory as it does in a model's step instead of from a 32 MiB+ L3 that one 24-64 MB weight would partly fit.
-ROTATE_BYTES = 512 * 2**20
-KERNEL_SETTINGS = {"speechrs-avx512": "1", "speechrs-avx2": "avx2", "torch": "0"}  # SPEECHRS_CPU_KERNELS
+# memory as it does in a model's step instead of from a 32 MiB+ L3 that one 24-64 MB weight would partly fit: 512 MiB
+# or twice the L3 the machine reports (a Xeon's can be 300-480 MiB), whichever is more.
+def _l3_bytes() -> int:
+    try:
+        size = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()  # e.g. "32768K"
+        return int(size.rstrip("KMG")) * {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1], 1)
+    except (OSError, ValueError):
+        return 0
+
+
+ROTATE_BYTES = max(512 * 2**20, 2 * _l3_bytes())
+# SPEECHRS_CPU_KERNELS for each; "amx" differs from "avx512" in int4 only (its int8 is the AVX-512 kernel)
+KERNEL_SETTINGS = {"speechrs-amx": "1", "speechrs-avx512": "avx512", "speechrs-avx2": "avx2", "torch": "0"}
 
 
 def _kernels() -> list[str]:
@@ -125,7 +135,8 @@ def paths(weight: torch.Tensor) -> dict:
         os.environ["SPEECHRS_CPU_KERNELS"] = KERNEL_SETTINGS[kernel]
         q8, q4 = Int8Linear.quantize(w16), Int4Linear.quantize(w16)
         q4_bytes = n * k // 2 + q4.scale_zero.numel() * 2
-        out[f"int8 {kernel}"] = ([copy.deepcopy(q8) for _ in copies(n * k)], n * k)
+        if kernel != "speechrs-amx":
+            out[f"int8 {kernel}"] = ([copy.deepcopy(q8) for _ in copies(n * k)], n * k)
         out[f"int4 {kernel}"] = ([copy.deepcopy(q4) for _ in copies(q4_bytes)], q4_bytes)
     os.environ.pop("SPEECHRS_CPU_KERNELS", None)
     return out

@@ -519,4 +519,164 @@ AVX512 int speechrs_int4_weights_avx512(const uint8_t *codes, const uint16_t *sc
     }
     return 0;
 }
+
+/* ---- AMX (Sapphire Rapids and later): int4 on the same 16-row layout, multiplied by the tile unit ----
+
+   The vectors tile4_avx512 makes from 64 code bytes are exactly the rows of an AMX B tile (row = a pair of k, 32-bit
+   lane j = output row j's pair), and a 64-byte run of the reordered activations is an A tile row holding the same
+   pairs: so per block and 32 along K (4 chunks) the 16 converted vectors are stored as one 1 KiB B tile and one
+   TDPBF16PS multiplies them by up to 16 rows of x at once, where the AVX-512 kernel spends one vdpbf16ps per row
+   per vector. A group's sums are stored from the C tile and scaled as in tile4_avx512: y += scale * sum + zero *
+   sum(x over the group). The tile unit sums each product pair in fp32 in its own order (not vdpbf16ps's): results
+   differ from the AVX-512 kernel's within fp32 rounding, and do not depend on the rows beside them. Linux lets a
+   process use tiles after asking (speechrs_amx_request). */
+#ifndef SPEECHRS_NO_AMX
+#include <sys/syscall.h>
+#include <unistd.h>
+#define AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")))
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+/* 0 once this process may use AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), else -1. */
+int speechrs_amx_request(void) { return syscall(SYS_arch_prctl, 0x1023, 18) == 0 ? 0 : -1; }
+
+/* tiles: 0-3 the C tiles of 4 blocks (MR rows of 16 fp32), 4 A (MR rows of 32 bf16), 5-6 B (16 pairs of k x 16
+   outputs), taken in turn so that a block's conversion overlaps the previous block's multiply */
+AMX static void amx_configure(int MR) {
+    tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 7; t++) {
+        cfg.rows[t] = t < 5 ? (uint8_t)MR : 16;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+/* chunks c0 .. c0 + 3 of a block's codes as B tile rows at bt: per chunk the pairs (x0 x4) (x2 x6) (x1 x5) (x3 x7) */
+AMX static inline __attribute__((always_inline)) void amx_b_rows(const uint8_t *chunk, __m512i table, uint16_t *bt) {
+    for (int c = 0; c < 4; c++) {
+        const uint8_t *p = chunk + c * 64;
+        _mm_prefetch((const char *)(p + PREFETCH_INT4), _MM_HINT_T0);
+        const __m512i v = _mm512_loadu_si512((const void *)p);
+        uint16_t *row = bt + c * 4 * 32;
+        _mm512_store_si512((void *)row, _mm512_permutexvar_epi16(v, table));
+        _mm512_store_si512((void *)(row + 32), _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), table));
+        _mm512_store_si512((void *)(row + 64), _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), table));
+        _mm512_store_si512((void *)(row + 96), _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), table));
+    }
+}
+
+/* As speechrs_int4_linear_avx512 (same arguments, same layout); group % 32 == 0. */
+AMX int speechrs_int4_linear_amx(const uint16_t *x, int64_t M, int64_t K, const uint8_t *codes,
+                                 const uint16_t *scale_zero, int64_t group, int64_t n_blocks, int64_t n_out,
+                                 uint16_t *y, int threads) {
+    static const int order[8] = {0, 4, 2, 6, 1, 5, 3, 7};
+    const int64_t G = K / group, C = K / 8;
+    float *xsum = malloc((size_t)(M * G + 1) * sizeof(float));
+    uint16_t *xp = malloc((size_t)(M * K + 1) * sizeof(uint16_t));
+    if (!xsum || !xp) {
+        free(xsum);
+        free(xp);
+        return -1;
+    }
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t k = 0; k < K; k += 8)
+            for (int t = 0; t < 8; t++) xp[m * K + k + t] = x[m * K + k + order[t]];
+        for (int64_t g = 0; g < G; g++) {
+            float s = 0.0f;
+            for (int64_t k = g * group; k < (g + 1) * group; k++) {
+                uint32_t u = (uint32_t)x[m * K + k] << 16;
+                float f;
+                memcpy(&f, &u, 4);
+                s += f;
+            }
+            xsum[m * G + g] = s;
+        }
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        const __m512i table = int4_table();
+        uint16_t bt[2][4][16 * 32] __attribute__((aligned(64))); /* each block's B tile, two steps */
+        float ct[4][16 * 16] __attribute__((aligned(64)));    /* each block's group sums from its C tile */
+        float total[4][16 * 16] __attribute__((aligned(64)));
+        int configured = 0;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < (n_blocks + 3) / 4; t++) {
+            const int64_t b0 = t * 4, nb = n_blocks - b0 < 4 ? n_blocks - b0 : 4;
+            const uint8_t *block = codes + b0 * C * 64;
+            for (int64_t m0 = 0; m0 < M; m0 += 16) {
+                const int MR = M - m0 < 16 ? (int)(M - m0) : 16;
+                if (MR != configured) {
+                    amx_configure(MR);
+                    configured = MR;
+                }
+                memset(total, 0, sizeof total);
+                /* a step is 32 along K (4 chunks); its B tiles are converted one step ahead of their multiply, so
+                   that the tile loads do not wait on the stores that made them */
+                const int64_t steps = C / 4, per_group = group / 32;
+                for (int b = 0; b < nb; b++) amx_b_rows(block + b * C * 64, table, bt[0][b]);
+                for (int64_t j = 0; j < steps; j++) {
+                    if (j + 1 < steps)
+                        for (int b = 0; b < nb; b++)
+                            amx_b_rows(block + (b * C + 4 * (j + 1)) * 64, table, bt[(j + 1) & 1][b]);
+                    if (j % per_group == 0) {
+                        _tile_zero(0);
+                        _tile_zero(1);
+                        _tile_zero(2);
+                        _tile_zero(3);
+                    }
+                    uint16_t(*bj)[16 * 32] = bt[j & 1];
+                    _tile_loadd(4, xp + m0 * K + 32 * j, K * 2);
+                    _tile_loadd(5, bj[0], 64);
+                    _tile_dpbf16ps(0, 4, 5);
+                    if (nb > 1) {
+                        _tile_loadd(6, bj[1], 64);
+                        _tile_dpbf16ps(1, 4, 6);
+                    }
+                    if (nb > 2) {
+                        _tile_loadd(5, bj[2], 64);
+                        _tile_dpbf16ps(2, 4, 5);
+                    }
+                    if (nb > 3) {
+                        _tile_loadd(6, bj[3], 64);
+                        _tile_dpbf16ps(3, 4, 6);
+                    }
+                    if ((j + 1) % per_group) continue;
+                    const int64_t g = j / per_group;
+                    _tile_stored(0, ct[0], 64);
+                    _tile_stored(1, ct[1], 64);
+                    _tile_stored(2, ct[2], 64);
+                    _tile_stored(3, ct[3], 64);
+                    for (int b = 0; b < nb; b++) {
+                        const uint16_t *s = scale_zero + ((b0 + b) * G + g) * 32; /* 16 scales, then 16 zeros */
+                        const __m512 scale = _mm512_castsi512_ps(
+                            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)s)), 16));
+                        const __m512 zero = _mm512_castsi512_ps(_mm512_slli_epi32(
+                            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + 16))), 16));
+                        for (int i = 0; i < MR; i++) {
+                            __m512 sum = _mm512_fmadd_ps(_mm512_load_ps(ct[b] + 16 * i), scale,
+                                                         _mm512_load_ps(total[b] + 16 * i));
+                            sum = _mm512_fmadd_ps(_mm512_set1_ps(xsum[(m0 + i) * G + g]), zero, sum);
+                            _mm512_store_ps(total[b] + 16 * i, sum);
+                        }
+                    }
+                }
+                for (int b = 0; b < nb; b++)
+                    for (int i = 0; i < MR; i++)
+                        for (int j = 0; j < 16 && (b0 + b) * 16 + j < n_out; j++)
+                            y[(m0 + i) * n_out + (b0 + b) * 16 + j] = bf16_round(total[b][16 * i + j]);
+            }
+        }
+        if (configured) _tile_release();
+    }
+    free(xsum);
+    free(xp);
+    return 0;
+}
+#endif
 #endif

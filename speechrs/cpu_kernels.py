@@ -77,7 +77,8 @@ def _build(extra: list[str] | None = None) -> Path:
 
 
 AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"}  # the AVX-512 variant's target
-SETTINGS = ("0", "1", "avx2")
+SETTINGS = ("0", "1", "avx2", "avx512")
+AMX_FLAGS = {"amx_tile", "amx_bf16"}
 
 
 @functools.cache
@@ -100,7 +101,7 @@ def _wanted() -> str | None:
     if setting == "0":
         return "SPEECHRS_CPU_KERNELS=0"
     if setting is not None and setting not in SETTINGS:
-        return f"SPEECHRS_CPU_KERNELS={setting!r} is none of 0 (never), 1 (the best variant), avx2"
+        return f"SPEECHRS_CPU_KERNELS={setting!r} is none of 0 (never), 1 (the best variant), avx2, avx512"
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"built for x86-64 Linux only ({platform.system()} {platform.machine()})"
     flags = _flags()
@@ -141,6 +142,8 @@ def _library() -> ctypes.CDLL | str:
     if hasattr(library, "speechrs_int8_linear_avx512"):  # same arguments as the AVX2 ones
         library.speechrs_int8_linear_avx512.argtypes = library.speechrs_int8_linear.argtypes
         library.speechrs_int4_linear_avx512.argtypes = library.speechrs_int4_linear.argtypes
+        if hasattr(library, "speechrs_int4_linear_amx"):
+            library.speechrs_int4_linear_amx.argtypes = library.speechrs_int4_linear.argtypes
         library.speechrs_int4_weights_avx512.argtypes = [
             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
             ctypes.c_void_p, ctypes.c_int,
@@ -162,18 +165,41 @@ def available() -> bool:
     return why_not() is None
 
 
+def _amx_tiles() -> bool:
+    """Whether the AMX int4 kernel can run in this process: the CPU has AMX-BF16, the library has the kernel, and
+    Linux granted the process tile data."""
+    flags = _flags()
+    return flags is not None and flags >= AMX_FLAGS and _amx_granted()
+
+
+@functools.cache
+def _amx_granted() -> bool:
+    """Asked once per process (oneDNN asks the same when it first uses AMX)."""
+    library = _library()
+    if isinstance(library, str) or not hasattr(library, "speechrs_int4_linear_amx"):
+        return False
+    return library.speechrs_amx_request() == 0
+
+
 def variant() -> str | None:
-    """ "avx512" or "avx2": the int8 / int4 kernels layers made now run; None where none are used (why_not())."""
+    """ "amx", "avx512" or "avx2": the int8 / int4 kernels layers made now run ("amx": AVX-512 BF16's, int4
+    through the tile unit); None where none are used (why_not())."""
     if why_not() is not None:
         return None
     library = _library()
     built = not isinstance(library, str) and hasattr(library, "speechrs_int8_linear_avx512")
-    return "avx512" if built and _setting() != "avx2" and _best_variant() == "avx512" else "avx2"
+    if not built or _setting() == "avx2" or _best_variant() != "avx512":
+        return "avx2"
+    return "amx" if _setting() != "avx512" and _amx_tiles() else "avx512"
 
 
 def kernel_name(variant: str | None) -> str:
     """How a load line and a layer's repr name the kernel `variant` (None: torch's)."""
-    names = {"avx512": "speechrs's AVX-512 BF16 kernel", "avx2": "speechrs's AVX2 kernel"}
+    names = {
+        "amx": "speechrs's AMX / AVX-512 BF16 kernel",
+        "avx512": "speechrs's AVX-512 BF16 kernel",
+        "avx2": "speechrs's AVX2 kernel",
+    }
     return names.get(variant or "", "torch's kernel")
 
 
@@ -208,12 +234,15 @@ FUNCTIONS = {
     ("int8", "avx512"): "speechrs_int8_linear_avx512",
     ("int4", "avx2"): "speechrs_int4_linear",
     ("int4", "avx512"): "speechrs_int4_linear_avx512",
+    ("int8", "amx"): "speechrs_int8_linear_avx512",
+    ("int4", "amx"): "speechrs_int4_linear_amx",
 }
 
 
 def int8_linear(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, n_out: int, variant: str = "avx2"):
     """x (M, K) -> (M, n_out) bf16 with codes blocked (N/8, K/8, 8, 8) int8, scale (N,) fp32 (N >= n_out, the
-    codes' rows padded to a block); x is rounded to bf16 first. Only where variant() is `variant` or "avx512"."""
+    codes' rows padded to a block); x is rounded to bf16 first. Only where variant() is `variant` or above it
+    (avx2 < avx512 < amx)."""
     n_blocks, k8 = blocked.shape[:2]
     weights = (blocked.data_ptr(), scale.data_ptr(), n_blocks, n_out)
     return _run(FUNCTIONS["int8", variant], x, k8 * 8, n_out, *weights)
@@ -222,17 +251,18 @@ def int8_linear(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, n_o
 def int4_linear(x: torch.Tensor, blocked: torch.Tensor, scale_zero: torch.Tensor, group: int, n_out: int,
                 variant: str = "avx2"):  # fmt: skip
     """x (M, K) -> (M, n_out) bf16 with codes and scales blocked as quant.Int4Linear holds them for `variant`
-    (avx2: (N/8, K/2, 8) uint8 and (N/8, K/group, 2, 8) bf16; avx512: (N/16, K/8, 16, 4) and (N/16, K/group, 2,
-    16)), N >= n_out; x is rounded to bf16 first. Only where variant() is `variant` or "avx512"."""
-    features = blocked.shape[1] * (8 if variant == "avx512" else 2)
+    (avx2: (N/8, K/2, 8) uint8 and (N/8, K/group, 2, 8) bf16; avx512 and amx: (N/16, K/8, 16, 4) and (N/16,
+    K/group, 2, 16)), N >= n_out; x is rounded to bf16 first. Only where variant() is `variant` or above it (avx2 <
+    avx512 < amx)."""
+    features = blocked.shape[1] * (8 if variant in ("avx512", "amx") else 2)
     weights = (blocked.data_ptr(), scale_zero.data_ptr(), group, len(blocked), n_out)
     return _run(FUNCTIONS["int4", variant], x, features, n_out, *weights)
 
 
 def int4_weights(blocked: torch.Tensor, scale_zero: torch.Tensor, group: int, start: int, stop: int) -> torch.Tensor:
-    """Rows [start, stop) of int4 codes blocked as for int4_linear's avx512 variant made bf16 weights (rows, K):
-    (q - 8) * scale + zero, each step rounded in fp32, then to bf16. start a multiple of 16. Only where variant() is
-    "avx512"."""
+    """Rows [start, stop) of int4 codes blocked as for int4_linear's avx512 / amx variants made bf16 weights (rows,
+    K): (q - 8) * scale + zero, each step rounded in fp32, then to bf16. start a multiple of 16. Only where
+    variant() is "avx512" or "amx"."""
     library = _library()
     assert not isinstance(library, str), library
     b0, b1 = start // 16, -(-stop // 16)

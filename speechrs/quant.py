@@ -24,6 +24,9 @@ from .layers import cpu_native_bf16
 QUANTIZATIONS = ("int8", "int4")
 INT4_GROUP = 32  # 32..256 allowed by the kernel; 32 keeps the most precision (anchors: group 128 lost much more)
 INT4_ROWS = 64  # the packed layout's row block on AVX-512 (32 on AVX2): pad N to a multiple of both
+# speechrs's kernel variants whose int4 codes are blocked 16 rows wide (the AVX-512 BF16 layout, cpu_kernels.c); "amx"
+# runs the same layouts, its int4 through the tile unit
+WIDE_LAYOUT = ("avx512", "amx")
 KERNEL_DTYPE = torch.bfloat16  # the activation dtype the CPU kernels are vectorised for
 # Rows are quantized a block at a time, each block ~16 MiB in float32: its several passes stay in the L2/L3
 # cache instead of streaming memory, and the load never holds more than one block's float32 copy.
@@ -41,7 +44,7 @@ DEQUANT_ROWS = 64
 # 128 / 192 / 383 rows against 27 / 42 / 55 / 102, 3072 x 8192 11 / 21 / 31 / 63 against 13 / 20 / 27 / 50. (An
 # earlier reading on 2 Zen 5 cores put the crossing at 192-256.) The AVX2 figures above were measured before codes()
 # converted 6x faster: the AVX2 crossover may now be lower (not measured again; no AVX2 machine since).
-KERNEL_ROWS = {"avx2": 256, "avx512": 128}
+KERNEL_ROWS = {"avx2": 256, "avx512": 128, "amx": 128}
 # ...converted a block of weight rows at a time, each block (16 MiB converted) multiplied while it is in cache:
 # the whole weight converted at once is a fresh 100 MB+ buffer per call, whose page faults and memory traffic cost
 # as much as the GEMM. 383 rows on AMX, bf16: 16384 x 3072 70 -> 40 ms, 3072 x 8192 36 -> 18 ms; the fp32 path
@@ -54,7 +57,7 @@ DEQUANT_BLOCK_BYTES = 2**24
 # 132 / 200-211 / 279-282 / 333-379 at 16 / 32 / 64 / 128-383 rows: even at ~40. On its 16-row layout the kernel
 # holds ~290 GFLOP/s at 16 rows (conversion 0.48 ms per 2048 x 3072): about even with the GEMM at 64 rows, which
 # wins above (the crossover not measured again).
-INT4_GEMM_ROWS = 64
+INT4_GEMM_ROWS = {"avx512": 64, "amx": 64}
 
 
 def check_quantization(name: str | None) -> str | None:
@@ -136,7 +139,7 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = qweight.shape
         cpu = qweight.device.type == "cpu" and self.in_features % 8 == 0
-        self.kernel = cpu_kernels.variant() if cpu else None  # speechrs's "avx512" / "avx2", or None: torch's
+        self.kernel = cpu_kernels.variant() if cpu else None  # speechrs's "amx" / "avx512" / "avx2", or None: torch's
         if self.blocked:
             qweight = _blocked(qweight)
             scale32 = F.pad(scale.to(KERNEL_DTYPE).float(), (0, len(qweight) * 8 - self.out_features))
@@ -242,10 +245,11 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.kernel = kernel
         self.out_features, self.group = out_features, group
-        self.in_features = packed.shape[1] * 8 if kernel == "avx512" else packed.shape[1] * 2
+        self.in_features = packed.shape[1] * 8 if kernel in WIDE_LAYOUT else packed.shape[1] * 2
         if self.blocked:  # the layout cpu_kernels.int4_linear reads without checking it per call
             r, k = self.block_rows, self.in_features
-            shape = (-(-out_features // r), k // 8, r, 4) if kernel == "avx512" else (-(-out_features // r), k // 2, r)
+            n = -(-out_features // r)
+            shape = (n, k // 8, r, 4) if kernel in WIDE_LAYOUT else (n, k // 2, r)
             assert packed.shape == shape and packed.dtype == torch.uint8 and group % 32 == 0
             assert scale_zero.shape == (shape[0], k // group, 2, r)
             packed, scale_zero = packed.contiguous(), scale_zero.contiguous()
@@ -255,7 +259,7 @@ class Int4Linear(nn.Module):
     @property
     def block_rows(self) -> int:
         """Output rows to a block of the blocked layout: 16 for speechrs's AVX-512 kernel, 8 for its AVX2 one."""
-        return 16 if self.kernel == "avx512" else 8
+        return 16 if self.kernel in WIDE_LAYOUT else 8
 
     @staticmethod
     def _speechrs_kernel(device: torch.device) -> str | None:
@@ -289,11 +293,11 @@ class Int4Linear(nn.Module):
         n, half_k = codes.shape
         kernel = cls._speechrs_kernel(codes.device)
         if kernel:  # its byte is the portable one: only the rows move
-            r = 16 if kernel == "avx512" else 8
+            r = 16 if kernel in WIDE_LAYOUT else 8
             pad = -n % r
             codes = F.pad(codes, (0, 0, 0, pad)) if pad else codes
             scale_zero = F.pad(scale_zero.to(KERNEL_DTYPE), (0, 0, 0, pad)) if pad else scale_zero.to(KERNEL_DTYPE)
-            if kernel == "avx512":  # (N/16, K/8, 16, 4): each chunk of 8 along K, 4 bytes of each of 16 rows
+            if kernel in WIDE_LAYOUT:  # (N/16, K/8, 16, 4): each chunk of 8 along K, 4 bytes of each of 16 rows
                 blocked = codes.view(-1, r, half_k // 4, 4).permute(0, 2, 1, 3).contiguous()
             else:  # (N/8, K/2, 8)
                 blocked = codes.view(-1, r, half_k).transpose(1, 2).contiguous()
@@ -334,18 +338,18 @@ class Int4Linear(nn.Module):
     @property
     def dequant_rows(self) -> int:
         """From this many rows on, the weights are made bf16 for a GEMM instead of going through a kernel."""
-        return INT4_GEMM_ROWS if self.kernel == "avx512" and cpu_native_bf16() else 2**62
+        return INT4_GEMM_ROWS.get(self.kernel or "", 2**62) if cpu_native_bf16() else 2**62
 
     def _portable_codes(self, blocks: torch.Tensor) -> torch.Tensor:
         """Blocks of the blocked codes back to int4_codes()'s portable bytes, (rows, K/2)."""
-        if self.kernel == "avx512":  # (n, K/8, 16, 4)
+        if self.kernel in WIDE_LAYOUT:  # (n, K/8, 16, 4)
             return blocks.permute(0, 2, 1, 3).reshape(-1, self.in_features // 2)
         return blocks.transpose(1, 2).reshape(-1, self.in_features // 2)  # (n, K/2, 8)
 
     def weights(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows [start, stop) of the weight, (q - 8) * scale + zero computed in float32, as (rows, K) in `dtype`
         (blocked layout only; start a multiple of block_rows)."""
-        if self.kernel == "avx512" and dtype == KERNEL_DTYPE:  # one pass in C, ~10x the torch ops below
+        if self.kernel in WIDE_LAYOUT and dtype == KERNEL_DTYPE:  # one pass in C, ~10x the torch ops below
             return cpu_kernels.int4_weights(self.packed, self.scale_zero, self.group, start, stop)
         r = self.block_rows
         codes = self._portable_codes(self.packed[start // r : -(-stop // r)])  # (rows, K/2)

@@ -8,16 +8,20 @@ import torch
 from speechrs import compute, cpu_kernels, quant
 from speechrs.upcast import UpcastLinear
 
+NAMES = {"avx2": "AVX2", "avx512": "AVX-512 BF16", "amx": "AMX / AVX-512 BF16"}  # in load lines and reprs
 
-@pytest.fixture(params=["avx2", "avx512"])
+
+@pytest.fixture(params=["avx2", "avx512", "amx"])
 def kernels(request, monkeypatch) -> str:
     """Each variant forced on where the CPU has it (any AVX2 + FMA machine runs "avx2", one with AVX-512 BF16
-    "avx512" too, whatever the default picks for its CPU); skipped with the reason elsewhere."""
-    monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "avx2" if request.param == "avx2" else "1")
+    "avx512" too, one with AMX "amx" as well, whatever the default picks for its CPU); skipped with the reason
+    elsewhere."""
+    monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "1" if request.param == "amx" else request.param)
     if not cpu_kernels.available():
         pytest.skip(f"speechrs's kernels cannot run here: {cpu_kernels.why_not()}")
     if cpu_kernels.variant() != request.param:
-        pytest.skip(f"speechrs's {request.param} kernels cannot run here: the CPU lacks AVX-512 BF16 or the compiler")
+        lacks = "AMX" if request.param == "amx" else "AVX-512 BF16"
+        pytest.skip(f"speechrs's {request.param} kernels cannot run here: the CPU lacks {lacks} or the compiler")
     return request.param
 
 
@@ -52,7 +56,7 @@ def _weight(layer: torch.nn.Module) -> torch.Tensor:
 @pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 7, 9, 15, 17, 64])
 def test_the_kernels_are_exact_to_float32_sums_rounded_once_to_bf16(kernels, kind, rows, monkeypatch):
     _bf16_variant(kind, kernels)
-    monkeypatch.setattr(quant, "INT4_GEMM_ROWS", 10**6)  # the kernel at every row count (test_quant has the GEMM's)
+    monkeypatch.setattr(quant, "INT4_GEMM_ROWS", {})  # the kernel at every row count (test_quant has the GEMM's)
     # N not a multiple of the 8-row block; K = 9 int4 groups, 36 int8 steps
     layer = _layer(kind, 100, 288, variant=kernels)
     x = torch.randn(rows, 288, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
@@ -85,7 +89,7 @@ def test_a_rows_result_does_not_depend_on_its_neighbours_or_the_threads(kernels,
 def test_the_layer_holds_the_blocked_codes_and_gives_them_back(kernels):
     codes, scale = _case(100, 256)
     layer = quant.Int8Linear(codes, scale)
-    name = "AVX2" if kernels == "avx2" else "AVX-512 BF16"
+    name = NAMES[kernels]
     assert layer.blocked and layer.qweight.shape == (13, 32, 8, 8) and f"speechrs's {name} kernel" in repr(layer)
     assert torch.equal(layer.codes(), codes) and torch.equal(layer.codes(64, 100), codes[64:])
     assert torch.equal(layer.dequantized(), codes.float() * scale.float()[:, None])
@@ -127,7 +131,7 @@ def test_without_a_working_compiler_torch_s_kernel_runs_and_the_load_line_says_w
 
 
 def test_the_load_line_names_speechrs_s_kernels_where_they_run(kernels, monkeypatch):
-    name = "AVX2" if kernels == "avx2" else "AVX-512 BF16"
+    name = NAMES[kernels]
     for kind in ("int8", "int4"):
         summary = compute.plan("cpu", "auto", kind).summary
         assert f"{kind} weight-only decoder linears (speechrs's {name} kernel)" in summary, summary
@@ -167,7 +171,8 @@ def test_the_default_takes_them_where_they_were_measured_faster(monkeypatch, lev
 
 def test_an_unknown_setting_is_named_and_keeps_torch_s(monkeypatch):
     monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "avx1024")
-    assert cpu_kernels.why_not() == "SPEECHRS_CPU_KERNELS='avx1024' is none of 0 (never), 1 (the best variant), avx2"
+    reason = "SPEECHRS_CPU_KERNELS='avx1024' is none of 0 (never), 1 (the best variant), avx2, avx512"
+    assert cpu_kernels.why_not() == reason
     assert not quant.Int8Linear(*_case(8, 64)).blocked
 
 
