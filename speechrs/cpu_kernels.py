@@ -12,12 +12,15 @@ which resolves to the OpenMP runtime torch has already loaded, so both share one
 works, or the CPU lacks AVX2/FMA, `available()` is False with the reason in `why_not()`, and callers keep torch's
 kernel.
 
-Two variants over the same weight layouts: "avx2" (AVX2 + FMA, activations widened to fp32) and "avx512"
-(AVX-512 BF16: vdpbf16ps on the bf16 activations as they are); `variant()` says which a layer made now runs.
-SPEECHRS_CPU_KERNELS: "0" never use these; "1" wherever they can be built (the best variant the CPU has);
-"avx2" the AVX2 variant even on an AVX-512 CPU; unset, where they were measured faster than torch's: torch's
-kernel level AVX2 (Zen 3), or AVX-512 BF16 without AMX (Zen 4; an earlier reading on Zen 5 agreed). With AMX
-(Sapphire Rapids and later), or AVX-512 without BF16, torch's kernels stay unless set.
+Three variants: "avx2" (AVX2 + FMA, activations widened to fp32), "avx512" (AVX-512 BF16: vdpbf16ps on the bf16
+activations as they are) and "amx" (where the CPU has AMX tiles: avx512's int8 kernel, int4 through the tile
+unit, both on avx512's layouts). On 2 Sapphire Rapids-class cores (22-28 GB/s) the AMX int4 kernel streams 14-16
+GB/s of int4 at one row (the AVX-512 one 17-18, torch's 15-18) and holds 10-14 from 2 rows to 8, where the
+AVX-512 one falls from 12 to 3; the AVX-512 int8 kernel reads 19-23 GB/s at one row against torch's 12-19.
+`variant()` says which a layer made now runs. SPEECHRS_CPU_KERNELS: "0" never use these; "1" wherever they can be
+built (the best variant the CPU has); "avx512" / "avx2" that variant at most; unset, where they were measured
+faster than torch's: torch's kernel level AVX2 (Zen 3), AVX-512 BF16 (Zen 4, an earlier reading on Zen 5
+agreeing) and AMX (Sapphire Rapids class). On AVX-512 without BF16 torch's kernels stay unless set.
 """
 
 import ctypes
@@ -109,10 +112,9 @@ def _wanted() -> str | None:
         return "the CPU lacks AVX2/FMA"
     if setting is None:
         level = torch.backends.cpu.get_cpu_capability()
-        amx = flags is not None and "amx_bf16" in flags
-        if level == "AVX2" or (level == "AVX512" and _best_variant() == "avx512" and not amx):
+        if level == "AVX2" or (level == "AVX512" and _best_variant() == "avx512"):
             return None
-        what = " with AMX" if amx else " without AVX-512 BF16" if level == "AVX512" else ""
+        what = " without AVX-512 BF16" if level == "AVX512" else ""
         return f"torch's kernels on {level}{what} (SPEECHRS_CPU_KERNELS=1 to use them)"
     return None
 

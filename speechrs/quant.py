@@ -44,7 +44,9 @@ DEQUANT_ROWS = 64
 # 128 / 192 / 383 rows against 27 / 42 / 55 / 102, 3072 x 8192 11 / 21 / 31 / 63 against 13 / 20 / 27 / 50. (An
 # earlier reading on 2 Zen 5 cores put the crossing at 192-256.) The AVX2 figures above were measured before codes()
 # converted 6x faster: the AVX2 crossover may now be lower (not measured again; no AVX2 machine since).
-KERNEL_ROWS = {"avx2": 256, "avx512": 128, "amx": 128}
+# With AMX the bf16 GEMM runs ~5x faster again (2 Sapphire Rapids-class cores: 1.3-2.6 TFLOP/s) while the AVX-512
+# kernel's int8 falls to 3-4 GB/s of codes at 16 rows: the GEMM takes over where torch's kernel hands over too.
+KERNEL_ROWS = {"avx2": 256, "avx512": 128, "amx": DEQUANT_ROWS}
 # ...converted a block of weight rows at a time, each block (16 MiB converted) multiplied while it is in cache:
 # the whole weight converted at once is a fresh 100 MB+ buffer per call, whose page faults and memory traffic cost
 # as much as the GEMM. 383 rows on AMX, bf16: 16384 x 3072 70 -> 40 ms, 3072 x 8192 36 -> 18 ms; the fp32 path

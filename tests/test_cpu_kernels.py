@@ -56,7 +56,9 @@ def _weight(layer: torch.nn.Module) -> torch.Tensor:
 @pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 7, 9, 15, 17, 64])
 def test_the_kernels_are_exact_to_float32_sums_rounded_once_to_bf16(kernels, kind, rows, monkeypatch):
     _bf16_variant(kind, kernels)
-    monkeypatch.setattr(quant, "INT4_GEMM_ROWS", {})  # the kernel at every row count (test_quant has the GEMM's)
+    # the kernel at every row count (test_quant has the GEMM routes')
+    monkeypatch.setattr(quant, "INT4_GEMM_ROWS", {})
+    monkeypatch.setattr(quant, "KERNEL_ROWS", dict.fromkeys(("avx2", "avx512", "amx"), 10**6))
     # N not a multiple of the 8-row block; K = 9 int4 groups, 36 int8 steps
     layer = _layer(kind, 100, 288, variant=kernels)
     x = torch.randn(rows, 288, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
@@ -149,7 +151,7 @@ def test_the_load_line_names_speechrs_s_kernels_where_they_run(kernels, monkeypa
     [
         ("AVX2", {"avx2", "fma"}, "avx2"),  # Zen 3: measured faster than torch's
         ("AVX512", {"avx2", "fma", *cpu_kernels.AVX512_FLAGS}, "avx512"),  # Zen 5: measured faster
-        ("AVX512", {"avx2", "fma", *cpu_kernels.AVX512_FLAGS, "amx_bf16"}, "with AMX"),  # torch's stay
+        ("AVX512", {"avx2", "fma", *cpu_kernels.AVX512_FLAGS, *cpu_kernels.AMX_FLAGS}, "amx"),  # Sapphire Rapids
         ("AVX512", {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}, "without AVX-512 BF16"),
         ("DEFAULT", {"sse4_2"}, "lacks AVX2/FMA"),
     ],
@@ -158,10 +160,15 @@ def test_the_default_takes_them_where_they_were_measured_faster(monkeypatch, lev
     monkeypatch.delenv("SPEECHRS_CPU_KERNELS", raising=False)
     monkeypatch.setattr(cpu_kernels, "_flags", lambda: frozenset(flags))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: level)
-    if chosen in ("avx2", "avx512"):
+    if chosen in ("avx2", "avx512", "amx"):
         if cpu_kernels.why_not() is not None:
             pytest.skip(f"speechrs's kernels cannot run here: {cpu_kernels.why_not()}")
+        if chosen == "amx" and not cpu_kernels._amx_granted():
+            pytest.skip("this CPU (or its compiler, or Linux) gives no AMX tiles: the amx variant cannot run here")
         assert cpu_kernels.variant() == chosen
+        if chosen != "avx2":  # the AVX-512 BF16 variant without tiles, on request
+            monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "avx512")
+            assert cpu_kernels.variant() == "avx512"
         monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "avx2")
         assert cpu_kernels.variant() == "avx2"
     else:
