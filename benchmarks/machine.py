@@ -97,7 +97,7 @@ def _l3_bytes() -> int:
 
 
 ROTATE_BYTES = max(512 * 2**20, 2 * _l3_bytes())
-# SPEECHRS_CPU_KERNELS for each; "amx" differs from "avx512" in int4 only (its int8 is the AVX-512 kernel)
+# SPEECHRS_CPU_KERNELS for each
 KERNEL_SETTINGS = {"speechrs-amx": "1", "speechrs-avx512": "avx512", "speechrs-avx2": "avx2", "torch": "0"}
 
 
@@ -135,8 +135,7 @@ def paths(weight: torch.Tensor) -> dict:
         os.environ["SPEECHRS_CPU_KERNELS"] = KERNEL_SETTINGS[kernel]
         q8, q4 = Int8Linear.quantize(w16), Int4Linear.quantize(w16)
         q4_bytes = n * k // 2 + q4.scale_zero.numel() * 2
-        if kernel != "speechrs-amx":
-            out[f"int8 {kernel}"] = ([copy.deepcopy(q8) for _ in copies(n * k)], n * k)
+        out[f"int8 {kernel}"] = ([copy.deepcopy(q8) for _ in copies(n * k)], n * k)
         out[f"int4 {kernel}"] = ([copy.deepcopy(q4) for _ in copies(q4_bytes)], q4_bytes)
     os.environ.pop("SPEECHRS_CPU_KERNELS", None)
     return out

@@ -146,6 +146,10 @@ def _library() -> ctypes.CDLL | str:
         library.speechrs_int4_linear_avx512.argtypes = library.speechrs_int4_linear.argtypes
         if hasattr(library, "speechrs_int4_linear_amx"):
             library.speechrs_int4_linear_amx.argtypes = library.speechrs_int4_linear.argtypes
+            library.speechrs_int8_linear_amx.argtypes = library.speechrs_int8_linear.argtypes
+            library.speechrs_int8_weights_amx.argtypes = [
+                ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
+            ]  # fmt: skip
         library.speechrs_int4_weights_avx512.argtypes = [
             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
             ctypes.c_void_p, ctypes.c_int,
@@ -236,18 +240,18 @@ FUNCTIONS = {
     ("int8", "avx512"): "speechrs_int8_linear_avx512",
     ("int4", "avx2"): "speechrs_int4_linear",
     ("int4", "avx512"): "speechrs_int4_linear_avx512",
-    ("int8", "amx"): "speechrs_int8_linear_avx512",
+    ("int8", "amx"): "speechrs_int8_linear_amx",
     ("int4", "amx"): "speechrs_int4_linear_amx",
 }
 
 
 def int8_linear(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, n_out: int, variant: str = "avx2"):
-    """x (M, K) -> (M, n_out) bf16 with codes blocked (N/8, K/8, 8, 8) int8, scale (N,) fp32 (N >= n_out, the
-    codes' rows padded to a block); x is rounded to bf16 first. Only where variant() is `variant` or above it
-    (avx2 < avx512 < amx)."""
-    n_blocks, k8 = blocked.shape[:2]
+    """x (M, K) -> (M, n_out) bf16 with codes blocked (N/8, K/8, 8, 8) int8 (amx: (N/16, K, 16)), scale (N,)
+    fp32 (N >= n_out, the codes' rows padded to a block); x is rounded to bf16 first. Only where variant() is
+    `variant` or above it (avx2 < avx512 < amx)."""
+    n_blocks, k = blocked.shape[:2]
     weights = (blocked.data_ptr(), scale.data_ptr(), n_blocks, n_out)
-    return _run(FUNCTIONS["int8", variant], x, k8 * 8, n_out, *weights)
+    return _run(FUNCTIONS["int8", variant], x, k if variant == "amx" else k * 8, n_out, *weights)
 
 
 def int4_linear(x: torch.Tensor, blocked: torch.Tensor, scale_zero: torch.Tensor, group: int, n_out: int,
@@ -273,6 +277,19 @@ def int4_weights(blocked: torch.Tensor, scale_zero: torch.Tensor, group: int, st
     args = (blocked.data_ptr(), scale_zero.data_ptr(), k, group, b0, b1, out.data_ptr(), torch.get_num_threads())
     library.speechrs_int4_weights_avx512(*args)
     return out[: stop - start]
+
+
+def int8_weights(blocked: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) of int8 codes blocked for the amx variant, (ceil(N/16), K, 16), as exact bf16 weights
+    (rows, K): the transpose of a contiguous (K, rows), as a GEMM reads it best. start a multiple of 16. Only where
+    variant() is "amx"."""
+    library = _library()
+    assert not isinstance(library, str), library
+    b0, b1 = start // 16, -(-stop // 16)
+    k = blocked.shape[1]
+    out = torch.empty(k, (b1 - b0) * 16, dtype=torch.bfloat16)
+    library.speechrs_int8_weights_amx(blocked.data_ptr(), k, b0, b1, out.data_ptr(), torch.get_num_threads())
+    return out.T[: stop - start]
 
 
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -111,12 +111,16 @@ def int8_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return qweight, scale.to(KERNEL_DTYPE)
 
 
-def _blocked(qweight: torch.Tensor) -> torch.Tensor:
-    """(N, K) codes -> (ceil(N/8), K/8, 8, 8): the layout cpu_kernels.c streams, 8 rows' next 8 codes in 64
-    contiguous bytes (rows padded with zero codes to a multiple of 8)."""
+def _blocked(qweight: torch.Tensor, kernel: str) -> torch.Tensor:
+    """(N, K) codes -> the layout cpu_kernels.c streams, rows padded with zero codes to a block: (ceil(N/8), K/8,
+    8, 8), 8 rows' next 8 codes in 64 contiguous bytes; for the AMX kernel (ceil(N/16), K, 16), 16 rows' code of
+    each k in 16."""
     n, k = qweight.shape
-    qweight = F.pad(qweight, (0, 0, 0, -n % 8)) if n % 8 else qweight
-    return qweight.view(-1, 8, k // 8, 8).transpose(1, 2).contiguous()
+    r = 16 if kernel == "amx" else 8
+    qweight = F.pad(qweight, (0, 0, 0, -n % r)) if n % r else qweight
+    if kernel == "amx":
+        return qweight.view(-1, r, k).transpose(1, 2).contiguous()
+    return qweight.view(-1, r, k // 8, 8).transpose(1, 2).contiguous()
 
 
 class Int8Linear(nn.Module):
@@ -127,9 +131,9 @@ class Int8Linear(nn.Module):
     All compute the same numbers up to the order of the sums: bf16-rounded activations, fp32 accumulation, the
     product rounded to bf16."""
 
-    qweight: torch.Tensor  # (N, K) int8, or (ceil(N/8), K/8, 8, 8) when `blocked`
+    qweight: torch.Tensor  # (N, K) int8, or when `blocked` (ceil(N/8), K/8, 8, 8) ("amx": (ceil(N/16), K, 16))
     scale: torch.Tensor  # (N,) bf16
-    kernel_scale: torch.Tensor  # (ceil(N/8) * 8,) fp32, when `blocked`
+    kernel_scale: torch.Tensor  # (N padded to a block,) fp32, when `blocked`
     quantized_at_load = False  # True when made from float weights here, False when read from stored codes
 
     @property
@@ -141,10 +145,13 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = qweight.shape
         cpu = qweight.device.type == "cpu" and self.in_features % 8 == 0
-        self.kernel = cpu_kernels.variant() if cpu else None  # speechrs's "amx" / "avx512" / "avx2", or None: torch's
-        if self.blocked:
-            qweight = _blocked(qweight)
-            scale32 = F.pad(scale.to(KERNEL_DTYPE).float(), (0, len(qweight) * 8 - self.out_features))
+        kernel = cpu_kernels.variant() if cpu else None  # speechrs's "amx" / "avx512" / "avx2", or None: torch's
+        if kernel == "amx" and self.in_features % 32:  # the tile kernel takes K 32 at a time
+            kernel = "avx512"
+        self.kernel = kernel
+        if kernel is not None:  # blocked
+            qweight = _blocked(qweight, kernel)
+            scale32 = F.pad(scale.to(KERNEL_DTYPE).float(), (0, len(qweight) * self.block_rows - self.out_features))
             self.register_buffer("kernel_scale", scale32, persistent=False)  # the fp32 the kernel reads, padded
         elif qweight.data_ptr() % 64:  # the AVX-512 kernel's aligned loads crash on a view at any offset of a file
             qweight = qweight.clone()
@@ -158,15 +165,26 @@ class Int8Linear(nn.Module):
         return module
 
     @property
+    def block_rows(self) -> int:
+        """Output rows to a block of the blocked layout."""
+        return 16 if self.kernel == "amx" else 8
+
+    @property
     def dequant_rows(self) -> int:
         """From this many rows on, the codes are converted for a GEMM instead of going through a kernel."""
         return KERNEL_ROWS.get(self.kernel or "", DEQUANT_ROWS)
 
     def codes(self, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.int8) -> torch.Tensor:
-        """Rows [start, stop) of the codes as (rows, K) in `dtype` (start a multiple of 8 when blocked)."""
+        """Rows [start, stop) of the codes as (rows, K) in `dtype` (start a multiple of block_rows when blocked;
+        with the AMX layout the transpose of a contiguous (K, rows), as the GEMM reads it best)."""
         stop = self.out_features if stop is None else stop
         if not self.blocked:
             return self.qweight[start:stop].to(dtype)
+        if self.kernel == "amx":  # (n, K, 16)
+            if dtype == KERNEL_DTYPE:  # in C, one pass: the prefill's GEMM blocks
+                return cpu_kernels.int8_weights(self.qweight, start, stop)
+            part = self.qweight[start // 16 : -(-stop // 16)].to(dtype)  # converted, then each k's 16 rows as a run
+            return part.permute(1, 0, 2).reshape(self.in_features, -1).T[: stop - start]
         part = self.qweight[start // 8 : -(-stop // 8)]  # (n, K/8, 8, 8)
         # a row's 8 codes at k..k+7 moved as one int64 back to (rows, K), then converted contiguously: 6x faster
         # than one strided copy-and-convert of bytes (0.8 against 4.5 ms for a block of 2048 x 3072)

@@ -92,9 +92,23 @@ def test_the_layer_holds_the_blocked_codes_and_gives_them_back(kernels):
     codes, scale = _case(100, 256)
     layer = quant.Int8Linear(codes, scale)
     name = NAMES[kernels]
-    assert layer.blocked and layer.qweight.shape == (13, 32, 8, 8) and f"speechrs's {name} kernel" in repr(layer)
+    shape = (7, 256, 16) if kernels == "amx" else (13, 32, 8, 8)  # the AMX kernel's blocks: 16 rows, k-major
+    assert layer.blocked and layer.qweight.shape == shape and f"speechrs's {name} kernel" in repr(layer)
     assert torch.equal(layer.codes(), codes) and torch.equal(layer.codes(64, 100), codes[64:])
+    assert torch.equal(layer.codes(32, 100, torch.bfloat16), codes[32:].to(torch.bfloat16))
     assert torch.equal(layer.dequantized(), codes.float() * scale.float()[:, None])
+
+
+def test_an_int8_layer_the_tile_kernel_cannot_take_runs_the_avx512_one(kernels):
+    """The AMX int8 kernel steps 32 along K: a layer whose K is not a multiple of 32 keeps the AVX-512 kernel."""
+    if kernels != "amx":
+        pytest.skip("only the amx variant has the AMX int8 kernel")
+    codes, scale = _case(40, 264)
+    layer = quant.Int8Linear(codes, scale)
+    assert layer.kernel == "avx512" and layer.qweight.shape == (5, 33, 8, 8)
+    x = torch.randn(3, 264, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    ref = x.double() @ layer.dequantized().double().T
+    assert bool(((layer(x).double() - ref).abs() <= 2.0**-8 * ref.abs() + 1e-4).all())
 
 
 def test_the_library_is_built_once_into_the_cache(kernels, monkeypatch, tmp_path):
