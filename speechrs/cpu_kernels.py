@@ -13,10 +13,11 @@ works, or the CPU lacks AVX2/FMA, `available()` is False with the reason in `why
 kernel.
 
 Three variants: "avx2" (AVX2 + FMA, activations widened to fp32), "avx512" (AVX-512 BF16: vdpbf16ps on the bf16
-activations as they are) and "amx" (where the CPU has AMX tiles: avx512's int8 kernel, int4 through the tile
-unit, both on avx512's layouts). On 2 Sapphire Rapids-class cores (22-28 GB/s) the AMX int4 kernel streams 14-16
-GB/s of int4 at one row (the AVX-512 one 17-18, torch's 15-18) and holds 10-14 from 2 rows to 8, where the
-AVX-512 one falls from 12 to 3; the AVX-512 int8 kernel reads 19-23 GB/s at one row against torch's 12-19.
+activations as they are) and "amx" (where the CPU has AMX tiles: int8 and int4 through the tile unit, int4 on
+avx512's layout, int8 on one of its own). On 2 Sapphire Rapids-class cores (22-28 GB/s) the AMX int4 kernel
+streams 14-16 GB/s of int4 at one row (the AVX-512 one 17-18, torch's 15-18) and holds 10-14 from 2 rows to 8,
+where the AVX-512 one falls from 12 to 3; the AMX int8 kernel 16-20 GB/s of int8 at one row (AVX-512 20-21,
+torch's 12-19) and 18-22 from 2 rows to 16, where the AVX-512 one falls from 17 to 4.
 `variant()` says which a layer made now runs. SPEECHRS_CPU_KERNELS: "0" never use these; "1" wherever they can be
 built (the best variant the CPU has); "avx512" / "avx2" that variant at most; unset, where they were measured
 faster than torch's: torch's kernel level AVX2 (Zen 3), AVX-512 BF16 (Zen 4, an earlier reading on Zen 5
