@@ -16,8 +16,8 @@ Three variants: "avx2" (AVX2 + FMA, activations widened to fp32), "avx512" (AVX-
 activations as they are) and "amx" (where the CPU has AMX tiles: int8 and int4 through the tile unit, int4 on
 avx512's layout, int8 on one of its own). On 2 Sapphire Rapids-class cores (22-28 GB/s) the AMX int4 kernel
 streams 14-16 GB/s of int4 at one row (the AVX-512 one 17-18, torch's 15-18) and holds 10-14 from 2 rows to 8,
-where the AVX-512 one falls from 12 to 3; the AMX int8 kernel 16-20 GB/s of int8 at one row (AVX-512 20-21,
-torch's 12-19) and 18-22 from 2 rows to 16, where the AVX-512 one falls from 17 to 4.
+where the AVX-512 one falls from 12 to 3; the AMX int8 kernel 21-25 GB/s of int8 at one row (AVX-512 20-24,
+torch's 12-19) and 22-25 from 2 rows to 8, where the AVX-512 one falls from 18 to 8.
 `variant()` says which a layer made now runs. SPEECHRS_CPU_KERNELS: "0" never use these; "1" wherever they can be
 built (the best variant the CPU has); "avx512" / "avx2" that variant at most; unset, where they were measured
 faster than torch's: torch's kernel level AVX2 (Zen 3), AVX-512 BF16 (Zen 4, an earlier reading on Zen 5
@@ -173,8 +173,8 @@ def available() -> bool:
 
 
 def _amx_tiles() -> bool:
-    """Whether the AMX int4 kernel can run in this process: the CPU has AMX-BF16, the library has the kernel, and
-    Linux granted the process tile data."""
+    """Whether the AMX kernels can run in this process: the CPU has AMX-BF16, the library has them, and Linux
+    granted the process tile data."""
     flags = _flags()
     return flags is not None and flags >= AMX_FLAGS and _amx_granted()
 
@@ -189,8 +189,8 @@ def _amx_granted() -> bool:
 
 
 def variant() -> str | None:
-    """ "amx", "avx512" or "avx2": the int8 / int4 kernels layers made now run ("amx": AVX-512 BF16's, int4
-    through the tile unit); None where none are used (why_not())."""
+    """ "amx", "avx512" or "avx2": the int8 / int4 kernels layers made now run ("amx": through the tile unit);
+    None where none are used (why_not())."""
     if why_not() is not None:
         return None
     library = _library()

@@ -24,8 +24,8 @@ from .layers import cpu_native_bf16
 QUANTIZATIONS = ("int8", "int4")
 INT4_GROUP = 32  # 32..256 allowed by the kernel; 32 keeps the most precision (anchors: group 128 lost much more)
 INT4_ROWS = 64  # the packed layout's row block on AVX-512 (32 on AVX2): pad N to a multiple of both
-# speechrs's kernel variants whose int4 codes are blocked 16 rows wide (the AVX-512 BF16 layout, cpu_kernels.c); "amx"
-# runs the same layouts, its int4 through the tile unit
+# speechrs's kernel variants whose int4 codes are blocked 16 rows wide (the AVX-512 BF16 layout, cpu_kernels.c; the
+# AMX int4 kernel reads the same one, its int8 kernel a layout of its own)
 WIDE_LAYOUT = ("avx512", "amx")
 KERNEL_DTYPE = torch.bfloat16  # the activation dtype the CPU kernels are vectorised for
 # Rows are quantized a block at a time, each block ~16 MiB in float32: its several passes stay in the L2/L3
