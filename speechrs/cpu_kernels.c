@@ -534,15 +534,16 @@ AVX512 int speechrs_int4_weights_avx512(const uint8_t *codes, const uint16_t *sc
     return 0;
 }
 
-/* ---- AMX (Sapphire Rapids and later): int4 on the same 16-row layout, multiplied by the tile unit ----
+/* ---- AMX (Sapphire Rapids and later): int4 (on the 16-row layout above) and int8 through the tile unit ----
 
    The vectors tile4_avx512 makes from 64 code bytes are exactly the rows of an AMX B tile (row = a pair of k, 32-bit
    lane j = output row j's pair), and a 64-byte run of the reordered activations is an A tile row holding the same
    pairs: so per block and 32 along K (4 chunks) the 16 converted vectors are stored as one 1 KiB B tile and one
    TDPBF16PS multiplies them by up to 16 rows of x at once, where the AVX-512 kernel spends one vdpbf16ps per row
    per vector. A group's sums are stored from the C tile and scaled as in tile4_avx512: y += scale * sum + zero *
-   sum(x over the group). The tile unit sums each product pair in fp32 in its own order (not vdpbf16ps's): results
-   differ from the AVX-512 kernel's within fp32 rounding, and do not depend on the rows beside them. Linux lets a
+   sum(x over the group). The tile unit sums the products in fp32 its own way (measured: 16-pair dot products
+   equal neither a vdpbf16ps chain nor fp32 sums rounded pair by pair): results differ from the AVX-512 kernel's
+   within fp32 rounding, and do not depend on the rows beside them. Linux lets a
    process use tiles after asking (speechrs_amx_request). */
 #ifndef SPEECHRS_NO_AMX
 #include <sys/syscall.h>
@@ -645,9 +646,7 @@ AMX int speechrs_int4_linear_amx(const uint16_t *x, int64_t M, int64_t K, const 
                     if (j + 1 < steps)
                         for (int b = 0; b < nb; b++)
                             amx_b_rows(block + (b * C + 4 * (j + 1)) * 64, table, bt[(j + 1) & 1][b]);
-                    if (j % per_group == 0) {
-                        amx_zero();
-                    }
+                    if (j % per_group == 0) amx_zero();
                     uint16_t(*bj)[16 * 32] = bt[j & 1];
                     _tile_loadd(4, xp + m0 * K + 32 * j, K * 2);
                     amx_multiply(bj, nb);

@@ -123,13 +123,17 @@ def _wanted() -> str | None:
 @functools.cache
 def _library() -> ctypes.CDLL | str:
     """The built and loaded library, or why it could not be had; tried once per process."""
-    try:
-        library = ctypes.CDLL(str(_build()))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        try:  # a compiler too old for AVX-512 BF16 intrinsics (gcc < 10) still builds the AVX2 variant
-            library = ctypes.CDLL(str(_build(["-DSPEECHRS_NO_AVX512"])))
-        except (OSError, RuntimeError, subprocess.SubprocessError):
-            return f"could not build them: {e}"
+    # a compiler too old for AMX intrinsics (gcc < 11) still builds the AVX-512 variant, one too old for AVX-512
+    # BF16 (gcc < 10) the AVX2 one
+    first: Exception | None = None
+    for extra in ([], ["-DSPEECHRS_NO_AMX"], ["-DSPEECHRS_NO_AVX512"]):
+        try:
+            library = ctypes.CDLL(str(_build(extra)))
+            break
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            first = first or e
+    else:
+        return f"could not build them: {first}"
     library.speechrs_int8_linear.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
         ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
