@@ -28,8 +28,8 @@ def _close_to_bf16_rounding(y: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 # each quantization with each CPU kernel, on any machine that can run it (the default picks one per CPU): speechrs's
-# AMX (int4 through the tile unit), AVX-512 BF16 and AVX2 kernels (cpu_kernels.c) and torch's _weight_int8pack_mm /
-# _weight_int4pack_mm_for_cpu
+# AMX (int8 and int4 through the tile unit), AVX-512 BF16 and AVX2 kernels (cpu_kernels.c) and torch's
+# _weight_int8pack_mm / _weight_int4pack_mm_for_cpu
 PATHS = [f"{kind}-{kernel}" for kind in ("int8", "int4") for kernel in ("amx", "avx512", "avx2", "torch")]
 SETTINGS = {"amx": "1", "avx512": "avx512", "avx2": "avx2", "torch": "0"}  # SPEECHRS_CPU_KERNELS for each
 
