@@ -83,6 +83,9 @@ def _build(extra: list[str] | None = None) -> Path:
 AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"}  # the AVX-512 variant's target
 SETTINGS = ("0", "1", "avx2", "avx512")
 AMX_FLAGS = {"amx_tile", "amx_bf16"}
+# the variants whose int4 layout is 16 rows to a block and 8 along K to a row's 4 bytes (the AVX-512 BF16 one, which
+# the AMX int4 kernel reads too); "avx2"'s is 8 rows, 2 along K to a byte
+INT4_WIDE = ("avx512", "amx")
 
 
 @functools.cache
@@ -265,7 +268,7 @@ def int4_linear(x: torch.Tensor, blocked: torch.Tensor, scale_zero: torch.Tensor
     (avx2: (N/8, K/2, 8) uint8 and (N/8, K/group, 2, 8) bf16; avx512 and amx: (N/16, K/8, 16, 4) and (N/16,
     K/group, 2, 16)), N >= n_out; x is rounded to bf16 first. Only where variant() is `variant` or above it (avx2 <
     avx512 < amx)."""
-    features = blocked.shape[1] * (8 if variant in ("avx512", "amx") else 2)
+    features = blocked.shape[1] * (8 if variant in INT4_WIDE else 2)
     weights = (blocked.data_ptr(), scale_zero.data_ptr(), group, len(blocked), n_out)
     return _run(FUNCTIONS["int4", variant], x, features, n_out, *weights)
 

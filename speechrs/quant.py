@@ -24,9 +24,6 @@ from .layers import cpu_native_bf16
 QUANTIZATIONS = ("int8", "int4")
 INT4_GROUP = 32  # 32..256 allowed by the kernel; 32 keeps the most precision (anchors: group 128 lost much more)
 INT4_ROWS = 64  # the packed layout's row block on AVX-512 (32 on AVX2): pad N to a multiple of both
-# speechrs's kernel variants whose int4 codes are blocked 16 rows wide (the AVX-512 BF16 layout, cpu_kernels.c; the
-# AMX int4 kernel reads the same one, its int8 kernel a layout of its own)
-WIDE_LAYOUT = ("avx512", "amx")
 KERNEL_DTYPE = torch.bfloat16  # the activation dtype the CPU kernels are vectorised for
 # Rows are quantized a block at a time, each block ~16 MiB in float32: its several passes stay in the L2/L3
 # cache instead of streaming memory, and the load never holds more than one block's float32 copy.
@@ -111,12 +108,18 @@ def int8_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return qweight, scale.to(KERNEL_DTYPE)
 
 
+def _block_rows(kind: str, kernel: str | None) -> int:
+    """Output rows to a block of speechrs's `kernel` layout for `kind` ("int8" / "int4"): 16 for int8 on AMX and
+    int4 on AVX-512 BF16 or AMX, else 8."""
+    return 16 if kernel == "amx" or (kind == "int4" and kernel in cpu_kernels.INT4_WIDE) else 8
+
+
 def _blocked(qweight: torch.Tensor, kernel: str) -> torch.Tensor:
     """(N, K) codes -> the layout cpu_kernels.c streams, rows padded with zero codes to a block: (ceil(N/8), K/8,
     8, 8), 8 rows' next 8 codes in 64 contiguous bytes; for the AMX kernel (ceil(N/16), K, 16), 16 rows' code of
     each k in 16."""
     n, k = qweight.shape
-    r = 16 if kernel == "amx" else 8
+    r = _block_rows("int8", kernel)
     qweight = F.pad(qweight, (0, 0, 0, -n % r)) if n % r else qweight
     if kernel == "amx":
         return qweight.view(-1, r, k).transpose(1, 2).contiguous()
@@ -167,7 +170,7 @@ class Int8Linear(nn.Module):
     @property
     def block_rows(self) -> int:
         """Output rows to a block of the blocked layout."""
-        return 16 if self.kernel == "amx" else 8
+        return _block_rows("int8", self.kernel)
 
     @property
     def dequant_rows(self) -> int:
@@ -243,7 +246,7 @@ class Int4Linear(nn.Module):
     """A bias-free Linear with 4-bit weights in groups of INT4_GROUP along K, each with a scale and zero point.
 
     Where speechrs's kernels run (cpu_kernels.py) the codes and scales are held blocked for its int4 kernel
-    (8 output rows to a vector; `kernel` the variant), elsewhere packed for torch's; both compute from bf16-rounded
+    (8 or 16 output rows to a block, block_rows; `kernel` the variant), elsewhere packed for torch's; both compute from bf16-rounded
     activations with fp32 accumulation and round the product to bf16."""
 
     # torch's: packed (N padded, K / 2) uint8 in its layout for this CPU, scale_zero (K / g, N padded, 2) bf16;
@@ -265,11 +268,11 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.kernel = kernel
         self.out_features, self.group = out_features, group
-        self.in_features = packed.shape[1] * 8 if kernel in WIDE_LAYOUT else packed.shape[1] * 2
+        self.in_features = packed.shape[1] * 8 if kernel in cpu_kernels.INT4_WIDE else packed.shape[1] * 2
         if self.blocked:  # the layout cpu_kernels.int4_linear reads without checking it per call
             r, k = self.block_rows, self.in_features
             n = -(-out_features // r)
-            shape = (n, k // 8, r, 4) if kernel in WIDE_LAYOUT else (n, k // 2, r)
+            shape = (n, k // 8, r, 4) if kernel in cpu_kernels.INT4_WIDE else (n, k // 2, r)
             assert packed.shape == shape and packed.dtype == torch.uint8 and group % 32 == 0
             assert scale_zero.shape == (shape[0], k // group, 2, r)
             packed, scale_zero = packed.contiguous(), scale_zero.contiguous()
@@ -278,8 +281,9 @@ class Int4Linear(nn.Module):
 
     @property
     def block_rows(self) -> int:
-        """Output rows to a block of the blocked layout: 16 for speechrs's AVX-512 kernel, 8 for its AVX2 one."""
-        return 16 if self.kernel in WIDE_LAYOUT else 8
+        """Output rows to a block of the blocked layout: 16 for speechrs's AVX-512 and AMX kernels, 8 for its AVX2
+        one."""
+        return _block_rows("int4", self.kernel)
 
     @staticmethod
     def _speechrs_kernel(device: torch.device) -> str | None:
@@ -313,11 +317,11 @@ class Int4Linear(nn.Module):
         n, half_k = codes.shape
         kernel = cls._speechrs_kernel(codes.device)
         if kernel:  # its byte is the portable one: only the rows move
-            r = 16 if kernel in WIDE_LAYOUT else 8
+            r = _block_rows("int4", kernel)
             pad = -n % r
             codes = F.pad(codes, (0, 0, 0, pad)) if pad else codes
             scale_zero = F.pad(scale_zero.to(KERNEL_DTYPE), (0, 0, 0, pad)) if pad else scale_zero.to(KERNEL_DTYPE)
-            if kernel in WIDE_LAYOUT:  # (N/16, K/8, 16, 4): each chunk of 8 along K, 4 bytes of each of 16 rows
+            if kernel in cpu_kernels.INT4_WIDE:  # (N/16, K/8, 16, 4): per chunk of 8 along K, 4 bytes of each row
                 blocked = codes.view(-1, r, half_k // 4, 4).permute(0, 2, 1, 3).contiguous()
             else:  # (N/8, K/2, 8)
                 blocked = codes.view(-1, r, half_k).transpose(1, 2).contiguous()
@@ -362,14 +366,14 @@ class Int4Linear(nn.Module):
 
     def _portable_codes(self, blocks: torch.Tensor) -> torch.Tensor:
         """Blocks of the blocked codes back to int4_codes()'s portable bytes, (rows, K/2)."""
-        if self.kernel in WIDE_LAYOUT:  # (n, K/8, 16, 4)
+        if self.kernel in cpu_kernels.INT4_WIDE:  # (n, K/8, 16, 4)
             return blocks.permute(0, 2, 1, 3).reshape(-1, self.in_features // 2)
         return blocks.transpose(1, 2).reshape(-1, self.in_features // 2)  # (n, K/2, 8)
 
     def weights(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows [start, stop) of the weight, (q - 8) * scale + zero computed in float32, as (rows, K) in `dtype`
         (blocked layout only; start a multiple of block_rows)."""
-        if self.kernel in WIDE_LAYOUT and dtype == KERNEL_DTYPE:  # one pass in C, ~10x the torch ops below
+        if self.kernel in cpu_kernels.INT4_WIDE and dtype == KERNEL_DTYPE:  # one pass in C, ~10x the torch ops below
             return cpu_kernels.int4_weights(self.packed, self.scale_zero, self.group, start, stop)
         r = self.block_rows
         codes = self._portable_codes(self.packed[start // r : -(-stop // r)])  # (rows, K/2)
