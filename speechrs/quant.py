@@ -246,8 +246,8 @@ class Int4Linear(nn.Module):
     """A bias-free Linear with 4-bit weights in groups of INT4_GROUP along K, each with a scale and zero point.
 
     Where speechrs's kernels run (cpu_kernels.py) the codes and scales are held blocked for its int4 kernel
-    (8 or 16 output rows to a block, block_rows; `kernel` the variant), elsewhere packed for torch's; both compute from bf16-rounded
-    activations with fp32 accumulation and round the product to bf16."""
+    (8 or 16 output rows to a block, block_rows; `kernel` the variant), elsewhere packed for torch's; both compute
+    from bf16-rounded activations with fp32 accumulation and round the product to bf16."""
 
     # torch's: packed (N padded, K / 2) uint8 in its layout for this CPU, scale_zero (K / g, N padded, 2) bf16;
     # speechrs's AVX2 kernel: (N / 8, K / 2, 8) and (N / 8, K / g, 2, 8); its AVX-512 one: (N / 16, K / 8, 16, 4)
