@@ -18,6 +18,8 @@ avx512's layout, int8 on one of its own). On 2 Sapphire Rapids-class cores (22-2
 streams 14-16 GB/s of int4 at one row (the AVX-512 one 17-18, torch's 15-18) and holds 10-14 from 2 rows to 8,
 where the AVX-512 one falls from 12 to 3; the AMX int8 kernel 21-25 GB/s of int8 at one row (AVX-512 20-24,
 torch's 12-19) and 22-25 from 2 rows to 8, where the AVX-512 one falls from 18 to 8.
+The same library holds the quantizers quant_codes.py runs at load (quant_kernels.c): wherever it runs they do,
+whatever `variant()` says of the matmul kernels, as they compute torch's numbers bit for bit.
 `variant()` says which a layer made now runs. SPEECHRS_CPU_KERNELS: "0" never use these; "1" wherever they can be
 built (the best variant the CPU has); "avx512" / "avx2" that variant at most; unset, where they were measured
 faster than torch's: torch's kernel level AVX2 (Zen 3), AVX-512 BF16 (Zen 4, an earlier reading on Zen 5
@@ -38,8 +40,9 @@ import torch
 
 from .layers import cpu_flags
 
-SOURCE = Path(__file__).with_name("cpu_kernels.c")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
+# the matmul kernels, and the quantizers quant.py runs at load (one library)
+SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.c", "quant_kernels.c")]
+FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 
 
 def cache_dir() -> Path:
@@ -63,7 +66,8 @@ def _build(extra: list[str] | None = None) -> Path:
     if compiler is None:
         raise RuntimeError("no C compiler found (cc, gcc or clang; or set CC)")
     flags = [*FLAGS, *(extra or [])]
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
+    sources = b"".join(source.read_bytes() for source in SOURCES)
+    digest = hashlib.sha256(sources + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
     target = cache_dir() / "kernels" / f"cpu_kernels-{digest}.so"
     if target.exists():
         return target
@@ -71,7 +75,7 @@ def _build(extra: list[str] | None = None) -> Path:
     # built beside the target and renamed: processes building at once each rename a whole library
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        command = [compiler, *flags, str(SOURCE), "-o", str(built)]
+        command = [compiler, *flags, *map(str, SOURCES), "-o", str(built)]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)  # ~1 s; never hang a load
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
@@ -102,8 +106,8 @@ def _best_variant() -> str:
     return "avx512" if flags is not None and flags >= AVX512_FLAGS else "avx2"
 
 
-def _wanted() -> str | None:
-    """None if the kernels should be used here, else why not."""
+def _allowed() -> str | None:
+    """None if this library may be built and run here (its quantizers then always run), else why not."""
     setting = _setting()
     if setting == "0":
         return "SPEECHRS_CPU_KERNELS=0"
@@ -112,15 +116,21 @@ def _wanted() -> str | None:
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"built for x86-64 Linux only ({platform.system()} {platform.machine()})"
     flags = _flags()
-    if flags is not None and not {"avx2", "fma"} <= flags:
-        return "the CPU lacks AVX2/FMA"
-    if setting is None:
+    if flags is not None and not {"avx2", "fma", "f16c"} <= flags:
+        return "the CPU lacks AVX2/FMA/F16C"
+    return None
+
+
+def _wanted() -> str | None:
+    """None if the matmul kernels should be used here, else why not."""
+    setting, reason = _setting(), _allowed()
+    if reason is None and setting is None:
         level = torch.backends.cpu.get_cpu_capability()
         if level == "AVX2" or (level == "AVX512" and _best_variant() == "avx512"):
             return None
         what = " without AVX-512 BF16" if level == "AVX512" else ""
         return f"torch's kernels on {level}{what} (SPEECHRS_CPU_KERNELS=1 to use them)"
-    return None
+    return reason
 
 
 @functools.cache
@@ -144,6 +154,14 @@ def _library() -> ctypes.CDLL | str:
     library.speechrs_bf16_linear.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
         ctypes.c_void_p, ctypes.c_int,
+    ]  # fmt: skip
+    library.speechrs_quantize_int8.argtypes = [
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+    ]  # fmt: skip
+    library.speechrs_quantize_int4.argtypes = [
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
     ]  # fmt: skip
     library.speechrs_int4_linear.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
@@ -305,3 +323,40 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     too); x is rounded to bf16 first. Only where available()."""
     n, k = weight.shape
     return _run("speechrs_bf16_linear", x, k, n, weight.data_ptr(), weight.stride(0), n)
+
+
+QUANTIZED_DTYPES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}  # quant_kernels.c's dtype codes
+
+
+def quantizes(weight: torch.Tensor) -> bool:
+    """Whether quantize_int8 / quantize_int4 take this weight here: wherever the library runs (whatever variant()
+    says of the matmul kernels), a 2-D CPU weight in bf16, fp16 or fp32 with contiguous rows."""
+    ok = weight.device.type == "cpu" and weight.dtype in QUANTIZED_DTYPES and weight.dim() == 2
+    return ok and weight.stride(1) == 1 and _allowed() is None and not isinstance(_library(), str)
+
+
+def quantize_int8(weight: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, rows: int, cols: int) -> None:
+    """quant.int8_codes's numbers for weight (N, K) written into `codes` (int8, laid out in blocks of `rows` x
+    `cols`: (1, K) plain, (8, 8) or (16, 1) blocked, rows past N zero) and `scale` (N,) fp32. Only where
+    quantizes(weight)."""
+    library = _library()
+    assert not isinstance(library, str), library
+    n, k = weight.shape
+    assert codes.dtype == torch.int8 and codes.is_contiguous() and codes.numel() == -(-n // rows) * rows * k
+    assert scale.dtype == torch.float32 and scale.is_contiguous() and len(scale) == n
+    args = (weight.data_ptr(), QUANTIZED_DTYPES[weight.dtype], n, k, weight.stride(0), codes.data_ptr())
+    library.speechrs_quantize_int8(*args, scale.data_ptr(), rows, cols, torch.get_num_threads())
+
+
+def quantize_int4(weight: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor, group: int) -> None:
+    """quant.int4_codes's numbers for weight (N, K) written into codes (N, K / 2) uint8 (contiguous) and
+    scale_zero (K / group, N, 2) fp32 (a view of rows of a larger one too). Only where quantizes(weight); group % 8
+    == 0."""
+    library = _library()
+    assert not isinstance(library, str), library
+    n, k = weight.shape
+    assert group % 8 == 0 and k % group == 0 and codes.is_contiguous() and codes.shape == (n, k // 2)
+    assert scale_zero.dtype == torch.float32 and scale_zero.shape == (k // group, n, 2)
+    assert scale_zero.stride(1) == 2 and scale_zero.stride(2) == 1 and codes.dtype == torch.uint8
+    args = (weight.data_ptr(), QUANTIZED_DTYPES[weight.dtype], n, k, weight.stride(0), group, codes.data_ptr())
+    library.speechrs_quantize_int4(*args, scale_zero.data_ptr(), scale_zero.stride(0) // 2, torch.get_num_threads())

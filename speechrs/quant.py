@@ -9,10 +9,9 @@ On x86 both kernels are vectorised for bfloat16 activations only (a scalar loop 
 cast to bf16 around the call and back. The int4 packed layout depends on the ISA (32 or 64 rows per block), so
 weights are packed here, at load, on the machine that runs them.
 
-Each layer's exact reference is `dequantized()`: the same weight in float32, which the tests compare against.
+The codes are made in quant_codes.py; speechrs's own kernels (cpu_kernels.py) take the place of torch's where
+they were measured faster. Each layer's exact reference is `dequantized()`: the same weight in float32, which the tests compare against.
 """
-
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -20,14 +19,24 @@ from torch import nn
 
 from . import cpu_kernels
 from .layers import cpu_native_bf16
+from .quant_codes import (
+    INT4_GROUP,
+    INT4_ROWS,
+    KERNEL_DTYPE,
+    Weights,
+    blocked_codes,
+    blocked_shape,
+    int4_blocks,
+    int4_codes,
+    int8_codes,
+    int8_kernel,
+    row_blocks,
+    rows_per_block,
+    stacked,
+    weight_parts,
+)
 
 QUANTIZATIONS = ("int8", "int4")
-INT4_GROUP = 32  # 32..256 allowed by the kernel; 32 keeps the most precision (anchors: group 128 lost much more)
-INT4_ROWS = 64  # the packed layout's row block on AVX-512 (32 on AVX2): pad N to a multiple of both
-KERNEL_DTYPE = torch.bfloat16  # the activation dtype the CPU kernels are vectorised for
-# Rows are quantized a block at a time, each block ~16 MiB in float32: its several passes stay in the L2/L3
-# cache instead of streaming memory, and the load never holds more than one block's float32 copy.
-BLOCK_ELEMENTS = 2**22
 # From this many rows on (a prefill, a long batch), int8 codes are converted to bf16 for the call and multiplied
 # by the GEMM, then scaled: the weight-only kernel's 4x4 tiles reach ~130 GFLOP/s for 383 rows where oneDNN's bf16
 # GEMM reaches ~300 with the conversion (AVX-512 BF16). Measured on 16384 x 3072: kernel 14.6 / 58.7 / 110 ms at
@@ -67,19 +76,6 @@ def check_quantization(name: str | None) -> str | None:
     return name
 
 
-def _as_kernel_dtype(scale: torch.Tensor) -> torch.Tensor:
-    """A scale the kernel will read in bf16, rounded there now (up, so no weight leaves the code range), so the
-    codes are computed against the scale actually used: a bf16 ulp is 2^-8 of it, 127 codes could drift 0.5."""
-    return (scale * (1 + 2.0**-7)).to(KERNEL_DTYPE).float()
-
-
-def _row_blocks(n_rows: int, k: int, elements: int = BLOCK_ELEMENTS) -> list[tuple[int, int]]:
-    """[start, stop) row ranges of about `elements` each, in multiples of INT4_ROWS (int4 packs whole
-    row blocks of 32 or 64, so blocks of rows pack independently)."""
-    step = max(INT4_ROWS, elements // k // INT4_ROWS * INT4_ROWS)
-    return [(r, min(r + step, n_rows)) for r in range(0, n_rows, step)]
-
-
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
@@ -90,40 +86,9 @@ def _blockwise_matmul(rows: torch.Tensor, n_out: int, weight_rows, dtype: torch.
     are rounded to bf16 first and the product after, as on a bf16 GEMM, so every CPU computes the same numbers."""
     x_k = rows.to(KERNEL_DTYPE).to(dtype)
     y = torch.empty(len(rows), n_out, dtype=dtype, device=rows.device)
-    for a, b in _row_blocks(n_out, rows.shape[1], DEQUANT_BLOCK_BYTES // dtype.itemsize):
+    for a, b in row_blocks(n_out, rows.shape[1], DEQUANT_BLOCK_BYTES // dtype.itemsize):
         torch.matmul(x_k, weight_rows(a, b, dtype).T, out=y[:, a:b])
     return y.to(KERNEL_DTYPE)
-
-
-def int8_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: codes (N, K) int8 and scales (N,) bf16 with weight ~= codes * scale[:, None]."""
-    weight = weight.detach()
-    qweight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
-    scale = torch.empty(weight.shape[0], device=weight.device)
-    for a, b in _row_blocks(*weight.shape):
-        block = weight[a:b]
-        s = _as_kernel_dtype(block.abs().amax(dim=1).float().clamp(min=1e-12) / 127.0)  # (rows,) max: exact
-        qweight[a:b] = block.to(torch.float32, copy=True).div_(s[:, None]).round_().clamp_(-127, 127)
-        scale[a:b] = s
-    return qweight, scale.to(KERNEL_DTYPE)
-
-
-def _block_rows(kind: str, kernel: str | None) -> int:
-    """Output rows to a block of speechrs's `kernel` layout for `kind` ("int8" / "int4"): 16 for int8 on AMX and
-    int4 on AVX-512 BF16 or AMX, else 8."""
-    return 16 if kernel == "amx" or (kind == "int4" and kernel in cpu_kernels.INT4_WIDE) else 8
-
-
-def _blocked(qweight: torch.Tensor, kernel: str) -> torch.Tensor:
-    """(N, K) codes -> the layout cpu_kernels.c streams, rows padded with zero codes to a block: (ceil(N/8), K/8,
-    8, 8), 8 rows' next 8 codes in 64 contiguous bytes; for the AMX kernel (ceil(N/16), K, 16), 16 rows' code of
-    each k in 16."""
-    n, k = qweight.shape
-    r = _block_rows("int8", kernel)
-    qweight = F.pad(qweight, (0, 0, 0, -n % r)) if n % r else qweight
-    if kernel == "amx":
-        return qweight.view(-1, r, k).transpose(1, 2).contiguous()
-    return qweight.view(-1, r, k // 8, 8).transpose(1, 2).contiguous()
 
 
 class Int8Linear(nn.Module):
@@ -144,16 +109,18 @@ class Int8Linear(nn.Module):
         """Whether the codes are laid out for speechrs's kernels (any variant)."""
         return self.kernel is not None
 
-    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor):
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, blocked: bool = False):
+        """From codes (N, K) and scales (N,), or codes already blocked for the variant a layer made now runs
+        (`blocked`: int8_codes(weight, kernel) with the kernel int8_kernel names)."""
         super().__init__()
-        self.out_features, self.in_features = qweight.shape
-        cpu = qweight.device.type == "cpu" and self.in_features % 8 == 0
-        kernel = cpu_kernels.variant() if cpu else None  # speechrs's "amx" / "avx512" / "avx2", or None: torch's
-        if kernel == "amx" and self.in_features % 32:  # the tile kernel takes K 32 at a time
-            kernel = "avx512"
+        self.out_features = len(scale)
+        self.in_features = qweight.shape[1] * (8 if qweight.dim() == 4 else 1)
+        kernel = int8_kernel(qweight.device, self.in_features)  # "amx" / "avx512" / "avx2", or None: torch's
         self.kernel = kernel
-        if kernel is not None:  # blocked
-            qweight = _blocked(qweight, kernel)
+        if blocked:
+            assert qweight.shape == blocked_shape(self.out_features, self.in_features, kernel), "another layout"
+        if kernel is not None:
+            qweight = qweight if blocked else blocked_codes(qweight, kernel)
             scale32 = F.pad(scale.to(KERNEL_DTYPE).float(), (0, len(qweight) * self.block_rows - self.out_features))
             self.register_buffer("kernel_scale", scale32, persistent=False)  # the fp32 the kernel reads, padded
         elif qweight.data_ptr() % 64:  # the AVX-512 kernel's aligned loads crash on a view at any offset of a file
@@ -162,15 +129,17 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale.to(KERNEL_DTYPE))
 
     @classmethod
-    def quantize(cls, weight: torch.Tensor) -> "Int8Linear":
-        module = cls(*int8_codes(weight))
+    def quantize(cls, weight: Weights) -> "Int8Linear":
+        first = weight_parts(weight)[0]
+        kernel = int8_kernel(first.device, first.shape[1])
+        module = cls(*int8_codes(weight, kernel), blocked=kernel is not None)
         module.quantized_at_load = True
         return module
 
     @property
     def block_rows(self) -> int:
         """Output rows to a block of the blocked layout."""
-        return _block_rows("int8", self.kernel)
+        return rows_per_block("int8", self.kernel)
 
     @property
     def dequant_rows(self) -> int:
@@ -216,32 +185,6 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel, {kernel}"
 
 
-def _int4_blocks(weight: torch.Tensor, group: int) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-    """(start, stop, codes, scale_zero) per row block of `weight` (N, K): codes (rows, K) int32 in 0..15 with
-    w = (q - 8) * scale + zero, scale_zero (K/g, rows, 2) in float32, already rounded to the kernel's bf16."""
-    n, k = weight.shape
-    for a, b in _row_blocks(n, k):
-        g = weight[a:b].to(torch.float32, copy=True).unflatten(1, (-1, group))  # (rows, K/g, g), a copy
-        lo, hi = g.amin(dim=2), g.amax(dim=2)
-        scale = _as_kernel_dtype(((hi - lo) / 15).clamp(min=1e-12))  # (rows, K/g)
-        zero = (lo + 8 * scale).to(KERNEL_DTYPE).float()  # w = (q - 8) * scale + zero: q = 0 is lo, 15 is hi
-        q = g.sub_(zero[..., None]).div_(scale[..., None]).add_(8).round_().clamp_(0, 15)
-        yield a, b, q.to(torch.int32).flatten(1), torch.stack([scale, zero], dim=2).transpose(0, 1)
-
-
-def int4_codes(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grouped asymmetric int4 in a layout any machine can read (speechrs quantize writes it): codes (N, K/2)
-    uint8, two per byte, k even in the low nibble; scale_zero (K/g, N, 2) bf16."""
-    weight = weight.detach()
-    n, k = weight.shape
-    codes = torch.empty(n, k // 2, dtype=torch.uint8, device=weight.device)
-    scale_zero = torch.empty(k // group, n, 2, device=weight.device)
-    for a, b, q, sz in _int4_blocks(weight, group):
-        codes[a:b] = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)
-        scale_zero[:, a:b] = sz
-    return codes, scale_zero.to(KERNEL_DTYPE)
-
-
 class Int4Linear(nn.Module):
     """A bias-free Linear with 4-bit weights in groups of INT4_GROUP along K, each with a scale and zero point.
 
@@ -283,26 +226,29 @@ class Int4Linear(nn.Module):
     def block_rows(self) -> int:
         """Output rows to a block of the blocked layout: 16 for speechrs's AVX-512 and AMX kernels, 8 for its AVX2
         one."""
-        return _block_rows("int4", self.kernel)
+        return rows_per_block("int4", self.kernel)
 
     @staticmethod
     def _speechrs_kernel(device: torch.device) -> str | None:
         return cpu_kernels.variant() if device.type == "cpu" else None
 
     @classmethod
-    def quantize(cls, weight: torch.Tensor, group: int = INT4_GROUP) -> "Int4Linear":
-        n, k = weight.shape
+    def quantize(cls, weight: Weights, group: int = INT4_GROUP) -> "Int4Linear":
+        parts = weight_parts(weight)
+        k = parts[0].shape[1]
         if k % group:
             raise ValueError(f"int4 needs in_features divisible by {group}, got {k}")
-        if cls._speechrs_kernel(weight.device):
-            module = cls.from_codes(*int4_codes(weight, group), group)
+        if cls._speechrs_kernel(parts[0].device):
+            module = cls.from_codes(*int4_codes(parts, group), group)
             module.quantized_at_load = True
             return module
+        weight = stacked(parts)
+        n = len(weight)
         n_pad = -n % INT4_ROWS  # e.g. Dia's 9 x 1028 logits rows: padded with zero rows
         weight = F.pad(weight.detach(), (0, 0, 0, n_pad)) if n_pad else weight.detach()  # F.pad always copies
         packed = torch.empty(n + n_pad, k // 2, dtype=torch.uint8, device=weight.device)  # the kernel's shape
         scale_zero = torch.empty(k // group, n + n_pad, 2, device=weight.device)
-        for a, b, q, sz in _int4_blocks(weight, group):
+        for a, b, q, sz in int4_blocks(weight, group):
             packed[a:b] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
             scale_zero[:, a:b] = sz
         scale_zero[:, n:] = 0  # padded rows (codes 0): as from_codes pads them, so both make the same tensors
@@ -317,7 +263,7 @@ class Int4Linear(nn.Module):
         n, half_k = codes.shape
         kernel = cls._speechrs_kernel(codes.device)
         if kernel:  # its byte is the portable one: only the rows move
-            r = _block_rows("int4", kernel)
+            r = rows_per_block("int4", kernel)
             pad = -n % r
             codes = F.pad(codes, (0, 0, 0, pad)) if pad else codes
             scale_zero = F.pad(scale_zero.to(KERNEL_DTYPE), (0, 0, 0, pad)) if pad else scale_zero.to(KERNEL_DTYPE)
@@ -329,7 +275,7 @@ class Int4Linear(nn.Module):
             return cls(n, group, blocked, sz, kernel)
         n_pad = -n % INT4_ROWS
         packed = torch.empty(n + n_pad, half_k, dtype=torch.uint8, device=codes.device)
-        for a, b in _row_blocks(n + n_pad, half_k * 2):
+        for a, b in row_blocks(n + n_pad, half_k * 2):
             rows = codes[a : min(b, n)]
             q = torch.stack((rows & 15, rows >> 4), dim=2).flatten(1)  # (rows, K) uint8: byte ops, 4x less traffic
             q = F.pad(q, (0, 0, 0, b - a - len(rows))) if b - a > len(rows) else q  # padded rows: codes 0
@@ -402,8 +348,8 @@ class Int4Linear(nn.Module):
         return f"{shape}, int4 groups of {self.group}, {kernel}"
 
 
-def quantized_linear(weight: torch.Tensor, kind: str) -> nn.Module:
-    if weight.device.type != "cpu" and kind == "int4":
+def quantized_linear(weight: Weights, kind: str) -> nn.Module:
+    if weight_parts(weight)[0].device.type != "cpu" and kind == "int4":
         raise ValueError("int4 weights run on the CPU only in this version (torch's CUDA int4 layout differs)")
     return Int8Linear.quantize(weight) if kind == "int8" else Int4Linear.quantize(weight)
 
@@ -456,8 +402,7 @@ def _quantized(parts: list[nn.Module], kind: str) -> nn.Module:
     linears = [p for p in parts if isinstance(p, nn.Linear)]
     if len(linears) != len(parts) or any(p.bias is not None for p in linears):
         raise ValueError("only bias-free Linears are quantized")
-    weights = [p.weight.detach() for p in linears]
-    return quantized_linear(weights[0] if len(weights) == 1 else torch.cat(weights), kind)
+    return quantized_linear([p.weight.detach() for p in linears], kind)
 
 
 def quantize_linears(parent: nn.Module, names: list[str], kind: str) -> None:

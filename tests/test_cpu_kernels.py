@@ -165,11 +165,11 @@ def test_the_load_line_names_speechrs_s_kernels_where_they_run(kernels, monkeypa
 @pytest.mark.parametrize(
     ("level", "flags", "chosen"),
     [
-        ("AVX2", {"avx2", "fma"}, "avx2"),  # Zen 3: measured faster than torch's
-        ("AVX512", {"avx2", "fma", *cpu_kernels.AVX512_FLAGS}, "avx512"),  # Zen 5: measured faster
-        ("AVX512", {"avx2", "fma", *cpu_kernels.AVX512_FLAGS, *cpu_kernels.AMX_FLAGS}, "amx"),  # Sapphire Rapids
-        ("AVX512", {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}, "without AVX-512 BF16"),
-        ("DEFAULT", {"sse4_2"}, "lacks AVX2/FMA"),
+        ("AVX2", {"avx2", "fma", "f16c"}, "avx2"),  # Zen 3: measured faster than torch's
+        ("AVX512", {"avx2", "fma", "f16c", *cpu_kernels.AVX512_FLAGS}, "avx512"),  # Zen 5: measured faster
+        ("AVX512", {"avx2", "fma", "f16c", *cpu_kernels.AVX512_FLAGS, *cpu_kernels.AMX_FLAGS}, "amx"),  # SPR class
+        ("AVX512", {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"}, "without AVX-512 BF16"),
+        ("DEFAULT", {"sse4_2"}, "lacks AVX2/FMA/F16C"),
     ],
 )
 def test_the_default_takes_them_where_they_were_measured_faster(monkeypatch, level, flags, chosen):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from quality import compare, dia_logits, voxtral_logits
 
-from speechrs import cpu_kernels, quant
+from speechrs import cpu_kernels, quant, quant_codes
 from speechrs.dia.checkpoint import load_dia
 from speechrs.dia.pipeline import DiaPipeline, SpeakOptions, encode_text
 from speechrs.quant import Int4Linear, Int8Linear
@@ -68,7 +68,7 @@ def test_int4_prefill_rows_take_the_bf16_gemm_and_agree_with_the_kernel(monkeypa
     _choose_kernel("int4-avx512", monkeypatch)
     if not quant.cpu_native_bf16():
         pytest.skip("the int4 GEMM path is taken only where the CPU has native bf16")
-    monkeypatch.setattr(quant, "BLOCK_ELEMENTS", 64 * 256)  # several row blocks, as a full-size layer has
+    monkeypatch.setattr(quant_codes, "BLOCK_ELEMENTS", 64 * 256)  # several row blocks, as a full-size layer has
     monkeypatch.setattr(quant, "DEQUANT_BLOCK_BYTES", 64 * 256 * 2)
     g = torch.Generator().manual_seed(3)
     layer = Int4Linear.quantize(torch.randn(1000, 256, generator=g) / 16)
@@ -98,12 +98,15 @@ def test_quantization_error_is_within_half_a_step():
 
 
 def test_row_blocks_quantize_exactly_as_the_whole_matrix(monkeypatch):
+    """The torch ops quantize a row block at a time (speechrs's quantizers a row at a time: test_quantizer.py)."""
+    monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "0")
     w = torch.randn(256, 128, generator=torch.Generator().manual_seed(1))
     x = torch.randn(3, 128)
     for cls in KINDS.values():
-        monkeypatch.setattr(quant, "BLOCK_ELEMENTS", 64 * 128)  # four blocks of 64 rows
+        monkeypatch.setattr(quant_codes, "BLOCK_ELEMENTS", 64 * 128)  # four blocks of 64 rows
+        assert len(quant_codes.row_blocks(256, 128)) == 4
         blocked = cls.quantize(w)
-        monkeypatch.setattr(quant, "BLOCK_ELEMENTS", 2**30)
+        monkeypatch.setattr(quant_codes, "BLOCK_ELEMENTS", 2**30)
         whole = cls.quantize(w)
         assert torch.equal(blocked.dequantized(), whole.dequantized()) and torch.equal(blocked(x), whole(x))
 

@@ -1,0 +1,85 @@
+"""speechrs's quantizers (quant_kernels.c) against quant.py's torch ops: the same codes and scales bit for bit, for
+every weight dtype and layout, and for a fused projection's parts quantized in place."""
+
+import pytest
+import torch
+
+from speechrs import cpu_kernels, quant, quant_codes
+
+
+@pytest.fixture
+def torch_ops(monkeypatch):
+    """A function computing (codes, scales) with quant.py's torch ops: the reference."""
+    if not cpu_kernels.quantizes(torch.zeros(8, 8)):
+        pytest.skip(f"speechrs's quantizers cannot run here: {cpu_kernels.why_not()}")
+
+    def run(function, *args):
+        with monkeypatch.context() as m:
+            m.setenv("SPEECHRS_CPU_KERNELS", "0")
+            assert not cpu_kernels.quantizes(torch.zeros(8, 8))
+            return function(*args)
+
+    return run
+
+
+def _weight(n: int, k: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """Rows of very different ranges, a zero row, a lone large value, and in fp32 values exactly half way between
+    two codes (w / s = j + 0.5, which both must round to even)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g).pow(4) * 0.2
+    w[1] = 0
+    w[2, 5] = 3.0
+    if dtype == torch.float32:  # a row whose absmax is 1: s = bf16(1 / 127 * (1 + 2^-7)), then ties on its codes
+        s = torch.tensor(1 / 127 * (1 + 2.0**-7)).to(torch.bfloat16).float()
+        w[3] = (torch.arange(k) % 100 - 50 + 0.5) * s
+        w[3, 0] = 1.0
+    return w.to(dtype)
+
+
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", [None, "avx2", "avx512", "amx"])
+@pytest.mark.parametrize("shape", [(37, 256), (64, 96)])
+def test_int8_codes_are_torch_s_in_every_layout(torch_ops, dtype, kernel, shape):
+    w = _weight(*shape, dtype)
+    ref_codes, ref_scale = torch_ops(quant.int8_codes, w, kernel)
+    codes, scale = quant.int8_codes(w, kernel)
+    assert torch.equal(scale, ref_scale) and torch.equal(codes, ref_codes)
+    if kernel is not None:  # and the layout is the one the kernel reads
+        assert torch.equal(codes, quant_codes.blocked_codes(torch_ops(quant.int8_codes, w)[0], kernel))
+
+
+def test_int8_codes_of_a_width_not_a_multiple_of_8(torch_ops):
+    w = _weight(20, 100, torch.float32)
+    assert all(map(torch.equal, quant.int8_codes(w), torch_ops(quant.int8_codes, w)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_codes_are_torch_s(torch_ops, dtype, group):
+    w = _weight(37, 256, dtype)
+    ref = torch_ops(quant.int4_codes, w, group)
+    assert all(map(torch.equal, quant.int4_codes(w, group), ref))
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+@pytest.mark.parametrize("sizes", [(48, 16, 16), (40, 24, 13), (13, 24)])
+def test_parts_quantize_as_their_concatenation(torch_ops, kind, sizes):
+    """A fused projection's parts are quantized each into its rows of the whole (no concatenated copy); where a
+    part would not start on a block the concatenation is quantized instead: the same numbers either way."""
+    parts = [_weight(n, 128, torch.bfloat16, seed=i) for i, n in enumerate(sizes)]
+    whole = torch.cat(parts)
+    for kernel in [None, "avx2", "amx"] if kind == "int8" else [None]:
+        codes = quant.int8_codes if kind == "int8" else quant.int4_codes
+        args = (kernel,) if kind == "int8" else ()
+        assert all(map(torch.equal, codes(parts, *args), torch_ops(codes, whole, *args)))
+
+
+def test_a_fused_layer_from_parts_computes_as_one_from_the_whole():
+    parts = [_weight(n, 128, torch.bfloat16, seed=i) for i, n in enumerate((64, 32, 32))]
+    x = torch.randn(3, 128)
+    for cls in (quant.Int8Linear, quant.Int4Linear):
+        fused, whole = cls.quantize(parts), cls.quantize(torch.cat(parts))
+        assert torch.equal(fused.dequantized(), whole.dequantized()) and torch.equal(fused(x), whole(x))
