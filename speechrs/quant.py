@@ -10,7 +10,8 @@ cast to bf16 around the call and back. The int4 packed layout depends on the ISA
 weights are packed here, at load, on the machine that runs them.
 
 The codes are made in quant_codes.py; speechrs's own kernels (cpu_kernels.py) take the place of torch's where
-they were measured faster. Each layer's exact reference is `dequantized()`: the same weight in float32, which the tests compare against.
+they were measured faster. Each layer's exact reference is `dequantized()`: the same weight in float32, which the
+tests compare against.
 """
 
 import torch

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelNotFoundError, UnsupportedModelError
+from ..layers import checkpoint_embedding
 from ..weights import load_into, read_safetensors, release_unused
 from .dac_stream import StreamingDecoder, as_channels_last
 
@@ -106,7 +107,7 @@ class Quantizer(nn.Module):
         super().__init__()
         self.in_proj = nn.Conv1d(cfg.latent_dim, cfg.codebook_dim, 1)  # encoder side (dac_encoder.py)
         self.out_proj = nn.Conv1d(cfg.codebook_dim, cfg.latent_dim, 1)
-        self.codebook = nn.Embedding(cfg.codebook_size, cfg.codebook_dim)
+        self.codebook = checkpoint_embedding(cfg.codebook_size, cfg.codebook_dim)
 
 
 class ResidualVQ(nn.Module):

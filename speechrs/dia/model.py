@@ -23,6 +23,7 @@ from ..layers import (
     attend_one,
     batch_invariant,
     cache_dtype,
+    checkpoint_embedding,
     fuse_linears,
     rope_table,
     rows_per_segment,
@@ -99,7 +100,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: DiaConfig):
         super().__init__()
         self.cfg = cfg
-        self.embedding = nn.Embedding(cfg.text_vocab, cfg.enc_dim)
+        self.embedding = checkpoint_embedding(cfg.text_vocab, cfg.enc_dim)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
         self.norm = RMSNorm(cfg.enc_dim, cfg.norm_eps)
 
@@ -143,7 +144,7 @@ class MultiChannelEmbedding(nn.Module):
 
     def __init__(self, cfg: DiaConfig):
         super().__init__()
-        self.embed = nn.Embedding(cfg.audio_vocab * cfg.channels, cfg.dec_dim)
+        self.embed = checkpoint_embedding(cfg.audio_vocab * cfg.channels, cfg.dec_dim)
         self.vocab = cfg.audio_vocab
 
     def forward(self, codes_BxTxC: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from ..layers import (
     attend,
     batch_invariant,
     cache_dtype,
+    checkpoint_embedding,
     fuse_linears,
     rope_table,
     rows_per_segment,
@@ -201,7 +202,7 @@ class Voxtral(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.mm_whisper_embeddings = AudioEmbeddings(cfg)
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.tok_embeddings = checkpoint_embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
