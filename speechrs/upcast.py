@@ -4,7 +4,7 @@ Without AVX-512 BF16 / AMX, torch emulates bf16 matmuls, about 5x slower than fp
 and prefill of one 30 s chunk took 280 s in bf16 and about 60 s in fp32 on a 2-core AVX2 EPYC). Holding a 3B
 model in fp32 doubles its memory, so the weights stay bf16 and a matmul of many rows (the encoder, a prefill)
 converts its weight to fp32 for that call: one layer's weight at a time is ever fp32, and the conversion is
-amortised over the rows. A decode step's few rows read the bf16 weight as it is: through speechrs's AVX2 kernel
+amortised over the rows; Voxtral's encoder's two convolutions likewise. A decode step's few rows read the bf16 weight as it is: through speechrs's AVX2 kernel
 (cpu_kernels.c) where it runs, which streams 8 rows at a time with a prefetch, else torch's bf16 Linear.
 """
 
@@ -53,14 +53,34 @@ class UpcastLinear(nn.Module):
         return f"{shape}, {self.weight.dtype} upcast to fp32{kernel}"
 
 
+class UpcastConv1d(nn.Module):
+    """An nn.Conv1d over the same (bf16) weight and bias, computed in fp32 and rounded back: torch runs a bf16
+    Conv1d without native bf16 through its slow reference convolution (Voxtral's encoder's two: 20 s of a 30 s
+    chunk's 31 s encoder on 2 Zen 3 cores), an fp32 one through oneDNN (~0.2 s)."""
+
+    def __init__(self, conv: nn.Conv1d):
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        y = F.conv1d(x.float(), self.weight.float(), bias, self.stride, self.padding, self.dilation, self.groups)
+        return y.to(x.dtype)
+
+
 def upcast_linears(model: nn.Module) -> int:
-    """Wrap every reduced-precision nn.Linear of `model` in UpcastLinear; returns how many."""
+    """Wrap every reduced-precision nn.Linear of `model` in UpcastLinear, and every such nn.Conv1d in
+    UpcastConv1d; returns how many."""
+    wrappers: dict[type, type[nn.Module]] = {nn.Linear: UpcastLinear, nn.Conv1d: UpcastConv1d}
     targets = [
         (name, m)
         for name, m in model.named_modules()
-        if type(m) is nn.Linear and m.weight.dtype in (torch.bfloat16, torch.float16)
+        if type(m) in wrappers
+        and m.weight.dtype in (torch.bfloat16, torch.float16)
+        and getattr(m, "padding_mode", "zeros") == "zeros"
     ]
-    for name, linear in targets:
+    for name, module in targets:
         parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent), leaf, UpcastLinear(linear))
+        setattr(model.get_submodule(parent), leaf, wrappers[type(module)](module))
     return len(targets)

@@ -9,7 +9,7 @@ from quality import compare, voxtral_logits
 from speechrs import cpu_kernels
 from speechrs.layers import cpu_native_bf16
 from speechrs.packing import PackedLinear
-from speechrs.upcast import KERNEL_ROWS, UPCAST_ROWS, UpcastLinear
+from speechrs.upcast import KERNEL_ROWS, UPCAST_ROWS, UpcastConv1d, UpcastLinear
 from speechrs.voxtral.checkpoint import load_voxtral
 from speechrs.voxtral.tekken import transcription_prompt
 
@@ -52,6 +52,24 @@ def test_many_rows_multiply_in_float32_and_few_in_bf16(decode_kernel):
         assert bool(((up(x[:2]).double() - exact).abs() <= bound).all())
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_conv_computes_in_float32_and_rounds_once(stride):
+    """The encoder's convolutions: the bf16 conv's numbers computed in fp32 (torch's bf16 Conv1d without native
+    bf16 takes its slow reference path), rounded to bf16 once."""
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv1d(16, 24, kernel_size=3, stride=stride, padding=1, dtype=torch.bfloat16)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(24, 16, 3, generator=g))
+        conv.bias.copy_(torch.randn(24, generator=g))
+    x = torch.randn(2, 16, 50, generator=g).to(torch.bfloat16)
+    up = UpcastConv1d(conv)
+    exact = F.conv1d(x.double(), conv.weight.double(), conv.bias.double(), stride, 1)
+    y = up(x)
+    assert y.dtype == torch.bfloat16 and y.shape == exact.shape
+    assert bool(((y.double() - exact).abs() <= 2.0**-8 * exact.abs() + 1e-5).all())  # half an ulp, and fp32 sums
+    assert torch.equal(y, F.conv1d(x.float(), conv.weight.float(), conv.bias.float(), stride, 1).to(torch.bfloat16))
+
+
 def test_bf16_voxtral_without_native_bf16_upcasts_and_keeps_its_results(
     no_native_bf16, decode_kernel, native_dir, native_pipeline, clip
 ):
@@ -60,6 +78,7 @@ def test_bf16_voxtral_without_native_bf16_upcasts_and_keeps_its_results(
     model = load_voxtral(native_dir, "native", torch.bfloat16)
     kinds = {type(m) for m in model.modules()}
     assert UpcastLinear in kinds and PackedLinear not in kinds and torch.nn.Linear not in kinds
+    assert UpcastConv1d in kinds and torch.nn.Conv1d not in kinds  # the encoder's two
     assert model.output.kernel == model.layers[0].attention.wqkv.kernel == (decode_kernel == "speechrs")
     assert model.output.weight.dtype == torch.bfloat16  # compact in memory
     mel, n_audio, _ = native_pipeline._prepare_audio(str(clip))
