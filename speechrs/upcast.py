@@ -4,8 +4,9 @@ Without AVX-512 BF16 / AMX, torch emulates bf16 matmuls, about 5x slower than fp
 and prefill of one 30 s chunk took 280 s in bf16 and about 60 s in fp32 on a 2-core AVX2 EPYC). Holding a 3B
 model in fp32 doubles its memory, so the weights stay bf16 and a matmul of many rows (the encoder, a prefill)
 converts its weight to fp32 for that call: one layer's weight at a time is ever fp32, and the conversion is
-amortised over the rows; Voxtral's encoder's two convolutions likewise. A decode step's few rows read the bf16 weight as it is: through speechrs's AVX2 kernel
-(cpu_kernels.c) where it runs, which streams 8 rows at a time with a prefetch, else torch's bf16 Linear.
+amortised over the rows; Voxtral's encoder's two convolutions likewise. A decode step's few rows read the bf16
+weight as it is: through speechrs's AVX2 kernel (cpu_kernels.c) where it runs, which streams 8 rows at a time with
+a prefetch, else torch's bf16 Linear.
 """
 
 import torch
