@@ -93,7 +93,7 @@ def _blockwise_matmul(rows: torch.Tensor, n_out: int, weight_rows, dtype: torch.
 
 
 class Int8Linear(nn.Module):
-    """A bias-free Linear with int8 weights (N, K) and one scale per output row: y = (x @ q.T) * scale.
+    """A Linear with int8 weights (N, K) and one scale per output row: y = (x @ q.T) * scale (+ bias).
 
     Where speechrs's kernels run (cpu_kernels.py) the codes are held blocked for the variant chosen at making
     (`kernel`) and fewer than `dequant_rows` rows go through it; elsewhere they stay (N, K) for torch's kernel.
@@ -103,6 +103,7 @@ class Int8Linear(nn.Module):
     qweight: torch.Tensor  # (N, K) int8, or when `blocked` (ceil(N/8), K/8, 8, 8) ("amx": (ceil(N/16), K, 16))
     scale: torch.Tensor  # (N,) bf16
     kernel_scale: torch.Tensor  # (N padded to a block,) fp32, when `blocked`
+    bias: torch.Tensor | None  # (N,) in the model's float dtype (the audio encoder's Linears have one)
     quantized_at_load = False  # True when made from float weights here, False when read from stored codes
 
     @property
@@ -110,10 +111,13 @@ class Int8Linear(nn.Module):
         """Whether the codes are laid out for speechrs's kernels (any variant)."""
         return self.kernel is not None
 
-    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, blocked: bool = False):
+    def __init__(
+        self, qweight: torch.Tensor, scale: torch.Tensor, blocked: bool = False, bias: torch.Tensor | None = None
+    ):
         """From codes (N, K) and scales (N,), or codes already blocked for the variant a layer made now runs
-        (`blocked`: int8_codes(weight, kernel) with the kernel int8_kernel names)."""
+        (`blocked`: int8_codes(weight, kernel) with the kernel int8_kernel names); `bias` (N,) kept as it is."""
         super().__init__()
+        self.register_buffer("bias", bias)
         self.out_features = len(scale)
         self.in_features = qweight.shape[1] * (8 if qweight.dim() == 4 else 1)
         kernel = int8_kernel(qweight.device, self.in_features)  # "amx" / "avx512" / "avx2", or None: torch's
@@ -130,10 +134,10 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale.to(KERNEL_DTYPE))
 
     @classmethod
-    def quantize(cls, weight: Weights) -> "Int8Linear":
+    def quantize(cls, weight: Weights, bias: torch.Tensor | None = None) -> "Int8Linear":
         first = weight_parts(weight)[0]
         kernel = int8_kernel(first.device, first.shape[1])
-        module = cls(*int8_codes(weight, kernel), blocked=kernel is not None)
+        module = cls(*int8_codes(weight, kernel), blocked=kernel is not None, bias=bias)
         module.quantized_at_load = True
         return module
 
@@ -169,8 +173,10 @@ class Int8Linear(nn.Module):
         return self.codes(dtype=torch.float32) * self.scale.float()[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W^T as the docstring says, then the bias (if any) added in fp32 and rounded to x's dtype."""
         if x.device.type != "cpu":  # torch's int8 kernel is CPU/MPS-only: dequantize into the activations' dtype
-            return F.linear(x, self.codes(dtype=x.dtype)) * self.scale.to(x.dtype)
+            y = F.linear(x, self.codes(dtype=x.dtype)) * self.scale.to(x.dtype)
+            return y if self.bias is None else y + self.bias.to(x.dtype)
         rows = _rows(x)
         if len(rows) >= self.dequant_rows:  # compute-bound: the GEMM in the fastest dtype this CPU has
             dtype = KERNEL_DTYPE if cpu_native_bf16() else torch.float32
@@ -179,11 +185,14 @@ class Int8Linear(nn.Module):
             y = cpu_kernels.int8_linear(rows, self.qweight, self.kernel_scale, self.out_features, self.kernel)
         else:
             y = torch.ops.aten._weight_int8pack_mm(rows.to(KERNEL_DTYPE).contiguous(), self.qweight, self.scale)
+        if self.bias is not None:
+            y = y.float() + self.bias.float()
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         kernel = cpu_kernels.kernel_name(self.kernel)
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel, {kernel}"
+        shape = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return f"{shape}, int8 per channel, {kernel}"
 
 
 class Int4Linear(nn.Module):
@@ -361,11 +370,13 @@ class StoredInt8(nn.Module):
 
     qweight: torch.Tensor  # (N, K) int8
     scale: torch.Tensor  # (N,) bf16
+    bias: torch.Tensor | None  # (N,), as the source had it
 
-    def __init__(self, out_features: int, in_features: int):
+    def __init__(self, out_features: int, in_features: int, bias: bool = False):
         super().__init__()
         self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scale", torch.empty(out_features, dtype=KERNEL_DTYPE))
+        self.register_buffer("bias", torch.empty(out_features) if bias else None)
 
 
 class StoredInt4(nn.Module):
@@ -388,9 +399,9 @@ def _from_stored(parts: list[nn.Module]) -> nn.Module:
     """One quantized Linear over the rows of stored ones (a single part keeps its tensors: no copy)."""
     int8 = [p for p in parts if isinstance(p, StoredInt8)]
     int4 = [p for p in parts if isinstance(p, StoredInt4) and p.group == getattr(parts[0], "group", None)]
-    if len(int8) == len(parts):
+    if len(int8) == len(parts) and (len(parts) == 1 or all(p.bias is None for p in int8)):
         qweight = int8[0].qweight if len(int8) == 1 else torch.cat([p.qweight for p in int8])
-        return Int8Linear(qweight, torch.cat([p.scale for p in int8]))
+        return Int8Linear(qweight, torch.cat([p.scale for p in int8]), bias=int8[0].bias)
     if len(int4) == len(parts):
         codes = int4[0].codes if len(int4) == 1 else torch.cat([p.codes for p in int4])
         return Int4Linear.from_codes(codes, torch.cat([p.scale_zero for p in int4], dim=1), int4[0].group)
@@ -401,14 +412,18 @@ def _quantized(parts: list[nn.Module], kind: str) -> nn.Module:
     if any(isinstance(p, (StoredInt8, StoredInt4)) for p in parts):
         return _from_stored(parts)
     linears = [p for p in parts if isinstance(p, nn.Linear)]
-    if len(linears) != len(parts) or any(p.bias is not None for p in linears):
-        raise ValueError("only bias-free Linears are quantized")
+    if len(linears) != len(parts):
+        raise ValueError(f"only Linears are quantized, not {[type(p).__name__ for p in parts]}")
+    if any(p.bias is not None for p in linears):  # a bias is kept beside int8 codes, for a Linear alone
+        if kind != "int8" or len(linears) > 1:
+            raise ValueError("a Linear with a bias is quantized to int8 only, and not fused")
+        return Int8Linear.quantize(linears[0].weight.detach(), linears[0].bias.detach())
     return quantized_linear([p.weight.detach() for p in linears], kind)
 
 
 def quantize_linears(parent: nn.Module, names: list[str], kind: str) -> None:
-    """Replace the bias-free nn.Linear children `names` of `parent` with quantized ones (or stored ones with the
-    Linears they hold)."""
+    """Replace the nn.Linear children `names` of `parent` with quantized ones (or stored ones with the Linears they
+    hold); a Linear with a bias only to int8."""
     for name in names:
         setattr(parent, name, _quantized([getattr(parent, name)], kind))
 

@@ -6,7 +6,12 @@ and the weights under the models' canonical names (layout renames and RoPE permu
 `speechrs-quantized.safetensors`, or in shards with an index. Each Linear the loader would quantize is stored as
 `<name>.qweight` + `<name>.scale` (int8, quant.int8_codes) or `<name>.codes` + `<name>.scale_zero` (int4 in
 quant.int4_codes's portable layout: the kernel's own layout differs between AVX2 and AVX-512, so it is packed
-at load on the machine that runs it); every other tensor is kept as the source had it.
+at load on the machine that runs it); every other tensor is kept as the source had it. Each Linear is stored in
+the kind its model quantizes it to when that kind is asked (`quantized_kind`: Voxtral's audio encoder is int8 in
+an int4 directory too), and a Linear's bias is kept beside its codes.
+
+Format 2 holds the audio encoder's codes too; a format 1 directory (decoder codes only, written before the
+encoder was quantized) still loads: its encoder is quantized at load from the float weights it holds.
 """
 
 import json
@@ -25,7 +30,8 @@ from .weights import checkpoint_files, read_safetensors, tensor_names
 MANIFEST = "speechrs-quantized.json"
 WEIGHTS = "speechrs-quantized.safetensors"
 INDEX = "speechrs-quantized.safetensors.index.json"
-FORMAT = 1
+FORMAT = 2
+READABLE = (1, 2)  # format 1: no audio-encoder codes (its encoder is quantized at load)
 SHARD_BYTES = 2**31  # a shard is written once it holds this much: the most the writer keeps in memory
 _SOURCE_WEIGHTS = re.compile(r".*\.(safetensors|bin|pth|pt|ckpt)(\.index\.json)?")
 _CODE_SUFFIX = {"int8": ".qweight", "int4": ".codes"}
@@ -41,7 +47,7 @@ def _manifest(directory: Path) -> dict | None:
         kind, version, group = manifest["quantize"], manifest["format"], manifest.get("int4_group")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UnsupportedModelError(f"{path} is not a readable speechrs quantization manifest: {e}") from None
-    if version != FORMAT or kind not in QUANTIZATIONS or (kind == "int4" and group not in INT4_GROUPS):
+    if version not in READABLE or kind not in QUANTIZATIONS or (kind == "int4" and group not in INT4_GROUPS):
         raise UnsupportedModelError(
             f"{path}: format {version!r}, {kind!r} (group {group!r}) is not one this speechrs reads "
             f"(format {FORMAT}, {' or '.join(QUANTIZATIONS)}); quantize the original checkpoint again"
@@ -68,44 +74,52 @@ def quantization_to_load(directory: Path, asked: str | None) -> str | None:
 
 
 def install_stored(
-    model: nn.Module, directory: Path, quantized: Callable[[str], bool], mappings: list
+    model: nn.Module, directory: Path, quantized_kind: Callable[[str, str], str | None], mappings: list
 ) -> tuple[Iterator[tuple[str, torch.Tensor]], Callable[[str], bool]] | None:
     """For a directory `speechrs quantize` wrote (None for any other checkpoint): put a StoredInt8/StoredInt4 in
-    the place of every Linear whose codes it holds (each one the model quantizes: `quantized(name)`), on the meta
-    model, so the loader fills them like any tensor. Returns the directory's tensors and which names are codes or
-    scales (kept in their own dtype when the rest is cast); check_all_stored() then checks what was used."""
+    the place of every Linear whose codes it holds (each one the model quantizes to that kind when the
+    directory's is asked: `quantized_kind(name, kind)`), on the meta model, so the loader fills them like any
+    tensor. Returns the directory's tensors and which names are codes or scales (kept in their own dtype when the
+    rest is cast); check_all_stored() then checks what was used."""
     manifest = _manifest(directory)
     if manifest is None:
         return None
-    kind, files = manifest["quantize"], checkpoint_files(directory, WEIGHTS, INDEX)
-    suffix = _CODE_SUFFIX[kind]
-    modules = [n.removesuffix(suffix) for path in files for n in tensor_names(path) if n.endswith(suffix)]
-    for name in modules:
+    asked, files = manifest["quantize"], checkpoint_files(directory, WEIGHTS, INDEX)
+    names = [n for path in files for n in tensor_names(path)]
+    modules = [(n.removesuffix(sfx), kind) for n in names for kind, sfx in _CODE_SUFFIX.items() if n.endswith(sfx)]
+    for name, kind in modules:
         parent, _, leaf = name.rpartition(".")
         try:
-            linear = model.get_submodule(name) if quantized(name) else None
+            linear = model.get_submodule(name) if quantized_kind(name, asked) == kind else None
         except AttributeError:  # e.g. a layer index past the config's
             linear = None
         if not isinstance(linear, nn.Linear):
             raise UnsupportedModelError(
-                f"{directory}: quantized tensors for {name}, which this model does not quantize"
+                f"{directory}: {kind} tensors for {name}, which this model does not quantize to {kind} in {asked}"
             )
         holder: nn.Module
         if kind == "int8":
-            holder = StoredInt8(linear.out_features, linear.in_features)
+            holder = StoredInt8(linear.out_features, linear.in_features, bias=linear.bias is not None)
         else:
             holder = StoredInt4(linear.out_features, linear.in_features, int(manifest["int4_group"]))
         setattr(model.get_submodule(parent) if parent else model, leaf, holder)
-    stored = {f"{m}.{b}" for m in modules for b, _ in model.get_submodule(m).named_buffers()}
+    stored = {f"{m}.{b}" for m, _ in modules for b, t in model.get_submodule(m).named_buffers() if b != "bias"}
     tensors = (item for path in files for item in read_safetensors(path, mappings))
     return tensors, stored.__contains__
 
 
-def check_all_stored(model: nn.Module, directory: Path) -> None:
+def check_all_stored(model: nn.Module, directory: Path, quantized_kind: Callable[[str, str], str | None]) -> None:
     """After the model's own quantizing step: every quantized Linear came from the directory's codes (none was
-    quantized from a float weight, which would mean the directory lacks codes the loader expects) and none is
-    left as a placeholder (codes for a Linear the loader does not quantize)."""
-    fresh = [n for n, m in model.named_modules() if getattr(m, "quantized_at_load", False)]
+    quantized from a float weight, which would mean the directory lacks codes the loader expects; format 1 did
+    not store the Linears always made int8) and none is left as a placeholder (codes for a Linear the loader does
+    not quantize)."""
+    manifest = _manifest(directory)
+    unstored = (lambda name: quantized_kind(name, "int4") == "int8") if manifest and manifest["format"] == 1 else None
+    fresh = [
+        n
+        for n, m in model.named_modules()
+        if getattr(m, "quantized_at_load", False) and not (unstored is not None and unstored(n))
+    ]
     left = [n for n, m in model.named_modules() if isinstance(m, tuple(STORED.values()))]
     if fresh or left:
         raise UnsupportedModelError(
@@ -117,14 +131,15 @@ def check_all_stored(model: nn.Module, directory: Path) -> None:
 def write_quantized(
     source_dir: Path,
     tensors: Iterator[tuple[str, torch.Tensor]],
-    quantized: Callable[[str], bool],
+    quantized: Callable[[str], str | None],
     kind: str,
     out_dir: Path,
     manifest: dict,
     on_tensor: Callable[[str], None] = lambda name: None,
 ) -> list[Path]:
-    """Write `tensors` (canonical names) to out_dir, the Linear weights `quantized(name)` selects as codes, and
-    copy the source's other files; returns the weight files written."""
+    """Write `tensors` (canonical names) to out_dir, each Linear weight as codes of the kind `quantized(name)`
+    names (None: as it is), and copy the source's other files; `kind` is what was asked (int8 / int4). Returns the
+    weight files written."""
     from safetensors.torch import save_file
 
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -144,8 +159,9 @@ def write_quantized(
 
     for name, tensor in tensors:
         base = name.removesuffix(".weight")
-        if name.endswith(".weight") and quantized(base):
-            if kind == "int8":
+        stored_kind = quantized(base) if name.endswith(".weight") else None
+        if stored_kind is not None:
+            if stored_kind == "int8":
                 parts = dict(zip((f"{base}.qweight", f"{base}.scale"), int8_codes(tensor), strict=True))
             else:
                 parts = dict(zip((f"{base}.codes", f"{base}.scale_zero"), int4_codes(tensor), strict=True))

@@ -44,15 +44,16 @@ def quantize_checkpoint(
         from .voxtral.model import Voxtral
 
         _, tensors = voxtral_tensors(source.directory, source.layout, mappings)
-        quantized = Voxtral.quantizes
+        model_kind = Voxtral.quantized_kind
     else:
         from .dia.checkpoint import canonical_tensors as dia_tensors
         from .dia.config import DiaConfig
         from .dia.model import Dia
 
         tensors = dia_tensors(source.directory, DiaConfig.load(source.directory / "config.json"), mappings)
-        quantized = Dia.quantizes
+        model_kind = Dia.quantized_kind
     manifest = {"family": source.family, "layout": source.layout, "source": model}
     out = Path(out_dir).expanduser()
+    quantized = lambda name: model_kind(name, kind)  # noqa: E731
     files = write_quantized(source.directory, tensors, quantized, kind, out, manifest, on_tensor)
     return QuantizedCheckpoint(out, source.family, source.layout, kind, files)

@@ -40,6 +40,28 @@ def test_a_quantized_voxtral_directory_loads_what_quantizing_at_load_makes(voxtr
     _assert_same_model(load_voxtral(tmp_path / "q", layout, torch.float32), at_load)
 
 
+def test_a_format_1_directory_still_loads_with_its_encoder_quantized_at_load(native_dir, tmp_path):
+    """Format 1 stored the decoder's codes only (the audio encoder stayed float then): such a directory loads,
+    its encoder quantized at load, to what quantizing at load makes."""
+    from speechrs.voxtral.checkpoint import canonical_tensors
+    from speechrs.voxtral.model import Voxtral
+
+    _, tensors = canonical_tensors(native_dir, "native", [])
+    decoder_only = lambda n: "int4" if Voxtral.QUANTIZED.fullmatch(n) else None  # noqa: E731
+    quant_store.write_quantized(native_dir, tensors, decoder_only, "int4", tmp_path / "q", {})
+    manifest = tmp_path / "q" / MANIFEST
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 1}))
+    old = load_voxtral(tmp_path / "q", "native", torch.float32)
+    at_load = load_voxtral(native_dir, "native", torch.float32, quantize="int4")
+    assert old.state_dict().keys() == at_load.state_dict().keys()
+    assert all(torch.equal(t, at_load.state_dict()[n]) for n, t in old.state_dict().items())
+    fresh = {n for n, m in old.named_modules() if getattr(m, "quantized_at_load", False)}
+    assert fresh and all(n.startswith("mm_whisper_embeddings.") for n in fresh)
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 2}))  # format 2 must hold them
+    with pytest.raises(UnsupportedModelError, match="do not match"):
+        load_voxtral(tmp_path / "q", "native", torch.float32)
+
+
 @pytest.mark.parametrize(("which", "kind"), [(0, "int4"), (1, "int8")])
 def test_a_quantized_dia_directory_loads_what_quantizing_at_load_makes(dia_dirs, tmp_path, which, kind):
     done = speechrs.quantize(str(dia_dirs[which]), tmp_path / "q", kind)
@@ -101,19 +123,19 @@ def test_what_cannot_be_done_is_said(native_dir, tmp_path):
 
 def test_a_directory_whose_codes_do_not_match_the_model_is_refused(native_dir, tmp_path):
     """Codes missing for one Linear (it would be quantized again at load from a float weight the directory
-    lacks), or codes for a Linear the model keeps in float (here an audio-encoder projection)."""
+    lacks), or codes for a weight the model keeps in float (here the token embeddings)."""
     from speechrs.voxtral.checkpoint import canonical_tensors
     from speechrs.voxtral.model import Voxtral
 
     _, tensors = canonical_tensors(native_dir, "native", [])
-    only_some = lambda name: Voxtral.quantizes(name) and name != "layers.0.attention.wo"  # noqa: E731
+    only_some = lambda n: None if n == "layers.0.attention.wo" else Voxtral.quantized_kind(n, "int8")  # noqa: E731
     quant_store.write_quantized(native_dir, tensors, only_some, "int8", tmp_path / "q", {})
     with pytest.raises(UnsupportedModelError, match="do not match"):
         load_voxtral(tmp_path / "q", "native", None)
     _, tensors = canonical_tensors(native_dir, "native", [])
-    encoder_too = lambda name: Voxtral.quantizes(name) or name.endswith("layers.0.attention.wq")  # noqa: E731
-    quant_store.write_quantized(native_dir, tensors, encoder_too, "int8", tmp_path / "q2", {})
-    with pytest.raises(UnsupportedModelError, match="whisper_encoder.*which this model does not quantize"):
+    table_too = lambda n: "int8" if n == "tok_embeddings" else Voxtral.quantized_kind(n, "int8")  # noqa: E731
+    quant_store.write_quantized(native_dir, tensors, table_too, "int8", tmp_path / "q2", {})
+    with pytest.raises(UnsupportedModelError, match="tok_embeddings, which this model does not quantize"):
         load_voxtral(tmp_path / "q2", "native", None)
 
 

@@ -90,14 +90,14 @@ def load_dia(
     quantize = quantization_to_load(directory, quantize)
     with torch.device("meta"):
         model = Dia(cfg)
-    stored = install_stored(model, directory, Dia.quantizes, mappings)  # a `speechrs quantize` directory
+    stored = install_stored(model, directory, Dia.quantized_kind, mappings)  # a `speechrs quantize` directory
     tensors, keep_dtype = stored or (canonical_tensors(directory, cfg, mappings), None)
     load_into(model, tensors, dtype, device, keep_dtype=keep_dtype)
     # pages of transposed / interleaved / fused / packed originals, layer by layer: the peak stays ~1x the weights
     model.prepare(after_layer=lambda: release_unused(mappings, model), quantize=quantize)
     release_unused(mappings, model)
     if stored is not None:
-        check_all_stored(model, directory)
+        check_all_stored(model, directory, Dia.quantized_kind)
     return model.eval()
 
 

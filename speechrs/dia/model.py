@@ -173,9 +173,10 @@ class Dia(nn.Module):
     )
 
     @classmethod
-    def quantizes(cls, name: str) -> bool:
-        """Whether `name` (a Linear's canonical name, before fusing) is one the quantizing step quantizes."""
-        return cls.QUANTIZED.fullmatch(name) is not None
+    def quantized_kind(cls, name: str, kind: str) -> str | None:
+        """What `name` (a Linear's canonical name, before fusing) is quantized to when `kind` is asked; None if
+        it stays float."""
+        return kind if cls.QUANTIZED.fullmatch(name) else None
 
     def __init__(self, cfg: DiaConfig):
         super().__init__()

@@ -93,12 +93,12 @@ def load_voxtral(
     cfg, tensors = canonical_tensors(directory, layout, mappings)  # a generator: nothing is read yet
     with torch.device("meta"):
         model = Voxtral(cfg)
-    stored = install_stored(model, directory, Voxtral.quantizes, mappings)  # a `speechrs quantize` directory
+    stored = install_stored(model, directory, Voxtral.quantized_kind, mappings)  # a `speechrs quantize` directory
     tensors, keep_dtype = stored or (tensors, None)
     load_into(model, tensors, dtype, device, keep_dtype=keep_dtype)
     # pages of permuted / fused / packed / cast originals, layer by layer: the peak stays ~1x the weights
     model.setup_buffers(after_layer=lambda: release_unused(mappings, model), quantize=quantize)
     release_unused(mappings, model)
     if stored is not None:
-        check_all_stored(model, directory)
+        check_all_stored(model, directory, Voxtral.quantized_kind)
     return model.eval()

@@ -193,10 +193,20 @@ class Voxtral(nn.Module):
     # the Linears setup_buffers quantizes (canonical names, before fusing): what `speechrs quantize` stores as codes
     QUANTIZED = re.compile(r"layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[123])|output")
 
+    # ...and those it quantizes to int8 whatever was asked: the audio encoder's and the adapter's, which multiply
+    # 1500 / 375 rows per chunk (compute-bound: int4 would gain no speed there, only error), in half the memory
+    QUANTIZED_INT8 = re.compile(
+        r"mm_whisper_embeddings\.(whisper_encoder\.transformer\.layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[12])"
+        r"|audio_language_projection\.[02])"
+    )
+
     @classmethod
-    def quantizes(cls, name: str) -> bool:
-        """Whether `name` (a Linear's canonical name, before fusing) is one the quantizing step quantizes."""
-        return cls.QUANTIZED.fullmatch(name) is not None
+    def quantized_kind(cls, name: str, kind: str) -> str | None:
+        """What `name` (a Linear's canonical name, before fusing) is quantized to when `kind` is asked; None if
+        it stays float."""
+        if cls.QUANTIZED_INT8.fullmatch(name):
+            return "int8"
+        return kind if cls.QUANTIZED.fullmatch(name) else None
 
     def __init__(self, cfg: VoxtralConfig):
         super().__init__()
@@ -222,6 +232,13 @@ class Voxtral(nn.Module):
             device
         )
         pack, scratch = quantize is None and packable(self.output.weight), Scratch()
+        audio = self.mm_whisper_embeddings
+        for layer in audio.whisper_encoder.transformer.layers if quantize is not None else []:
+            quantize_linears(layer.attention, ["wq", "wk", "wv", "wo"], "int8")  # QUANTIZED_INT8
+            quantize_linears(layer.feed_forward, ["w1", "w2"], "int8")
+            after_layer()
+        if quantize is not None:
+            quantize_linears(audio.audio_language_projection, ["0", "2"], "int8")
         for layer in self.layers:
             a, ff = layer.attention, layer.feed_forward
             if quantize is not None:
