@@ -163,6 +163,10 @@ def _library() -> ctypes.CDLL | str:
         ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
     ]  # fmt: skip
+    library.speechrs_int4_weights_avx2.argtypes = [
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+        ctypes.c_void_p, ctypes.c_int,
+    ]  # fmt: skip
     library.speechrs_int4_linear.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
@@ -303,6 +307,20 @@ def int4_weights(blocked: torch.Tensor, scale_zero: torch.Tensor, group: int, st
     args = (blocked.data_ptr(), scale_zero.data_ptr(), k, group, b0, b1, out.data_ptr(), torch.get_num_threads())
     library.speechrs_int4_weights_avx512(*args)
     return out[: stop - start]
+
+
+def int4_weights_avx2(blocked: torch.Tensor, scale_zero: torch.Tensor, group: int, start: int, stop: int):
+    """Rows [start, stop) of int4 codes blocked as for int4_linear's avx2 variant made fp32 weights (rows, K):
+    (q - 8) * scale + zero, each step rounded in fp32 (Int4Linear.dequantized() exactly); the transpose of a
+    contiguous (K, rows), as a GEMM reads it best. start a multiple of 8. Where the library runs."""
+    library = _library()
+    assert not isinstance(library, str), library
+    b0, b1 = start // 8, -(-stop // 8)
+    k = blocked.shape[1] * 2
+    out = torch.empty(k, (b1 - b0) * 8)
+    args = (blocked.data_ptr(), scale_zero.data_ptr(), k, group, b0, b1, out.data_ptr(), torch.get_num_threads())
+    library.speechrs_int4_weights_avx2(*args)
+    return out.T[: stop - start]
 
 
 def int8_weights(blocked: torch.Tensor, start: int, stop: int) -> torch.Tensor:

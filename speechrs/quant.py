@@ -50,23 +50,27 @@ DEQUANT_ROWS = 64
 # to bf16 + oneDNN's GEMM draws even at 128 rows and wins above: 16384 x 3072 kernel 21 / 43 / 64 / 128 ms at 64 /
 # 128 / 192 / 383 rows against 27 / 42 / 55 / 102, 3072 x 8192 11 / 21 / 31 / 63 against 13 / 20 / 27 / 50. (An
 # earlier reading on 2 Zen 5 cores put the crossing at 192-256.) The AVX2 figures above were measured before codes()
-# converted 6x faster: the AVX2 crossover may now be lower (not measured again; no AVX2 machine since).
+# converted 6x faster; measured again after (2 Zen 3 cores, 2026-12-07): kernel 111-118 GFLOP/s from 64 to 383 rows,
+# convert + fp32 GEMM 89-92 / 109-118 / 118-129 / 136-142 / 142-155 at 64 / 128 / 192 / 256 / 383: even at ~150.
 # With AMX the bf16 GEMM runs ~5x faster again (2 Sapphire Rapids-class cores: 1.3-2.6 TFLOP/s) while the AVX-512
 # kernel's int8 falls to 3-4 GB/s of codes at 16 rows: the GEMM takes over where torch's kernel hands over too.
-KERNEL_ROWS = {"avx2": 256, "avx512": 128, "amx": DEQUANT_ROWS}
+KERNEL_ROWS = {"avx2": 192, "avx512": 128, "amx": DEQUANT_ROWS}
 # ...converted a block of weight rows at a time, each block (16 MiB converted) multiplied while it is in cache:
 # the whole weight converted at once is a fresh 100 MB+ buffer per call, whose page faults and memory traffic cost
 # as much as the GEMM. 383 rows on AMX, bf16: 16384 x 3072 70 -> 40 ms, 3072 x 8192 36 -> 18 ms; the fp32 path
 # (SPEECHRS_NATIVE_BF16=0, same machine) 174 -> 140 and 87 -> 69 ms (blocks of 32 and 64 MiB were slower there).
 DEQUANT_BLOCK_BYTES = 2**24
 # From this many rows on, int4 weights blocked for speechrs's AVX-512 BF16 kernel are made bf16 a block at a time
-# (in C: 0.65 ms for 2048 x 3072; torch ops took 4-13) for oneDNN's bf16 GEMM (elsewhere the int4 kernel at hand
-# keeps every row count: the AVX2 one ran 73-106 GFLOP/s at 383 rows on Zen 3, torch's fp32 Linear 70). On 2 Zen 4
+# (in C: 0.65 ms for 2048 x 3072; torch ops took 4-13) for oneDNN's bf16 GEMM, and those blocked for its AVX2 kernel
+# fp32 (in C too) for the fp32 GEMM where the CPU lacks native bf16: on 2 Zen 3 cores (2026-12-07) the AVX2 kernel
+# held 119-124 GFLOP/s from 32 rows to 383 on Voxtral's 16384 x 3072 and 3072 x 8192, the conversion + GEMM 53-66 /
+# 83-96 / 111-122 / 127-138 / 148-154 at 32 / 64 / 128 / 192 / 383 rows. Elsewhere (torch's kernels) the int4
+# kernel keeps every row count. On 2 Zen 4
 # cores, 16384 x 3072 and 3072 x 8192: the AVX-512 kernel held ~220 GFLOP/s from 16 rows on, the conversion + GEMM
 # 132 / 200-211 / 279-282 / 333-379 at 16 / 32 / 64 / 128-383 rows: even at ~40. On its 16-row layout the kernel
 # holds ~290 GFLOP/s at 16 rows (conversion 0.48 ms per 2048 x 3072): about even with the GEMM at 64 rows, which
 # wins above (the crossover not measured again).
-INT4_GEMM_ROWS = {"avx512": 64, "amx": 64}
+INT4_GEMM_ROWS = {"avx512": 64, "amx": 64, "avx2": 192}
 
 
 def check_quantization(name: str | None) -> str | None:
@@ -317,8 +321,17 @@ class Int4Linear(nn.Module):
 
     @property
     def dequant_rows(self) -> int:
-        """From this many rows on, the weights are made bf16 for a GEMM instead of going through a kernel."""
-        return INT4_GEMM_ROWS.get(self.kernel or "", 2**62) if cpu_native_bf16() else 2**62
+        """From this many rows on, the weights are made gemm_dtype for a GEMM instead of going through a kernel
+        (where C makes them: speechrs's AVX-512 / AMX layout in bf16, its AVX2 layout in fp32)."""
+        native = cpu_native_bf16()
+        if (self.kernel in cpu_kernels.INT4_WIDE and native) or (self.kernel == "avx2" and not native):
+            return INT4_GEMM_ROWS.get(self.kernel, 2**62)
+        return 2**62
+
+    @property
+    def gemm_dtype(self) -> torch.dtype:
+        """The dtype of the GEMM route's weights: bf16 where the CPU multiplies it natively, else fp32."""
+        return KERNEL_DTYPE if cpu_native_bf16() else torch.float32
 
     def _portable_codes(self, blocks: torch.Tensor) -> torch.Tensor:
         """Blocks of the blocked codes back to int4_codes()'s portable bytes, (rows, K/2)."""
@@ -331,6 +344,8 @@ class Int4Linear(nn.Module):
         (blocked layout only; start a multiple of block_rows)."""
         if self.kernel in cpu_kernels.INT4_WIDE and dtype == KERNEL_DTYPE:  # one pass in C, ~10x the torch ops below
             return cpu_kernels.int4_weights(self.packed, self.scale_zero, self.group, start, stop)
+        if self.kernel == "avx2" and dtype == torch.float32:  # in C too (the GEMM route without native bf16)
+            return cpu_kernels.int4_weights_avx2(self.packed, self.scale_zero, self.group, start, stop)
         r = self.block_rows
         codes = self._portable_codes(self.packed[start // r : -(-stop // r)])  # (rows, K/2)
         q = torch.stack((codes & 15, codes >> 4), dim=2).view(len(codes), -1, self.group)  # (rows, K/g, g)
@@ -342,8 +357,8 @@ class Int4Linear(nn.Module):
         rows = _rows(x)
         if len(rows) >= self.dequant_rows:
             # a prefill: its weights made bf16 a block at a time for oneDNN's GEMM (one more rounding of each
-            # weight, 2^-9 of it, against the int4 step's ~1/30 of the group's range)
-            y = _blockwise_matmul(rows, self.out_features, self.weights, KERNEL_DTYPE)
+            # weight, 2^-9 of it, against the int4 step's ~1/30 of the group's range), or fp32 (none)
+            y = _blockwise_matmul(rows, self.out_features, self.weights, self.gemm_dtype)
         elif self.kernel is not None:  # blocked for it
             y = cpu_kernels.int4_linear(rows, self.packed, self.scale_zero, self.group, self.out_features, self.kernel)
         else:

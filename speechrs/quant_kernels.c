@@ -140,3 +140,30 @@ void speechrs_quantize_int4(const void *w, int dtype, int64_t N, int64_t K, int6
         }
     }
 }
+
+/* The int4 weights of blocks [b0, b1) of speechrs's AVX2 int4 layout (8 rows to a block: codes [N/8][K/2][8 rows],
+   scale_zero [N/8][K/g][scale, zero][8 rows] bf16; cpu_kernels.c) made fp32 for a GEMM (quant.Int4Linear's
+   prefill path without native bf16): w = (q - 8) * scale + zero, the multiply and the add each rounded in fp32
+   (torch's order: Int4Linear.dequantized() exactly). Written k-major, out (K, 8 (b1 - b0)): each step's 8 code
+   bytes are 8 rows of two k, so every store is 8 contiguous floats, and the GEMM reads out as the transpose of
+   its (rows, K) weight. */
+void speechrs_int4_weights_avx2(const uint8_t *codes, const uint16_t *scale_zero, int64_t K, int64_t g, int64_t b0,
+                                int64_t b1, float *out, int threads) {
+    const int64_t G = K / g, ld = (b1 - b0) * 8;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = b0; b < b1; b++) {
+        const uint8_t *c = codes + b * (K / 2) * 8;
+        float *o = out + (b - b0) * 8;
+        for (int64_t gi = 0; gi < G; gi++) {
+            const uint16_t *sz = scale_zero + (b * G + gi) * 16;
+            __m256 s = load8(sz, BF16, 0), z = load8(sz, BF16, 8), eight = _mm256_set1_ps(8.f);
+            for (int64_t p = gi * g / 2; p < (gi + 1) * g / 2; p++) {
+                __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(c + p * 8)));
+                __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15)));
+                __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
+                _mm256_storeu_ps(o + (2 * p) * ld, _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(lo, eight), s), z));
+                _mm256_storeu_ps(o + (2 * p + 1) * ld, _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(hi, eight), s), z));
+            }
+        }
+    }
+}

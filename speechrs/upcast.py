@@ -22,6 +22,11 @@ UPCAST_ROWS = 16
 # at 256 (Voxtral's 16384 x 3072, 3072 x 8192, its encoder's 1280 x 5120); torch's bf16 Linear 2-4x slower than
 # the kernel from 2 rows on.
 KERNEL_ROWS = 256
+# The fp32 GEMM converts this many bytes of weight rows at a time and multiplies them while they are in cache: the
+# whole weight converted at once (a fresh 200 MB for Voxtral's 16384 x 3072) cost as much as the GEMM. On 2 Zen 3
+# cores (2026-12-07), 383 rows of 16384 x 3072: whole 112 GFLOP/s, blocks of 16 MiB 145, of 64 MiB 96 (the bf16
+# kernel 125-131); the encoder's 5120 x 1280 and 1280 x 5120 at 1500 rows even within the machine's noise (141-172).
+BLOCK_BYTES = 2**24
 
 
 class UpcastLinear(nn.Module):
@@ -45,8 +50,14 @@ class UpcastLinear(nn.Module):
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         if rows < UPCAST_ROWS:
             return F.linear(x, self.weight, self.bias)
-        bias = None if self.bias is None else self.bias.float()
-        return F.linear(x.float(), self.weight.float(), bias).to(x.dtype)
+        rows_x = x.reshape(-1, self.in_features).float()
+        y = torch.empty(len(rows_x), self.out_features)
+        step = max(16, BLOCK_BYTES // 4 // self.in_features)
+        for a in range(0, self.out_features, step):
+            b = min(a + step, self.out_features)
+            torch.matmul(rows_x, self.weight[a:b].detach().float().T, out=y[:, a:b])
+        y = y if self.bias is None else y.add_(self.bias.detach().float())
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         kernel = f", under {KERNEL_ROWS} rows through speechrs's AVX2 kernel" if self.kernel else ""

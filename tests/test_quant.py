@@ -54,8 +54,8 @@ def test_kernel_equals_the_float32_layer_of_its_dequantized_weight(path, rows, m
     layer = KINDS[kind].quantize(w)
     assert layer.kernel == (None if path.endswith("torch") else path[5:])
     weight = layer.dequantized()
-    if kind == "int4" and rows >= layer.dequant_rows:  # a prefill's GEMM path multiplies the weights in bf16
-        weight = weight.to(torch.bfloat16).float()
+    if kind == "int4" and rows >= layer.dequant_rows and layer.gemm_dtype == torch.bfloat16:
+        weight = weight.to(torch.bfloat16).float()  # a prefill's bf16 GEMM multiplies the weights rounded
     _close_to_bf16_rounding(layer(x), F.linear(x.to(torch.bfloat16).float(), weight))
     assert layer(x.to(torch.bfloat16)).dtype == torch.bfloat16 and layer(x).dtype == torch.float32
 
@@ -88,6 +88,30 @@ def test_int4_prefill_rows_take_the_bf16_gemm_and_agree_with_the_kernel(monkeypa
     assert torch.equal(layer(x), kernel)  # below dequant_rows: the kernel
 
 
+def test_int4_prefill_rows_without_native_bf16_take_the_fp32_gemm(monkeypatch):
+    """Without native bf16 (forced here on any CPU) speechrs's AVX2 int4 weights are made fp32 for the GEMM from
+    dequant_rows on, in C: the layer's own dequantized weight bit for bit, so the GEMM's result is the exact
+    product rounded once to bf16, up to the order of the fp32 sums (bound at one bf16 ulp of each output)."""
+    _choose_kernel("int4-avx2", monkeypatch)
+    monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "0")
+    quant.cpu_native_bf16.cache_clear()
+    monkeypatch.setattr(quant, "DEQUANT_BLOCK_BYTES", 64 * 256 * 4)  # several row blocks, as a full-size layer has
+    try:
+        g = torch.Generator().manual_seed(3)
+        layer = Int4Linear.quantize(torch.randn(1000, 256, generator=g) / 16)
+        assert layer.gemm_dtype == torch.float32 and layer.dequant_rows == quant.INT4_GEMM_ROWS["avx2"]
+        assert torch.equal(layer.weights(0, 1000, torch.float32), layer.dequantized())
+        assert torch.equal(layer.weights(64, 203, torch.float32), layer.dequantized()[64:203])
+        x = torch.randn(layer.dequant_rows, 256, generator=g)
+        exact = F.linear(x.to(torch.bfloat16).double(), layer.dequantized().double())
+        gemm = layer(x).double()
+        assert bool(((gemm - exact).abs() <= 2**-8 * exact.abs() + 1e-6).all())
+        kernel = cpu_kernels.int4_linear(x[:3], layer.packed, layer.scale_zero, 32, 1000, "avx2")
+        assert torch.equal(layer(x[:3]), kernel)  # below dequant_rows: the kernel
+    finally:
+        quant.cpu_native_bf16.cache_clear()
+
+
 def test_quantization_error_is_within_half_a_step():
     w = torch.randn(512, 256, generator=torch.Generator().manual_seed(0))
     q8 = Int8Linear.quantize(w)
@@ -115,13 +139,15 @@ class ExactLayer(torch.nn.Module):
     """What a quantized layer claims to compute, in float32 from its codes: the bf16-rounded input (the kernels'
     activation dtype) times the dequantized weight, rounded to bf16 (their output dtype). From the layer's
     dequant_rows on, a GEMM's: int8 the product of input and codes rounded to bf16, then scaled; int4 the weight
-    rounded to bf16 first. A bias (the audio encoder's int8 Linears) is added to that in fp32."""
+    rounded to bf16 first (where the GEMM is bf16). A bias (the audio encoder's int8 Linears) is added to that in
+    fp32."""
 
     def __init__(self, layer: Int8Linear | Int4Linear):
         super().__init__()
         self.weight = layer.dequantized()
         self.int8 = isinstance(layer, Int8Linear)
         self.dequant_rows = layer.dequant_rows
+        self.round_weight = isinstance(layer, Int4Linear) and layer.gemm_dtype == torch.bfloat16
         self.bias = layer.bias.float() if isinstance(layer, Int8Linear) and layer.bias is not None else None
         if self.int8:
             self.codes, self.scale = layer.codes(dtype=torch.float32), layer.scale.float()
@@ -133,7 +159,8 @@ class ExactLayer(torch.nn.Module):
         elif self.int8:
             y = (F.linear(xb, self.codes).to(torch.bfloat16).float() * self.scale).to(torch.bfloat16)
         else:
-            y = F.linear(xb, self.weight.to(torch.bfloat16).float()).to(torch.bfloat16)
+            w = self.weight.to(torch.bfloat16).float() if self.round_weight else self.weight
+            y = F.linear(xb, w).to(torch.bfloat16)
         return (y if self.bias is None else y.float() + self.bias).to(x.dtype)
 
 
