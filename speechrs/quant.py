@@ -24,6 +24,7 @@ from .quant_codes import (
     INT4_GROUP,
     INT4_ROWS,
     KERNEL_DTYPE,
+    Done,
     Weights,
     blocked_codes,
     blocked_shape,
@@ -138,10 +139,10 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale.to(KERNEL_DTYPE))
 
     @classmethod
-    def quantize(cls, weight: Weights, bias: torch.Tensor | None = None) -> "Int8Linear":
+    def quantize(cls, weight: Weights, bias: torch.Tensor | None = None, done: Done = None) -> "Int8Linear":
         first = weight_parts(weight)[0]
         kernel = int8_kernel(first.device, first.shape[1])
-        module = cls(*int8_codes(weight, kernel), blocked=kernel is not None, bias=bias)
+        module = cls(*int8_codes(weight, kernel, done), blocked=kernel is not None, bias=bias)
         module.quantized_at_load = True
         return module
 
@@ -247,13 +248,13 @@ class Int4Linear(nn.Module):
         return cpu_kernels.variant() if device.type == "cpu" else None
 
     @classmethod
-    def quantize(cls, weight: Weights, group: int = INT4_GROUP) -> "Int4Linear":
+    def quantize(cls, weight: Weights, group: int = INT4_GROUP, done: Done = None) -> "Int4Linear":
         parts = weight_parts(weight)
         k = parts[0].shape[1]
         if k % group:
             raise ValueError(f"int4 needs in_features divisible by {group}, got {k}")
         if cls._speechrs_kernel(parts[0].device):
-            module = cls.from_codes(*int4_codes(parts, group), group)
+            module = cls.from_codes(*int4_codes(parts, group, done), group)
             module.quantized_at_load = True
             return module
         weight = stacked(parts)
@@ -373,10 +374,11 @@ class Int4Linear(nn.Module):
         return f"{shape}, int4 groups of {self.group}, {kernel}"
 
 
-def quantized_linear(weight: Weights, kind: str) -> nn.Module:
+def quantized_linear(weight: Weights, kind: str, done: Done = None) -> nn.Module:
+    """`done(part)` is called as each part of `weight` has its codes (where speechrs's quantizers make them)."""
     if weight_parts(weight)[0].device.type != "cpu" and kind == "int4":
         raise ValueError("int4 weights run on the CPU only in this version (torch's CUDA int4 layout differs)")
-    return Int8Linear.quantize(weight) if kind == "int8" else Int4Linear.quantize(weight)
+    return Int8Linear.quantize(weight, done=done) if kind == "int8" else Int4Linear.quantize(weight, done=done)
 
 
 class StoredInt8(nn.Module):
@@ -423,7 +425,13 @@ def _from_stored(parts: list[nn.Module]) -> nn.Module:
     raise ValueError(f"cannot fuse {[type(p).__name__ for p in parts]}: a checkpoint mixes quantized and float parts")
 
 
-def _quantized(parts: list[nn.Module], kind: str) -> nn.Module:
+# A weight quantized with a `release` callback goes a part of this many bytes at a time, each released once its
+# codes are made: Voxtral's output head (768 MB of bf16) otherwise stood whole in memory beside its codes, 1 GB
+# above the load's final size at its peak.
+RELEASE_PART_BYTES = 2**26
+
+
+def _quantized(parts: list[nn.Module], kind: str, release: Done = None) -> nn.Module:
     if any(isinstance(p, (StoredInt8, StoredInt4)) for p in parts):
         return _from_stored(parts)
     linears = [p for p in parts if isinstance(p, nn.Linear)]
@@ -433,14 +441,20 @@ def _quantized(parts: list[nn.Module], kind: str) -> nn.Module:
         if kind != "int8" or len(linears) > 1:
             raise ValueError("a Linear with a bias is quantized to int8 only, and not fused")
         return Int8Linear.quantize(linears[0].weight.detach(), linears[0].bias.detach())
-    return quantized_linear([p.weight.detach() for p in linears], kind)
+    weights = [p.weight.detach() for p in linears]
+    if release is not None and len(weights) == 1:  # rows are quantized independently: parts give the same codes
+        w = weights[0]
+        step = max(64, RELEASE_PART_BYTES // (w.shape[1] * w.element_size()) // 64 * 64)
+        weights = list(w.split(step))
+    return quantized_linear(weights, kind, release)
 
 
-def quantize_linears(parent: nn.Module, names: list[str], kind: str) -> None:
+def quantize_linears(parent: nn.Module, names: list[str], kind: str, release: Done = None) -> None:
     """Replace the nn.Linear children `names` of `parent` with quantized ones (or stored ones with the Linears they
-    hold); a Linear with a bias only to int8."""
+    hold); a Linear with a bias only to int8. With `release` (the loader's weights.release_pages) a large weight is
+    quantized a part at a time, each part released as its codes are made."""
     for name in names:
-        setattr(parent, name, _quantized([getattr(parent, name)], kind))
+        setattr(parent, name, _quantized([getattr(parent, name)], kind, release))
 
 
 def quantize_fused(parent: nn.Module, names: list[str], fused_name: str, kind: str) -> None:

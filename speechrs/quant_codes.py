@@ -6,7 +6,7 @@ from the weight's own dtype, straight into the layout the kernel streams) wherev
 are quantized each into its rows of the whole, without a concatenated copy.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,15 @@ def row_blocks(n_rows: int, k: int, elements: int | None = None) -> list[tuple[i
 Weights = torch.Tensor | list[torch.Tensor]
 
 
+# Called with each part of a weight once its codes are made (the loader releases its pages: weights.release_pages).
+Done = Callable[[torch.Tensor], None] | None
+
+
+def _done(done: Done, part: torch.Tensor) -> None:
+    if done is not None:
+        done(part)
+
+
 def weight_parts(weight: Weights) -> list[torch.Tensor]:
     return [w.detach() for w in weight] if isinstance(weight, list) else [weight.detach()]
 
@@ -59,7 +68,7 @@ def part_rows(parts: list[torch.Tensor], block: int) -> list[tuple[torch.Tensor,
     return spans
 
 
-def int8_codes(weight: Weights, kernel: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def int8_codes(weight: Weights, kernel: str | None = None, done: Done = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8: codes (N, K) int8 and scales (N,) bf16 with weight ~= codes * scale[:, None]; the
     codes blocked for speechrs's `kernel` variant as blocked_codes() lays them out when one is named.
 
@@ -76,6 +85,7 @@ def int8_codes(weight: Weights, kernel: str | None = None) -> tuple[torch.Tensor
         cols = 1 if kernel == "amx" else 8 if kernel else k
         for part, a, b in spans:
             cpu_kernels.quantize_int8(part, qweight[a // rows : -(-b // rows)], scale[a:b], rows, cols)
+            _done(done, part)
         return qweight, scale.to(KERNEL_DTYPE)
     weight = stacked(parts)
     qweight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
@@ -133,7 +143,7 @@ def int4_blocks(weight: torch.Tensor, group: int) -> Iterator[tuple[int, int, to
         yield a, b, q.to(torch.int32).flatten(1), torch.stack([scale, zero], dim=2).transpose(0, 1)
 
 
-def int4_codes(weight: Weights, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+def int4_codes(weight: Weights, group: int = INT4_GROUP, done: Done = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Grouped asymmetric int4 in a layout any machine can read (speechrs quantize writes it): codes (N, K/2)
     uint8, two per byte, k even in the low nibble; scale_zero (K/g, N, 2) bf16."""
     parts = weight_parts(weight)
@@ -144,6 +154,7 @@ def int4_codes(weight: Weights, group: int = INT4_GROUP) -> tuple[torch.Tensor, 
         scale_zero = torch.empty(k // group, len(codes), 2)
         for part, a, b in spans:
             cpu_kernels.quantize_int4(part, codes[a:b], scale_zero[:, a:b], group)
+            _done(done, part)
         return codes, scale_zero.to(KERNEL_DTYPE)
     weight = stacked(parts)
     n, k = weight.shape

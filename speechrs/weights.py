@@ -109,6 +109,18 @@ def release_unused(mappings: list, module: nn.Module) -> None:
             cursor = max(cursor, b)
 
 
+def release_pages(mappings: list, t: torch.Tensor) -> None:
+    """madvise(DONTNEED) the whole pages of the mapped files inside `t`'s extent, e.g. a weight just quantized a
+    part at a time: its pages leave resident memory before the model is done (the file's pages stay in the page
+    cache, so a later read of `t` faults them back unchanged; memory that is not a mapped file is left alone)."""
+    a, b = _extent(t)
+    for mapped, base, size in mappings:
+        lo, hi = max(a, base) - base, min(b, base + size) - base
+        start, stop = -(-lo // mmap.PAGESIZE) * mmap.PAGESIZE, hi - hi % mmap.PAGESIZE
+        if stop > start:
+            mapped.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+
 def checkpoint_files(directory: Path, single: str, index: str) -> list[Path]:
     """The files of one safetensors checkpoint: `index` lists shards, else the one file `single`."""
     index_path = directory / index

@@ -83,3 +83,36 @@ def test_a_fused_layer_from_parts_computes_as_one_from_the_whole():
     for cls in (quant.Int8Linear, quant.Int4Linear):
         fused, whole = cls.quantize(parts), cls.quantize(torch.cat(parts))
         assert torch.equal(fused.dequantized(), whole.dequantized()) and torch.equal(fused(x), whole(x))
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_a_weight_released_a_part_at_a_time_quantizes_as_a_whole(torch_ops, kind, monkeypatch):
+    """The loader quantizes Voxtral's output head a part at a time, releasing each part's pages as its codes are
+    made (weights.release_pages): the same layer as from the whole weight."""
+    monkeypatch.setattr(quant, "RELEASE_PART_BYTES", 64 * 128 * 2)  # parts of 64 rows of bf16
+    parent = torch.nn.Module()
+    parent.head = torch.nn.Linear(128, 300, bias=False, dtype=torch.bfloat16)
+    w = _weight(300, 128, torch.bfloat16)
+    parent.head.weight.data.copy_(w)
+    released: list[torch.Tensor] = []
+    quant.quantize_linears(parent, ["head"], kind, released.append)
+    whole = quant.quantized_linear(w, kind)
+    assert torch.equal(parent.head.dequantized(), whole.dequantized())
+    assert [len(p) for p in released] == [64, 64, 64, 64, 44]
+
+
+def test_released_pages_of_a_mapped_file_read_back_unchanged(tmp_path):
+    from safetensors.torch import save_file
+
+    from speechrs.weights import read_safetensors, release_pages
+
+    w = torch.randn(4096, 256, generator=torch.Generator().manual_seed(0))
+    save_file({"w": w}, str(tmp_path / "w.safetensors"))
+    mappings: list = []
+    mapped = dict(read_safetensors(tmp_path / "w.safetensors", mappings))["w"]
+    assert torch.equal(mapped, w)
+    release_pages(mappings, mapped[1000:3000])  # dropped from this process, still in the file's page cache
+    assert torch.equal(mapped, w)
+    anonymous = w.clone()
+    release_pages(mappings, anonymous)  # not a mapped file: left alone
+    assert torch.equal(anonymous, w)

@@ -4,6 +4,7 @@ Native: params.json + consolidated.safetensors. HF: config.json + model.safetens
 The HF table is the inverse of transformers' convert_voxtral_weights_to_hf.py STATE_DICT_MAPPING.
 """
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from ..layers import half_split_to_interleaved
 from ..quant_store import check_all_stored, install_stored, quantization_to_load
-from ..weights import checkpoint_files, load_into, read_safetensors, release_unused, rename
+from ..weights import checkpoint_files, load_into, read_safetensors, release_pages, release_unused, rename
 from .config import VoxtralConfig
 from .model import Voxtral
 
@@ -97,7 +98,8 @@ def load_voxtral(
     tensors, keep_dtype = stored or (tensors, None)
     load_into(model, tensors, dtype, device, keep_dtype=keep_dtype)
     # pages of permuted / fused / packed / cast originals, layer by layer: the peak stays ~1x the weights
-    model.setup_buffers(after_layer=lambda: release_unused(mappings, model), quantize=quantize)
+    release = functools.partial(release_pages, mappings)  # a weight quantized a part at a time, as it goes
+    model.setup_buffers(after_layer=lambda: release_unused(mappings, model), quantize=quantize, release=release)
     release_unused(mappings, model)
     if stored is not None:
         check_all_stored(model, directory, Voxtral.quantized_kind)

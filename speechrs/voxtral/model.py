@@ -220,12 +220,13 @@ class Voxtral(nn.Module):
         self._rope_len = 0
         self.batch_invariant = False  # whether forward_rows may run several requests' rows through one matmul
 
-    def setup_buffers(self, after_layer=lambda: None, quantize: str | None = None) -> None:
+    def setup_buffers(self, after_layer=lambda: None, quantize: str | None = None, release=None) -> None:
         """Derived tensors that no checkpoint stores; call after weights are assigned (meta -> real). The
         decoder's projections are fused, then quantized (`quantize` int8 / int4: every decoder linear and the
         output head, quant.py) or on the CPU in bf16 packed for oneDNN (packing.py); on a CPU without native
         bf16 the remaining bf16 linears multiply many rows in fp32 (upcast.py). `after_layer` runs after each
-        layer, so the loader can drop the replaced originals as it goes."""
+        layer, so the loader can drop the replaced originals as it goes; `release(part)` drops a part of the output
+        head once it is quantized."""
         enc = self.cfg.encoder
         device = self.tok_embeddings.weight.device
         self.mm_whisper_embeddings.whisper_encoder.embed_positions = sinusoids(enc.max_source_positions, enc.dim).to(
@@ -255,8 +256,8 @@ class Voxtral(nn.Module):
                 a.wqkv = fuse_linears(a.wq, a.wk, a.wv)
                 ff.w13 = fuse_linears(ff.w1, ff.w3)
             after_layer()
-        if quantize is not None:
-            quantize_linears(self, ["output"], quantize)
+        if quantize is not None:  # a part at a time, each `release`d (the loader's weights.release_pages)
+            quantize_linears(self, ["output"], quantize, release)
         elif pack:
             pack_linears(self, ["output"])
         if upcast_on_this_cpu(self.tok_embeddings.weight):  # bf16 without hardware bf16: big matmuls in fp32
