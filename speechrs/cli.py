@@ -65,8 +65,8 @@ class Quantize(str, Enum):
 
 DTYPE_HELP = "Weights dtype; auto picks the path for the device (said at load)."
 QUANTIZE_HELP = (
-    "Weight-only int8 (per channel) or int4 (groups of 32) decoder linears, quantized at load "
-    "(a `speechrs quantize` directory brings its own)."
+    "Weight-only int8 (per channel) or int4 (groups of 32) decoder linears, quantized at load; Voxtral's audio "
+    "encoder int8 either way (a `speechrs quantize` directory brings its own)."
 )
 
 

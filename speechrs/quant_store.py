@@ -50,7 +50,8 @@ def _manifest(directory: Path) -> dict | None:
     if version not in READABLE or kind not in QUANTIZATIONS or (kind == "int4" and group not in INT4_GROUPS):
         raise UnsupportedModelError(
             f"{path}: format {version!r}, {kind!r} (group {group!r}) is not one this speechrs reads "
-            f"(format {FORMAT}, {' or '.join(QUANTIZATIONS)}); quantize the original checkpoint again"
+            f"(format {' or '.join(map(str, READABLE))}, {' or '.join(QUANTIZATIONS)}); quantize the original "
+            "checkpoint again"
         )
     return manifest
 
@@ -103,7 +104,7 @@ def install_stored(
         else:
             holder = StoredInt4(linear.out_features, linear.in_features, int(manifest["int4_group"]))
         setattr(model.get_submodule(parent) if parent else model, leaf, holder)
-    stored = {f"{m}.{b}" for m, _ in modules for b, t in model.get_submodule(m).named_buffers() if b != "bias"}
+    stored = {f"{m}.{b}" for m, _ in modules for b, _ in model.get_submodule(m).named_buffers() if b != "bias"}
     tensors = (item for path in files for item in read_safetensors(path, mappings))
     return tensors, stored.__contains__
 

@@ -223,10 +223,10 @@ class Voxtral(nn.Module):
     def setup_buffers(self, after_layer=lambda: None, quantize: str | None = None, release=None) -> None:
         """Derived tensors that no checkpoint stores; call after weights are assigned (meta -> real). The
         decoder's projections are fused, then quantized (`quantize` int8 / int4: every decoder linear and the
-        output head, quant.py) or on the CPU in bf16 packed for oneDNN (packing.py); on a CPU without native
-        bf16 the remaining bf16 linears multiply many rows in fp32 (upcast.py). `after_layer` runs after each
-        layer, so the loader can drop the replaced originals as it goes; `release(part)` drops a part of the output
-        head once it is quantized."""
+        output head, quant.py; the audio encoder's and adapter's linears to int8 either way) or on the CPU in
+        bf16 packed for oneDNN (packing.py); on a CPU without native bf16 the remaining bf16 linears multiply many
+        rows in fp32 (upcast.py). `after_layer` runs after each layer, so the loader can drop the replaced
+        originals as it goes; `release(part)` drops a part of the output head once it is quantized."""
         enc = self.cfg.encoder
         device = self.tok_embeddings.weight.device
         self.mm_whisper_embeddings.whisper_encoder.embed_positions = sinusoids(enc.max_source_positions, enc.dim).to(
