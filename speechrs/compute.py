@@ -57,9 +57,12 @@ def _kernel(kind: str) -> str:
     )
 
 
-def plan(device: str, dtype: str = "auto", quantize: str | None = None, chosen_by: str = "") -> ComputePlan:
+def plan(
+    device: str, dtype: str = "auto", quantize: str | None = None, chosen_by: str = "", family: str = ""
+) -> ComputePlan:
     """The path for `device` given the user's --dtype and --quantize; raises ValueError on a bad name.
-    chosen_by: how the device was picked, for the summary (e.g. "auto")."""
+    chosen_by: how the device was picked, for the summary (e.g. "auto"); family ("voxtral" / "dia"), what the
+    summary says is quantized."""
     kind = torch.device(device).type
     quantize = check_quantization(quantize)
     torch_dtype = parse_dtype(dtype)
@@ -75,7 +78,8 @@ def plan(device: str, dtype: str = "auto", quantize: str | None = None, chosen_b
         raise ValueError("int4 weights run on the CPU only in this version; use --quantize int8 or none on " + kind)
     where = cpu_summary() if kind == "cpu" else str(torch.cuda.get_device_name(device) if kind == "cuda" else kind)
     if quantize is not None:
-        how = f"{quantize} weight-only decoder linears ({_kernel(kind)}), other weights {chosen}"
+        encoder = " and the audio encoder's in int8" if family == "voxtral" else ""  # Voxtral.quantized_kind
+        how = f"{quantize} weight-only decoder linears{encoder} ({_kernel(kind)}), other weights {chosen}"
     elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16) and cpu_native_bf16():
         how = f"{chosen}; bf16 decode weights are packed for oneDNN"
     elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16):

@@ -72,10 +72,9 @@ def load_pipeline(
     except ValueError as e:
         raise InvalidRequestError(str(e)) from None
     source = resolve(model)
-    try:  # a `speechrs quantize` directory brings its own quantization
+    try:  # a `speechrs quantize` directory brings its own quantization; the summary names the family's layers
         stored = quantization_to_load(source.directory, how.quantize)
-        if stored != how.quantize:
-            how = plan(device, dtype, stored, chosen_by="auto" if asked == "auto" else "")
+        how = plan(device, dtype, stored, chosen_by="auto" if asked == "auto" else "", family=source.family)
     except ValueError as e:
         raise InvalidRequestError(str(e)) from None
     if source.family == "dia":

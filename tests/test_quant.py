@@ -235,8 +235,11 @@ def test_the_python_api_and_the_load_line_name_the_quantization(native_dir, dia_
 
     vox = speechrs.load(str(native_dir), quantize="int8")
     assert "int8" in vox.plan.summary and vox.transcribe(str(clip), max_tokens=4).usage.completion_tokens >= 1
+    assert "decoder linears and the audio encoder's in int8" in vox.plan.summary, vox.plan.summary
+    assert isinstance(vox.pipeline.model.mm_whisper_embeddings.audio_language_projection[0], Int8Linear)
     dia = speechrs.load(str(dia_dirs[1]), dac=str(dac_dirs[1]), quantize="int4")
     assert isinstance(dia.pipeline.model.logits_dense, Int4Linear)
+    assert "int4 weight-only decoder linears (" in dia.plan.summary, dia.plan.summary
     assert len(dia.speak("[S1] Hi.", max_tokens=32, seed=0).pcm) % 512 == 0
     with pytest.raises(Exception, match="unknown quantization 'int3'"):
         speechrs.load(str(native_dir), quantize="int3")
