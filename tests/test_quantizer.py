@@ -116,3 +116,19 @@ def test_released_pages_of_a_mapped_file_read_back_unchanged(tmp_path):
     anonymous = w.clone()
     release_pages(mappings, anonymous)  # not a mapped file: left alone
     assert torch.equal(anonymous, w)
+
+
+def test_codes_are_blocked_alike_at_any_offset():
+    """Stored int8 codes are blocked at load as 8-byte words where they lie 8-byte aligned (a file's tensors may lie
+    anywhere), else byte by byte: the same layout either way."""
+    codes = torch.randint(-127, 128, (40, 64), dtype=torch.int8, generator=torch.Generator().manual_seed(0))
+    buffer = torch.zeros(40 * 64 + 3, dtype=torch.int8)
+    buffer[3:] = codes.flatten()
+    unaligned = buffer[3:].view(40, 64)
+    assert unaligned.storage_offset() % 8 == 3
+    for kernel in ("avx2", "amx"):
+        ref = torch.stack([codes[r0 : r0 + 8] for r0 in range(0, 40, 8)])  # (5, 8, 64): blocks of 8 rows
+        if kernel == "avx2":  # (N/8, K/8, 8, 8): each block's 8 rows' next 8 codes in 64 bytes
+            ref = ref.view(5, 8, 8, 8).transpose(1, 2)
+            assert torch.equal(quant_codes.blocked_codes(codes, kernel), ref)
+        assert torch.equal(quant_codes.blocked_codes(unaligned, kernel), quant_codes.blocked_codes(codes, kernel))
