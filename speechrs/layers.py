@@ -131,6 +131,19 @@ def huge_page_empty(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
         return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).view(shape)
 
 
+def matmul_by_row_blocks(x: torch.Tensor, n_out: int, weight_rows, block_bytes: int) -> torch.Tensor:
+    """x (M, K) @ W^T -> (M, n_out) in x's dtype, with W (n_out, K) made `block_bytes` of rows at a time (in x's
+    dtype) by weight_rows(start, stop), start a multiple of 64, and each block multiplied while it is in cache:
+    converting a whole weight for one call is a fresh 100 MB+ buffer whose page faults and memory traffic cost as
+    much as the GEMM (quant.py's and upcast.py's GEMM routes measure it)."""
+    step = max(64, block_bytes // x.element_size() // x.shape[1] // 64 * 64)
+    y = torch.empty(len(x), n_out, dtype=x.dtype, device=x.device)
+    for a in range(0, n_out, step):
+        b = min(a + step, n_out)
+        torch.matmul(x, weight_rows(a, b).T, out=y[:, a:b])
+    return y
+
+
 def checkpoint_embedding(num_embeddings: int, dim: int) -> nn.Embedding:
     """An nn.Embedding whose weight the checkpoint fills (built on the meta device like the rest of a model):
     without the random init, whose first normal_ on the meta device costs ~1.2 s of torch's imports per load."""

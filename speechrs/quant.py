@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernels
-from .layers import cpu_native_bf16
+from .layers import cpu_native_bf16, matmul_by_row_blocks
 from .quant_codes import (
     INT4_GROUP,
     INT4_ROWS,
@@ -91,9 +91,7 @@ def _blockwise_matmul(rows: torch.Tensor, n_out: int, weight_rows, dtype: torch.
     weight_rows(start, stop, dtype) (start a multiple of 16) and multiplied while the block is in cache. The inputs
     are rounded to bf16 first and the product after, as on a bf16 GEMM, so every CPU computes the same numbers."""
     x_k = rows.to(KERNEL_DTYPE).to(dtype)
-    y = torch.empty(len(rows), n_out, dtype=dtype, device=rows.device)
-    for a, b in row_blocks(n_out, rows.shape[1], DEQUANT_BLOCK_BYTES // dtype.itemsize):
-        torch.matmul(x_k, weight_rows(a, b, dtype).T, out=y[:, a:b])
+    y = matmul_by_row_blocks(x_k, n_out, lambda a, b: weight_rows(a, b, dtype), DEQUANT_BLOCK_BYTES)
     return y.to(KERNEL_DTYPE)
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernels
+from .layers import matmul_by_row_blocks
 
 # From this many rows on, a matmul is compute-bound and the fp32 GEMM wins despite converting the weight.
 UPCAST_ROWS = 16
@@ -50,12 +51,9 @@ class UpcastLinear(nn.Module):
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         if rows < UPCAST_ROWS:
             return F.linear(x, self.weight, self.bias)
+        weight = self.weight.detach()
         rows_x = x.reshape(-1, self.in_features).float()
-        y = torch.empty(len(rows_x), self.out_features)
-        step = max(16, BLOCK_BYTES // 4 // self.in_features)
-        for a in range(0, self.out_features, step):
-            b = min(a + step, self.out_features)
-            torch.matmul(rows_x, self.weight[a:b].detach().float().T, out=y[:, a:b])
+        y = matmul_by_row_blocks(rows_x, self.out_features, lambda a, b: weight[a:b].float(), BLOCK_BYTES)
         y = y if self.bias is None else y.add_(self.bias.detach().float())
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
