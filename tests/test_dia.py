@@ -41,6 +41,29 @@ def test_the_generations_differ_only_by_cross_attention_rope(dia_dirs):
     assert not torch.allclose(step0_logits(v01), step0_logits(hf0626), atol=1e-3)
 
 
+@pytest.mark.parametrize("generation", [HF_0626, NARI_V01])
+def test_text_cache_gives_the_full_cfg_pair_s_logits_without_the_zero_row_s_encoder(dia_dirs, generation):
+    """The unconditional row's cross-attention is one value per layer (Dia.unconditional_values): the logits of
+    a prompt's prefill (T = 3) and of the steps after it agree with the pair encoded in full, to rounding."""
+    model = load_dia(dia_dirs[1], None, generation=generation)
+    ids = torch.tensor([encode_text(TEXT, model.cfg)])
+    codes = torch.randint(0, 1024, (1, 6, model.cfg.channels), generator=torch.Generator().manual_seed(0))
+    logits = []
+    with torch.inference_mode():
+        zeros = model.encoder(torch.zeros(1, 37, dtype=torch.long))  # any length encodes to one vector
+        torch.testing.assert_close(zeros, zeros[:, :1].expand_as(zeros), atol=1e-6, rtol=1e-6)
+        full = model.cross_cache(model.encoder(torch.cat([ids, torch.zeros_like(ids)])))
+        half = model.text_cache(ids)
+        assert half.k[0].shape[0] == 1 and full.k[0].shape[0] == 2 and half.k[0].shape[2] == ids.shape[1]
+        for cross in (full, half):
+            model.setup_caches(2, 8)
+            prefill = model(codes[:, :3].expand(2, -1, -1), 0, cross)
+            steps = [model(codes[:, t : t + 1].expand(2, -1, -1), t, cross) for t in range(3, 6)]
+            logits.append(torch.cat([prefill, *steps], dim=1))
+    torch.testing.assert_close(logits[1], logits[0], atol=2e-5, rtol=1e-5)
+    assert not torch.equal(logits[1][0], logits[1][1])  # the rows did differ: the text's row read its text
+
+
 def test_configs_parse_to_the_same_shapes(dia_dirs):
     a, b = (DiaConfig.load(d / "config.json") for d in dia_dirs)
     assert (a.generation, b.generation) == (NARI_V01, HF_0626)

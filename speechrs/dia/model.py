@@ -153,10 +153,13 @@ class MultiChannelEmbedding(nn.Module):
 
 
 class CrossCache:
-    """Cross-attention K/V of every decoder layer, computed once per request from the encoder output."""
+    """Cross-attention K/V of every decoder layer, computed once per request from the encoder output: k[i], v[i]
+    (B, K, S, E). With `uncond` (Dia.text_cache), the rows are a CFG pair [text, all zero bytes] whose K/V hold the
+    text's row only, and uncond[i] (1, H, 1, E) is the zero row's cross-attention output at layer i, whatever the
+    query (Dia.unconditional_values)."""
 
-    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor]):
-        self.k, self.v = k, v
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], uncond: list[torch.Tensor] | None = None):
+        self.k, self.v, self.uncond = k, v, uncond
 
 
 @dataclass(eq=False)
@@ -186,6 +189,7 @@ class Dia(nn.Module):
         self.logits_dense = nn.Linear(cfg.dec_dim, cfg.channels * cfg.audio_vocab, bias=False)
         self.caches: list[KVCache] = []
         self._rope = torch.zeros(0)
+        self._uncond: list[torch.Tensor] | None = None  # unconditional_values(), made once the weights are final
         self.batch_invariant = False  # whether forward_rows may run several requests' rows through one matmul
 
     def prepare(self, after_layer=lambda: None, quantize: str | None = None) -> None:
@@ -254,6 +258,34 @@ class Dia(nn.Module):
             vs.append(a.heads(a.v_proj, enc_BxSxD, a.n_kv_heads).to(dtype, memory_format=torch.contiguous_format))
         return CrossCache(ks, vs)
 
+    def text_cache(self, text_1xS: torch.Tensor) -> CrossCache:
+        """The cross-attention cache of a CFG pair, rows [text, the unconditional all-zero text of the same
+        length], as cross_cache(encoder(both rows)) computes it up to rounding, for half its work: the zero row
+        needs neither the encoder nor K/V of its own (unconditional_values)."""
+        cache = self.cross_cache(self.encoder(text_1xS))
+        cache.uncond = self.unconditional_values()
+        return cache
+
+    def unconditional_values(self) -> list[torch.Tensor]:
+        """Per decoder layer, the cross-attention output (1, H, 1, E) of an all-zero text, any length, any query.
+
+        Zero bytes embed every position alike, and attention over identical values returns that value whatever its
+        weights (they sum to 1): so every encoder layer keeps the positions identical, the encoder's output is one
+        vector whatever the length, every position's cross-attention value is the same, and so is the attention
+        output. RoPE rotates queries and keys, never values. One position computes it exactly; the references'
+        sums over S positions give it up to rounding. Computed once (the weights do not change after prepare())."""
+        if self._uncond is None:
+            p = self.decoder.embeddings.embed.weight
+            with torch.inference_mode():
+                enc = self.encoder(torch.zeros(1, 1, dtype=torch.long, device=p.device))
+                values = []
+                for layer in self.decoder.layers:
+                    a = layer.cross_attention
+                    v = a.heads(a.v_proj, enc, a.n_kv_heads)  # (1, K, 1, E)
+                    values.append(v.repeat_interleave(a.n_heads // a.n_kv_heads, dim=1))  # head h reads h // (H/K)
+            self._uncond = values
+        return self._uncond
+
     def forward(self, codes_BxTxC: torch.Tensor, start: int, cross: CrossCache) -> torch.Tensor:
         """Delayed code rows at steps [start, start+T) with the model's own cache (setup_caches) -> logits
         (B, T, C, V) in float32."""
@@ -264,6 +296,8 @@ class Dia(nn.Module):
         pair each), each at its own steps [start, start+T) with its own caches and text -> logits (B, T, C, V)."""
         cfg, T = self.cfg, codes_BxTxC.shape[1]
         n = rows_per_segment(codes_BxTxC, segments)
+        if n != 2 and any(s.cross is not None and s.cross.uncond is not None for s in segments):
+            raise ValueError("a text_cache is for a CFG pair: 2 rows per request")
         if len(segments) > 1 and not self.batch_invariant:  # these kernels would change a request's bits: one each
             return torch.cat([self.forward_rows(codes_BxTxC[i * n : (i + 1) * n], [s]) for i, s in enumerate(segments)])
         rots = [self._rope[s.start : s.start + T] for s in segments]
@@ -284,12 +318,15 @@ class Dia(nn.Module):
             outs = []
             for j, (cross, rot) in enumerate(zip(crosses, rots, strict=True)):
                 rows = slice(j * n, (j + 1) * n)
-                qj = apply_rope_interleaved(cq[rows], rot) if cfg.cross_rope else cq[rows]  # v0.1: at the step
+                uncond = cross.uncond  # a CFG pair: only the text's row attends
+                q = cq[j * n : j * n + 1] if uncond is not None else cq[rows]
+                qj = apply_rope_interleaved(q, rot) if cfg.cross_rope else q  # v0.1: at the step
                 ck, cv = cross.k[i], cross.v[i]
                 if T == 1:
-                    outs.append(attend_one(qj, ck, cv, scale=1.0))
+                    o = attend_one(qj, ck, cv, scale=1.0)
                 else:
-                    outs.append(sdpa(qj, ck, cv, scale=1.0, enable_gqa=c.n_heads != c.n_kv_heads))
+                    o = sdpa(qj, ck, cv, scale=1.0, enable_gqa=c.n_heads != c.n_kv_heads)
+                outs.append(o if uncond is None else torch.cat([o, uncond[i].expand(1, -1, T, -1).to(o.dtype)]))
             x = x + c.out(outs[0] if len(outs) == 1 else torch.cat(outs))
             x = x + layer.mlp(layer.pre_mlp_norm(x))
         logits = self.logits_dense(self.decoder.norm(x))

@@ -229,9 +229,9 @@ class DiaPipeline:
         max_steps = opts.max_tokens or cfg.audio_length - L
         with torch.inference_mode():  # not across the yields: the generator resumes in its driver's mode
             cond = torch.tensor([text_ids], device=self.device)
-            enc = model.encoder(torch.cat([cond, torch.zeros_like(cond)]))  # rows [cond, uncond]: uncond all zeros
-            # this request's own text K/V and cache: the first pass reads the whole known prefix, later ones a row
-            segment = DiaSegment(0, model.new_caches(2, L + max_steps + 1), model.cross_cache(enc))
+            # this request's own text K/V (rows [cond, uncond], uncond all zeros) and cache: the first pass reads the
+            # whole known prefix, later ones a row
+            segment = DiaSegment(0, model.new_caches(2, L + max_steps + 1), model.text_cache(cond))
             logits = model.forward_rows(known[: L + 1].to(self.device).expand(2, -1, C), [segment])
         rows = torch.full((L + max_steps + 1, C), cfg.bos, dtype=torch.long)
         rows[: L + 1] = known[: L + 1]
