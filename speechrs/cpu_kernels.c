@@ -13,21 +13,15 @@
 
    Every output is the same chain of FMAs over K in steps of 8 (one 8-lane accumulator) and the same horizontal
    sum, whatever the tile that computes it: a row's result does not depend on the rows beside it (batching). */
-#include <immintrin.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
+
+#include "cpu_kernels.h"
 
 #define PREFETCH_BYTES 1024 /* 16 steps of 64 bytes ahead */
-#define INT8_PREFETCH_BYTES 2048 /* the int8 kernel's: 32 lines ahead (2 Zen 3 cores, 2 rows: 1 KiB 22-25 GB/s, 2 KiB 24-25) */
-#define INT8_CHUNK 256 /* k a pass takes before the next pass's turn (128: 27-28 GB/s, 256: 29-30, 512: 26-28) */
-
-static inline uint16_t bf16_round(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
+/* the int8 kernel's prefetch, 32 lines ahead (2 Zen 3 cores, 2 rows: 1 KiB 22-25 GB/s, 2 KiB 24-25), and the k a
+   pass takes before the next pass's turn (block_rows; 128: 27-28 GB/s, 256: 29-30, 512: 26-28) */
+#define INT8_PREFETCH_BYTES 2048
+#define INT8_CHUNK 256
 
 /* x (M, K) bf16 -> fp32, in a buffer the caller frees (NULL if none could be had). */
 static float *widen(const uint16_t *x, int64_t n) {
@@ -38,17 +32,6 @@ static float *widen(const uint16_t *x, int64_t n) {
             memcpy(out + i, &u, 4);
         }
     return out;
-}
-
-static inline __m256 bf16x8(const uint16_t *p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
-}
-
-static inline float hsum(__m256 a) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    return _mm_cvtss_f32(s);
 }
 
 /* Accumulators acc[i * NR + j] (MR * NR <= 8) for MR rows of x times NR of the block's 8 weight rows (from row

@@ -38,10 +38,22 @@ from pathlib import Path
 
 import torch
 
-from .layers import cpu_flags
 
-# the matmul kernels, and the quantizers quant.py runs at load (one library)
-SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.c", "quant_kernels.c")]
+def cpu_flags() -> frozenset[str] | None:
+    """The x86 CPU's feature flags from /proc/cpuinfo; None where there is no such line (not Linux, not x86)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
+
+
+# the matmul kernels, the quantizers quant.py runs at load and a bf16 decode step's small ops (one library)
+SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.c", "quant_kernels.c", "decode_kernels.c")]
+HEADERS = [Path(__file__).with_name("cpu_kernels.h")]  # included by the sources: part of what a build is
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -66,7 +78,7 @@ def _build(extra: list[str] | None = None) -> Path:
     if compiler is None:
         raise RuntimeError("no C compiler found (cc, gcc or clang; or set CC)")
     flags = [*FLAGS, *(extra or [])]
-    sources = b"".join(source.read_bytes() for source in SOURCES)
+    sources = b"".join(source.read_bytes() for source in [*SOURCES, *HEADERS])
     digest = hashlib.sha256(sources + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
     target = cache_dir() / "kernels" / f"cpu_kernels-{digest}.so"
     if target.exists():
@@ -94,7 +106,7 @@ INT4_WIDE = ("avx512", "amx")
 
 @functools.cache
 def _flags() -> frozenset[str] | None:
-    return cpu_flags()  # /proc/cpuinfo, read once here (layers.cpu_flags stays uncached for its own callers)
+    return cpu_flags()  # /proc/cpuinfo, read once here (cpu_flags stays uncached for its other callers)
 
 
 def _setting() -> str | None:
@@ -170,6 +182,15 @@ def _library() -> ctypes.CDLL | str:
     library.speechrs_int4_linear.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
+    ]  # fmt: skip
+    library.speechrs_attend_scores.argtypes = [
+        ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 7, ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
+    ]  # fmt: skip
+    library.speechrs_rms_norm.argtypes = [
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p,
+    ]  # fmt: skip
+    library.speechrs_attend_values.argtypes = [
+        ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 7, ctypes.c_void_p, ctypes.c_int,
     ]  # fmt: skip
     if hasattr(library, "speechrs_int8_linear_avx512"):  # same arguments as the AVX2 ones
         library.speechrs_int8_linear_avx512.argtypes = library.speechrs_int8_linear.argtypes
@@ -341,6 +362,47 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     too); x is rounded to bf16 first. Only where available()."""
     n, k = weight.shape
     return _run("speechrs_bf16_linear", x, k, n, weight.data_ptr(), weight.stride(0), n)
+
+
+def attends(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether attend_one takes this query and cache (decode_kernels.c): all bf16 on the CPU, head dim a multiple
+    of 32 up to 256, each head's positions contiguous rows (a cache's [:, :, :S] view is)."""
+    E = q.shape[-1]
+    rows = all(t.stride(-1) == 1 and t.stride(-2) == E for t in (k, v))
+    return q.dtype == k.dtype == v.dtype == torch.bfloat16 and E % 32 == 0 and E <= 256 and rows
+
+
+def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query per row, q (B, H, 1, E), over k / v (B, K, S, E), K dividing H -> (B, H, 1, E) bf16: the scores
+    and the weighted values in C, torch's softmax between. Only where available() and attends(q, k, v)."""
+    library = _library()
+    assert not isinstance(library, str), library
+    (B, H, _, E), (K, S), threads = q.shape, k.shape[1:3], torch.get_num_threads()
+    q = q.contiguous()
+    scores = torch.empty(B, H, S)
+    status = library.speechrs_attend_scores(
+        q.data_ptr(), k.data_ptr(), B, H, K, S, E, k.stride(0), k.stride(1), scale, scores.data_ptr(), threads
+    )
+    weights = scores.softmax(dim=-1)
+    out = torch.empty(B, H, 1, E, dtype=torch.bfloat16)
+    status |= library.speechrs_attend_values(
+        weights.data_ptr(), v.data_ptr(), B, H, K, S, E, v.stride(0), v.stride(1), out.data_ptr(), threads
+    )
+    assert status == 0, "attends() admits only the shapes decode_kernels.c takes"
+    return out
+
+
+def rms_norm(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
+    """layers.RMSNorm of bf16 rows (..., D) with a bf16 gain (D,), D % 8 == 0, in C. Only where available()."""
+    library = _library()
+    assert not isinstance(library, str), library
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    status = library.speechrs_rms_norm(
+        x.data_ptr(), x.numel() // x.shape[-1], x.shape[-1], gain.data_ptr(), eps, y.data_ptr()
+    )
+    assert status == 0, "rows of a multiple of 8"
+    return y
 
 
 QUANTIZED_DTYPES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}  # quant_kernels.c's dtype codes

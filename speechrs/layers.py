@@ -12,22 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernels
+from .cpu_kernels import cpu_flags
+
 # x86 flags (/proc/cpuinfo) of the instructions oneDNN's fast bf16 kernels use. oneDNN also "supports" bf16 on
 # plain AVX-512 by emulating it: a Xeon whose hypervisor hides AVX512_BF16 and AMX ran a 2048^3 bf16 matmul at
 # 60 GFLOP/s against fp32's 318 (issue 16, benchmarks/machine.py), so its support is not enough.
 X86_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "avx_ne_convert"})
-
-
-def cpu_flags() -> frozenset[str] | None:
-    """The x86 CPU's feature flags from /proc/cpuinfo; None where there is no such line (not Linux, not x86)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return None
 
 
 @functools.cache
@@ -64,14 +55,30 @@ def upcast_on_this_cpu(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float16) and not cpu_native_bf16()
 
 
+# RMSNorm's kernel takes up to this many elements (a decode step's rows); torch's ops, parallel, the rest
+NORM_KERNEL_ELEMENTS = 2**16
+
+
+@functools.cache
+def bf16_step_kernels():
+    """speechrs's kernels for a bf16 decode step's small ops (cpu_kernels.attend_one over bf16 caches,
+    cpu_kernels.rms_norm) where they run here: a CPU without native bf16 where speechrs's kernels build (not
+    SPEECHRS_CPU_KERNELS=0); None elsewhere. Read once per process."""
+    if cpu_native_bf16():
+        return None
+    return cpu_kernels if cpu_kernels.available() else None
+
+
 def cache_dtype(weight: torch.Tensor) -> torch.dtype:
-    """The dtype of attention caches (KV, Dia's cross K/V) for a model whose weights are `weight`'s dtype: fp32
-    for bf16/fp16 on the CPU, where a decode query is answered in fp32 (attend_one) and converting the whole
-    cache every step would cost more than holding it in fp32; the weights' dtype elsewhere, and for bf16 on a CPU
-    with AMX, where torch's bf16 attention kernel is the faster one (cpu_amx). The values are the same either
-    way: k and v come out of bf16 linears."""
-    amx_bf16 = weight.dtype == torch.bfloat16 and cpu_amx()
-    if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16) and not amx_bf16:
+    """The dtype of attention caches (KV, Dia's cross K/V) for a model whose weights are `weight`'s dtype. bf16
+    stays bf16 on a CPU with AMX, where torch's bf16 attention kernel is the faster one (cpu_amx), and on a CPU
+    without native bf16 where speechrs's kernel reads it (bf16_step_kernels: half the bytes of fp32 to read per
+    step, and half the memory). Elsewhere a bf16 / fp16 CPU cache is fp32, where a decode query is answered in fp32
+    (attend_one) and converting the whole cache every step would cost more than holding it in fp32; any other,
+    the weights' dtype. The values are the same either way: k and v come out of bf16 linears."""
+    if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and (cpu_amx() or bf16_step_kernels()):
+        return torch.bfloat16
+    if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
         return torch.float32
     return weight.dtype
 
@@ -255,10 +262,15 @@ def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float |
     measured in fp32 the kernel is as fast, so fp32 keeps it). The scores and the sum run in fp32, as the kernel
     does; the grouped heads share their kv head without a copy (query head h reads kv head h // (H / K)). With
     k/v in q's dtype on a CPU with AMX (cache_dtype keeps them bf16 there) torch's kernel is used; elsewhere a
-    bf16 k/v (a first step's own, not yet from the fp32 cache) takes the fp32 matmuls as before."""
+    bf16 k/v (a first step's own, not yet from the fp32 cache) takes the fp32 matmuls as before. A bf16 cache on a
+    CPU without native bf16 is read by speechrs's kernel (bf16_step_kernels), in fp32 sums likewise: Voxtral's
+    30 layers at 400 positions 11.6 -> 5.6 ms a token, Dia's cross-attention 3.2 -> 1.7 ms a step (2 Zen 3 cores)."""
     if q.dtype == torch.float32 or q.device.type != "cpu" or (k.dtype == q.dtype and cpu_amx()):
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     B, H, _, E = q.shape
+    kernel = bf16_step_kernels()
+    if kernel is not None and kernel.attends(q, k, v):
+        return kernel.attend_one(q, k, v, E**-0.5 if scale is None else scale)
     K = k.shape[1]
     scores = q.reshape(B, K, H // K, E).float() @ k.float().transpose(-1, -2)  # (B, K, H/K, S)
     weights = (scores * (E**-0.5 if scale is None else scale)).softmax(dim=-1)
@@ -282,7 +294,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, scale:
 
 
 class RMSNorm(nn.Module):
-    """Computed in float32 and cast back before the gain, as Mistral and Llama do."""
+    """Computed in float32 and cast back before the gain, as Mistral and Llama do. A decode step's few bf16 rows
+    go through speechrs's kernel where it runs (bf16_step_kernels: one call for torch's eight ops)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -290,4 +303,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bfloat16 and x.numel() <= NORM_KERNEL_ELEMENTS and self.weight.dtype == torch.bfloat16:
+            kernel = bf16_step_kernels()
+            if kernel is not None and x.device.type == "cpu" and x.shape[-1] % 8 == 0:
+                return kernel.rms_norm(x, self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).type_as(x)

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from speechrs import layers
 from speechrs.dia.checkpoint import load_dia
 from speechrs.layers import attend_one, cpu_amx
 
@@ -25,9 +26,16 @@ def test_single_query_attention_equals_sdpa_in_float32(dtype, kv_heads, cache):
     torch.testing.assert_close(ours.float(), ref, atol=4 * rounding, rtol=4 * rounding)
 
 
-def _dia_logits(directory, amx: str, monkeypatch) -> tuple[torch.Tensor, torch.dtype]:
-    monkeypatch.setenv("SPEECHRS_AMX", amx)
+def _dia_logits(directory, path: str, monkeypatch) -> tuple[torch.Tensor, torch.dtype]:
+    """Teacher-forced logits of the tiny Dia in bf16 over a prefill and 8 decode steps, with the decode queries
+    answered by `path`: "amx" (bf16 caches, torch's bf16 kernel), "kernel" (bf16 caches, speechrs's kernel) or
+    "fp32" (fp32 caches, fp32 matmuls); and the caches' dtype."""
+    monkeypatch.setenv("SPEECHRS_AMX", "1" if path == "amx" else "0")
     cpu_amx.cache_clear()
+    if path == "fp32":
+        monkeypatch.setattr(layers, "bf16_step_kernels", lambda: None)
+    elif path == "kernel" and layers.bf16_step_kernels() is None:
+        pytest.skip("speechrs's attention kernel does not run here (native bf16, or no kernels)")
     try:
         model = load_dia(directory, torch.bfloat16)
         g = torch.Generator().manual_seed(0)
@@ -43,15 +51,18 @@ def _dia_logits(directory, amx: str, monkeypatch) -> tuple[torch.Tensor, torch.d
         cpu_amx.cache_clear()
 
 
-def test_on_amx_bf16_caches_and_torchs_attention_give_the_same_logits(dia_dirs, monkeypatch):
-    """SPEECHRS_AMX=1 (a CPU with AMX) keeps bf16 caches and answers decode queries with torch's bf16 kernel; =0
-    keeps fp32 caches and fp32 matmuls. Teacher-forced over a prefill and 8 decode steps of the tiny Dia (bf16),
-    they differ by bf16 rounding only. Measured: top-1 100%, KL 1.8e-4, max difference 0.094 (mean 0.009) on
-    logits whose standard deviation is 3.0."""
-    amx, amx_cache = _dia_logits(dia_dirs[1], "1", monkeypatch)
-    plain, plain_cache = _dia_logits(dia_dirs[1], "0", monkeypatch)
-    assert amx_cache == torch.bfloat16 and plain_cache == torch.float32
-    log_amx, log_plain = amx.log_softmax(-1), plain.log_softmax(-1)
-    assert (log_plain.exp() * (log_plain - log_amx)).sum(-1).mean() < 1e-3
-    assert (amx.argmax(-1) == plain.argmax(-1)).float().mean() >= 0.99
-    assert (amx - plain).abs().max() < 0.3
+@pytest.mark.parametrize("path", ["amx", "kernel"])
+def test_bf16_caches_give_the_logits_of_fp32_caches(dia_dirs, monkeypatch, path):
+    """SPEECHRS_AMX=1 (a CPU with AMX) keeps bf16 caches and answers decode queries with torch's bf16 kernel; a
+    CPU without native bf16 keeps them bf16 for speechrs's kernel (decode_kernels.c); otherwise fp32 caches and
+    fp32 matmuls. Teacher-forced over a prefill and 8 decode steps of the tiny Dia (bf16), self- and
+    cross-attention, they differ by bf16 rounding only. Measured (AMX path): top-1 100%, KL 1.8e-4, max difference
+    0.094 (mean 0.009) on logits whose standard deviation is 3.0."""
+    plain, plain_cache = _dia_logits(dia_dirs[1], "fp32", monkeypatch)
+    monkeypatch.undo()
+    bf16, bf16_cache = _dia_logits(dia_dirs[1], path, monkeypatch)
+    assert bf16_cache == torch.bfloat16 and plain_cache == torch.float32
+    log_bf16, log_plain = bf16.log_softmax(-1), plain.log_softmax(-1)
+    assert (log_plain.exp() * (log_plain - log_bf16)).sum(-1).mean() < 1e-3
+    assert (bf16.argmax(-1) == plain.argmax(-1)).float().mean() >= 0.99
+    assert (bf16 - plain).abs().max() < 0.3
