@@ -379,7 +379,7 @@ def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) 
     assert not isinstance(library, str), library
     (B, H, _, E), (K, S), threads = q.shape, k.shape[1:3], torch.get_num_threads()
     q = q.contiguous()
-    scores = torch.empty(B, H, S)
+    scores = torch.empty(B, H, S, dtype=torch.float32)
     status = library.speechrs_attend_scores(
         q.data_ptr(), k.data_ptr(), B, H, K, S, E, k.stride(0), k.stride(1), scale, scores.data_ptr(), threads
     )

@@ -264,7 +264,7 @@ def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float |
     k/v in q's dtype on a CPU with AMX (cache_dtype keeps them bf16 there) torch's kernel is used; elsewhere a
     bf16 k/v (a first step's own, not yet from the fp32 cache) takes the fp32 matmuls as before. A bf16 cache on a
     CPU without native bf16 is read by speechrs's kernel (bf16_step_kernels), in fp32 sums likewise: Voxtral's
-    30 layers at 400 positions 11.6 -> 5.6 ms a token, Dia's cross-attention 3.2 -> 1.7 ms a step (2 Zen 3 cores)."""
+    30 layers at 400 positions 11.6 -> 5.0 ms a token, Dia's cross-attention 3.2 -> 1.6 ms a step (2 Zen 3 cores)."""
     if q.dtype == torch.float32 or q.device.type != "cpu" or (k.dtype == q.dtype and cpu_amx()):
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     B, H, _, E = q.shape

@@ -276,7 +276,7 @@ class Dia(nn.Module):
         sums over S positions give it up to rounding. Computed once (the weights do not change after prepare())."""
         if self._uncond is None:
             p = self.decoder.embeddings.embed.weight
-            with torch.inference_mode():
+            with torch.no_grad():  # in the caller's mode (inference tensors inside its inference_mode), no autograd
                 enc = self.encoder(torch.zeros(1, 1, dtype=torch.long, device=p.device))
                 values = []
                 for layer in self.decoder.layers:
