@@ -84,7 +84,11 @@ def plan(
         how = f"{chosen}; bf16 decode weights are packed for oneDNN"
     elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16):
         rows = KERNEL_ROWS if cpu_kernels.available() else UPCAST_ROWS
-        kernel = ", fewer through speechrs's AVX2 kernel" if cpu_kernels.available() else ""
+        kernel = (  # the decode step's attention reads bf16 caches there (layers.bf16_step_kernels)
+            ", fewer through speechrs's AVX2 kernels (a decode step's attention too, over bf16 caches)"
+            if cpu_kernels.available()
+            else ""
+        )
         how = (
             f"{chosen}; no hardware bf16, so bf16 weights stay bf16 in memory and matmuls of "
             f"{rows}+ rows (encoder, prefill) and attention run in fp32{kernel}"
