@@ -151,6 +151,13 @@ def matmul_by_row_blocks(x: torch.Tensor, n_out: int, weight_rows, block_bytes: 
     return y
 
 
+def rows_like(y: torch.Tensor, x: torch.Tensor, n_out: int) -> torch.Tensor:
+    """A Linear-like layer's contiguous rows y (M, n_out) in x's dtype and leading shape, without the calls that would
+    change nothing (a decode step makes ~100 of these, each a microsecond or two)."""
+    y = y if y.dtype == x.dtype else y.to(x.dtype)
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], n_out)
+
+
 def checkpoint_embedding(num_embeddings: int, dim: int) -> nn.Embedding:
     """An nn.Embedding whose weight the checkpoint fills (built on the meta device like the rest of a model):
     without the random init, whose first normal_ on the meta device costs ~1.2 s of torch's imports per load."""

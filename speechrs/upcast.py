@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernels
-from .layers import matmul_by_row_blocks
+from .layers import matmul_by_row_blocks, rows_like
 
 # From this many rows on, a matmul is compute-bound and the fp32 GEMM wins despite converting the weight.
 UPCAST_ROWS = 16
@@ -48,7 +48,7 @@ class UpcastLinear(nn.Module):
         if self.kernel and rows < KERNEL_ROWS:
             y = cpu_kernels.bf16_linear(x.reshape(-1, self.in_features), self.weight)
             y = y if self.bias is None else y + self.bias
-            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+            return rows_like(y, x, self.out_features)
         if rows < UPCAST_ROWS:
             return F.linear(x, self.weight, self.bias)
         weight = self.weight.detach()
