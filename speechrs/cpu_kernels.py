@@ -186,6 +186,7 @@ def _library() -> ctypes.CDLL | str:
     library.speechrs_attend_scores.argtypes = [
         ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 7, ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
     ]  # fmt: skip
+    library.speechrs_rope.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 7, ctypes.c_void_p, ctypes.c_void_p]
     library.speechrs_rms_norm.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p,
     ]  # fmt: skip
@@ -389,6 +390,19 @@ def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) 
         weights.data_ptr(), v.data_ptr(), B, H, K, S, E, v.stride(0), v.stride(1), out.data_ptr(), threads
     )
     assert status == 0, "attends() admits only the shapes decode_kernels.c takes"
+    return out
+
+
+def rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """layers.apply_rope_interleaved of bf16 x (B, H, T, E), any strides with its last dim contiguous, by rot (T,
+    E/2) complex64, contiguous, in C -> (B, H, T, E) bf16, contiguous. Only where available()."""
+    library = _library()
+    assert not isinstance(library, str), library
+    B, H, T, E = x.shape
+    out = torch.empty(B, H, T, E, dtype=torch.bfloat16)
+    strides = x.stride()[:3]
+    status = library.speechrs_rope(x.data_ptr(), B, H, T, E, *strides, rot.data_ptr(), out.data_ptr())
+    assert status == 0, "pairs: an even head dim"
     return out
 
 

@@ -55,7 +55,7 @@ def upcast_on_this_cpu(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float16) and not cpu_native_bf16()
 
 
-# RMSNorm's kernel takes up to this many elements (a decode step's rows); torch's ops, parallel, the rest
+# RMSNorm's and RoPE's kernels take up to this many elements (a decode step's rows); torch's ops, parallel, the rest
 NORM_KERNEL_ELEMENTS = 2**16
 
 
@@ -103,8 +103,13 @@ def rope_table(head_dim: int, theta: float, max_len: int, device=None, min_times
 def apply_rope_interleaved(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive pairs (x[2i], x[2i+1]) as complex numbers: Mistral's native layout.
 
-    x: (B, H, T, E); rot: (T, E/2) complex. One complex multiply instead of six real ops.
+    x: (B, H, T, E); rot: (T, E/2) complex. One complex multiply instead of six real ops. A decode step's few bf16
+    rows go through speechrs's kernel where it runs (bf16_step_kernels: one call for torch's six ops, torch's bits).
     """
+    if x.dtype == torch.bfloat16 and x.dim() == 4 and x.numel() <= NORM_KERNEL_ELEMENTS and x.stride(-1) == 1:
+        kernel = bf16_step_kernels()
+        if kernel is not None and x.device.type == "cpu" and rot.dtype == torch.complex64 and rot.is_contiguous():
+            return kernel.rope(x, rot)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, H, T, E/2)
     return torch.view_as_real(pairs * rot).flatten(-2).type_as(x)
 

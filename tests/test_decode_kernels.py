@@ -1,7 +1,7 @@
 """speechrs's small ops of a bf16 decode step (decode_kernels.c). The single-query attention over bf16 KV caches:
 within one bf16 rounding of the float32 computation on the same bf16 values, for every grouping of query heads,
 head size, length and cache view; bf16 caches where it runs, and the shapes it does not take left to torch. The
-RMSNorm of a few rows: torch's bits."""
+RMSNorm and the RoPE of a few rows: torch's bits."""
 
 import pytest
 import torch
@@ -100,3 +100,19 @@ def test_rms_norm_gives_torch_s_bf16_rows(kernel, rows, dim):
         assert torch.equal(norm(x), ours)
     x[0, 0, 0] = float("nan")
     assert kernel.rms_norm(x, norm.weight, 1e-5)[0].isnan().all()  # a NaN in a row makes the row NaN, as torch
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 1, 128, 37), (1, 32, 1, 128, 390), (1, 8, 7, 64, 0), (2, 16, 3, 32, 100)])
+def test_rope_gives_torch_s_bits_on_the_model_s_transposed_views(kernel, shape):
+    """The products and their sums as torch's complex multiply rounds them, then one rounding to bf16: equal bits
+    (measured on every case here), on q / k as the models make them, views of a projection's output."""
+    B, H, T, E, start = shape
+    rot = layers.rope_table(E, 10000.0, start + T)[start:]
+    g = torch.Generator().manual_seed(start)
+    x = (3 * torch.randn(B, T, H * E, generator=g)).to(torch.bfloat16).unflatten(-1, (H, E)).transpose(1, 2)
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    ref = torch.view_as_real(pairs * rot).flatten(-2).type_as(x)
+    ours = kernel.rope(x, rot)
+    assert ours.is_contiguous() and torch.equal(ours, ref)
+    if layers.bf16_step_kernels() is not None:  # the models' call takes it
+        assert torch.equal(layers.apply_rope_interleaved(x, rot), ref)
