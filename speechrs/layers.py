@@ -56,7 +56,7 @@ def upcast_on_this_cpu(t: torch.Tensor) -> bool:
 
 
 # RMSNorm's and RoPE's kernels take up to this many elements (a decode step's rows); torch's ops, parallel, the rest
-NORM_KERNEL_ELEMENTS = 2**16
+STEP_KERNEL_ELEMENTS = 2**16
 
 
 @functools.cache
@@ -106,7 +106,7 @@ def apply_rope_interleaved(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     x: (B, H, T, E); rot: (T, E/2) complex. One complex multiply instead of six real ops. A decode step's few bf16
     rows go through speechrs's kernel where it runs (bf16_step_kernels: one call for torch's six ops, torch's bits).
     """
-    if x.dtype == torch.bfloat16 and x.dim() == 4 and x.numel() <= NORM_KERNEL_ELEMENTS and x.stride(-1) == 1:
+    if x.dtype == torch.bfloat16 and x.dim() == 4 and x.numel() <= STEP_KERNEL_ELEMENTS and x.stride(-1) == 1:
         kernel = bf16_step_kernels()
         if kernel is not None and x.device.type == "cpu" and rot.dtype == torch.complex64 and rot.is_contiguous():
             return kernel.rope(x, rot)
@@ -315,7 +315,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.bfloat16 and x.numel() <= NORM_KERNEL_ELEMENTS and self.weight.dtype == torch.bfloat16:
+        if x.dtype == torch.bfloat16 and x.numel() <= STEP_KERNEL_ELEMENTS and self.weight.dtype == torch.bfloat16:
             kernel = bf16_step_kernels()
             if kernel is not None and x.device.type == "cpu" and x.shape[-1] % 8 == 0:
                 return kernel.rms_norm(x, self.weight, self.eps)
