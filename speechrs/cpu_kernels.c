@@ -27,10 +27,7 @@
 static float *widen(const uint16_t *x, int64_t n) {
     float *out = malloc((size_t)(n > 0 ? n : 1) * sizeof(float)); /* malloc(0) may be NULL: no rows is no error */
     if (out)
-        for (int64_t i = 0; i < n; i++) {
-            uint32_t u = (uint32_t)x[i] << 16;
-            memcpy(out + i, &u, 4);
-        }
+        for (int64_t i = 0; i < n; i++) out[i] = bf16_float(x[i]);
     return out;
 }
 

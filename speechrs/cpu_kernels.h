@@ -13,6 +13,14 @@ static inline uint16_t bf16_round(float f) {
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+/* one bf16 -> fp32, exactly */
+static inline float bf16_float(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 /* 8 fp32 rounded to bf16 (nearest even, as bf16_round; NaN stays NaN), kept as fp32 with low halves zero */
 static inline __m256 bf16_round8(__m256 f) {
     const __m256i u = _mm256_castps_si256(f);

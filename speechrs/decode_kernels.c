@@ -47,10 +47,7 @@ int speechrs_attend_scores(const uint16_t *q, const uint16_t *k, int64_t B, int6
         float qf[4 * MAX_E];
         for (int64_t g0 = 0; g0 < G; g0 += 4) {  /* up to 4 query heads per pass over the keys */
             const int64_t h0 = j * G + g0, n = G - g0 < 4 ? G - g0 : 4;
-            for (int64_t i = 0; i < n * E; i++) {
-                uint32_t u = (uint32_t)q[(b * H + h0) * E + i] << 16;
-                memcpy(qf + i, &u, 4);
-            }
+            for (int64_t i = 0; i < n * E; i++) qf[i] = bf16_float(q[(b * H + h0) * E + i]);
             float *out = scores + (b * H + h0) * S;
             if (n == 4)
                 scores_rows(qf, kj, S, E, scale, out, 4);
@@ -147,11 +144,7 @@ int speechrs_rope(const uint16_t *x, int64_t B, int64_t H, int64_t T, int64_t E,
                 const float *r = rot + t * E;
                 uint16_t *o = out + ((b * H + h) * T + t) * E;
                 for (int64_t e = 0; e < E; e += 2) {
-                    uint32_t ua = (uint32_t)row[e] << 16, ub = (uint32_t)row[e + 1] << 16;
-                    float a, v;
-                    memcpy(&a, &ua, 4);
-                    memcpy(&v, &ub, 4);
-                    const float c = r[e], s = r[e + 1];
+                    const float a = bf16_float(row[e]), v = bf16_float(row[e + 1]), c = r[e], s = r[e + 1];
                     const float ac = a * c, vs = v * s, as = a * s, vc = v * c;
                     o[e] = bf16_round(ac - vs);
                     o[e + 1] = bf16_round(as + vc);

@@ -69,6 +69,13 @@ def bf16_step_kernels():
     return cpu_kernels if cpu_kernels.available() else None
 
 
+def step_kernels_for(x: torch.Tensor):
+    """bf16_step_kernels() for a decode step's few bf16 CPU rows x (up to STEP_KERNEL_ELEMENTS), else None."""
+    if x.dtype != torch.bfloat16 or x.numel() > STEP_KERNEL_ELEMENTS or x.device.type != "cpu":
+        return None
+    return bf16_step_kernels()
+
+
 def cache_dtype(weight: torch.Tensor) -> torch.dtype:
     """The dtype of attention caches (KV, Dia's cross K/V) for a model whose weights are `weight`'s dtype. bf16
     stays bf16 on a CPU with AMX, where torch's bf16 attention kernel is the faster one (cpu_amx), and on a CPU
@@ -106,10 +113,10 @@ def apply_rope_interleaved(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     x: (B, H, T, E); rot: (T, E/2) complex. One complex multiply instead of six real ops. A decode step's few bf16
     rows go through speechrs's kernel where it runs (bf16_step_kernels: one call for torch's six ops, torch's bits).
     """
-    if x.dtype == torch.bfloat16 and x.dim() == 4 and x.numel() <= STEP_KERNEL_ELEMENTS and x.stride(-1) == 1:
-        kernel = bf16_step_kernels()
-        if kernel is not None and x.device.type == "cpu" and rot.dtype == torch.complex64 and rot.is_contiguous():
-            return kernel.rope(x, rot)
+    kernel = step_kernels_for(x)
+    rows = x.dim() == 4 and x.stride(-1) == 1  # (B, H, T, E) with each row's pairs adjacent
+    if kernel is not None and rows and rot.dtype == torch.complex64 and rot.is_contiguous():
+        return kernel.rope(x, rot)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, H, T, E/2)
     return torch.view_as_real(pairs * rot).flatten(-2).type_as(x)
 
@@ -315,8 +322,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.bfloat16 and x.numel() <= STEP_KERNEL_ELEMENTS and self.weight.dtype == torch.bfloat16:
-            kernel = bf16_step_kernels()
-            if kernel is not None and x.device.type == "cpu" and x.shape[-1] % 8 == 0:
-                return kernel.rms_norm(x, self.weight, self.eps)
+        kernel = step_kernels_for(x)
+        if kernel is not None and self.weight.dtype == torch.bfloat16 and x.shape[-1] % 8 == 0:
+            return kernel.rms_norm(x, self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).type_as(x)

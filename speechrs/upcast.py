@@ -55,7 +55,7 @@ class UpcastLinear(nn.Module):
         rows_x = x.reshape(-1, self.in_features).float()
         y = matmul_by_row_blocks(rows_x, self.out_features, lambda a, b: weight[a:b].float(), BLOCK_BYTES)
         y = y if self.bias is None else y.add_(self.bias.detach().float())
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return rows_like(y, x, self.out_features)
 
     def extra_repr(self) -> str:
         kernel = f", under {KERNEL_ROWS} rows through speechrs's AVX2 kernel" if self.kernel else ""
