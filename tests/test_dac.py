@@ -143,3 +143,22 @@ def test_a_loaded_dac_keeps_none_of_its_checkpoint_s_pages_resident(dac_dirs):
     dac = load_dac(dac_dirs[1])
     assert _resident_kib(path) < path.stat().st_size / 1024 / 20
     assert dac.decoder is not None
+
+
+def test_snake_in_place_and_into_a_buffer_gives_forward_s_bits():
+    """The stream applies Snake in place over blocks of samples (apply_) or writes it into the next convolution's
+    input (out=): both must give the same bits as forward()."""
+    from speechrs.dia.dac import Snake
+
+    snake = Snake(6).requires_grad_(False)
+    with torch.no_grad():
+        snake.alpha.copy_(torch.rand(1, 6, 1, generator=torch.Generator().manual_seed(3)) * 2)
+    x = (torch.randn(2, 6, 1, 50, generator=torch.Generator().manual_seed(4)) * 3).contiguous(
+        memory_format=torch.channels_last
+    )
+    expected = snake(x)
+    buffer = torch.empty(2, 6, 1, 60).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(snake(x, out=buffer[..., 10:]), expected) and torch.equal(buffer[..., 10:], expected)
+    y = x.clone()
+    assert snake.apply_(y, block=2 * 6 * 7) is y  # 7 samples a block: 8 blocks, the last one short
+    assert torch.equal(y, expected)

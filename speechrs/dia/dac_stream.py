@@ -58,19 +58,28 @@ def _w4(conv: nn.Module) -> torch.Tensor:
 
 class _Conv:
     """nn.Conv1d (stride 1, zero padding P = reach on each side) on a stream: it keeps the last 2P inputs (at first
-    the P zeros of the left padding); the end of the stream adds the P zeros of the right padding."""
+    the P zeros of the left padding); the end of the stream adds the P zeros of the right padding. `before` (a
+    Snake), when given, is applied to the inputs on their way in, written straight into the convolution's input (no
+    activation-sized temporary)."""
 
-    def __init__(self, conv: nn.Conv1d, batch: int):
-        self.conv, self.weight = conv, _w4(conv)
+    def __init__(self, conv: nn.Conv1d, batch: int, before: nn.Module | None = None):
+        self.conv, self.weight, self.before = conv, _w4(conv), before
         self.pad = int(conv.padding[0])  # padding is a tuple of ints here, never "same"
         self.span = conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
         assert conv.stride == (1,) and self.span == 2 * self.pad + 1, "a symmetric 'same' convolution"
         self.held = conv.weight.new_zeros(batch, conv.in_channels, 1, self.pad).contiguous(memory_format=CL)
 
     def push(self, x_BxCx1xN: torch.Tensor, end: bool) -> torch.Tensor:
-        z = _cat(self.held, x_BxCx1xN)
-        if end:
-            z = _cat(z, z.new_zeros(*z.shape[:-1], self.pad))
+        held, n = self.held.shape[-1], x_BxCx1xN.shape[-1]
+        B, C = x_BxCx1xN.shape[:2]
+        x = x_BxCx1xN
+        z = torch.empty(B, C, 1, held + n + (self.pad if end else 0), dtype=x.dtype, device=x.device, memory_format=CL)
+        z[..., :held] = self.held
+        if self.before is None:
+            z[..., held : held + n] = x_BxCx1xN
+        else:
+            self.before(x_BxCx1xN, out=z[..., held : held + n])
+        z[..., held + n :] = 0  # the right padding, at the end
         if z.shape[-1] < self.span:
             self.held = z
             return _empty(z, self.conv.out_channels)
@@ -98,31 +107,35 @@ class _ConvTranspose:
             ready, self.pending = full[..., : n * s], _tail(full, s)
         else:
             ready = self.pending[..., :0]
-        if end:
-            ready = _cat(ready, self.pending[..., : s - self.crop])
+        if end:  # a new tensor: the bias below is added in place
+            ready = torch.cat([ready, self.pending[..., : s - self.crop]], dim=-1)
         if self.to_crop:
             dropped = min(self.to_crop, ready.shape[-1])
             ready, self.to_crop = ready[..., dropped:], self.to_crop - dropped
         bias = self.conv.bias
-        return ready if bias is None else ready + bias[:, None, None]
+        return ready if bias is None else ready.add_(bias[:, None, None])  # ready: `full`'s, or new
 
 
 class _Residual:
-    """ResidualUnit on a stream: its convolution lags, so the skip path waits in a queue for its outputs."""
+    """ResidualUnit on a stream: its convolution lags, so the skip path keeps the inputs not yet matched by outputs.
+    The first Snake writes into conv1's input, the second works in place on conv1's output, the skip is added in
+    place: per push, the activations allocated are conv1's input and the two convolutions' outputs."""
 
     def __init__(self, unit: nn.Module, batch: int):
         self.snake1, conv1, self.snake2, self.conv2 = unit.block
-        self.conv1, self.weight2 = _Conv(conv1, batch), _w4(self.conv2)
+        self.conv1, self.weight2 = _Conv(conv1, batch, before=self.snake1), _w4(self.conv2)
         self.skip = conv1.weight.new_zeros(batch, conv1.in_channels, 1, 0)
 
     def push(self, x_BxCx1xN: torch.Tensor, end: bool) -> torch.Tensor:
-        y = self.conv1.push(self.snake1(x_BxCx1xN), end)
+        y = self.conv1.push(x_BxCx1xN, end)
         if y.shape[-1]:  # torch's convolutions refuse empty inputs
-            y = F.conv2d(self.snake2(y), self.weight2, self.conv2.bias)
-        self.skip = _cat(self.skip, x_BxCx1xN)
-        out = y.add_(self.skip[..., : y.shape[-1]])
-        self.skip = _tail(self.skip, self.skip.shape[-1] - y.shape[-1])
-        return out
+            y = F.conv2d(self.snake2.apply_(y), self.weight2, self.conv2.bias)
+        waiting, n = self.skip.shape[-1], y.shape[-1]  # y's samples: the waiting skip inputs, then x's first ones
+        first = min(waiting, n)
+        y[..., :first] += self.skip[..., :first]
+        y[..., first:] += x_BxCx1xN[..., : n - first]
+        self.skip = _cat(self.skip[..., first:], x_BxCx1xN[..., n - first :]).clone()
+        return y
 
 
 class StreamingDecoder:
@@ -131,11 +144,12 @@ class StreamingDecoder:
 
     def __init__(self, dac: "DAC", batch: int = 1):
         self.dac = dac
-        self.layers: list = []  # stateful layers (push) and pointwise ones (Snake, called)
+        self.layers: list = []  # stateful layers (push) and pointwise ones (Snake, applied in place)
         for layer in dac.decoder.model:
             for part in layer.block if hasattr(layer, "block") else [layer]:  # a DecoderBlock's parts, in order
-                if isinstance(part, nn.Conv1d):
-                    self.layers.append(_Conv(part, batch))
+                if isinstance(part, nn.Conv1d):  # the Snake before it, if any, writes its input
+                    snake = self.layers.pop() if self.layers and not hasattr(self.layers[-1], "push") else None
+                    self.layers.append(_Conv(part, batch, before=snake))
                 elif isinstance(part, nn.ConvTranspose1d):
                     self.layers.append(_ConvTranspose(part, batch))
                 elif hasattr(part, "block"):  # a ResidualUnit
@@ -151,5 +165,5 @@ class StreamingDecoder:
         else:  # the end of a stream whose frames were all pushed before
             x = self.dac.decoder.model[0].weight.new_zeros(B, self.dac.cfg.latent_dim, 1, 0)
         for layer in self.layers:
-            x = layer.push(x, end) if hasattr(layer, "push") else layer(x)
+            x = layer.push(x, end) if hasattr(layer, "push") else layer.apply_(x)  # x: the last layer's own
         return x.reshape(B, -1)  # (B, 1, 1, samples) -> (B, samples)
