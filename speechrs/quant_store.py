@@ -10,8 +10,8 @@ at load on the machine that runs it); every other tensor is kept as the source h
 the kind its model quantizes it to when that kind is asked (`quantized_kind`: Voxtral's audio encoder is int8 in
 an int4 directory too), and a Linear's bias is kept beside its codes.
 
-Format 2 holds the audio encoder's codes too; a format 1 directory (decoder codes only, written before the
-encoder was quantized) still loads: its encoder is quantized at load from the float weights it holds.
+Format 2 holds Voxtral's audio encoder's codes too, format 3 Dia's text encoder's; an older directory (written
+before those encoders were quantized) still loads: an encoder it holds in float is quantized at load.
 """
 
 import json
@@ -30,8 +30,8 @@ from .weights import checkpoint_files, read_safetensors, tensor_names
 MANIFEST = "speechrs-quantized.json"
 WEIGHTS = "speechrs-quantized.safetensors"
 INDEX = "speechrs-quantized.safetensors.index.json"
-FORMAT = 2
-READABLE = (1, 2)  # format 1: no audio-encoder codes (its encoder is quantized at load)
+FORMAT = 3
+READABLE = (1, 2, 3)  # 1: no audio-encoder codes, 1-2: no text-encoder codes (quantized at load)
 SHARD_BYTES = 2**31  # a shard is written once it holds this much: the most the writer keeps in memory
 _SOURCE_WEIGHTS = re.compile(r".*\.(safetensors|bin|pth|pt|ckpt)(\.index\.json)?")
 _CODE_SUFFIX = {"int8": ".qweight", "int4": ".codes"}
@@ -109,13 +109,16 @@ def install_stored(
     return tensors, stored.__contains__
 
 
-def check_all_stored(model: nn.Module, directory: Path, quantized_kind: Callable[[str, str], str | None]) -> None:
+def check_all_stored(
+    model: nn.Module, directory: Path, quantized_kind: Callable[[str, str], str | None], int8_stored_since: int
+) -> None:
     """After the model's own quantizing step: every quantized Linear came from the directory's codes (none was
-    quantized from a float weight, which would mean the directory lacks codes the loader expects; format 1 did
-    not store the Linears always made int8) and none is left as a placeholder (codes for a Linear the loader does
-    not quantize)."""
+    quantized from a float weight, which would mean the directory lacks codes the loader expects; formats before
+    `int8_stored_since` did not store the model's Linears always made int8) and none is left as a placeholder
+    (codes for a Linear the loader does not quantize)."""
     manifest = _manifest(directory)
-    unstored = (lambda name: quantized_kind(name, "int4") == "int8") if manifest and manifest["format"] == 1 else None
+    older = manifest is not None and manifest["format"] < int8_stored_since
+    unstored = (lambda name: quantized_kind(name, "int4") == "int8") if older else None
     fresh = [
         n
         for n, m in model.named_modules()

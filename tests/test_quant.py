@@ -215,19 +215,22 @@ def test_int8_voxtral_against_the_original_float32(native_dir, native_pipeline, 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_quantized_dia_equals_its_layers_computed_exactly(dia_dirs, dac, path, monkeypatch):
-    """Teacher-forced CFG logits of 64 greedy rows, every channel (576 positions). Measured: int4 100% top-1,
-    KL 7e-5; int8 98.6-98.8%, KL 6e-4. Each int8 layer is exact but for one bf16 ulp in ~1 output of 10,000;
-    the random decoder and CFG's x4 amplify those into 0.3 of logit, and 7 of 576 picks sit closer than that."""
+    """Teacher-forced CFG logits of 64 greedy rows, every channel (576 positions). Measured with the text encoder
+    in int8 too (2 Zen 3 cores): int8 98.4-98.8% top-1, KL 7e-4-1.05e-3; int4 98.3-99.1%, KL 4e-4-1.0e-3
+    (decoder alone: int8 98.6-98.8%, 6e-4; int4 100%, 7e-5). Each int8 layer is exact but for one bf16 ulp in ~1
+    output of 10,000; the random model and CFG's x4 amplify those into 0.3 of logit, and ~8 of 576 picks sit
+    closer than that."""
     kind = _choose_kernel(path, monkeypatch)
     quantized = load_dia(dia_dirs[0], torch.float32, quantize=kind)
     reference = load_dia(dia_dirs[0], torch.float32)
-    assert _exact_reference(reference, quantized) == 8 * quantized.cfg.dec_layers + 1
+    encoder = 4 * quantized.cfg.enc_layers  # int8 whatever `kind`: qkv, o, gate_up, down
+    assert _exact_reference(reference, quantized) == 8 * quantized.cfg.dec_layers + 1 + encoder
     pipeline = DiaPipeline(reference, dac)
     text_ids = encode_text("[S1] Hello there. [S2] Hi! (laughs)", reference.cfg)
     opts = pipeline.options(SpeakOptions(max_tokens=64, temperature=0))
     rows = list(pipeline.generate_codes(text_ids, opts))[-1][:-1]  # the rows the float32 model read
     agreement = compare(dia_logits(reference, text_ids, rows), dia_logits(quantized, text_ids, rows))
-    assert agreement["top1"] >= 0.98 and agreement["kl"] < 1e-3, agreement
+    assert agreement["top1"] >= 0.98 and agreement["kl"] < 2e-3, agreement
 
 
 def test_the_python_api_and_the_load_line_name_the_quantization(native_dir, dia_dirs, dac_dirs, clip):
@@ -258,10 +261,14 @@ def test_the_server_quantizes_each_model_as_asked(native_dir, dia_dirs, dac_dirs
 
 
 def test_the_quality_script_reports_both_models(native_dir, dia_dirs, capsys):
+    """The bounds only catch a broken path (what the tiny random models measure is no quality figure): measured on
+    2 Zen 3 cores, Voxtral int8 KL 0.0020-0.0024 (top-1 100%); Dia int8 against float32 KL 0.017-0.022, top-1
+    93-95% over the two generations (the decoder alone 0.005-0.006: the tiny text encoder, 128 wide, feeds every
+    cross-attention and CFG's x4), int4 0.42-0.48."""
     import quality
 
     result = quality.voxtral_quality(native_dir, "native", "int8", "auto", tokens=8)
     assert set(result) == {"transcription", "chat"} and all(r["positions"] == 9 for r in result.values())
     assert all(r["kl"] < 3e-3 for r in result.values()), result
     result = quality.dia_quality(dia_dirs[0], "int8", "auto", tokens=32)
-    assert result["dialogue"]["positions"] == 32 * 9 and result["dialogue"]["kl"] < 1e-2, result
+    assert result["dialogue"]["positions"] == 32 * 9 and result["dialogue"]["kl"] < 4e-2, result

@@ -62,6 +62,31 @@ def test_a_format_1_directory_still_loads_with_its_encoder_quantized_at_load(nat
         load_voxtral(tmp_path / "q", "native", torch.float32)
 
 
+def test_a_format_2_dia_directory_still_loads_with_its_text_encoder_quantized_at_load(dia_dirs, tmp_path):
+    """Format 2 stored Dia's decoder codes only (the text encoder stayed float then): such a directory loads, its
+    encoder quantized at load, to what quantizing at load makes; format 3 must hold the encoder's codes."""
+    from speechrs.dia.checkpoint import canonical_tensors
+    from speechrs.dia.config import DiaConfig
+    from speechrs.dia.model import Dia
+
+    cfg = DiaConfig.load(dia_dirs[1] / "config.json")
+    decoder_only = lambda n: "int8" if Dia.QUANTIZED.fullmatch(n) else None  # noqa: E731
+    quant_store.write_quantized(
+        dia_dirs[1], canonical_tensors(dia_dirs[1], cfg, []), decoder_only, "int8", tmp_path / "q", {}
+    )
+    manifest = tmp_path / "q" / MANIFEST
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 2}))
+    old = load_dia(tmp_path / "q", None)
+    at_load = load_dia(dia_dirs[1], None, quantize="int8")
+    assert old.state_dict().keys() == at_load.state_dict().keys()
+    assert all(torch.equal(t, at_load.state_dict()[n]) for n, t in old.state_dict().items())
+    fresh = {n for n, m in old.named_modules() if getattr(m, "quantized_at_load", False)}
+    assert len(fresh) == 4 * cfg.enc_layers and all(n.startswith("encoder.") for n in fresh)
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 3}))
+    with pytest.raises(UnsupportedModelError, match="do not match"):
+        load_dia(tmp_path / "q", None)
+
+
 @pytest.mark.parametrize(("which", "kind"), [(0, "int4"), (1, "int8")])
 def test_a_quantized_dia_directory_loads_what_quantizing_at_load_makes(dia_dirs, tmp_path, which, kind):
     done = speechrs.quantize(str(dia_dirs[which]), tmp_path / "q", kind)

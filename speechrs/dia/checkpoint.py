@@ -97,7 +97,7 @@ def load_dia(
     model.prepare(after_layer=lambda: release_unused(mappings, model), quantize=quantize)
     release_unused(mappings, model)
     if stored is not None:
-        check_all_stored(model, directory, Dia.quantized_kind)
+        check_all_stored(model, directory, Dia.quantized_kind, int8_stored_since=3)
     return model.eval()
 
 

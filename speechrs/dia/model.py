@@ -175,10 +175,17 @@ class Dia(nn.Module):
         r"decoder\.layers\.\d+\.((self|cross)_attention\.[qkvo]_proj|mlp\.(gate_up|down)_proj)|logits_dense"
     )
 
+    # ...and those it quantizes to int8 whatever was asked: the text encoder's, which run once per request on the
+    # text's rows (int4 would gain no speed there, only error); in int8 they take half the memory of bf16
+    # (qkv: their fusion, as a directory written before format 3 quantizes it at load)
+    QUANTIZED_INT8 = re.compile(r"encoder\.layers\.\d+\.(self_attention\.([qkvo]_proj|qkv)|mlp\.(gate_up|down)_proj)")
+
     @classmethod
     def quantized_kind(cls, name: str, kind: str) -> str | None:
         """What `name` (a Linear's canonical name, before fusing) is quantized to when `kind` is asked; None if
         it stays float."""
+        if cls.QUANTIZED_INT8.fullmatch(name):
+            return "int8"
         return kind if cls.QUANTIZED.fullmatch(name) else None
 
     def __init__(self, cfg: DiaConfig):
@@ -194,13 +201,20 @@ class Dia(nn.Module):
 
     def prepare(self, after_layer=lambda: None, quantize: str | None = None) -> None:
         """Fused self-attention projections, then every decoder linear and the logits head quantized (`quantize`
-        int8 / int4, quant.py) or, on the CPU in bf16, every per-step decoder weight packed for oneDNN
-        (packing.py); without native bf16 the remaining bf16 linears multiply many rows in fp32 (upcast.py).
-        Call once the weights are real (after loading); `after_layer` runs after each decoder layer, so the
-        loader can drop the replaced originals as it goes."""
+        int8 / int4, quant.py; the text encoder's linears to int8 either way) or, on the CPU in bf16, every
+        per-step decoder weight packed for oneDNN (packing.py); without native bf16 the remaining bf16 linears
+        multiply many rows in fp32 (upcast.py). Call once the weights are real (after loading); `after_layer` runs
+        after each quantized encoder layer and each decoder layer, so the loader can drop the replaced originals
+        as it goes."""
         for layer in self.encoder.layers:
             a = layer.self_attention
-            a.qkv = fuse_linears(a.q_proj, a.k_proj, a.v_proj)
+            if quantize is not None:  # QUANTIZED_INT8
+                quantize_fused(a, ["q_proj", "k_proj", "v_proj"], "qkv", "int8")
+                quantize_linears(a, ["o_proj"], "int8")
+                quantize_linears(layer.mlp, ["gate_up_proj", "down_proj"], "int8")
+                after_layer()
+            else:
+                a.qkv = fuse_linears(a.q_proj, a.k_proj, a.v_proj)
         pack, scratch = quantize is None and packable(self.logits_dense.weight), Scratch()
         for layer in self.decoder.layers:
             a, c = layer.self_attention, layer.cross_attention

@@ -102,5 +102,5 @@ def load_voxtral(
     model.setup_buffers(after_layer=lambda: release_unused(mappings, model), quantize=quantize, release=release)
     release_unused(mappings, model)
     if stored is not None:
-        check_all_stored(model, directory, Voxtral.quantized_kind)
+        check_all_stored(model, directory, Voxtral.quantized_kind, int8_stored_since=2)
     return model.eval()
