@@ -102,16 +102,20 @@ def test_chunked_decode_equals_one_pass(dac):
     torch.testing.assert_close(pieces, whole, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("sizes", [[100], [16, 32, 52], [1, 2, 3, 0, 10, 84], [5, 95, 0]])
-def test_a_stream_of_frames_decodes_as_one_pass_whatever_its_pieces(dac, sizes):
+@pytest.mark.parametrize(
+    ("sizes", "max_samples"),
+    [([100], 8192), ([16, 32, 52], 8192), ([1, 2, 3, 0, 10, 84], 8192), ([5, 95, 0], 8192), ([40, 60], 700)],
+)
+def test_a_stream_of_frames_decodes_as_one_pass_whatever_its_pieces(dac, sizes, max_samples):
     """Each push returns the samples that no longer depend on later frames; the end gives the rest. The samples
-    out so far never run ahead of the frames in, and lag them by the decoder's reach (about 10 frames)."""
+    out so far never run ahead of the frames in, and lag them by the decoder's reach (about 10 frames). Within a
+    push, activations longer than max_samples go on in pieces: the same samples."""
     from speechrs.dia.dac_stream import StreamingDecoder
 
     codes = torch.randint(0, 1024, (1, 9, 100), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():  # the decoder's own modules, one pass in conv1d (the stream: conv2d, channels-last)
         whole = dac.decoder.model(dac.quantizer.from_codes(codes)).squeeze(1)
-    stream, outs, pushed = StreamingDecoder(dac), [], 0
+    stream, outs, pushed = StreamingDecoder(dac, max_samples=max_samples), [], 0
     for n in sizes:
         outs.append(stream.push(codes[..., pushed : pushed + n]))
         pushed += n

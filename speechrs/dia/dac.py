@@ -157,7 +157,9 @@ class DAC(nn.Module):
         (2 cores, full-size DAC), chunk 32 / 64 / 128 / 256: 5.83 / 4.97 / 5.28 / 6.36 s, +274 / +376 / +631 / +508
         MiB of peak RSS (before the stream's layers copied their tails, 5.38 s and +854 MiB at 64, +1450 at 128).
         With the Snakes in place (Zen 3, 64 frames a push): 1.05 -> 0.58 GB allocated per push, 3% faster, the same
-        bits; the live peak is ~+110 MiB, glibc's heap holding the rest (430 frames: +262-297 MiB, was +353-425)."""
+        bits; the live peak is ~+110 MiB, glibc's heap holding the rest (430 frames: +262-311 MiB, was +353-425).
+        With the upsampled layers' activations held to 8192 samples (StreamingDecoder.max_samples): +191 MiB, the
+        same speed (the heap grows with the largest activations: 4096 gave the same, 16384 +284)."""
         T = codes_BxQxT.shape[-1]
         stream = StreamingDecoder(self, codes_BxQxT.shape[0])
         starts = range(0, T, chunk) or [0]  # no frames: the stream's end alone, no samples

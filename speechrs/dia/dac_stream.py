@@ -140,10 +140,12 @@ class _Residual:
 
 class StreamingDecoder:
     """One stream's DAC decode: push(codes of the next frames) -> the waveform samples (before tanh) that are final
-    now; push(..., end=True) at the end returns the rest. Over the stream, T frames give T * hop samples."""
+    now; push(..., end=True) at the end returns the rest. Over the stream, T frames give T * hop samples. Within a
+    push no activation is longer than `max_samples` (the layers after an upsampling go on in pieces): the memory a
+    push takes is bounded whatever its frames."""
 
-    def __init__(self, dac: "DAC", batch: int = 1):
-        self.dac = dac
+    def __init__(self, dac: "DAC", batch: int = 1, max_samples: int = 8192):
+        self.dac, self.max_samples = dac, max_samples
         self.layers: list = []  # stateful layers (push) and pointwise ones (Snake, applied in place)
         for layer in dac.decoder.model:
             for part in layer.block if hasattr(layer, "block") else [layer]:  # a DecoderBlock's parts, in order
@@ -164,6 +166,17 @@ class StreamingDecoder:
             x = self.dac.quantizer.from_codes(codes_BxQxT)[:, :, None].contiguous(memory_format=CL)
         else:  # the end of a stream whose frames were all pushed before
             x = self.dac.decoder.model[0].weight.new_zeros(B, self.dac.cfg.latent_dim, 1, 0)
-        for layer in self.layers:
+        return self._through(x, 0, end).reshape(B, -1)  # (B, 1, 1, samples) -> (B, samples)
+
+    def _through(self, x_BxCx1xN: torch.Tensor, first: int, end: bool) -> torch.Tensor:
+        """x through layers[first:]; an activation longer than max_samples goes on in pieces (each layer is a
+        stream), so the upsampled layers' activations stay within max_samples whatever the frames pushed."""
+        x = x_BxCx1xN
+        for i in range(first, len(self.layers)):
+            if x.shape[-1] > self.max_samples:
+                pieces = x.split(self.max_samples, dim=-1)
+                outs = [self._through(p, i, end and j == len(pieces) - 1) for j, p in enumerate(pieces)]
+                return torch.cat(outs, dim=-1)
+            layer = self.layers[i]
             x = layer.push(x, end) if hasattr(layer, "push") else layer.apply_(x)  # x: the last layer's own
-        return x.reshape(B, -1)  # (B, 1, 1, samples) -> (B, samples)
+        return x
