@@ -152,9 +152,10 @@ def load(
 
     dtype: auto picks the path for the device (compute.plan; `.plan.summary` says which), or float32 / bfloat16 /
     float16. quantize: "int8" (per output channel) or "int4" (groups of 32) weight-only decoder linears and
-    output head, quantized at load (quant.py; Voxtral's audio encoder to int8 either way); a directory
-    `speechrs quantize` wrote brings its own. dac: for Dia, a DAC 44 kHz hub id or directory (default: the one the
-    checkpoint's generation uses). voices_dir: where Dia's named voices are kept (voice_store.default_dir()).
+    output head, quantized at load (quant.py; Voxtral's audio encoder and Dia's text encoder to int8 either way);
+    a directory `speechrs quantize` wrote brings its own. dac: for Dia, a DAC 44 kHz hub id or directory (default:
+    the one the checkpoint's generation uses). voices_dir: where Dia's named voices are kept
+    (voice_store.default_dir()).
     """
     loaded = load_pipeline(model, dtype, device, dac, quantize)
     return DiaModel(loaded, voices_dir) if loaded.family == "dia" else VoxtralModel(loaded)

@@ -78,7 +78,9 @@ def plan(
         raise ValueError("int4 weights run on the CPU only in this version; use --quantize int8 or none on " + kind)
     where = cpu_summary() if kind == "cpu" else str(torch.cuda.get_device_name(device) if kind == "cuda" else kind)
     if quantize is not None:
-        encoder = " and the audio encoder's in int8" if family == "voxtral" else ""  # Voxtral.quantized_kind
+        encoder = {"voxtral": " and the audio encoder's in int8", "dia": " and the text encoder's in int8"}.get(
+            family, ""
+        )  # the models' quantized_kind
         how = f"{quantize} weight-only decoder linears{encoder} ({_kernel(kind)}), other weights {chosen}"
     elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16) and cpu_native_bf16():
         how = f"{chosen}; bf16 decode weights are packed for oneDNN"

@@ -242,7 +242,8 @@ def test_the_python_api_and_the_load_line_name_the_quantization(native_dir, dia_
     assert isinstance(vox.pipeline.model.mm_whisper_embeddings.audio_language_projection[0], Int8Linear)
     dia = speechrs.load(str(dia_dirs[1]), dac=str(dac_dirs[1]), quantize="int4")
     assert isinstance(dia.pipeline.model.logits_dense, Int4Linear)
-    assert "int4 weight-only decoder linears (" in dia.plan.summary, dia.plan.summary
+    assert "int4 weight-only decoder linears and the text encoder's in int8 (" in dia.plan.summary, dia.plan.summary
+    assert isinstance(dia.pipeline.model.encoder.layers[0].mlp.down_proj, Int8Linear)
     assert len(dia.speak("[S1] Hi.", max_tokens=32, seed=0).pcm) % 512 == 0
     with pytest.raises(Exception, match="unknown quantization 'int3'"):
         speechrs.load(str(native_dir), quantize="int3")
