@@ -248,7 +248,8 @@ class Engine:
         job.events.put_nowait(result)
 
     def warm_up(self) -> None:
-        """One tiny request per model, so the first client does not pay for lazy initialisation."""
+        """One tiny request per model, so the first client does not pay for lazy initialisation (nor the first
+        batch for the probe of whether batching keeps each request's bits: ProbedBatching)."""
         import numpy as np
 
         from .dia.events import SpeakOptions
@@ -256,6 +257,8 @@ class Engine:
 
         for m in self.models:
             t0 = time.perf_counter()
+            if self.scheduler.max_batch > 1:
+                m.pipeline.model.batch_invariant  # noqa: B018 (probed on first read)
             if m.family == "voxtral":
                 list(m.voxtral.transcribe((np.zeros(16000, np.float32), 16000), None, GenerationOptions(max_tokens=1)))
             else:

@@ -405,3 +405,21 @@ def test_a_long_prompt_is_prefilled_in_pieces_with_the_same_result(native_pipeli
     assert piece_ids == ids
     for a, b in zip(piece_logits, logits, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_the_batching_probe_waits_for_its_first_read_or_a_server_s_warm_up(native_dir, dia_dirs, dac):
+    """A load does not probe (a CLI request never batches); the first read does, and Engine.warm_up reads it."""
+    from speechrs.compute import plan
+    from speechrs.dia.checkpoint import load_dia
+    from speechrs.dia.pipeline import DiaPipeline
+    from speechrs.engine import Loaded
+    from speechrs.hub import detect
+    from speechrs.voxtral.checkpoint import load_voxtral
+
+    voxtral = load_voxtral(native_dir, "native", torch.float32)
+    assert voxtral._batch_invariant is None
+    assert voxtral.batch_invariant is True and voxtral._batch_invariant is True  # float32 on the CPU: invariant
+    dia = DiaPipeline(load_dia(dia_dirs[0], None), dac)
+    assert dia.model._batch_invariant is None
+    Engine([Loaded("tiny-dia", detect(dia_dirs[0]), dia, plan("cpu"))], max_batch=2).warm_up()
+    assert dia.model._batch_invariant is True

@@ -16,12 +16,12 @@ from torch import nn
 
 from ..layers import (
     KVCache,
+    ProbedBatching,
     RMSNorm,
     Segment,
     apply_rope_interleaved,
     attend,
     attend_one,
-    batch_invariant,
     cache_dtype,
     checkpoint_embedding,
     fuse_linears,
@@ -169,7 +169,7 @@ class DiaSegment(Segment):
     cross: CrossCache | None = None
 
 
-class Dia(nn.Module):
+class Dia(ProbedBatching, nn.Module):
     # the Linears prepare() quantizes (canonical names, before fusing): what `speechrs quantize` stores as codes
     QUANTIZED = re.compile(
         r"decoder\.layers\.\d+\.((self|cross)_attention\.[qkvo]_proj|mlp\.(gate_up|down)_proj)|logits_dense"
@@ -197,7 +197,6 @@ class Dia(nn.Module):
         self.caches: list[KVCache] = []
         self._rope = torch.zeros(0)
         self._uncond: list[torch.Tensor] | None = None  # unconditional_values(), made once the weights are final
-        self.batch_invariant = False  # whether forward_rows may run several requests' rows through one matmul
 
     def prepare(self, after_layer=lambda: None, quantize: str | None = None) -> None:
         """Fused self-attention projections, then every decoder linear and the logits head quantized (`quantize`
@@ -240,7 +239,7 @@ class Dia(nn.Module):
         first, p = self.decoder.layers[0], self.decoder.embeddings.embed.weight
         a, c = first.self_attention, first.cross_attention
         linears = [a.qkv, a.o_proj, c.q_proj, c.o_proj, first.mlp.gate_up_proj, first.mlp.down_proj]
-        self.batch_invariant = batch_invariant([*linears, self.logits_dense], 2, p.dtype, p.device)  # a CFG pair
+        self.probe_batching([*linears, self.logits_dense], 2, p.dtype, p.device)  # a CFG pair
 
     def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
         """One request's self-attention cache, a KVCache per decoder layer for `batch` rows (2: the CFG pair) and

@@ -14,11 +14,11 @@ from torch import nn
 
 from ..layers import (
     KVCache,
+    ProbedBatching,
     RMSNorm,
     Segment,
     apply_rope_interleaved,
     attend,
-    batch_invariant,
     cache_dtype,
     checkpoint_embedding,
     fuse_linears,
@@ -189,7 +189,7 @@ class TransformerBlock(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
-class Voxtral(nn.Module):
+class Voxtral(ProbedBatching, nn.Module):
     # the Linears setup_buffers quantizes (canonical names, before fusing): what `speechrs quantize` stores as codes
     QUANTIZED = re.compile(r"layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[123])|output")
 
@@ -218,7 +218,6 @@ class Voxtral(nn.Module):
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.caches: list[KVCache] = []
         self._rope_len = 0
-        self.batch_invariant = False  # whether forward_rows may run several requests' rows through one matmul
 
     def setup_buffers(self, after_layer=lambda: None, quantize: str | None = None, release=None) -> None:
         """Derived tensors that no checkpoint stores; call after weights are assigned (meta -> real). The
@@ -264,7 +263,7 @@ class Voxtral(nn.Module):
             upcast_linears(self)
         first, p = self.layers[0], self.tok_embeddings.weight
         linears = [first.attention.wqkv, first.attention.wo, first.feed_forward.w13, first.feed_forward.w2, self.output]
-        self.batch_invariant = batch_invariant(linears, 1, p.dtype, p.device)
+        self.probe_batching(linears, 1, p.dtype, p.device)
 
     def new_caches(self, batch: int, max_len: int) -> list[KVCache]:
         """One request's KV cache, a KVCache per layer for `batch` rows and max_len tokens (it grows if a request
