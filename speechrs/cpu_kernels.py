@@ -173,7 +173,7 @@ def _library() -> ctypes.CDLL | str:
     ]  # fmt: skip
     library.speechrs_quantize_int4.argtypes = [
         ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
     ]  # fmt: skip
     library.speechrs_int4_weights_avx2.argtypes = [
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
@@ -453,4 +453,25 @@ def quantize_int4(weight: torch.Tensor, codes: torch.Tensor, scale_zero: torch.T
     assert scale_zero.dtype == torch.float32 and scale_zero.shape == (k // group, n, 2)
     assert scale_zero.stride(1) == 2 and scale_zero.stride(2) == 1 and codes.dtype == torch.uint8
     args = (weight.data_ptr(), QUANTIZED_DTYPES[weight.dtype], n, k, weight.stride(0), group, codes.data_ptr())
-    library.speechrs_quantize_int4(*args, scale_zero.data_ptr(), scale_zero.stride(0) // 2, torch.get_num_threads())
+    sz = (scale_zero.data_ptr(), scale_zero.stride(0) // 2, 0, 0)
+    library.speechrs_quantize_int4(*args, *sz, torch.get_num_threads())
+
+
+def quantize_int4_blocked(
+    weight: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor, group: int, row0: int, block: int
+) -> None:
+    """As quantize_int4, written straight into the layout of speechrs's int4 kernels (quant.Int4Linear.from_codes
+    makes the same tensors from the portable one): rows row0 .. row0 + N of codes (R/8, K/2, 8) uint8 (block 8)
+    or (R/16, K/8, 16, 4) (block 16) and scale_zero (R/block, K/group, 2, block) bf16, both contiguous."""
+    library = _library()
+    assert not isinstance(library, str), library
+    n, k = weight.shape
+    assert group % 8 == 0 and k % group == 0 and block in (8, 16) and row0 % block == 0
+    assert codes.dtype == torch.uint8 and codes.is_contiguous() and codes.numel() * 2 >= (row0 + n) * k
+    assert (
+        scale_zero.dtype == torch.bfloat16
+        and scale_zero.is_contiguous()
+        and scale_zero.shape[1:] == (k // group, 2, block)
+    )
+    args = (weight.data_ptr(), QUANTIZED_DTYPES[weight.dtype], n, k, weight.stride(0), group, codes.data_ptr())
+    library.speechrs_quantize_int4(*args, scale_zero.data_ptr(), 0, block, row0, torch.get_num_threads())

@@ -28,6 +28,7 @@ from .quant_codes import (
     Weights,
     blocked_codes,
     blocked_shape,
+    int4_blocked_codes,
     int4_blocks,
     int4_codes,
     int8_codes,
@@ -261,8 +262,12 @@ class Int4Linear(nn.Module):
         k = parts[0].shape[1]
         if k % group:
             raise ValueError(f"int4 needs in_features divisible by {group}, got {k}")
-        if cls._speechrs_kernel(parts[0].device):
-            module = cls.from_codes(*int4_codes(parts, group, done), group)
+        if kernel := cls._speechrs_kernel(parts[0].device):
+            blocked = int4_blocked_codes(parts, group, kernel, done)  # else the portable codes, blocked after
+            if blocked is not None:
+                module = cls(sum(len(p) for p in parts), group, *blocked, kernel)
+            else:
+                module = cls.from_codes(*int4_codes(parts, group, done), group)
             module.quantized_at_load = True
             return module
         weight = stacked(parts)

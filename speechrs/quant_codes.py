@@ -148,6 +148,28 @@ def int4_blocks(weight: torch.Tensor, group: int) -> Iterator[tuple[int, int, to
         yield a, b, q.to(torch.int32).flatten(1), torch.stack([scale, zero], dim=2).transpose(0, 1)
 
 
+def int4_blocked_codes(
+    weight: Weights, group: int, kernel: str, done: Done = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """int4_codes's numbers written by speechrs's quantizer straight into the layout of its int4 `kernel` (the
+    tensors Int4Linear.from_codes blocks from the portable ones, rows past N zero): codes (N/8, K/2, 8) or, for
+    the wide kernels, (N/16, K/8, 16, 4) uint8, scale_zero (N/r, K/g, 2, r) bf16. None where the quantizer does
+    not take every part on a block boundary."""
+    parts = weight_parts(weight)
+    r = rows_per_block("int4", kernel)
+    spans = part_rows(parts, r) if group % 8 == 0 else None
+    if spans is None:
+        return None
+    n, k = spans[-1][2], parts[0].shape[1]
+    blocks, make = -(-n // r), torch.zeros if n % r else torch.empty  # a last block's missing rows stay zero
+    shape = (blocks, k // 8, r, 4) if kernel in cpu_kernels.INT4_WIDE else (blocks, k // 2, r)
+    codes, scale_zero = make(shape, dtype=torch.uint8), make(blocks, k // group, 2, r, dtype=KERNEL_DTYPE)
+    for part, a, _ in spans:
+        cpu_kernels.quantize_int4_blocked(part, codes, scale_zero, group, a, r)
+        _done(done, part)
+    return codes, scale_zero
+
+
 def int4_codes(weight: Weights, group: int = INT4_GROUP, done: Done = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Grouped asymmetric int4 in a layout any machine can read (speechrs quantize writes it): codes (N, K/2)
     uint8, two per byte, k even in the low nibble; scale_zero (K/g, N, 2) bf16."""

@@ -132,3 +132,22 @@ def test_codes_are_blocked_alike_at_any_offset():
             ref = ref.view(5, 8, 8, 8).transpose(1, 2)
             assert torch.equal(quant_codes.blocked_codes(codes, kernel), ref)
         assert torch.equal(quant_codes.blocked_codes(unaligned, kernel), quant_codes.blocked_codes(codes, kernel))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kernel", ["avx2", "avx512"])
+def test_int4_codes_written_blocked_are_the_portable_ones_blocked(dtype, kernel):
+    """The quantizer writes int4 straight into the kernels' layouts (rows per block 8, or 16 for the wide ones),
+    part by part: the tensors Int4Linear.from_codes blocks from the portable codes, bit for bit, a short last block
+    padded with zero rows. Either layout is written by the AVX2 quantizer, so both are checked on any machine."""
+    from speechrs.quant import Int4Linear
+
+    if isinstance(cpu_kernels._library(), str):
+        pytest.skip(f"speechrs's quantizer cannot run here: {cpu_kernels._library()}")
+    g = torch.Generator().manual_seed(0)
+    parts = [(torch.randn(n, 256, generator=g) / 10).to(dtype) for n in (48, 16, 20)]  # 84 rows: a short block
+    codes, scale_zero = quant_codes.int4_blocked_codes(parts, 32, kernel)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Int4Linear, "_speechrs_kernel", staticmethod(lambda device: kernel))
+        reference = Int4Linear.from_codes(*quant_codes.int4_codes(parts, 32), 32)
+    assert torch.equal(codes, reference.packed) and torch.equal(scale_zero, reference.scale_zero)
