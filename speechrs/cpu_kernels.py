@@ -453,8 +453,8 @@ def quantize_int4(weight: torch.Tensor, codes: torch.Tensor, scale_zero: torch.T
     assert scale_zero.dtype == torch.float32 and scale_zero.shape == (k // group, n, 2)
     assert scale_zero.stride(1) == 2 and scale_zero.stride(2) == 1 and codes.dtype == torch.uint8
     args = (weight.data_ptr(), QUANTIZED_DTYPES[weight.dtype], n, k, weight.stride(0), group, codes.data_ptr())
-    sz = (scale_zero.data_ptr(), scale_zero.stride(0) // 2, 0, 0)
-    library.speechrs_quantize_int4(*args, *sz, torch.get_num_threads())
+    sz = (scale_zero.data_ptr(), scale_zero.stride(0) // 2)
+    library.speechrs_quantize_int4(*args, *sz, 0, 0, torch.get_num_threads())  # block 0: the portable layout
 
 
 def quantize_int4_blocked(

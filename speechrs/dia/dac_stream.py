@@ -70,10 +70,8 @@ class _Conv:
         self.held = conv.weight.new_zeros(batch, conv.in_channels, 1, self.pad).contiguous(memory_format=CL)
 
     def push(self, x_BxCx1xN: torch.Tensor, end: bool) -> torch.Tensor:
-        held, n = self.held.shape[-1], x_BxCx1xN.shape[-1]
-        B, C = x_BxCx1xN.shape[:2]
-        x = x_BxCx1xN
-        z = torch.empty(B, C, 1, held + n + (self.pad if end else 0), dtype=x.dtype, device=x.device, memory_format=CL)
+        (B, C, _, n), held = x_BxCx1xN.shape, self.held.shape[-1]
+        z = self.held.new_empty(B, C, 1, held + n + (self.pad if end else 0)).contiguous(memory_format=CL)
         z[..., :held] = self.held
         if self.before is None:
             z[..., held : held + n] = x_BxCx1xN
