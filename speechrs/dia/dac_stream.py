@@ -82,7 +82,23 @@ class _Conv:
             self.held = z
             return _empty(z, self.conv.out_channels)
         self.held = _tail(z, self.span - 1)
+        if self.conv.dilation[0] == 1 and self.weight.numel() > self.span * z.numel():
+            return self._unfolded(z)
         return F.conv2d(z, self.weight, self.conv.bias, dilation=(1, self.conv.dilation[0]))
+
+    def _unfolded(self, z_BxCx1xL: torch.Tensor) -> torch.Tensor:
+        """The convolution (dilation 1) as one matmul of the input's windows, copied out (span times the input),
+        by the weight's channels-last view (out, span * in): where the weight outweighs that copy. oneDNN copies the
+        weight into its own layout on every call: the first convolution (1024 -> 1536, 7 taps, 44 MB) took 31.2 ms
+        for a 64-frame piece, this 11.9 (2 Zen 3 cores), and its 42 MB transient is gone."""
+        B, C, _, L = z_BxCx1xL.shape
+        n, out = L - self.span + 1, self.conv.out_channels
+        windows = z_BxCx1xL.permute(0, 2, 3, 1).as_strided((B, n, self.span, C), (L * C, C, C, 1))
+        weight = self.weight.permute(0, 2, 3, 1).reshape(out, -1)  # (out, 1, span, in) in memory: a view
+        y = windows.reshape(B * n, -1) @ weight.T
+        if self.conv.bias is not None:
+            y += self.conv.bias
+        return y.view(B, n, 1, out).permute(0, 3, 2, 1)  # (B, out, 1, n), channels-last
 
 
 class _ConvTranspose:
