@@ -195,6 +195,9 @@ class Engine:
         """Stop taking work: requests still waiting get ShuttingDownError (a 503) at once, and new ones too; the
         running ones go on (the server gives them a grace period, then cancels their clients)."""
         self.scheduler.draining = True
+        refused = ShuttingDownError("the server is shutting down; the request was not started")
+        for taken in self.scheduler.refuse_waiting():  # taken by the worker before it began a long piece of work
+            post(taken, self._finish, taken, refused)
         while True:
             try:
                 job = self.scheduler.jobs.get_nowait()
@@ -203,7 +206,7 @@ class Engine:
             if job is None:  # stop() already asked the worker to end: leave that to it
                 self.scheduler.jobs.put(None)
                 return
-            post(job, self._finish, job, ShuttingDownError("the server is shutting down; the request was not started"))
+            post(job, self._finish, job, refused)
 
     def stop(self) -> None:
         if self._worker is not None:
@@ -243,6 +246,9 @@ class Engine:
             job.cancelled.set()  # no-op when finished; frees its batch row when the consumer left early
 
     def _finish(self, job: Job, result) -> None:
+        if job.answered:  # refused by drain() and ended again by the worker
+            return
+        job.answered = True
         self.queue_depth -= 1
         self.finished += 1
         job.events.put_nowait(result)

@@ -40,6 +40,7 @@ class Job:
     deadline: float | None = None  # time.monotonic() past which the request is failed
     submitted: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    answered: bool = False  # finish() ran: set and read on the job's event loop only
 
 
 @dataclass(eq=False)
@@ -49,6 +50,7 @@ class _Run:
     stepper: Stepper | None  # the pipeline that steps it; None: an iterator with no steps, run through at once
     pending: StepInput | None = None  # set while it waits for the next batched step
     paused: bool = False  # in its own long work (request.Pause): resumed after the others' next step
+    refused: bool = False  # answered by refuse_waiting() while the worker was busy: never admitted
 
 
 def post(job: Job, fn, *args) -> bool:
@@ -63,19 +65,30 @@ def post(job: Job, fn, *args) -> bool:
 class Scheduler:
     def __init__(self, max_batch: int, finish: Callable[[Job, Any], None]):
         """max_batch: requests of one model decoded together; finish(job, END or an exception) runs on the job's
-        event loop once per job."""
+        event loop, at least once per job (refuse_waiting's answer and the worker's later end of the same run)."""
         self.max_batch = max_batch
         self._finish = finish
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self.waiting: list[_Run] = []
         self.running: list[_Run] = []
         self.draining = False
+        self._admission = threading.Lock()  # refuse_waiting (any thread) against _admit (the worker)
         self.busy_s = 0.0  # worker time spent on requests
         self.batch_sizes = Histogram((1, 2, 3, 4, 6, 8, 12, 16, 32))
         self.queue_wait_s = Histogram((0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120))
 
     def waiting_by(self, stepper: object) -> int:
         return sum(r.stepper is stepper for r in self.waiting)
+
+    def refuse_waiting(self) -> list[Job]:
+        """The jobs of the requests taken from the queue and not admitted yet, marked so they never will be: drain
+        answers them now, while the worker may be inside one long piece of work (another request's encoder); the
+        worker ends them (closes their generators) at its next pass."""
+        with self._admission:
+            runs = [r for r in self.waiting if not r.refused]
+            for run in runs:
+                run.refused = True
+        return [r.job for r in runs]
 
     def work(self) -> None:
         """The worker thread's body, until stop() queues None."""
@@ -127,7 +140,10 @@ class Scheduler:
                 continue
             if run.stepper is not None and sum(r.stepper is run.stepper for r in self.running) >= self.max_batch:
                 continue
-            self.waiting.remove(run)
+            with self._admission:
+                if run.refused:
+                    continue
+                self.waiting.remove(run)
             self.queue_wait_s.observe(time.monotonic() - run.job.submitted)
             admitted.append(run.stepper)
             self.running.append(run)

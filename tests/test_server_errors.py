@@ -403,7 +403,11 @@ def test_a_client_that_stalls_while_sending_its_body_gets_a_408(engine, content_
         s.close()
 
 
-def test_shutdown_answers_queued_requests_503_and_lets_the_running_one_finish(engine):
+@pytest.mark.parametrize("taken", [False, True], ids=["in-the-queue", "taken-by-the-worker"])
+def test_shutdown_answers_queued_requests_503_and_lets_the_running_one_finish(engine, taken):
+    """taken: the worker had already taken the queued request into its waiting list when the running one blocked it
+    (both jobs read in one pass: a race CI once hit under load, the client then had no answer until the running one
+    ended); here made certain by holding the first job's start until the second is queued."""
     import asyncio
     import threading
     import time
@@ -421,10 +425,17 @@ def test_shutdown_answers_queued_requests_503_and_lets_the_running_one_finish(en
     busy = Engine(engine.models)
     s = Server(make_app(busy))
     queued: dict = {}
+
+    def make_held():
+        deadline = time.time() + 10
+        while taken and busy.queue_depth < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        return held()
+
     try:
 
         async def hold():
-            async for event in busy.stream(held):
+            async for event in busy.stream(make_held):
                 return event
 
         running = asyncio.run_coroutine_threadsafe(hold(), s.loop)
@@ -435,6 +446,10 @@ def test_shutdown_answers_queued_requests_503_and_lets_the_running_one_finish(en
             time.sleep(0.01)
         # what SIGTERM does in run_app: the runner's cleanup (the loop keeps running, so the held request's answer
         # can still arrive; Server.close would stop the loop as soon as the cleanup ends)
+        if taken:  # the worker has read both jobs and runs the first
+            while (busy.scheduler.jobs.qsize() or not busy.scheduler.waiting) and time.time() < deadline:
+                time.sleep(0.01)
+            assert busy.scheduler.waiting and not busy.scheduler.jobs.qsize()
         closing = asyncio.run_coroutine_threadsafe(s.runner.cleanup(), s.loop)
         waiter.join(10)
         status, _, body = queued["answer"]
@@ -445,4 +460,6 @@ def test_shutdown_answers_queued_requests_503_and_lets_the_running_one_finish(en
         closing.result(30)
     finally:
         gate.set()
+        if "waiter" in locals():  # answered before the loop stops (a thread left in urlopen crashed pytest's exit)
+            waiter.join(30)
         s.loop.call_soon_threadsafe(s.loop.stop)
