@@ -52,12 +52,14 @@ def print_table(results: dict[str, dict], rows: list[tuple[str, str, bool]]) -> 
     ours = [n for n in names if n.startswith("speechrs")]
     ref = results.get("transformers")
     ratios = [("speechrs" if n == "speechrs" else n.removeprefix("speechrs-")) + "/tf" for n in ours] if ref else []
-    print(f"{'metric':<24}" + "".join(f"{n:>16}" for n in names) + "".join(f"{r:>11}" for r in ratios))
+    width = max(16, *(len(n) + 2 for n in names))  # "speechrs-int8-stored" ran into its neighbour at 16
+    rwidth = max(11, *(len(r) + 2 for r in ratios)) if ratios else 11
+    print(f"{'metric':<24}" + "".join(f"{n:>{width}}" for n in names) + "".join(f"{r:>{rwidth}}" for r in ratios))
     for label, key, higher_better in rows:
-        line = f"{label:<24}" + "".join(f"{results[n][key]:>16.2f}" for n in names)
+        line = f"{label:<24}" + "".join(f"{results[n][key]:>{width}.2f}" for n in names)
         for n in ours if ref else []:
             s, t = results[n][key], ref[key]
-            line += f"{(s / t if higher_better else t / s):>10.2f}x"
+            line += f"{(s / t if higher_better else t / s):>{rwidth - 1}.2f}x"
         print(line)
     if ref:
         print("ratio > 1 means speechrs is better (faster or smaller)")
