@@ -44,6 +44,19 @@ def test_dac_decode_matches_transformers_dacmodel(dac, dac_dirs, codes):
             torch.testing.assert_close(ours.decode(codes), expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("length", [0, 1, 255, 256, 257, 3 * 44100 + 17])
+def test_the_biquads_equal_scipys_lfilter(length):
+    """loudness.biquad replaces scipy.signal.lfilter (~1 s to import): the K-weighting stages at two rates, to
+    float64 rounding (scipy is installed beside librosa)."""
+    from scipy.signal import lfilter
+
+    x = np.random.default_rng(length).standard_normal(length)
+    for b, a in loudness._k_weighting(44100) + loudness._k_weighting(16000):
+        expected, got = lfilter(b, a, x), loudness.biquad(b, a, x)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * max(1.0, float(np.abs(expected).max(initial=0))))
+
+
 def test_bs1770_reference_tone_and_normalisation():
     rate = 44100
     t = np.arange(rate * 3) / rate
