@@ -31,7 +31,7 @@ def biquad(b: np.ndarray, a: np.ndarray, x: np.ndarray, block: int = 256) -> np.
 
     scipy.signal costs ~1 s to import (scipy.stats comes with it), which a one-shot `speechrs speak` paid at its
     end. Here the recursion runs a block at a time in matrix form: the biquad's state (transposed direct form II)
-    s' = A s + B x, y = C s + b0 x, so over a block of L samples starting in state s, y = T x + O s and the next
+    s' = A s + B x, y = C s + b0 x, so over a block of L samples starting in state s, y = T x + Obs s and the next
     state is A^L s + R x, T the lower-triangular Toeplitz matrix of the impulse response, Obs the rows C A^n, R
     the columns A^(L-1-k) B. Two matmuls over all blocks, then the state carried from block to block (2 numbers)."""
     b0, b1, b2 = (float(v) for v in b)

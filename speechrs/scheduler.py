@@ -78,7 +78,7 @@ class Scheduler:
         self.queue_wait_s = Histogram((0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120))
 
     def waiting_by(self, stepper: object) -> int:
-        return sum(r.stepper is stepper for r in self.waiting)
+        return sum(r.stepper is stepper and not r.refused for r in self.waiting)
 
     def refuse_waiting(self) -> list[Job]:
         """The jobs of the requests taken from the queue and not admitted yet, marked so they never will be: drain
