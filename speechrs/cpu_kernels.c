@@ -18,9 +18,11 @@
 #include "cpu_kernels.h"
 
 #define PREFETCH_BYTES 1024 /* 16 steps of 64 bytes ahead */
-/* the int8 kernel's prefetch, 32 lines ahead (2 Zen 3 cores, 2 rows: 1 KiB 22-25 GB/s, 2 KiB 24-25), and the k a
-   pass takes before the next pass's turn (block_rows; 128: 27-28 GB/s, 256: 29-30, 512: 26-28) */
-#define INT8_PREFETCH_BYTES 2048
+/* the int8 kernel's prefetch, 64 lines ahead (2 Zen 3 cores, 2 rows: 1 KiB 22-25 GB/s, 2 KiB 24-25; over 16 of
+   Voxtral's decoder layers at one row, alternating builds: 2 KiB 25.3-27.2 G weights/s, 4 KiB 28.5-30.0, 8-16 KiB
+   28.6-30.7; two rows and Dia's step alike), and the k a pass takes before the next pass's turn (block_rows; 128:
+   27-28 GB/s, 256: 29-30, 512: 26-28) */
+#define INT8_PREFETCH_BYTES 4096
 #define INT8_CHUNK 256
 
 /* x (M, K) bf16 -> fp32, in a buffer the caller frees (NULL if none could be had). */
