@@ -184,13 +184,14 @@ int speechrs_int4_linear(const uint16_t *x_bf16, int64_t M, int64_t K, const uin
     for (int64_t m = 0; m < M; m++)
         for (int64_t g = 0; g < G; g++) {
             float s = 0.0f;
-            for (int64_t k = g * group; k < (g + 1) * group; k++) s += x[m * K + k];
+            for (float *e = x + m * K + g * group, *end = e + group; e < end; e += 2) {
+                s += e[0];
+                s += e[1];
+                e[1] *= 0.0625f; /* then (xe, xo) -> (xe - xo / 16, xo / 16): tile4's (lo, f) */
+                e[0] -= e[1];
+            }
             xsum[m * G + g] = s;
         }
-    for (int64_t k = 0; k < M * K; k += 2) { /* (xe, xo) -> (xe - xo / 16, xo / 16): tile4's (lo, f) */
-        x[k + 1] *= 0.0625f;
-        x[k] -= x[k + 1];
-    }
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t t = 0; t < (n_blocks + 3) / 4; t++) {
         const int64_t b0 = t * 4, nb = n_blocks - b0 < 4 ? n_blocks - b0 : 4;
