@@ -21,8 +21,8 @@ def quantize(
     output: Annotated[Path, typer.Option("--output", "-o", help="New (or empty) directory to write.")],
     kind: Annotated[Kind, typer.Option("--quantize", help="int8 per channel, or int4 in groups of 32.")] = Kind.int8,
 ):
-    """Quantize MODEL's decoder linears and output head (and Voxtral's audio encoder, to int8) into DIR; load it
-    later with -m DIR (any machine)."""
+    """Quantize MODEL's decoder linears and output head (and Voxtral's audio encoder or Dia's text encoder, to int8)
+    into DIR; load it later with -m DIR (any machine)."""
     from .errors import SpeechrsError
     from .quantize_checkpoint import quantize_checkpoint
 
