@@ -27,14 +27,23 @@ CLIP = ROOT / "tests" / "data" / "clip_en_16k.wav"
 DIALOGUE = "[S1] Dia is an open weights text to dialogue model. [S2] You get full control over scripts. [S1] Wow."
 
 
-def compare(ref: torch.Tensor, ours: torch.Tensor) -> dict:
-    """Logits (..., V) of the same positions -> top-1 agreement and mean KL(ref || ours)."""
+def compare(ref: torch.Tensor, ours: torch.Tensor, margin: float = 0.0) -> dict:
+    """Logits (..., V) of the same positions -> top-1 agreement, mean KL(ref || ours) and the largest difference.
+
+    `margin` > 0 counts top-1 only where ref's first two logits are more than `margin` apart ("decided"): where
+    they are closer, any rounding of another summation order may swap them, so agreement there says nothing about
+    a path. "max_diff" is max |ref - ours| over max |ref| (the logits' scale)."""
     ref, ours = ref.reshape(-1, ref.shape[-1]).float(), ours.reshape(-1, ours.shape[-1]).float()
     kl = F.kl_div(ours.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    top2 = ref.topk(2, dim=-1).values
+    decided = (top2[:, 0] - top2[:, 1] > margin) if margin > 0 else torch.ones(len(ref), dtype=torch.bool)
+    agree = ref.argmax(-1) == ours.argmax(-1)
     return {
         "positions": len(ref),
-        "top1": round((ref.argmax(-1) == ours.argmax(-1)).float().mean().item(), 4),
+        "decided": int(decided.sum()),
+        "top1": round(agree[decided].float().mean().item(), 4) if decided.any() else float("nan"),
         "kl": float(f"{kl.mean().item():.3g}"),
+        "max_diff": float(f"{((ref - ours).abs().max() / ref.abs().max()).item():.3g}"),
     }
 
 
@@ -58,13 +67,19 @@ def _voxtral_cases(pipeline, tokens: int) -> list[tuple[str, list[int], torch.Te
     return cases
 
 
-def voxtral_logits(model, audio_id: int, ids: list[int], mel: torch.Tensor, start: int = 0) -> torch.Tensor:
+def voxtral_logits(
+    model, audio_id: int, ids: list[int], mel: torch.Tensor, start: int = 0, steps: int = 0
+) -> torch.Tensor:
     """Teacher-forced logits (float32) of the positions from `start - 1` on (those that predict ids[start:] and
-    the next token); start 0: every position."""
+    the next token); start 0: every position. The last `steps` positions go one at a time, as decode steps do
+    (a decode step's few rows take a quantized layer's kernel, a prefill's many its GEMM)."""
     with torch.inference_mode():
         model.setup_caches(1, len(ids) + 8)
         x = model.embed(torch.tensor([ids]), model.encode_audio(mel), audio_id)
-        return model(x, 0, last_only=False)[0, max(start - 1, 0) :].float()
+        split = len(ids) - steps
+        out = [model(x[:, :split], 0, last_only=False)]
+        out += [model(x[:, t : t + 1], t, last_only=False) for t in range(split, len(ids))]
+        return torch.cat(out, dim=1)[0, max(start - 1, 0) :].float()
 
 
 def voxtral_quality(directory: Path, layout: str, quantize: str, dtype: str, tokens: int) -> dict:

@@ -17,6 +17,21 @@ def kernel():
     return cpu_kernels
 
 
+_CACHED = (layers.cpu_native_bf16, layers.cpu_amx, layers.bf16_step_kernels)
+
+
+@pytest.fixture
+def no_native_bf16(monkeypatch):
+    """The path of a CPU without native bf16 (where layers uses these kernels), whatever this CPU is."""
+    monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "0")
+    monkeypatch.setenv("SPEECHRS_AMX", "0")
+    for cached in _CACHED:
+        cached.cache_clear()
+    yield
+    for cached in _CACHED:
+        cached.cache_clear()  # the environment is restored after this, so the next call reads it again
+
+
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """float32 attention on the same bf16 values (GQA: query head h reads kv head h // (H / K))."""
     groups = q.shape[1] // k.shape[1]
@@ -46,7 +61,7 @@ def test_within_one_bf16_rounding_of_float32_attention_on_a_cache_view(kernel, s
     assert S == 1 or not torch.equal(ours[:, 0], ours[:, -1])  # the heads attend with their own queries
 
 
-def test_shapes_it_does_not_take_stay_with_torch(kernel):
+def test_shapes_it_does_not_take_stay_with_torch(kernel, no_native_bf16):
     q = torch.randn(1, 4, 1, 64).to(torch.bfloat16)
     k = v = torch.randn(1, 2, 10, 64).to(torch.bfloat16)
     assert kernel.attends(q, k, v)
@@ -55,6 +70,9 @@ def test_shapes_it_does_not_take_stay_with_torch(kernel):
     assert not kernel.attends(q48, k48, k48)  # head dim not a multiple of 32
     transposed = torch.randn(1, 2, 64, 10).to(torch.bfloat16).transpose(-1, -2)
     assert not kernel.attends(q, transposed, transposed)  # positions not contiguous rows
+    assert layers.bf16_step_kernels() is kernel and torch.equal(
+        layers.attend_one(q, k, v, 0.1), kernel.attend_one(q, k, v, 0.1)
+    )
     assert torch.equal(layers.attend_one(q48, k48, k48, 0.1), _torch_path(q48, k48, k48, 0.1))
 
 
@@ -64,26 +82,18 @@ def _torch_path(q, k, v, scale):
     return ((scores * scale).softmax(dim=-1) @ v.float()).to(q.dtype).reshape(B, H, 1, E)
 
 
-def test_a_bf16_model_keeps_bf16_caches_where_the_kernel_reads_them(kernel, monkeypatch):
-    monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "0")  # a CPU without native bf16, whatever this one is
-    monkeypatch.setenv("SPEECHRS_AMX", "0")
-    for cached in (layers.cpu_native_bf16, layers.cpu_amx, layers.bf16_step_kernels):
-        cached.cache_clear()
-    try:
-        weight = torch.zeros(2, 2, dtype=torch.bfloat16)
-        assert layers.cache_dtype(weight) == torch.bfloat16
-        assert layers.cache_dtype(weight.half()) == layers.cache_dtype(weight.float()) == torch.float32
-        monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "0")  # without speechrs's kernels: fp32 caches, torch's matmuls
-        layers.bf16_step_kernels.cache_clear()
-        assert layers.cache_dtype(weight) == torch.float32
-    finally:
-        for cached in (layers.cpu_native_bf16, layers.cpu_amx, layers.bf16_step_kernels):
-            cached.cache_clear()
+def test_a_bf16_model_keeps_bf16_caches_where_the_kernel_reads_them(kernel, no_native_bf16, monkeypatch):
+    weight = torch.zeros(2, 2, dtype=torch.bfloat16)
+    assert layers.cache_dtype(weight) == torch.bfloat16
+    assert layers.cache_dtype(weight.half()) == layers.cache_dtype(weight.float()) == torch.float32
+    monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "0")  # without speechrs's kernels: fp32 caches, torch's matmuls
+    layers.bf16_step_kernels.cache_clear()
+    assert layers.cache_dtype(weight) == torch.float32
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5])
 @pytest.mark.parametrize("dim", [8, 1024, 2048, 3072])
-def test_rms_norm_gives_torch_s_bf16_rows(kernel, rows, dim):
+def test_rms_norm_gives_torch_s_bf16_rows(kernel, no_native_bf16, rows, dim):
     """Two roundings to bf16 as torch makes them; only the sum of squares runs in another order, which can move the
     mean's last bit: measured, every element of these cases equal. Held to 99.9% equal, the rest one bf16 step."""
     g = torch.Generator().manual_seed(dim + rows)
@@ -96,14 +106,13 @@ def test_rms_norm_gives_torch_s_bf16_rows(kernel, rows, dim):
     assert ours.dtype == torch.bfloat16 and ours.shape == x.shape
     assert (ours == ref).float().mean() >= 0.999
     assert ((ours.float() - ref.float()).abs() <= ref.float().abs() * 2**-7).all()
-    if layers.bf16_step_kernels() is not None:  # the module takes it for a decode step's rows
-        assert torch.equal(norm(x), ours)
+    assert layers.bf16_step_kernels() is kernel and torch.equal(norm(x), ours)  # the module takes it for a step
     x[0, 0, 0] = float("nan")
     assert kernel.rms_norm(x, norm.weight, 1e-5)[0].isnan().all()  # a NaN in a row makes the row NaN, as torch
 
 
 @pytest.mark.parametrize("shape", [(2, 16, 1, 128, 37), (1, 32, 1, 128, 390), (1, 8, 7, 64, 0), (2, 16, 3, 32, 100)])
-def test_rope_gives_torch_s_bits_on_the_model_s_transposed_views(kernel, shape):
+def test_rope_gives_torch_s_bits_on_the_model_s_transposed_views(kernel, no_native_bf16, shape):
     """The products and their sums as torch's complex multiply rounds them, then one rounding to bf16: equal bits
     (measured on every case here), on q / k as the models make them, views of a projection's output."""
     B, H, T, E, start = shape
@@ -114,5 +123,4 @@ def test_rope_gives_torch_s_bits_on_the_model_s_transposed_views(kernel, shape):
     ref = torch.view_as_real(pairs * rot).flatten(-2).type_as(x)
     ours = kernel.rope(x, rot)
     assert ours.is_contiguous() and torch.equal(ours, ref)
-    if layers.bf16_step_kernels() is not None:  # the models' call takes it
-        assert torch.equal(layers.apply_rope_interleaved(x, rot), ref)
+    assert layers.bf16_step_kernels() is kernel and torch.equal(layers.apply_rope_interleaved(x, rot), ref)
