@@ -37,8 +37,8 @@ def make_audio(minutes: float, out: Path) -> Path:
 
 def time_split(path: Path) -> tuple[float, int, float]:
     """-> (seconds of work, number of segments, mean segment seconds) for splitting the whole file."""
-    from speechrs.audio import open_stream
-    from speechrs.vad import split_speech
+    from speechrs.audio.decode import open_stream
+    from speechrs.audio.vad import split_speech
 
     t0 = time.perf_counter()
     segments = [s for s in split_speech(open_stream(str(path), 16000).blocks()) if not isinstance(s, float)]

@@ -101,7 +101,7 @@ def load_args(ckpt: Path, quantize: str | None) -> tuple[Path, str | None]:
 def linear_bytes(module) -> int:
     """Bytes of weights a Linear-like module (nn.Linear, PackedLinear, Int8Linear, Int4Linear, UpcastLinear) reads
     per call."""
-    from speechrs.packing import PackedLinear
+    from speechrs.linear.packing import PackedLinear
 
     if isinstance(module, PackedLinear):  # an opaque oneDNN tensor: count its logical size
         return module.in_features * module.out_features * module.dtype.itemsize
@@ -115,9 +115,9 @@ def per_step_bytes(model, skip: str = "") -> int:
 
     import torch
 
-    from speechrs.packing import PackedLinear
-    from speechrs.quant import Int4Linear, Int8Linear
-    from speechrs.upcast import UpcastLinear
+    from speechrs.linear.packing import PackedLinear
+    from speechrs.linear.quant import Int4Linear, Int8Linear
+    from speechrs.linear.upcast import UpcastLinear
 
     kinds = (torch.nn.Linear, PackedLinear, Int8Linear, Int4Linear, UpcastLinear)
     total = 0

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from speechrs import cpu_kernels  # noqa: E402
-from speechrs.compute import cpu_native_bf16, cpu_summary  # noqa: E402
-from speechrs.packing import PackedLinear  # noqa: E402
-from speechrs.quant import Int4Linear, Int8Linear  # noqa: E402
-from speechrs.upcast import UpcastLinear  # noqa: E402
+from speechrs import kernels  # noqa: E402
+from speechrs.linear.compute import cpu_native_bf16, cpu_summary  # noqa: E402
+from speechrs.linear.packing import PackedLinear  # noqa: E402
+from speechrs.linear.quant import Int4Linear, Int8Linear  # noqa: E402
+from speechrs.linear.upcast import UpcastLinear  # noqa: E402
 
 SHAPES = {  # (out, in) of the largest per-step weights
     "voxtral w13": (16384, 3072),
@@ -106,7 +106,7 @@ def _kernels() -> list[str]:
     found = []
     for name, setting in KERNEL_SETTINGS.items():
         os.environ["SPEECHRS_CPU_KERNELS"] = setting
-        if setting == "0" or cpu_kernels.variant() == name.removeprefix("speechrs-"):
+        if setting == "0" or kernels.variant() == name.removeprefix("speechrs-"):
             found.append(name)
     os.environ.pop("SPEECHRS_CPU_KERNELS")
     return found
@@ -127,7 +127,7 @@ def paths(weight: torch.Tensor) -> dict:
     }
     if cpu_native_bf16():
         out["bf16 packed"] = ([PackedLinear(w16.clone()) for _ in copies(n * k * 2)], n * k * 2)
-    if cpu_kernels.available():  # a bf16 model's decode rows on a CPU without native bf16 (upcast.py)
+    if kernels.available():  # a bf16 model's decode rows on a CPU without native bf16 (upcast.py)
         linear = torch.nn.Linear(k, n, bias=False, dtype=torch.bfloat16)
         linear.weight.data.copy_(w16)
         out["bf16 speechrs"] = ([copy.deepcopy(UpcastLinear(linear)) for _ in copies(n * k * 2)], n * k * 2)

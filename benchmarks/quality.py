@@ -83,7 +83,7 @@ def voxtral_logits(
 
 
 def voxtral_quality(directory: Path, layout: str, quantize: str, dtype: str, tokens: int) -> dict:
-    from speechrs.compute import plan
+    from speechrs.linear.compute import plan
     from speechrs.voxtral.pipeline import VoxtralPipeline
 
     reference = VoxtralPipeline.load(directory, layout, torch.float32)
@@ -111,9 +111,9 @@ def dia_logits(model, text_ids: list[int], rows: torch.Tensor) -> torch.Tensor:
 
 
 def dia_quality(directory: Path, quantize: str, dtype: str, tokens: int) -> dict:
-    from speechrs.compute import plan
     from speechrs.dia.checkpoint import load_dia
     from speechrs.dia.pipeline import DiaPipeline, SpeakOptions, encode_text
+    from speechrs.linear.compute import plan
 
     reference = DiaPipeline(load_dia(directory, torch.float32), None)
     text_ids = encode_text(DIALOGUE, reference.cfg)

@@ -1,3 +1,3 @@
-from .cli import app
+from speechrs.cli.app import app
 
 app()

@@ -7,15 +7,15 @@ dataclasses the server builds. One object serves one request at a time.
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from . import subtitles
-from .dia.events import AudioChunk, SpeakOptions, SpeechResult, Step
-from .engine import Engine, Loaded, load_pipeline
-from .errors import InvalidRequestError, SpeechrsError
-from .messages import parse_messages
-from .vad import SplitOptions
-from .voice_store import VoiceStore
-from .voxtral.pipeline import Done, GenerationOptions, Token, Usage
-from .voxtral.transcript import Segment
+from speechrs import subtitles
+from speechrs.audio.vad import SplitOptions
+from speechrs.dia.events import AudioChunk, SpeakOptions, SpeechResult, Step
+from speechrs.engine.engine import Engine, Loaded, load_pipeline
+from speechrs.errors import InvalidRequestError, SpeechrsError
+from speechrs.messages import parse_messages
+from speechrs.voice_store import VoiceStore
+from speechrs.voxtral.pipeline import Done, GenerationOptions, Token, Usage
+from speechrs.voxtral.transcript import Segment
 
 DEFAULT_VOXTRAL = "mistralai/Voxtral-Mini-3B-2507"
 

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dia.config import dia_schema
-from .errors import ModelNotFoundError, UnsupportedModelError
-from .jsonconf import read_json
+from speechrs.dia.config import dia_schema
+from speechrs.errors import ModelNotFoundError, UnsupportedModelError
+from speechrs.jsonconf import read_json
 
 log = logging.getLogger(__name__)
 

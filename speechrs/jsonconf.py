@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from .errors import UnsupportedModelError
+from speechrs.errors import UnsupportedModelError
 
 
 def read_json(path: Path) -> dict:

@@ -1,72 +1,20 @@
-"""Shared leaf functions: RoPE tables and rotation, attention over a static KV cache.
+"""The models' shared building blocks: RoPE tables and rotation, RMSNorm, attention over a static KV cache, and a
+request's rows and caches in a batched decoder forward.
 
 Axes: B batch, T query positions, S key positions, H heads, K kv heads, E head dim.
 """
 
-import functools
-import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu_kernels
-from .cpu_kernels import cpu_flags
-
-# x86 flags (/proc/cpuinfo) of the instructions oneDNN's fast bf16 kernels use. oneDNN also "supports" bf16 on
-# plain AVX-512 by emulating it: a Xeon whose hypervisor hides AVX512_BF16 and AMX ran a 2048^3 bf16 matmul at
-# 60 GFLOP/s against fp32's 318 (issue 16, benchmarks/machine.py), so its support is not enough.
-X86_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "avx_ne_convert"})
-
-
-@functools.cache
-def cpu_native_bf16() -> bool:
-    """Whether bf16 matmuls run in hardware here (oneDNN's AVX-512 BF16 / AMX / AVX-NE-CONVERT kernels). Without
-    it, torch emulates bf16 and its matmuls run about 5x slower than fp32 (measured on AVX2 and on AVX-512 without
-    BF16; issue 16). SPEECHRS_NATIVE_BF16=0 takes the path of a CPU without it (tests, benchmarks), =1 the other."""
-    forced = os.environ.get("SPEECHRS_NATIVE_BF16")
-    if forced in ("0", "1"):
-        return forced == "1"
-    try:
-        onednn = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without these private ops
-        return False
-    flags = cpu_flags()
-    return onednn and (flags is None or bool(flags & X86_BF16_FLAGS))
-
-
-@functools.cache
-def cpu_amx() -> bool:
-    """Whether this CPU has AMX tiles for bf16 (Sapphire Rapids and later). There torch's bf16 flash-attention
-    kernel answers a decode query 1.5-2.3x faster than attend_one's fp32 matmuls (2 cores, B=2 H=16 K=4 E=128:
-    32 vs 56 us at S=100, 95 vs 216 us at S=500, 449 vs 588 us at S=1500); on AVX-512 BF16 without AMX it was
-    5-10x slower (attend_one). SPEECHRS_AMX=0 takes the other path, =1 this one."""
-    forced = os.environ.get("SPEECHRS_AMX")
-    if forced in ("0", "1"):
-        return forced == "1"
-    flags = cpu_flags()
-    return flags is not None and "amx_bf16" in flags and cpu_native_bf16()
-
-
-def upcast_on_this_cpu(t: torch.Tensor) -> bool:
-    """A reduced-precision CPU tensor whose matmuls run faster in fp32 here (no native bf16 / fp16)."""
-    return t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float16) and not cpu_native_bf16()
-
+from speechrs.kernels import bf16_step_kernels
+from speechrs.kernels.cpu import cpu_amx, upcast_on_this_cpu
 
 # RMSNorm's and RoPE's kernels take up to this many elements (a decode step's rows); torch's ops, parallel, the rest
 STEP_KERNEL_ELEMENTS = 2**16
-
-
-@functools.cache
-def bf16_step_kernels():
-    """speechrs's kernels for a bf16 decode step's small ops (cpu_kernels.attend_one over bf16 caches,
-    cpu_kernels.rms_norm) where they run here: a CPU without native bf16 where speechrs's kernels build (not
-    SPEECHRS_CPU_KERNELS=0); None elsewhere. Read once per process."""
-    if cpu_native_bf16():
-        return None
-    return cpu_kernels if cpu_kernels.available() else None
 
 
 def step_kernels_for(x: torch.Tensor):
@@ -134,68 +82,10 @@ def interleaved_to_half_split(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
-def huge_page_empty(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
-    """torch.empty, but on the CPU backed by transparent huge pages where the kernel allows them
-    (THP "madvise" mode): 512x fewer page faults to fill it and fewer TLB misses to read it."""
-    import mmap
-    import warnings
-
-    n_bytes = math.prod(shape) * dtype.itemsize
-    if torch.device(device).type != "cpu" or n_bytes < 2**21 or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return torch.empty(shape, dtype=dtype, device=device)
-    buf = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    buf.madvise(mmap.MADV_HUGEPAGE)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).view(shape)
-
-
-def matmul_by_row_blocks(x: torch.Tensor, n_out: int, weight_rows, block_bytes: int) -> torch.Tensor:
-    """x (M, K) @ W^T -> (M, n_out) in x's dtype, with W (n_out, K) made `block_bytes` of rows at a time (in x's
-    dtype) by weight_rows(start, stop), start a multiple of 64, and each block multiplied while it is in cache:
-    converting a whole weight for one call is a fresh 100 MB+ buffer whose page faults and memory traffic cost as
-    much as the GEMM (quant.py's and upcast.py's GEMM routes measure it)."""
-    step = max(64, block_bytes // x.element_size() // x.shape[1] // 64 * 64)
-    y = torch.empty(len(x), n_out, dtype=x.dtype, device=x.device)
-    for a in range(0, n_out, step):
-        b = min(a + step, n_out)
-        torch.matmul(x, weight_rows(a, b).T, out=y[:, a:b])
-    return y
-
-
-def rows_like(y: torch.Tensor, x: torch.Tensor, n_out: int) -> torch.Tensor:
-    """A Linear-like layer's contiguous rows y (M, n_out) in x's dtype and leading shape, without the calls that would
-    change nothing (a decode step makes ~100 of these, each a microsecond or two)."""
-    y = y if y.dtype == x.dtype else y.to(x.dtype)
-    return y if x.dim() == 2 else y.view(*x.shape[:-1], n_out)
-
-
 def checkpoint_embedding(num_embeddings: int, dim: int) -> nn.Embedding:
     """An nn.Embedding whose weight the checkpoint fills (built on the meta device like the rest of a model):
     without the random init, whose first normal_ on the meta device costs ~1.2 s of torch's imports per load."""
     return nn.Embedding(num_embeddings, dim, _weight=torch.empty(num_embeddings, dim))
-
-
-def fuse_linears(*linears: nn.Linear) -> nn.Linear:
-    """One bias-free Linear for bias-free Linears that read the same input: their rows, concatenated. Each
-    Linear's weight becomes a view into it, so the canonical parameters remain and nothing is stored twice. One
-    matmul instead of several is what a decode step of a small model is made of. In huge pages (~8% faster decode
-    steps through torch's kernels, measured on AVX-512) except where speechrs's bf16 kernel reads it (a CPU without
-    native bf16): there the kernel read 23-27 GB/s either way, and filling huge pages took the kernel's compaction
-    (THP defrag "madvise") as a model's load had filled memory: a bf16 Voxtral load 5.7-8.2 s, 3.2-4.4 without."""
-    weights = [lin.weight.detach() for lin in linears]
-    kernel_reads = weights[0].dtype == torch.bfloat16 and weights[0].device.type == "cpu" and bf16_step_kernels()
-    empty = (lambda shape, dtype, device: torch.empty(shape, dtype=dtype)) if kernel_reads else huge_page_empty
-    fused = empty((sum(w.shape[0] for w in weights), weights[0].shape[1]), weights[0].dtype, weights[0].device)
-    torch.cat(weights, out=fused)
-    row = 0
-    for lin in linears:
-        n = lin.weight.shape[0]
-        lin.weight = nn.Parameter(fused[row : row + n], requires_grad=False)
-        row += n
-    out = nn.Linear(fused.shape[1], fused.shape[0], bias=False, device="meta")
-    out.weight = nn.Parameter(fused, requires_grad=False)
-    return out
 
 
 class KVCache(nn.Module):
@@ -236,66 +126,21 @@ class KVCache(nn.Module):
 
 
 @dataclass(eq=False)
-class Segment:
+class RequestRows:
     """One request's rows in a batched decoder forward: the position of its first new token and its own caches
     (one KVCache per layer, batch = its rows). Requests at different positions share the linears of a step; each
-    attends over its own cache with the same shapes as alone (engine.py: the scheduler)."""
+    attends over its own cache with the same shapes as alone (engine/scheduler.py)."""
 
     start: int
     caches: list[KVCache]
 
 
-def rows_per_segment(x: torch.Tensor, segments: list[Segment]) -> int:
-    """Rows of x (B, T, D) that each segment owns, in order: B / len(segments), checked."""
-    rows, rest = divmod(x.shape[0], len(segments))
+def rows_per_request(x: torch.Tensor, requests: list[RequestRows]) -> int:
+    """Rows of x (B, T, D) that each request owns, in order: B / len(requests), checked."""
+    rows, rest = divmod(x.shape[0], len(requests))
     if rest or not rows:
-        raise ValueError(f"{x.shape[0]} rows do not split evenly into {len(segments)} requests")
+        raise ValueError(f"{x.shape[0]} rows do not split evenly into {len(requests)} requests")
     return rows
-
-
-# Row counts a decode step may batch (a request's rows times the requests), probed for batch invariance.
-PROBE_BATCHES = (2, 3, 4, 8, 16)
-
-
-@torch.inference_mode()
-def batch_invariant(linears: list[nn.Module], rows: int, dtype: torch.dtype, device) -> bool:
-    """Whether each Linear-like module gives a request's `rows` rows the same bits alone as stacked above other
-    requests' rows: then a batched decode step computes what the request computes alone. Whether it does is the
-    kernel's choice, per row count: torch's fp32 Linear sums in another order for 1, 2 or 8 rows, oneDNN's packed
-    kernels are the same from 2 rows on (measured on AVX-512 and AMX), and PackedLinear runs a lone row as two.
-    Probed on the model's own weights with seeded random inputs: a kernel that reorders its sums for a row count
-    differs at once."""
-    g = torch.Generator().manual_seed(0)
-    for linear in linears:
-        features = int(linear.in_features)  # type: ignore[arg-type]
-        x = torch.randn(rows * max(PROBE_BATCHES), features, generator=g).to(dtype).to(device)
-        alone = linear(x[:rows])
-        for batch in PROBE_BATCHES:
-            if not torch.equal(linear(x[: rows * batch])[:rows], alone):
-                return False
-    return True
-
-
-class ProbedBatching:
-    """For a model: `batch_invariant`, probed (batch_invariant above) on the decode step's linears the first time
-    it is read, so a load that never batches (the CLI's one request) skips the probe: 6 passes over the output head
-    and the first layer's linears, 2.6 s of a plain bf16 Voxtral load on 2 Zen 3 cores. A server reads it at warm-up
-    (Engine.warm_up). Until probe_batching() is called the answer is False."""
-
-    _batch_probe: tuple | None = None
-    _batch_invariant: bool | None = False
-
-    def probe_batching(self, linears: list[nn.Module], rows: int, dtype: torch.dtype, device) -> None:
-        """Probe these once the weights are final (after quantizing or packing), when first asked."""
-        self._batch_probe, self._batch_invariant = (linears, rows, dtype, device), None
-
-    @property
-    def batch_invariant(self) -> bool:
-        """Whether forward_rows may run several requests' rows through one matmul (each gets its bits alone)."""
-        if self._batch_invariant is None:
-            assert self._batch_probe is not None
-            self._batch_invariant = batch_invariant(*self._batch_probe)
-        return self._batch_invariant
 
 
 def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:

@@ -3,14 +3,14 @@
 import base64
 import binascii
 
-from .errors import InvalidRequestError
-from .voxtral.pipeline import Audio
+from speechrs.errors import InvalidRequestError
+from speechrs.voxtral.pipeline import Audio
 
 
 def parse_messages(messages: list[dict], python_parts: bool = True) -> list[tuple[str, list]]:
     """Content is a str or a list of parts: {"type": "text", "text"}, {"type": "audio_url", "audio_url": {"url"}},
     {"type": "input_audio", "input_audio": {"data": base64, "format"}} or, from Python, {"type": "audio", "audio": x}
-    with x anything speechrs.audio.load takes (path, URL, bytes, (array, rate)). The server passes
+    with x anything speechrs.audio.decode.load takes (path, URL, bytes, (array, rate)). The server passes
     python_parts=False: a path in an "audio" part would be read without the media policy."""
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("messages must be a non-empty list")

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .hub import resolve
-from .quant import check_quantization
-from .quant_store import stored_quantization, write_quantized
+from speechrs.hub import resolve
+from speechrs.linear.quant import check_quantization
+from speechrs.linear.quant_store import stored_quantization, write_quantized
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,15 @@ def quantize_checkpoint(
         raise ValueError(f"{model} is already quantized by speechrs; quantize the original checkpoint")
     mappings: list = []
     if source.family == "voxtral":
-        from .voxtral.checkpoint import canonical_tensors as voxtral_tensors
-        from .voxtral.model import Voxtral
+        from speechrs.voxtral.checkpoint import canonical_tensors as voxtral_tensors
+        from speechrs.voxtral.model import Voxtral
 
         _, tensors = voxtral_tensors(source.directory, source.layout, mappings)
         model_kind = Voxtral.quantized_kind
     else:
-        from .dia.checkpoint import canonical_tensors as dia_tensors
-        from .dia.config import DiaConfig
-        from .dia.model import Dia
+        from speechrs.dia.checkpoint import canonical_tensors as dia_tensors
+        from speechrs.dia.config import DiaConfig
+        from speechrs.dia.model import Dia
 
         tensors = dia_tensors(source.directory, DiaConfig.load(source.directory / "config.json"), mappings)
         model_kind = Dia.quantized_kind

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .layers import Segment
+from speechrs.layers import RequestRows
 
 
 @dataclass(eq=False)
@@ -30,7 +30,7 @@ class StepInput:
     rows) before resuming the request."""
 
     x: torch.Tensor
-    segment: Segment
+    segment: RequestRows
     logits: torch.Tensor | None = None
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import audio
-from .errors import AudioError, InvalidRequestError
+from speechrs.audio import decode as audio
+from speechrs.errors import AudioError, InvalidRequestError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 RATE = 44100  # the DAC's
@@ -116,7 +116,7 @@ class VoiceStore:
     def reference(self, name: str, pipeline) -> tuple[torch.Tensor, str]:
         """The voice's codes (L, C) for `pipeline`'s DAC, from the cache beside it or encoded and cached now, and
         its transcript."""
-        from .dia.voices import encode_reference
+        from speechrs.dia.voices import encode_reference
 
         voice = self.get(name)
         fingerprint = _dac_fingerprint(pipeline)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UnsupportedModelError
+from speechrs.errors import UnsupportedModelError
 
 # safetensors dtype tags -> torch dtypes (https://github.com/huggingface/safetensors, format spec)
 _DTYPES = {

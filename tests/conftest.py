@@ -86,11 +86,11 @@ def dac(dac_dirs):
 
 @pytest.fixture(scope="module")
 def engine(native_dir, native_pipeline, dia_dirs, dac):
-    from speechrs.compute import plan
     from speechrs.dia.checkpoint import load_dia
     from speechrs.dia.pipeline import DiaPipeline
-    from speechrs.engine import Engine, Loaded
+    from speechrs.engine.engine import Engine, Loaded
     from speechrs.hub import detect
+    from speechrs.linear.compute import plan
 
     dia = DiaPipeline(load_dia(dia_dirs[0], None), dac)
     cpu = plan("cpu")
@@ -106,8 +106,8 @@ def engine(native_dir, native_pipeline, dia_dirs, dac):
 def server(engine):
     from http_server import Server
 
-    from speechrs.media import MediaPolicy
-    from speechrs.server import make_app
+    from speechrs.server.app import make_app
+    from speechrs.server.media import MediaPolicy
 
     s = Server(make_app(engine, MediaPolicy(allow_local_files=True), max_upload_bytes=2 * 2**20))
     yield s

@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 from conftest import noise
 
-from speechrs import audio as audio_io
+from speechrs.audio import decode as audio_io
 from speechrs.errors import AudioError
 
 
@@ -144,7 +144,7 @@ def test_a_header_claiming_1_hz_is_refused_before_resampling():
 
     import soundfile as sf
 
-    from speechrs.audio import load
+    from speechrs.audio.decode import load
     from speechrs.errors import AudioError, AudioTooLongError
 
     buf = io.BytesIO()

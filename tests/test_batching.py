@@ -11,8 +11,8 @@ import torch
 from conftest import noise
 
 from speechrs.dia.events import AudioChunk, SpeakOptions, SpeechResult, Step
-from speechrs.engine import Engine
-from speechrs.layers import batch_invariant
+from speechrs.engine.engine import Engine
+from speechrs.linear.base import batch_invariant
 from speechrs.request import Request, StepInput
 from speechrs.voxtral import pipeline as voxtral_pipeline
 from speechrs.voxtral.pipeline import Audio, Done, GenerationOptions, Token
@@ -213,7 +213,7 @@ def test_a_flood_of_requests_gets_only_200s_and_429s_and_the_server_stays_health
 
     from http_server import Server, post, request
 
-    from speechrs.server import make_app
+    from speechrs.server.app import make_app
 
     flooded = Engine(engine.models, max_queue=4, max_batch=2)
     s = Server(make_app(flooded))
@@ -266,7 +266,7 @@ def test_a_batched_dia_step_gives_each_request_its_bits_alone(dia_dirs, dtype):
     """Three requests at different steps with different texts, in one forward_rows, against each alone; whether
     the model batches its matmuls (the probe) or runs them per request, the bits must be the same."""
     from speechrs.dia.checkpoint import load_dia
-    from speechrs.dia.model import DiaSegment
+    from speechrs.dia.model import DiaRequestRows
 
     model = load_dia(dia_dirs[1], dtype)
     C, g = model.cfg.channels, torch.Generator().manual_seed(0)
@@ -275,7 +275,7 @@ def test_a_batched_dia_step_gives_each_request_its_bits_alone(dia_dirs, dtype):
         for length, start in ((5, 3), (9, 0), (2, 7)):
             text = torch.randint(1, 200, (1, length), generator=g)
             enc = model.encoder(torch.cat([text, torch.zeros_like(text)]))
-            seg = DiaSegment(0, model.new_caches(2, 16), model.cross_cache(enc))
+            seg = DiaRequestRows(0, model.new_caches(2, 16), model.cross_cache(enc))
             prefix = torch.randint(0, 1024, (1, start + 1, C), generator=g).expand(2, -1, -1)
             model.forward_rows(prefix, [seg])  # fill its cache up to `start`
             seg.start = start + 1
@@ -291,7 +291,7 @@ def test_a_batched_dia_step_gives_each_request_its_bits_alone(dia_dirs, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_batched_voxtral_step_gives_each_request_its_bits_alone(native_dir, dtype):
-    from speechrs.layers import Segment
+    from speechrs.layers import RequestRows
     from speechrs.voxtral.checkpoint import load_voxtral
 
     model = load_voxtral(native_dir, "native", dtype)
@@ -299,7 +299,7 @@ def test_a_batched_voxtral_step_gives_each_request_its_bits_alone(native_dir, dt
     segments, ids = [], []
     with torch.inference_mode():
         for start in (4, 11, 1):
-            seg = Segment(0, model.new_caches(1, 32))
+            seg = RequestRows(0, model.new_caches(1, 32))
             prompt = torch.randint(0, model.cfg.vocab_size, (1, start), generator=g)
             model.forward_rows(model.tok_embeddings(prompt), [seg])
             seg.start = start
@@ -318,7 +318,7 @@ def test_a_paused_request_lets_the_running_ones_step_between_its_pieces(engine):
     other requests' next step; the log shows the steps between its pieces."""
     import time
 
-    from speechrs.layers import Segment
+    from speechrs.layers import RequestRows
     from speechrs.request import PAUSE
 
     log: list[str] = []
@@ -336,7 +336,7 @@ def test_a_paused_request_lets_the_running_ones_step_between_its_pieces(engine):
         for n in range(5000):
             if "piece 2" in log:
                 break
-            yield StepInput(torch.zeros(1), Segment(n, []))
+            yield StepInput(torch.zeros(1), RequestRows(n, []))
         yield "stepped"
 
     def pausing():
@@ -409,11 +409,11 @@ def test_a_long_prompt_is_prefilled_in_pieces_with_the_same_result(native_pipeli
 
 def test_the_batching_probe_waits_for_its_first_read_or_a_server_s_warm_up(native_dir, dia_dirs, dac):
     """A load does not probe (a CLI request never batches); the first read does, and Engine.warm_up reads it."""
-    from speechrs.compute import plan
     from speechrs.dia.checkpoint import load_dia
     from speechrs.dia.pipeline import DiaPipeline
-    from speechrs.engine import Loaded
+    from speechrs.engine.engine import Loaded
     from speechrs.hub import detect
+    from speechrs.linear.compute import plan
     from speechrs.voxtral.checkpoint import load_voxtral
 
     voxtral = load_voxtral(native_dir, "native", torch.float32)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from speechrs.cli import app
+from speechrs.cli.app import app
 
 runner = CliRunner()
 
@@ -166,7 +166,7 @@ def test_speak_stream_writes_the_streamed_audio_to_a_file_and_to_stdout(dia_dirs
     import soundfile as sf
 
     import speechrs
-    from speechrs.audio import to_s16le
+    from speechrs.audio.decode import to_s16le
     from speechrs.dia.pipeline import AudioChunk
 
     events = speechrs.load(str(dia_dirs[0]), dac=str(dac_dirs[0])).speak_stream(
@@ -192,7 +192,7 @@ def test_speak_clones_a_reference_voice(dia_dirs, dac_dirs, clip, tmp_path):
     import soundfile as sf
 
     import speechrs
-    from speechrs.audio import to_s16le
+    from speechrs.audio.decode import to_s16le
 
     wav, ref = tmp_path / "ref.wav", "[S1] A reference voice."
     pcm, rate = sf.read(str(clip), dtype="float32")
@@ -284,7 +284,7 @@ def test_serve_takes_one_quantize_or_one_per_model(native_dir, dia_dirs):
 def test_device_auto_is_the_default_and_the_load_line_says_what_it_chose(native_dir, clip):
     import torch
 
-    from speechrs.engine import resolve_device
+    from speechrs.engine.engine import resolve_device
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto") in (expected, "mps")

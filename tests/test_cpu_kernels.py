@@ -1,32 +1,33 @@
-"""speechrs's int8, int4 (AVX2 and AVX-512 BF16) and bf16 (AVX2) kernels (cpu_kernels.c): exact to float32 sums
+"""speechrs's int8, int4 (AVX2 and AVX-512 BF16) and bf16 (AVX2) kernels (linear_x86.c): exact to float32 sums
 rounded once to bf16, a row's result independent of the rows beside it and of the thread count, built once into
 the cache, the variant chosen per CPU, and torch's kernels kept (with the reason said) where they are not used."""
 
 import pytest
 import torch
 
-from speechrs import compute, cpu_kernels, quant
-from speechrs.upcast import UpcastLinear
+from speechrs import kernels
+from speechrs.linear import compute, quant
+from speechrs.linear.upcast import UpcastLinear
 
 NAMES = {"avx2": "AVX2", "avx512": "AVX-512 BF16", "amx": "AMX / AVX-512 BF16"}  # in load lines and reprs
 
 
 @pytest.fixture(params=["avx2", "avx512", "amx"])
-def kernels(request, monkeypatch) -> str:
+def variant(request, monkeypatch) -> str:
     """Each variant forced on where the CPU has it (any AVX2 + FMA machine runs "avx2", one with AVX-512 BF16
     "avx512" too, one with AMX "amx" as well, whatever the default picks for its CPU); skipped with the reason
     elsewhere."""
     monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "1" if request.param == "amx" else request.param)
-    if not cpu_kernels.available():
-        pytest.skip(f"speechrs's kernels cannot run here: {cpu_kernels.why_not()}")
-    if cpu_kernels.variant() != request.param:
+    if not kernels.available():
+        pytest.skip(f"speechrs's kernels cannot run here: {kernels.why_not()}")
+    if kernels.variant() != request.param:
         lacks = "AMX" if request.param == "amx" else "AVX-512 BF16"
         pytest.skip(f"speechrs's {request.param} kernels cannot run here: the CPU lacks {lacks} or the compiler")
     return request.param
 
 
-def _bf16_variant(kind: str, kernels: str) -> None:
-    if kind == "bf16" and kernels != "avx2":
+def _bf16_variant(kind: str, variant: str) -> None:
+    if kind == "bf16" and variant != "avx2":
         pytest.skip("the bf16 kernel has only its AVX2 variant (it serves CPUs without native bf16)")
 
 
@@ -54,13 +55,13 @@ def _weight(layer: torch.nn.Module) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", ["int8", "int4", "bf16"])
 @pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 7, 9, 15, 17, 64])
-def test_the_kernels_are_exact_to_float32_sums_rounded_once_to_bf16(kernels, kind, rows, monkeypatch):
-    _bf16_variant(kind, kernels)
+def test_the_kernels_are_exact_to_float32_sums_rounded_once_to_bf16(variant, kind, rows, monkeypatch):
+    _bf16_variant(kind, variant)
     # the kernel at every row count (test_quant has the GEMM routes')
     monkeypatch.setattr(quant, "INT4_GEMM_ROWS", {})
     monkeypatch.setattr(quant, "KERNEL_ROWS", dict.fromkeys(("avx2", "avx512", "amx"), 10**6))
     # N not a multiple of the 8-row block; K = 9 int4 groups, 36 int8 steps
-    layer = _layer(kind, 100, 288, variant=kernels)
+    layer = _layer(kind, 100, 288, variant=variant)
     x = torch.randn(rows, 288, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
     y = layer(x)
     w = _weight(layer).double()
@@ -72,10 +73,10 @@ def test_the_kernels_are_exact_to_float32_sums_rounded_once_to_bf16(kernels, kin
 
 
 @pytest.mark.parametrize("kind", ["int8", "int4", "bf16"])
-def test_a_rows_result_does_not_depend_on_its_neighbours_or_the_threads(kernels, kind):
+def test_a_rows_result_does_not_depend_on_its_neighbours_or_the_threads(variant, kind):
     """Batched decoding sends one request's row among others: its numbers must be those it gets alone."""
-    _bf16_variant(kind, kernels)
-    layer = _layer(kind, 75, 512, seed=1, variant=kernels)
+    _bf16_variant(kind, variant)
+    layer = _layer(kind, 75, 512, seed=1, variant=variant)
     x = torch.randn(17, 512, generator=torch.Generator().manual_seed(2))
     alone = torch.cat([layer(x[i : i + 1]) for i in range(17)])
     threads = torch.get_num_threads()
@@ -88,20 +89,20 @@ def test_a_rows_result_does_not_depend_on_its_neighbours_or_the_threads(kernels,
         torch.set_num_threads(threads)
 
 
-def test_the_layer_holds_the_blocked_codes_and_gives_them_back(kernels):
+def test_the_layer_holds_the_blocked_codes_and_gives_them_back(variant):
     codes, scale = _case(100, 256)
     layer = quant.Int8Linear(codes, scale)
-    name = NAMES[kernels]
-    shape = (7, 256, 16) if kernels == "amx" else (13, 32, 8, 8)  # the AMX kernel's blocks: 16 rows, k-major
+    name = NAMES[variant]
+    shape = (7, 256, 16) if variant == "amx" else (13, 32, 8, 8)  # the AMX kernel's blocks: 16 rows, k-major
     assert layer.blocked and layer.qweight.shape == shape and f"speechrs's {name} kernel" in repr(layer)
     assert torch.equal(layer.codes(), codes) and torch.equal(layer.codes(64, 100), codes[64:])
     assert torch.equal(layer.codes(32, 100, torch.bfloat16), codes[32:].to(torch.bfloat16))
     assert torch.equal(layer.dequantized(), codes.float() * scale.float()[:, None])
 
 
-def test_an_int8_layer_the_tile_kernel_cannot_take_runs_the_avx512_one(kernels):
+def test_an_int8_layer_the_tile_kernel_cannot_take_runs_the_avx512_one(variant):
     """The AMX int8 kernel steps 32 along K: a layer whose K is not a multiple of 32 keeps the AVX-512 kernel."""
-    if kernels != "amx":
+    if variant != "amx":
         pytest.skip("only the amx variant has the AMX int8 kernel")
     codes, scale = _case(40, 264)
     layer = quant.Int8Linear(codes, scale)
@@ -113,26 +114,26 @@ def test_an_int8_layer_the_tile_kernel_cannot_take_runs_the_avx512_one(kernels):
     assert bool(((layer(x).double() - ref).abs() <= bound).all())
 
 
-def test_the_library_is_built_once_into_the_cache(kernels, monkeypatch, tmp_path):
+def test_the_library_is_built_once_into_the_cache(variant, monkeypatch, tmp_path):
     monkeypatch.setenv("SPEECHRS_CACHE_DIR", str(tmp_path))
-    cpu_kernels._library.cache_clear()
+    kernels._library.cache_clear()
     try:
-        assert cpu_kernels.available()
+        assert kernels.available()
         (built,) = (tmp_path / "kernels").glob("cpu_kernels-*.so")
         stamp = built.stat().st_mtime_ns
-        cpu_kernels._library.cache_clear()
-        assert cpu_kernels.available() and built.stat().st_mtime_ns == stamp  # loaded, not compiled again
+        kernels._library.cache_clear()
+        assert kernels.available() and built.stat().st_mtime_ns == stamp  # loaded, not compiled again
     finally:
-        cpu_kernels._library.cache_clear()
+        kernels._library.cache_clear()
 
 
 def test_without_a_working_compiler_torch_s_kernel_runs_and_the_load_line_says_why(monkeypatch, tmp_path):
     monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "1")
     monkeypatch.setenv("SPEECHRS_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", "false")  # a "compiler" that fails: nothing cached under this name either
-    cpu_kernels._library.cache_clear()
+    kernels._library.cache_clear()
     try:
-        reason = cpu_kernels.why_not()
+        reason = kernels.why_not()
         if reason and "could not build" not in reason:
             pytest.skip(f"the kernels are not for this machine anyway: {reason}")
         assert reason is not None and "false failed" in reason
@@ -145,11 +146,11 @@ def test_without_a_working_compiler_torch_s_kernel_runs_and_the_load_line_says_w
             summary = compute.plan("cpu", "auto", kind).summary
             assert "torch's kernel: speechrs's not used, could not build them: false failed" in summary, summary
     finally:
-        cpu_kernels._library.cache_clear()
+        kernels._library.cache_clear()
 
 
-def test_the_load_line_names_speechrs_s_kernels_where_they_run(kernels, monkeypatch):
-    name = NAMES[kernels]
+def test_the_load_line_names_speechrs_s_kernels_where_they_run(variant, monkeypatch):
+    name = NAMES[variant]
     for kind in ("int8", "int4"):
         summary = compute.plan("cpu", "auto", kind).summary
         assert f"{kind} weight-only decoder linears (speechrs's {name} kernel)" in summary, summary
@@ -166,54 +167,54 @@ def test_the_load_line_names_speechrs_s_kernels_where_they_run(kernels, monkeypa
     ("level", "flags", "chosen"),
     [
         ("AVX2", {"avx2", "fma", "f16c"}, "avx2"),  # Zen 3: measured faster than torch's
-        ("AVX512", {"avx2", "fma", "f16c", *cpu_kernels.AVX512_FLAGS}, "avx512"),  # Zen 5: measured faster
-        ("AVX512", {"avx2", "fma", "f16c", *cpu_kernels.AVX512_FLAGS, *cpu_kernels.AMX_FLAGS}, "amx"),  # SPR class
+        ("AVX512", {"avx2", "fma", "f16c", *kernels.AVX512_FLAGS}, "avx512"),  # Zen 5: measured faster
+        ("AVX512", {"avx2", "fma", "f16c", *kernels.AVX512_FLAGS, *kernels.AMX_FLAGS}, "amx"),  # SPR class
         ("AVX512", {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"}, "without AVX-512 BF16"),
         ("DEFAULT", {"sse4_2"}, "lacks AVX2/FMA/F16C"),
     ],
 )
 def test_the_default_takes_them_where_they_were_measured_faster(monkeypatch, level, flags, chosen):
     monkeypatch.delenv("SPEECHRS_CPU_KERNELS", raising=False)
-    monkeypatch.setattr(cpu_kernels, "_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(kernels, "_flags", lambda: frozenset(flags))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: level)
     if chosen in ("avx2", "avx512", "amx"):
-        if cpu_kernels.why_not() is not None:
-            pytest.skip(f"speechrs's kernels cannot run here: {cpu_kernels.why_not()}")
-        if chosen == "amx" and not cpu_kernels._amx_granted():
+        if kernels.why_not() is not None:
+            pytest.skip(f"speechrs's kernels cannot run here: {kernels.why_not()}")
+        if chosen == "amx" and not kernels._amx_granted():
             pytest.skip("this CPU (or its compiler, or Linux) gives no AMX tiles: the amx variant cannot run here")
-        assert cpu_kernels.variant() == chosen
+        assert kernels.variant() == chosen
         if chosen != "avx2":  # the AVX-512 BF16 variant without tiles, on request
             monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "avx512")
-            assert cpu_kernels.variant() == "avx512"
+            assert kernels.variant() == "avx512"
         monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "avx2")
-        assert cpu_kernels.variant() == "avx2"
+        assert kernels.variant() == "avx2"
     else:
-        reason = cpu_kernels.why_not()
-        assert reason is not None and chosen in reason and cpu_kernels.variant() is None, reason
+        reason = kernels.why_not()
+        assert reason is not None and chosen in reason and kernels.variant() is None, reason
 
 
 def test_an_unknown_setting_is_named_and_keeps_torch_s(monkeypatch):
     monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "avx1024")
     reason = "SPEECHRS_CPU_KERNELS='avx1024' is none of 0 (never), 1 (the best variant), avx2, avx512"
-    assert cpu_kernels.why_not() == reason
+    assert kernels.why_not() == reason
     assert not quant.Int8Linear(*_case(8, 64)).blocked
 
 
 def test_the_setting_turns_them_off(monkeypatch):
     monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "0")
-    assert cpu_kernels.why_not() == "SPEECHRS_CPU_KERNELS=0" and not quant.Int8Linear(*_case(8, 64)).blocked
+    assert kernels.why_not() == "SPEECHRS_CPU_KERNELS=0" and not quant.Int8Linear(*_case(8, 64)).blocked
 
 
 @pytest.mark.parametrize("kind", ["int8", "int4", "bf16"])
-def test_models_batch_requests_through_them(kernels, native_dir, dia_dirs, kind, monkeypatch):
+def test_models_batch_requests_through_them(variant, native_dir, dia_dirs, kind, monkeypatch):
     """Their results do not depend on the rows beside a request's, so the load-time probe lets batched decoding
     stack requests' rows into one call (layers.batch_invariant). bf16: a bf16 model on a CPU without native
     bf16 (the path taken on any CPU with SPEECHRS_NATIVE_BF16=0)."""
     from speechrs.dia.checkpoint import load_dia
-    from speechrs.layers import cpu_native_bf16
+    from speechrs.kernels.cpu import cpu_native_bf16
     from speechrs.voxtral.checkpoint import load_voxtral
 
-    _bf16_variant(kind, kernels)
+    _bf16_variant(kind, variant)
     dtype, quantize = (torch.bfloat16, None) if kind == "bf16" else (torch.float32, kind)
     monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "0")
     cpu_native_bf16.cache_clear()
@@ -222,6 +223,6 @@ def test_models_batch_requests_through_them(kernels, native_dir, dia_dirs, kind,
         dia = load_dia(dia_dirs[0], dtype, quantize=quantize)
     finally:
         cpu_native_bf16.cache_clear()
-    kernel = True if kind == "bf16" else kernels
+    kernel = True if kind == "bf16" else variant
     assert voxtral.output.kernel == kernel and dia.logits_dense.kernel == kernel
     assert voxtral.batch_invariant and dia.batch_invariant

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from speechrs import loudness
+from speechrs.audio import loudness
 from speechrs.dia.dac import fold_weight_norm, load_dac
 
 

@@ -1,4 +1,4 @@
-"""speechrs's small ops of a bf16 decode step (decode_kernels.c). The single-query attention over bf16 KV caches:
+"""speechrs's small ops of a bf16 decode step (csrc/decode.c). The single-query attention over bf16 KV caches:
 within one bf16 rounding of the float32 computation on the same bf16 values, for every grouping of query heads,
 head size, length and cache view; bf16 caches where it runs, and the shapes it does not take left to torch. The
 RMSNorm and the RoPE of a few rows: torch's bits."""
@@ -7,17 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speechrs import cpu_kernels, layers
+from speechrs import kernels, layers
+from speechrs.kernels import cpu
 
 
 @pytest.fixture
 def kernel():
-    if not cpu_kernels.available():
-        pytest.skip(f"speechrs's kernels cannot run here: {cpu_kernels.why_not()}")
-    return cpu_kernels
+    if not kernels.available():
+        pytest.skip(f"speechrs's kernels cannot run here: {kernels.why_not()}")
+    return kernels
 
 
-_CACHED = (layers.cpu_native_bf16, layers.cpu_amx, layers.bf16_step_kernels)
+_CACHED = (cpu.cpu_native_bf16, cpu.cpu_amx, kernels.bf16_step_kernels)
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_shapes_it_does_not_take_stay_with_torch(kernel, no_native_bf16):
     assert not kernel.attends(q48, k48, k48)  # head dim not a multiple of 32
     transposed = torch.randn(1, 2, 64, 10).to(torch.bfloat16).transpose(-1, -2)
     assert not kernel.attends(q, transposed, transposed)  # positions not contiguous rows
-    assert layers.bf16_step_kernels() is kernel and torch.equal(
+    assert kernels.bf16_step_kernels() is kernel and torch.equal(
         layers.attend_one(q, k, v, 0.1), kernel.attend_one(q, k, v, 0.1)
     )
     assert torch.equal(layers.attend_one(q48, k48, k48, 0.1), _torch_path(q48, k48, k48, 0.1))
@@ -87,7 +88,7 @@ def test_a_bf16_model_keeps_bf16_caches_where_the_kernel_reads_them(kernel, no_n
     assert layers.cache_dtype(weight) == torch.bfloat16
     assert layers.cache_dtype(weight.half()) == layers.cache_dtype(weight.float()) == torch.float32
     monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "0")  # without speechrs's kernels: fp32 caches, torch's matmuls
-    layers.bf16_step_kernels.cache_clear()
+    kernels.bf16_step_kernels.cache_clear()
     assert layers.cache_dtype(weight) == torch.float32
 
 
@@ -106,7 +107,7 @@ def test_rms_norm_gives_torch_s_bf16_rows(kernel, no_native_bf16, rows, dim):
     assert ours.dtype == torch.bfloat16 and ours.shape == x.shape
     assert (ours == ref).float().mean() >= 0.999
     assert ((ours.float() - ref.float()).abs() <= ref.float().abs() * 2**-7).all()
-    assert layers.bf16_step_kernels() is kernel and torch.equal(norm(x), ours)  # the module takes it for a step
+    assert kernels.bf16_step_kernels() is kernel and torch.equal(norm(x), ours)  # the module takes it for a step
     x[0, 0, 0] = float("nan")
     assert kernel.rms_norm(x, norm.weight, 1e-5)[0].isnan().all()  # a NaN in a row makes the row NaN, as torch
 
@@ -123,4 +124,4 @@ def test_rope_gives_torch_s_bits_on_the_model_s_transposed_views(kernel, no_nati
     ref = torch.view_as_real(pairs * rot).flatten(-2).type_as(x)
     ours = kernel.rope(x, rot)
     assert ours.is_contiguous() and torch.equal(ours, ref)
-    assert layers.bf16_step_kernels() is kernel and torch.equal(layers.apply_rope_interleaved(x, rot), ref)
+    assert kernels.bf16_step_kernels() is kernel and torch.equal(layers.apply_rope_interleaved(x, rot), ref)

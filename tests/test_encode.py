@@ -4,9 +4,9 @@ pitch, and no decoded sample past full scale however hot the input."""
 import numpy as np
 import pytest
 
-from speechrs import openai_api as oa
-from speechrs.encode import _encode, decode, decoded_peak, encode
+from speechrs.audio.encode import _encode, decode, decoded_peak, encode
 from speechrs.errors import InvalidRequestError
+from speechrs.server import openai_api as oa
 
 RATE = 44100
 CODECS = {"mp3": "mp3float", "opus": "opus", "aac": "aac", "flac": "flac"}

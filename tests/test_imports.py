@@ -1,12 +1,23 @@
-"""The layers point one way (style.md): no module imports another that imports it back, and the model files know
-nothing of pipelines, engines or front doors. Imports inside functions count (a lazy import is still a dependency);
-only those under `if TYPE_CHECKING:` do not, as they name a type without importing its module."""
+"""The layers point one way: no module imports another that imports it back, no folder imports a higher layer's,
+and the model files know nothing of pipelines, engines or front doors. Imports inside functions count (a lazy
+import is still a dependency); only those under `if TYPE_CHECKING:` do not, as they name a type without importing
+its module."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "speechrs"
-FRONT = ("speechrs.engine", "speechrs.server", "speechrs.cli", "speechrs.api", "speechrs.openai_api")
+FRONT = ("speechrs.engine", "speechrs.server", "speechrs.cli", "speechrs.api")
+# The layers, lowest first (docs/architecture.md): a module imports its own layer or lower ones. The modules at the
+# package's root (errors, hub, weights, request, ...) are shared helpers outside this order; the cycle test covers them.
+LAYERS = [
+    ("speechrs.kernels",),  # CPU detection, the C kernels and their build
+    ("speechrs.linear", "speechrs.audio"),  # compute plan and Linear-like layers; audio in and out
+    ("speechrs.layers",),  # RoPE, RMSNorm, attention, KV caches
+    ("speechrs.voxtral", "speechrs.dia"),  # the families: config, checkpoint, model, then pipeline
+    ("speechrs.engine",),  # loaded pipelines, the scheduler
+    ("speechrs.server", "speechrs.cli", "speechrs.api"),  # the front doors
+]
 
 
 def _module(path: Path) -> str:
@@ -43,7 +54,7 @@ def _imports(path: Path) -> set[str]:
             else:
                 name = node.module or ""
             submodules = {f"{name}.{a.name}" for a in node.names if _is_module(f"{name}.{a.name}")}
-            out |= submodules or {name}  # `from .. import audio` imports speechrs.audio, not speechrs/__init__
+            out |= submodules or {name}  # `from .. import audio` imports speechrs.audio.decode, not speechrs/__init__
     return {m for m in out if m.startswith("speechrs")}
 
 
@@ -77,3 +88,22 @@ def test_model_files_import_no_higher_layer():
     for m in models:
         higher = {d for d in graph[m] if d.endswith((".pipeline", ".streaming")) or d.startswith(FRONT)}
         assert not higher, f"{m} imports {higher}"
+
+
+def _layer(module: str) -> int | None:
+    for rank, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    return None
+
+
+def test_no_folder_imports_a_higher_layer():
+    graph = _graph()
+    assert {_layer(m) for m in graph} >= set(range(len(LAYERS))), "a layer has no module"
+    upward = [
+        (m, d)
+        for m, deps in graph.items()
+        for d in deps
+        if _layer(m) is not None and _layer(d) is not None and _layer(d) > _layer(m)  # type: ignore[operator]
+    ]
+    assert not upward, f"imports of a higher layer: {upward}"

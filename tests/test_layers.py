@@ -3,8 +3,9 @@ import torch
 import torch.nn.functional as F
 from quality import compare
 
-from speechrs import cpu_kernels, layers
+from speechrs import kernels, layers
 from speechrs.dia.checkpoint import load_dia
+from speechrs.kernels import cpu
 from speechrs.layers import attend_one
 
 
@@ -27,7 +28,7 @@ def test_single_query_attention_equals_sdpa_in_float32(dtype, kv_heads, cache):
     torch.testing.assert_close(ours.float(), ref, atol=4 * rounding, rtol=4 * rounding)
 
 
-_CACHED = (layers.cpu_native_bf16, layers.cpu_amx, layers.bf16_step_kernels)
+_CACHED = (cpu.cpu_native_bf16, cpu.cpu_amx, kernels.bf16_step_kernels)
 
 
 def _dia_logits(directory, monkeypatch, fp32_caches: bool) -> tuple[torch.Tensor, torch.dtype]:
@@ -56,7 +57,7 @@ def _dia_logits(directory, monkeypatch, fp32_caches: bool) -> tuple[torch.Tensor
 @pytest.mark.parametrize("path", ["amx", "kernel"])
 def test_bf16_caches_give_the_logits_of_fp32_caches(dia_dirs, monkeypatch, path):
     """SPEECHRS_AMX=1 (a CPU with AMX) keeps bf16 caches and answers decode queries with torch's bf16 kernel; a
-    CPU without native bf16 (forced here on any CPU) keeps them bf16 for speechrs's kernel (decode_kernels.c);
+    CPU without native bf16 (forced here on any CPU) keeps them bf16 for speechrs's kernel (csrc/decode.c);
     otherwise fp32 caches and fp32 matmuls. Teacher-forced over a prefill and 8 decode steps of the tiny Dia
     (bf16), self- and cross-attention, on the same linears, they differ by bf16 rounding only. Measured (AMX path):
     KL 1.8e-4, max difference 2^-7 of the logits' scale; speechrs's kernel path (attention and RMSNorm in C) gave
@@ -67,8 +68,8 @@ def test_bf16_caches_give_the_logits_of_fp32_caches(dia_dirs, monkeypatch, path)
     else:
         monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "0")
         monkeypatch.setenv("SPEECHRS_AMX", "0")
-        if not cpu_kernels.available():
-            pytest.skip(f"speechrs's kernels cannot run here: {cpu_kernels.why_not()}")
+        if not kernels.available():
+            pytest.skip(f"speechrs's kernels cannot run here: {kernels.why_not()}")
     plain, plain_cache = _dia_logits(dia_dirs[1], monkeypatch, fp32_caches=True)
     bf16, bf16_cache = _dia_logits(dia_dirs[1], monkeypatch, fp32_caches=False)
     assert bf16_cache == torch.bfloat16 and plain_cache == torch.float32

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechrs import openai_api as oa
 from speechrs.errors import InvalidRequestError
+from speechrs.server import openai_api as oa
 from speechrs.voxtral.pipeline import GenerationOptions
 
 

@@ -6,7 +6,7 @@ import torch
 
 from speechrs.dia.checkpoint import load_dia
 from speechrs.dia.pipeline import DiaPipeline, SpeakOptions, encode_text
-from speechrs.packing import PackedLinear, packable
+from speechrs.linear.packing import PackedLinear, packable
 from speechrs.voxtral.checkpoint import load_voxtral
 from speechrs.voxtral.pipeline import GenerationOptions, VoxtralPipeline
 from speechrs.voxtral.tekken import Tekken

@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from quality import compare, dia_logits, voxtral_logits
 
-from speechrs import cpu_kernels, layers, quant, quant_codes
+from speechrs import kernels
 from speechrs.dia.checkpoint import load_dia
 from speechrs.dia.pipeline import DiaPipeline, SpeakOptions, encode_text
-from speechrs.quant import Int4Linear, Int8Linear
+from speechrs.kernels import cpu
+from speechrs.linear import quant, quant_codes
+from speechrs.linear.quant import Int4Linear, Int8Linear
 from speechrs.voxtral.checkpoint import load_voxtral
 from speechrs.voxtral.tekken import transcription_prompt
 
@@ -28,7 +30,7 @@ def _close_to_bf16_rounding(y: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 # each quantization with each CPU kernel, on any machine that can run it (the default picks one per CPU): speechrs's
-# AMX (int8 and int4 through the tile unit), AVX-512 BF16 and AVX2 kernels (cpu_kernels.c) and torch's
+# AMX (int8 and int4 through the tile unit), AVX-512 BF16 and AVX2 kernels (linear_x86.c) and torch's
 # _weight_int8pack_mm / _weight_int4pack_mm_for_cpu
 PATHS = [f"{kind}-{kernel}" for kind in ("int8", "int4") for kernel in ("amx", "avx512", "avx2", "torch")]
 SETTINGS = {"amx": "1", "avx512": "avx512", "avx2": "avx2", "torch": "0"}  # SPEECHRS_CPU_KERNELS for each
@@ -39,17 +41,17 @@ def gemm(request, monkeypatch) -> str:
     """The dtype of a prefill's GEMM route, on any CPU: bf16 (SPEECHRS_NATIVE_BF16=1, the route of a CPU with native
     bf16, emulated by torch on one without) or fp32 (=0, the route of a CPU without)."""
     monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "1" if request.param == "bf16" else "0")
-    layers.cpu_native_bf16.cache_clear()
+    cpu.cpu_native_bf16.cache_clear()
     yield request.param
-    layers.cpu_native_bf16.cache_clear()  # the environment is restored after this, so the next call reads it again
+    cpu.cpu_native_bf16.cache_clear()  # the environment is restored after this, so the next call reads it again
 
 
 def _choose_kernel(path: str, monkeypatch) -> str:
     """Layers made from now on in this test take `path`'s kernel; returns the quantization."""
     kind, kernel = path.split("-")
     monkeypatch.setenv("SPEECHRS_CPU_KERNELS", SETTINGS[kernel])
-    if kernel != "torch" and cpu_kernels.variant() != kernel:
-        why = cpu_kernels.why_not() or f"the CPU lacks {'AMX' if kernel == 'amx' else 'AVX-512 BF16'} or the compiler"
+    if kernel != "torch" and kernels.variant() != kernel:
+        why = kernels.why_not() or f"the CPU lacks {'AMX' if kernel == 'amx' else 'AVX-512 BF16'} or the compiler"
         pytest.skip(f"speechrs's {kernel} kernels cannot run here: {why}")
     return kind
 
@@ -89,7 +91,7 @@ def test_int4_prefill_rows_take_the_bf16_gemm_and_agree_with_the_kernel(monkeypa
     assert torch.equal(layer.weights(48, 999, torch.bfloat16), bf16[48:999])
     x = torch.randn(layer.dequant_rows, 256, generator=g)
     exact = F.linear(x.to(torch.bfloat16).double(), layer.dequantized().double())
-    kernel = cpu_kernels.int4_linear(x, layer.packed, layer.scale_zero, 32, 1000, layer.kernel)
+    kernel = kernels.int4_linear(x, layer.packed, layer.scale_zero, 32, 1000, layer.kernel)
     gemm = layer(x)
     scale = exact.abs().max()
     assert (gemm.double() - kernel.double()).abs().max() <= 3 * 2**-8 * scale
@@ -116,7 +118,7 @@ def test_int4_prefill_rows_without_native_bf16_take_the_fp32_gemm(monkeypatch):
         exact = F.linear(x.to(torch.bfloat16).double(), layer.dequantized().double())
         gemm = layer(x).double()
         assert bool(((gemm - exact).abs() <= 2**-8 * exact.abs() + 1e-6).all())
-        kernel = cpu_kernels.int4_linear(x[:3], layer.packed, layer.scale_zero, 32, 1000, "avx2")
+        kernel = kernels.int4_linear(x[:3], layer.packed, layer.scale_zero, 32, 1000, "avx2")
         assert torch.equal(layer(x[:3]), kernel)  # below dequant_rows: the kernel
     finally:
         quant.cpu_native_bf16.cache_clear()
@@ -279,7 +281,7 @@ def test_the_python_api_and_the_load_line_name_the_quantization(native_dir, dia_
 
 
 def test_the_server_quantizes_each_model_as_asked(native_dir, dia_dirs, dac_dirs):
-    from speechrs.server import build
+    from speechrs.server.app import build
 
     lines: list[str] = []
     engine = build(

@@ -8,12 +8,12 @@ import torch
 from typer.testing import CliRunner
 
 import speechrs
-from speechrs import quant, quant_store
-from speechrs.cli import app
+from speechrs.cli.app import app
 from speechrs.dia.checkpoint import load_dia
 from speechrs.errors import UnsupportedModelError
-from speechrs.quant import Int4Linear, Int8Linear, StoredInt4, StoredInt8
-from speechrs.quant_store import MANIFEST
+from speechrs.linear import quant, quant_store
+from speechrs.linear.quant import Int4Linear, Int8Linear, StoredInt4, StoredInt8
+from speechrs.linear.quant_store import MANIFEST
 from speechrs.voxtral.checkpoint import load_voxtral
 
 

@@ -1,22 +1,23 @@
-"""speechrs's quantizers (quant_kernels.c) against quant.py's torch ops: the same codes and scales bit for bit, for
+"""speechrs's quantizers (csrc/quantize.c) against quant.py's torch ops: the same codes and scales bit for bit, for
 every weight dtype and layout, and for a fused projection's parts quantized in place."""
 
 import pytest
 import torch
 
-from speechrs import cpu_kernels, quant, quant_codes
+from speechrs import kernels
+from speechrs.linear import quant, quant_codes
 
 
 @pytest.fixture
 def torch_ops(monkeypatch):
     """A function computing (codes, scales) with quant.py's torch ops: the reference."""
-    if not cpu_kernels.quantizes(torch.zeros(8, 8)):
-        pytest.skip(f"speechrs's quantizers cannot run here: {cpu_kernels.why_not()}")
+    if not kernels.quantizes(torch.zeros(8, 8)):
+        pytest.skip(f"speechrs's quantizers cannot run here: {kernels.why_not()}")
 
     def run(function, *args):
         with monkeypatch.context() as m:
             m.setenv("SPEECHRS_CPU_KERNELS", "0")
-            assert not cpu_kernels.quantizes(torch.zeros(8, 8))
+            assert not kernels.quantizes(torch.zeros(8, 8))
             return function(*args)
 
     return run
@@ -140,10 +141,10 @@ def test_int4_codes_written_blocked_are_the_portable_ones_blocked(dtype, kernel)
     """The quantizer writes int4 straight into the kernels' layouts (rows per block 8, or 16 for the wide ones),
     part by part: the tensors Int4Linear.from_codes blocks from the portable codes, bit for bit, a short last block
     padded with zero rows. Either layout is written by the AVX2 quantizer, so both are checked on any machine."""
-    from speechrs.quant import Int4Linear
+    from speechrs.linear.quant import Int4Linear
 
-    if isinstance(cpu_kernels._library(), str):
-        pytest.skip(f"speechrs's quantizer cannot run here: {cpu_kernels._library()}")
+    if isinstance(kernels._library(), str):
+        pytest.skip(f"speechrs's quantizer cannot run here: {kernels._library()}")
     g = torch.Generator().manual_seed(0)
     parts = [(torch.randn(n, 256, generator=g) / 10).to(dtype) for n in (48, 16, 20)]  # 84 rows: a short block
     codes, scale_zero = quant_codes.int4_blocked_codes(parts, 32, kernel)

@@ -14,7 +14,7 @@ import soundfile as sf
 from http_server import error_of, post
 
 import speechrs
-from speechrs.audio import to_s16le, wav_bytes
+from speechrs.audio.decode import to_s16le, wav_bytes
 from speechrs.dia.pipeline import AudioChunk
 
 SPEAK = "[S1] Hello there. [S2] Hi! (laughs)"

@@ -10,8 +10,8 @@ import urllib.request
 import pytest
 from http_server import Server, error_of, post
 
-from speechrs.media import MediaPolicy
-from speechrs.server import make_app
+from speechrs.server.app import make_app
+from speechrs.server.media import MediaPolicy
 
 SPEAK = "[S1] Hello there. [S2] Hi! (laughs)"
 
@@ -349,7 +349,7 @@ def test_a_full_queue_answers_429_with_retry_after_at_once(engine):
 
     from http_server import Server
 
-    from speechrs.engine import Engine
+    from speechrs.engine.engine import Engine
 
     gate = threading.Event()
 
@@ -414,7 +414,7 @@ def test_shutdown_answers_queued_requests_503_and_lets_the_running_one_finish(en
 
     from http_server import Server
 
-    from speechrs.engine import Engine
+    from speechrs.engine.engine import Engine
 
     gate = threading.Event()
 

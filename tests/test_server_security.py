@@ -5,8 +5,8 @@ import json
 import pytest
 from http_server import Server, error_of, post, request
 
-from speechrs.guard import Security, host_name
-from speechrs.server import make_app
+from speechrs.server.app import make_app
+from speechrs.server.guard import Security, host_name
 
 KEY = "s3cret-key"
 SPEECH = json.dumps({"input": "[S1] Hi.", "response_format": "pcm", "max_tokens": 20, "seed": 0}).encode()

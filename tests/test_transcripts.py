@@ -11,9 +11,9 @@ from conftest import noise
 
 from speechrs import subtitles
 from speechrs.api import VoxtralModel
-from speechrs.audio import load, open_stream
+from speechrs.audio.decode import load, open_stream
+from speechrs.audio.vad import SplitOptions
 from speechrs.errors import AudioTooLongError, InvalidRequestError
-from speechrs.vad import SplitOptions
 from speechrs.voxtral.pipeline import Done, GenerationOptions, Token
 from speechrs.voxtral.transcript import Progress, Segment
 
@@ -72,7 +72,7 @@ def test_silence_has_no_segments_and_noise_is_still_transcribed_without_timestam
 
 def test_splitter_cuts_speech_longer_than_a_segment():
     """One unbroken region of 70 s (the detector never sees a pause) is cut into pieces of at most 30 s."""
-    from speechrs.vad import FRAME, Splitter
+    from speechrs.audio.vad import FRAME, Splitter
 
     splitter = Splitter(SplitOptions())
     probs = np.full(int(70 / (FRAME / 16000)), 0.9, np.float32)
@@ -199,8 +199,8 @@ def test_plain_torch_vad_equals_silero_torchscript(paused_speech):
 
     import torch
 
-    from speechrs.silero import SileroVAD, weights_path
-    from speechrs.vad import VoiceActivity
+    from speechrs.audio.silero import SileroVAD, weights_path
+    from speechrs.audio.vad import VoiceActivity
 
     pcm = load(str(paused_speech[0]), 16000)
     with warnings.catch_warnings():

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from quality import compare, voxtral_logits
 
-from speechrs import cpu_kernels
-from speechrs.layers import cpu_native_bf16
-from speechrs.packing import PackedLinear
-from speechrs.upcast import KERNEL_ROWS, UPCAST_ROWS, UpcastConv1d, UpcastLinear
+from speechrs import kernels
+from speechrs.kernels.cpu import cpu_native_bf16
+from speechrs.linear.packing import PackedLinear
+from speechrs.linear.upcast import KERNEL_ROWS, UPCAST_ROWS, UpcastConv1d, UpcastLinear
 from speechrs.voxtral.checkpoint import load_voxtral
 from speechrs.voxtral.tekken import transcription_prompt
 
@@ -27,8 +27,8 @@ def decode_kernel(request, monkeypatch) -> str:
     """Layers made in the test read decode rows through speechrs's AVX2 bf16 kernel or torch's bf16 Linear, on
     any machine that can run each (skipped, with the reason, where speechrs's cannot be built)."""
     monkeypatch.setenv("SPEECHRS_CPU_KERNELS", "1" if request.param == "speechrs" else "0")
-    if request.param == "speechrs" and not cpu_kernels.available():
-        pytest.skip(f"speechrs's kernels cannot run here: {cpu_kernels.why_not()}")
+    if request.param == "speechrs" and not kernels.available():
+        pytest.skip(f"speechrs's kernels cannot run here: {kernels.why_not()}")
     return request.param
 
 
@@ -104,10 +104,10 @@ def test_bf16_voxtral_without_native_bf16_upcasts_and_keeps_its_results(
     ],
 )
 def test_native_bf16_needs_the_cpu_flags_not_only_onednn(monkeypatch, flags, native):
-    import speechrs.layers as layers
+    from speechrs.kernels import cpu
 
     monkeypatch.delenv("SPEECHRS_NATIVE_BF16", raising=False)
-    monkeypatch.setattr(layers, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     cpu_native_bf16.cache_clear()
     try:

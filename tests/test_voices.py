@@ -70,7 +70,7 @@ def test_store_errors_are_clear(tmp_path, clip):
 
 
 def test_server_voice_field_and_voices_route(engine, clip, tmp_path, tts):
-    from speechrs.server import make_app
+    from speechrs.server.app import make_app
 
     tts.voices.add("narrator", str(clip), TRANSCRIPT)
     server = Server(make_app(engine, voices_dir=tts.voices.directory))
@@ -82,7 +82,7 @@ def test_server_voice_field_and_voices_route(engine, clip, tmp_path, tts):
         status, _, named = post(server, "/v1/audio/speech", {**base, "voice": "narrator"})
         assert status == 200
         expected = tts.speak(LINE, voice="narrator", normalize=True, **OPTS)
-        from speechrs.audio import to_s16le
+        from speechrs.audio.decode import to_s16le
 
         assert named == to_s16le(expected.pcm)
         _, _, alloy = post(server, "/v1/audio/speech", {**base, "voice": "alloy"})  # OpenAI's name: Dia's own voice

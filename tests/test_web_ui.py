@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 import speechrs
-from speechrs.audio import to_s16le
+from speechrs.audio.decode import to_s16le
 from speechrs.dia.pipeline import AudioChunk
 
 SPEAK = "[S1] Hello there. [S2] Hi! (laughs)"
@@ -135,8 +135,8 @@ def test_errors_are_shown_as_sentences(page):
 def test_api_key_is_asked_for_and_sent(browser, engine):
     from http_server import Server
 
-    from speechrs.guard import Security
-    from speechrs.server import make_app
+    from speechrs.server.app import make_app
+    from speechrs.server.guard import Security
 
     server = Server(make_app(engine, security=Security(api_key="sesame")))
     try:
@@ -156,7 +156,7 @@ def test_api_key_is_asked_for_and_sent(browser, engine):
 def test_no_ui_leaves_the_page_out(engine):
     from http_server import Server, request
 
-    from speechrs.server import make_app
+    from speechrs.server.app import make_app
 
     server = Server(make_app(engine, ui=False))
     try:
@@ -179,7 +179,7 @@ def test_a_named_voice_and_a_speed_from_the_page(browser, engine, dia_dirs, dac_
     voice at that speed, as the Python API makes it."""
     from http_server import Server
 
-    from speechrs.server import make_app
+    from speechrs.server.app import make_app
 
     tts = speechrs.load(str(dia_dirs[0]), dac=str(dac_dirs[0]), voices_dir=tmp_path / "voices")
     pcm, rate = sf.read(clip, dtype="float32")

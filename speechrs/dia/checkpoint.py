@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UnsupportedModelError
-from ..layers import half_split_to_interleaved
-from ..quant_store import check_all_stored, install_stored, quantization_to_load
-from ..weights import checkpoint_files, load_into, read_safetensors, release_unused, rename, tensor_names
-from .config import DiaConfig
-from .model import Dia
+from speechrs.dia.config import DiaConfig
+from speechrs.dia.model import Dia
+from speechrs.errors import UnsupportedModelError
+from speechrs.layers import half_split_to_interleaved
+from speechrs.linear.quant_store import check_all_stored, install_stored, quantization_to_load
+from speechrs.weights import checkpoint_files, load_into, read_safetensors, release_unused, rename, tensor_names
 
 NARI_TO_CANONICAL = [
     (r"decoder\.logits_dense\.weight", "logits_dense.weight"),

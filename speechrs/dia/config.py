@@ -4,10 +4,10 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UnsupportedModelError
-from ..jsonconf import getter as _getter
-from ..jsonconf import read_json
-from ..jsonconf import section as _sub
+from speechrs.errors import UnsupportedModelError
+from speechrs.jsonconf import getter as _getter
+from speechrs.jsonconf import read_json
+from speechrs.jsonconf import section as _sub
 
 NARI_V01, HF_0626 = "nari_v01", "hf_0626"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelNotFoundError, UnsupportedModelError
-from ..layers import checkpoint_embedding
-from ..weights import load_into, read_safetensors, release_unused
-from .dac_stream import StreamingDecoder, as_channels_last
+from speechrs.dia.dac_stream import StreamingDecoder, as_channels_last
+from speechrs.errors import ModelNotFoundError, UnsupportedModelError
+from speechrs.layers import checkpoint_embedding
+from speechrs.weights import load_into, read_safetensors, release_unused
 
 
 @dataclass(frozen=True)

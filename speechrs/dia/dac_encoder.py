@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UnsupportedModelError
-from ..weights import load_into
-from .dac import DAC, ResidualUnit, Snake, fold_weight_norm, hf_to_canonical, read_any
+from speechrs.dia.dac import DAC, ResidualUnit, Snake, fold_weight_norm, hf_to_canonical, read_any
+from speechrs.errors import UnsupportedModelError
+from speechrs.weights import load_into
 
 ENCODER_STRIDES, ENCODER_DIM = (2, 4, 8, 8), 64  # descript 44 kHz: 64 -> 1024 channels, 512 samples per frame
 

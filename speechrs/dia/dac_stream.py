@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:  # dac.py imports this module
-    from .dac import DAC
+    from speechrs.dia.dac import DAC
 
 
 CL = torch.channels_last

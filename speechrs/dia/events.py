@@ -80,6 +80,6 @@ class SpeechResult:
         return len(self.pcm) / self.sample_rate
 
     def save(self, path) -> None:
-        from ..audio import write_wav
+        from speechrs.audio.decode import write_wav
 
         write_wav(Path(path), self.pcm, self.sample_rate)

@@ -14,26 +14,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import (
+from speechrs.dia.config import DiaConfig
+from speechrs.kernels.cpu import upcast_on_this_cpu
+from speechrs.layers import (
     KVCache,
-    ProbedBatching,
+    RequestRows,
     RMSNorm,
-    Segment,
     apply_rope_interleaved,
     attend,
     attend_one,
     cache_dtype,
     checkpoint_embedding,
-    fuse_linears,
     rope_table,
-    rows_per_segment,
+    rows_per_request,
     sdpa,
-    upcast_on_this_cpu,
 )
-from ..packing import Scratch, pack_fused, pack_linears, packable
-from ..quant import quantize_fused, quantize_linears
-from ..upcast import upcast_linears
-from .config import DiaConfig
+from speechrs.linear.base import ProbedBatching, fuse_linears
+from speechrs.linear.packing import Scratch, pack_fused, pack_linears, packable
+from speechrs.linear.quant import quantize_fused, quantize_linears
+from speechrs.linear.upcast import upcast_linears
 
 
 def _rope(head_dim: int, cfg: DiaConfig, length: int, device) -> torch.Tensor:
@@ -163,7 +162,7 @@ class CrossCache:
 
 
 @dataclass(eq=False)
-class DiaSegment(Segment):
+class DiaRequestRows(RequestRows):
     """One request's rows (its CFG pair) in a batched decoder forward, with its text's cross-attention K/V."""
 
     cross: CrossCache | None = None
@@ -302,13 +301,13 @@ class Dia(ProbedBatching, nn.Module):
     def forward(self, codes_BxTxC: torch.Tensor, start: int, cross: CrossCache) -> torch.Tensor:
         """Delayed code rows at steps [start, start+T) with the model's own cache (setup_caches) -> logits
         (B, T, C, V) in float32."""
-        return self.forward_rows(codes_BxTxC, [DiaSegment(start, self.caches, cross)])
+        return self.forward_rows(codes_BxTxC, [DiaRequestRows(start, self.caches, cross)])
 
-    def forward_rows(self, codes_BxTxC: torch.Tensor, segments: list[DiaSegment]) -> torch.Tensor:
+    def forward_rows(self, codes_BxTxC: torch.Tensor, segments: list[DiaRequestRows]) -> torch.Tensor:
         """The decoder over several requests at once: the rows split evenly between `segments` in order (a CFG
         pair each), each at its own steps [start, start+T) with its own caches and text -> logits (B, T, C, V)."""
         cfg, T = self.cfg, codes_BxTxC.shape[1]
-        n = rows_per_segment(codes_BxTxC, segments)
+        n = rows_per_request(codes_BxTxC, segments)
         if n != 2 and any(s.cross is not None and s.cross.uncond is not None for s in segments):
             raise ValueError("a text_cache is for a CFG pair: 2 rows per request")
         if len(segments) > 1 and not self.batch_invariant:  # these kernels would change a request's bits: one each

@@ -15,18 +15,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import loudness
-from ..errors import AudioTooLongError, InvalidRequestError
-from ..request import Request, StepInput
-from ..sampling import dia_pick, make_generator
-from .checkpoint import load_dia
-from .config import HF_0626, NARI_V01
-from .dac import DAC, load_dac
-from .events import AudioChunk, SpeakOptions, SpeakSettings, SpeechResult, SpeechSegment, Step
-from .model import Dia, DiaSegment
-from .script import PIECE_BYTES, encode_text, join_reference, speak_script, split_script
-from .streaming import speak_streamed
-from .tempo import check_speed, with_speed
+from speechrs.audio import loudness
+from speechrs.dia.checkpoint import load_dia
+from speechrs.dia.config import HF_0626, NARI_V01
+from speechrs.dia.dac import DAC, load_dac
+from speechrs.dia.events import AudioChunk, SpeakOptions, SpeakSettings, SpeechResult, SpeechSegment, Step
+from speechrs.dia.model import Dia, DiaRequestRows
+from speechrs.dia.script import PIECE_BYTES, encode_text, join_reference, speak_script, split_script
+from speechrs.dia.streaming import speak_streamed
+from speechrs.dia.tempo import check_speed, with_speed
+from speechrs.errors import AudioTooLongError, InvalidRequestError
+from speechrs.request import Request, StepInput
+from speechrs.sampling import dia_pick, make_generator
 
 # Per-generation sampling defaults, one place. v0.1: mistral.rs SpeechGenerationConfig::default.
 # 0626: the published settings (nari README / hf.py, transformers docs), not the bare generate() signature.
@@ -164,7 +164,7 @@ class DiaPipeline:
     ) -> tuple[list[int], torch.Tensor]:
         """-> (the ids of the transcript and the text, joined by a space; the reference's codes (L, C)), checked,
         the cheap checks before the reference is encoded."""
-        from .voices import encode_reference
+        from speechrs.dia.voices import encode_reference
 
         if ref_audio is None or ref_text is None or not ref_text.strip():
             raise InvalidRequestError(
@@ -231,7 +231,7 @@ class DiaPipeline:
             cond = torch.tensor([text_ids], device=self.device)
             # this request's own text K/V (rows [cond, uncond], uncond all zeros) and cache: the first pass reads the
             # whole known prefix, later ones a row
-            segment = DiaSegment(0, model.new_caches(2, L + max_steps + 1), model.text_cache(cond))
+            segment = DiaRequestRows(0, model.new_caches(2, L + max_steps + 1), model.text_cache(cond))
             logits = model.forward_rows(known[: L + 1].to(self.device).expand(2, -1, C), [segment])
         rows = torch.full((L + max_steps + 1, C), cfg.bos, dtype=torch.long)
         rows[: L + 1] = known[: L + 1]

@@ -15,10 +15,10 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ..errors import InvalidRequestError
-from .config import DiaConfig
-from .events import AudioChunk, SpeakSettings, SpeechResult, SpeechSegment, Step
-from .streaming import speak_streamed
+from speechrs.dia.config import DiaConfig
+from speechrs.dia.events import AudioChunk, SpeakSettings, SpeechResult, SpeechSegment, Step
+from speechrs.dia.streaming import speak_streamed
+from speechrs.errors import InvalidRequestError
 
 PIECE_BYTES = 240
 CROSSFADE = 1024  # samples (23 ms at 44.1 kHz): the seam between two pieces, which falls in a pause

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..request import StepInput
-from .dac_stream import StreamingDecoder
-from .events import AudioChunk, SpeakSettings, SpeechResult, Step
+from speechrs.dia.dac_stream import StreamingDecoder
+from speechrs.dia.events import AudioChunk, SpeakSettings, SpeechResult, Step
+from speechrs.request import StepInput
 
 if TYPE_CHECKING:  # pipeline.py imports this module; the pipeline is only a parameter here
-    from .pipeline import DiaPipeline
+    from speechrs.dia.pipeline import DiaPipeline
 
 FIRST_PIECE, LARGEST_PIECE = 16, 64  # frames pushed into the DAC: 0.19 s, doubling to 0.74 s (fastest: dac.py)
 

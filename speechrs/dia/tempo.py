@@ -11,8 +11,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..errors import InvalidRequestError
-from .events import AudioChunk, SpeechResult
+from speechrs.dia.events import AudioChunk, SpeechResult
+from speechrs.errors import InvalidRequestError
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 CONTEXT = 8192  # input samples (0.19 s at 44.1 kHz) before each streamed chunk

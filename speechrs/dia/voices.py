@@ -9,8 +9,8 @@ import hashlib
 import numpy as np
 import torch
 
-from .. import audio
-from ..errors import AudioError
+from speechrs.audio import decode as audio
+from speechrs.errors import AudioError
 
 CACHED_VOICES = 16
 MIN_SECONDS = 0.5  # shorter references give the decoder almost nothing to imitate
@@ -19,7 +19,7 @@ MIN_SECONDS = 0.5  # shorter references give the decoder almost nothing to imita
 def encode_reference(pipeline, ref_audio, max_seconds: float | None = None) -> torch.Tensor:
     """ref_audio (anything audio.load takes) -> codes (L, C), L = ceil(samples / 512) at 44.1 kHz. Audio longer
     than max_seconds is refused from its decoded length, before it is resampled or encoded."""
-    from .dac_encoder import encode
+    from speechrs.dia.dac_encoder import encode
 
     rate = pipeline.codec.cfg.sample_rate
     pcm = audio.load(ref_audio, rate, max_seconds)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from ..layers import half_split_to_interleaved
-from ..quant_store import check_all_stored, install_stored, quantization_to_load
-from ..weights import checkpoint_files, load_into, read_safetensors, release_pages, release_unused, rename
-from .config import VoxtralConfig
-from .model import Voxtral
+from speechrs.layers import half_split_to_interleaved
+from speechrs.linear.quant_store import check_all_stored, install_stored, quantization_to_load
+from speechrs.voxtral.config import VoxtralConfig
+from speechrs.voxtral.model import Voxtral
+from speechrs.weights import checkpoint_files, load_into, read_safetensors, release_pages, release_unused, rename
 
 _ENC = "mm_whisper_embeddings.whisper_encoder"
 

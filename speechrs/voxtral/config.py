@@ -3,10 +3,10 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UnsupportedModelError
-from ..jsonconf import getter as _getter
-from ..jsonconf import read_json as _read_json
-from ..jsonconf import section
+from speechrs.errors import UnsupportedModelError
+from speechrs.jsonconf import getter as _getter
+from speechrs.jsonconf import read_json as _read_json
+from speechrs.jsonconf import section
 
 
 @dataclass(frozen=True)

@@ -12,25 +12,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import (
+from speechrs.kernels.cpu import upcast_on_this_cpu
+from speechrs.layers import (
     KVCache,
-    ProbedBatching,
+    RequestRows,
     RMSNorm,
-    Segment,
     apply_rope_interleaved,
     attend,
     cache_dtype,
     checkpoint_embedding,
-    fuse_linears,
     rope_table,
-    rows_per_segment,
+    rows_per_request,
     sdpa,
-    upcast_on_this_cpu,
 )
-from ..packing import Scratch, pack_fused, pack_linears, packable
-from ..quant import quantize_fused, quantize_linears
-from ..upcast import upcast_linears
-from .config import EncoderConfig, VoxtralConfig
+from speechrs.linear.base import ProbedBatching, fuse_linears
+from speechrs.linear.packing import Scratch, pack_fused, pack_linears, packable
+from speechrs.linear.quant import quantize_fused, quantize_linears
+from speechrs.linear.upcast import upcast_linears
+from speechrs.voxtral.config import EncoderConfig, VoxtralConfig
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
@@ -300,13 +299,13 @@ class Voxtral(ProbedBatching, nn.Module):
     def forward(self, x_BxTxD: torch.Tensor, start: int, last_only: bool = True) -> torch.Tensor:
         """Run the decoder on embeddings at positions [start, start+T) with the model's own cache (setup_caches)
         -> logits (B, 1 or T, V) in float32."""
-        return self.forward_rows(x_BxTxD, [Segment(start, self.caches)], last_only)
+        return self.forward_rows(x_BxTxD, [RequestRows(start, self.caches)], last_only)
 
-    def forward_rows(self, x_BxTxD: torch.Tensor, segments: list[Segment], last_only: bool = True) -> torch.Tensor:
+    def forward_rows(self, x_BxTxD: torch.Tensor, segments: list[RequestRows], last_only: bool = True) -> torch.Tensor:
         """The decoder over several requests at once: x's rows split evenly between `segments` in order, each at
         its own positions [start, start+T) with its own cache -> logits (B, 1 or T, V) in float32."""
         T = x_BxTxD.shape[1]
-        n = rows_per_segment(x_BxTxD, segments)
+        n = rows_per_request(x_BxTxD, segments)
         if len(segments) > 1 and not self.batch_invariant:  # these kernels would change a request's bits: one each
             return torch.cat(
                 [self.forward_rows(x_BxTxD[i * n : (i + 1) * n], [s], last_only) for i, s in enumerate(segments)]

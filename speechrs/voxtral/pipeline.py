@@ -8,17 +8,17 @@ from pathlib import Path
 
 import torch
 
-from .. import audio as audio_io
-from ..errors import AudioError, InvalidRequestError
-from ..layers import Segment
-from ..request import PAUSE, Pause, Request, StepInput
-from ..sampling import make_generator, sample_token
-from ..vad import SplitOptions
-from . import transcript
-from .checkpoint import load_voxtral
-from .events import Done, Token, Usage
-from .model import Voxtral
-from .tekken import AudioPart, Part, StreamDecoder, Tekken, chat_prompt, transcription_prompt
+from speechrs.audio import decode as audio_io
+from speechrs.audio.vad import SplitOptions
+from speechrs.errors import AudioError, InvalidRequestError
+from speechrs.layers import RequestRows
+from speechrs.request import PAUSE, Pause, Request, StepInput
+from speechrs.sampling import make_generator, sample_token
+from speechrs.voxtral import transcript
+from speechrs.voxtral.checkpoint import load_voxtral
+from speechrs.voxtral.events import Done, Token, Usage
+from speechrs.voxtral.model import Voxtral
+from speechrs.voxtral.tekken import AudioPart, Part, StreamDecoder, Tekken, chat_prompt, transcription_prompt
 
 CHAT_MAX_TOKENS = 1024  # default completion budget for chat; transcription scales with the audio
 INITIAL_CACHE_TOKENS = 1024  # KV cache room beyond the prompt to start with; it doubles when needed
@@ -220,7 +220,7 @@ class VoxtralPipeline:
             if start:
                 yield PAUSE
             with torch.inference_mode():
-                logits = model.forward_rows(embeds[:, start : start + PREFILL_TOKENS], [Segment(start, caches)])
+                logits = model.forward_rows(embeds[:, start : start + PREFILL_TOKENS], [RequestRows(start, caches)])
         generator = make_generator(opts.seed, self.device)
         stream = StreamDecoder(tok)
         generated: list[int] = []
@@ -239,7 +239,7 @@ class VoxtralPipeline:
             yield Token(next_id, stream.push(next_id))
             if step + 1 == max_tokens:
                 break
-            pending = StepInput(torch.tensor([[next_id]], device=self.device), Segment(pos, caches))
+            pending = StepInput(torch.tensor([[next_id]], device=self.device), RequestRows(pos, caches))
             yield pending  # the driver runs the decoder on it, alone or beside other requests
             assert pending.logits is not None, "a StepInput is resumed once its logits are set"
             logits = pending.logits

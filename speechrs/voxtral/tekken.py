@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tiktoken
 
-from ..errors import InvalidRequestError, UnsupportedModelError
+from speechrs.errors import InvalidRequestError, UnsupportedModelError
 
 
 @dataclass(frozen=True)

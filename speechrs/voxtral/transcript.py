@@ -7,11 +7,11 @@ audio lies in the file, so their precision is the splitter's (32 ms frames, 0.2 
 import zlib
 from collections.abc import Callable, Iterator
 
-from ..audio import AudioStream
-from ..errors import InvalidRequestError
-from ..request import PAUSE
-from ..vad import SplitOptions, split_speech
-from .events import Done, Progress, Segment, Token, Usage
+from speechrs.audio.decode import AudioStream
+from speechrs.audio.vad import SplitOptions, split_speech
+from speechrs.errors import InvalidRequestError
+from speechrs.request import PAUSE
+from speechrs.voxtral.events import Done, Progress, Segment, Token, Usage
 
 # ISO 639-1 -> the lower-case English names OpenAI's verbose_json reports (Voxtral's eight first)
 LANGUAGES = {

@@ -1,0 +1,55 @@
+/* Helpers the AVX2 kernels share (linear_x86.c, csrc/decode.c): bf16 in and out, fp32 sums. */
+#ifndef SPEECHRS_CPU_KERNELS_H
+#define SPEECHRS_CPU_KERNELS_H
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+/* fp32 -> bf16, rounded to nearest even as torch rounds */
+static inline uint16_t bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* one bf16 -> fp32, exactly */
+static inline float bf16_float(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* 8 fp32 rounded to bf16 (nearest even, as bf16_round; NaN stays NaN), kept as fp32 with low halves zero */
+static inline __m256 bf16_round8(__m256 f) {
+    const __m256i u = _mm256_castps_si256(f);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+    const __m256i nan = _mm256_or_si256(u, _mm256_set1_epi32(0x400000)); /* quiet, payload kept in the top bits */
+    const __m256 rounded = _mm256_castsi256_ps(r);
+    const __m256 picked = _mm256_blendv_ps(rounded, _mm256_castsi256_ps(nan), _mm256_cmp_ps(f, f, _CMP_UNORD_Q));
+    return _mm256_and_ps(picked, _mm256_castsi256_ps(_mm256_set1_epi32((int)0xffff0000u)));
+}
+
+/* 8 fp32 already bf16-exact (bf16_round8's) stored as 8 bf16 */
+static inline void store_bf16x8(uint16_t *p, __m256 f) {
+    const __m256i high = _mm256_srli_epi32(_mm256_castps_si256(f), 16);
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(high, high), 0x08); /* qwords 0, 2 */
+    _mm_storeu_si128((__m128i *)p, _mm256_castsi256_si128(packed));
+}
+
+/* 8 bf16 -> 8 fp32, exactly */
+static inline __m256 bf16x8(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+/* the sum of the 8 lanes, in a fixed order */
+static inline float hsum(__m256 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+#endif
