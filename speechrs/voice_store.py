@@ -10,7 +10,6 @@ The directory: --voices-dir, else $SPEECHRS_VOICES_DIR, else $XDG_DATA_HOME/spee
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechrs import settings
 from speechrs.audio import decode as audio
 from speechrs.errors import AudioError, InvalidRequestError
 
@@ -31,10 +31,7 @@ OPENAI_VOICES |= {"marin", "cedar"}
 
 
 def default_dir() -> Path:
-    if os.environ.get("SPEECHRS_VOICES_DIR"):
-        return Path(os.environ["SPEECHRS_VOICES_DIR"])
-    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return data / "speechrs" / "voices"
+    return settings.voices_dir()
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from speechrs import settings
 from speechrs.cli.quantize import quantize as quantize_command
 from speechrs.cli.voices import VoicesDir
 from speechrs.cli.voices import app as voices_app
@@ -315,7 +316,7 @@ def serve(
     warmup: Annotated[bool, typer.Option(help="Run one tiny request per model before serving.")] = True,
     api_key: Annotated[
         str | None,
-        typer.Option(envvar="SPEECHRS_API_KEY", help="Require 'Authorization: Bearer KEY' on every /v1 route."),
+        typer.Option(envvar=settings.API_KEY, help="Require 'Authorization: Bearer KEY' on every /v1 route."),
     ] = None,
     allowed_host: Annotated[
         list[str] | None,

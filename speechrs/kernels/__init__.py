@@ -39,21 +39,15 @@ from pathlib import Path
 
 import torch
 
+from speechrs import settings
 from speechrs.kernels.cpu import cpu_flags, cpu_native_bf16
+from speechrs.settings import cache_dir
 
 # the matmul kernels, the quantizers quant.py runs at load and a bf16 decode step's small ops (one library)
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = [CSRC / name for name in ("linear_x86.c", "quantize.c", "decode.c")]
 HEADERS = [CSRC / "kernels.h"]  # included by the sources: part of what a build is
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
-
-
-def cache_dir() -> Path:
-    """Where the built library is kept: $SPEECHRS_CACHE_DIR, else $XDG_CACHE_HOME/speechrs (~/.cache/speechrs)."""
-    base = os.environ.get("SPEECHRS_CACHE_DIR")
-    if base:
-        return Path(base)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "speechrs"
 
 
 def _compiler() -> str | None:
@@ -71,7 +65,7 @@ def _build(extra: list[str] | None = None) -> Path:
     flags = [*FLAGS, *(extra or [])]
     sources = b"".join(source.read_bytes() for source in [*SOURCES, *HEADERS])
     digest = hashlib.sha256(sources + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
-    target = cache_dir() / "kernels" / f"cpu_kernels-{digest}.so"
+    target = cache_dir() / "kernels" / f"kernels-{digest}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +82,7 @@ def _build(extra: list[str] | None = None) -> Path:
 
 
 AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"}  # the AVX-512 variant's target
-SETTINGS = ("0", "1", "avx2", "avx512")
+SETTINGS = settings.KERNEL_SETTINGS
 AMX_FLAGS = {"amx_tile", "amx_bf16"}
 # the variants whose int4 layout is 16 rows to a block and 8 along K to a row's 4 bytes (the AVX-512 BF16 one, which
 # the AMX int4 kernel reads too); "avx2"'s is 8 rows, 2 along K to a byte
@@ -101,7 +95,7 @@ def _flags() -> frozenset[str] | None:
 
 
 def _setting() -> str | None:
-    return os.environ.get("SPEECHRS_CPU_KERNELS") or None
+    return settings.cpu_kernels()
 
 
 def _best_variant() -> str:

@@ -2,9 +2,10 @@
 SPEECHRS_NATIVE_BF16 and SPEECHRS_AMX force either answer (tests, benchmarks)."""
 
 import functools
-import os
 
 import torch
+
+from speechrs import settings
 
 
 def cpu_flags() -> frozenset[str] | None:
@@ -30,9 +31,9 @@ def cpu_native_bf16() -> bool:
     """Whether bf16 matmuls run in hardware here (oneDNN's AVX-512 BF16 / AMX / AVX-NE-CONVERT kernels). Without
     it, torch emulates bf16 and its matmuls run about 5x slower than fp32 (measured on AVX2 and on AVX-512 without
     BF16; issue 16). SPEECHRS_NATIVE_BF16=0 takes the path of a CPU without it (tests, benchmarks), =1 the other."""
-    forced = os.environ.get("SPEECHRS_NATIVE_BF16")
-    if forced in ("0", "1"):
-        return forced == "1"
+    forced = settings.native_bf16()
+    if forced is not None:
+        return forced
     try:
         onednn = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch build without these private ops
@@ -47,9 +48,9 @@ def cpu_amx() -> bool:
     kernel answers a decode query 1.5-2.3x faster than attend_one's fp32 matmuls (2 cores, B=2 H=16 K=4 E=128:
     32 vs 56 us at S=100, 95 vs 216 us at S=500, 449 vs 588 us at S=1500); on AVX-512 BF16 without AMX it was
     5-10x slower (attend_one). SPEECHRS_AMX=0 takes the other path, =1 this one."""
-    forced = os.environ.get("SPEECHRS_AMX")
-    if forced in ("0", "1"):
-        return forced == "1"
+    forced = settings.amx()
+    if forced is not None:
+        return forced
     flags = cpu_flags()
     return flags is not None and "amx_bf16" in flags and cpu_native_bf16()
 

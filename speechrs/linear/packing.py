@@ -18,17 +18,17 @@ numerical question).
 """
 
 import math
-import os
 
 import torch
 from torch import nn
 
+from speechrs import settings
 from speechrs.kernels.cpu import cpu_native_bf16
 from speechrs.linear.base import huge_page_empty
 
 
 def packable(weight: torch.Tensor) -> bool:
-    if os.environ.get("SPEECHRS_PACK_WEIGHTS", "1") == "0":
+    if not settings.pack_weights():
         return False
     if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
