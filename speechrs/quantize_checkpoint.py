@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from speechrs.hub import resolve
-from speechrs.linear.quant import check_quantization
+from speechrs.linear.kinds import check_quantization
 from speechrs.linear.quant_store import stored_quantization, write_quantized
 
 

@@ -16,6 +16,7 @@ from speechrs.cli.quantize import quantize as quantize_command
 from speechrs.cli.voices import VoicesDir
 from speechrs.cli.voices import app as voices_app
 from speechrs.errors import InvalidRequestError, SpeechrsError
+from speechrs.linear.kinds import CHOICES
 
 if TYPE_CHECKING:  # torch and the models load when a command runs, not when the CLI starts
     from speechrs.api import DiaModel, VoxtralModel
@@ -51,6 +52,10 @@ AUDIO_SUFFIXES = {".wav": "wav", ".pcm": "pcm", ".raw": "pcm", ".mp3": "mp3", ".
 AUDIO_SUFFIXES |= {".aac": "aac", ".flac": "flac"}
 
 
+Quantize = Enum("Quantize", {kind: kind for kind in CHOICES}, type=str)  # type: ignore[misc]  # one spelling
+NO_QUANTIZATION = Quantize("none")
+
+
 class DType(str, Enum):
     auto = "auto"
     float32 = "float32"
@@ -58,16 +63,10 @@ class DType(str, Enum):
     float16 = "float16"
 
 
-class Quantize(str, Enum):
-    none = "none"
-    int8 = "int8"
-    int4 = "int4"
-
-
 DTYPE_HELP = "Weights dtype; auto picks the path for the device (said at load)."
 QUANTIZE_HELP = (
-    "Weight-only int8 (per channel) or int4 (groups of 32) decoder linears, quantized at load; Voxtral's audio "
-    "encoder int8 either way (a `speechrs quantize` directory brings its own)."
+    "Weight-only int8 (per channel) or int4 (groups of 32) decoder linears, quantized at load; the model's encoder "
+    "goes int8 with either (a `speechrs quantize` directory brings its own)."
 )
 
 
@@ -114,7 +113,7 @@ def transcribe(
     top_p: Annotated[float, typer.Option(help="Nucleus mass kept when sampling.")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
     dtype: Annotated[DType, typer.Option(help=DTYPE_HELP)] = DType.auto,
-    quantize: Annotated[Quantize, typer.Option(help=QUANTIZE_HELP)] = Quantize.none,
+    quantize: Annotated[Quantize, typer.Option(help=QUANTIZE_HELP)] = NO_QUANTIZATION,
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")] = "auto",
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress on stderr.")] = False,
 ):
@@ -199,7 +198,7 @@ def speak(
         ),
     ] = None,
     dtype: Annotated[DType, typer.Option(help=DTYPE_HELP)] = DType.auto,
-    quantize: Annotated[Quantize, typer.Option(help=QUANTIZE_HELP)] = Quantize.none,
+    quantize: Annotated[Quantize, typer.Option(help=QUANTIZE_HELP)] = NO_QUANTIZATION,
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")] = "auto",
     captions: Annotated[
         Path | None, typer.Option(help="Also write captions, one per piece of the script: .srt or .vtt")
@@ -348,7 +347,7 @@ def serve(
     from speechrs.server.app import run
     from speechrs.server.guard import Security
 
-    per_model = [q.value for q in quantize or [Quantize.none]]
+    per_model = [q.value for q in quantize or [NO_QUANTIZATION]]
     if len(per_model) == 1:
         per_model *= len(model)
     if len(per_model) != len(model):

@@ -8,18 +8,18 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from speechrs.linear.kinds import QUANTIZATIONS
+
+Kind = Enum("Kind", {kind: kind for kind in QUANTIZATIONS}, type=str)  # type: ignore[misc]  # one spelling
+INT8 = Kind("int8")
+
 err = Console(stderr=True, soft_wrap=True)
-
-
-class Kind(str, Enum):
-    int8 = "int8"
-    int4 = "int4"
 
 
 def quantize(
     model: Annotated[str, typer.Argument(help="Hub id or local directory of a Voxtral or Dia checkpoint.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="New (or empty) directory to write.")],
-    kind: Annotated[Kind, typer.Option("--quantize", help="int8 per channel, or int4 in groups of 32.")] = Kind.int8,
+    kind: Annotated[Kind, typer.Option("--quantize", help="int8 per channel, or int4 in groups of 32.")] = INT8,
 ):
     """Quantize MODEL's decoder linears and output head (and Voxtral's audio encoder or Dia's text encoder, to int8)
     into DIR; load it later with -m DIR (any machine)."""

@@ -17,7 +17,7 @@ from speechrs.dia.config import DiaConfig
 from speechrs.dia.model import Dia
 from speechrs.errors import UnsupportedModelError
 from speechrs.layers import half_split_to_interleaved
-from speechrs.linear.quant_store import check_all_stored, install_stored, quantization_to_load
+from speechrs.linear.quant_store import check_all_stored, install_stored
 from speechrs.weights import checkpoint_files, load_into, read_safetensors, release_unused, rename, tensor_names
 
 NARI_TO_CANONICAL = [
@@ -87,17 +87,18 @@ def load_dia(
     if generation is not None:
         cfg = dataclasses.replace(cfg, generation=generation)
     mappings: list = []
-    quantize = quantization_to_load(directory, quantize)
     with torch.device("meta"):
         model = Dia(cfg)
-    stored = install_stored(model, directory, Dia.quantized_kind, mappings)  # a `speechrs quantize` directory
-    tensors, keep_dtype = stored or (canonical_tensors(directory, cfg, mappings), None)
-    load_into(model, tensors, dtype, device, keep_dtype=keep_dtype)
+    stored = install_stored(model, directory, Dia.quantized_kind, mappings, quantize)  # `speechrs quantize`'s
+    if stored is not None:
+        quantize = stored.kind
+    tensors = stored.tensors if stored is not None else canonical_tensors(directory, cfg, mappings)
+    load_into(model, tensors, dtype, device, keep_dtype=stored.keep_dtype if stored else None)
     # pages of transposed / interleaved / fused / packed originals, layer by layer: the peak stays ~1x the weights
     model.prepare(after_layer=lambda: release_unused(mappings, model), quantize=quantize)
     release_unused(mappings, model)
     if stored is not None:
-        check_all_stored(model, directory, Dia.quantized_kind, int8_stored_since=3)
+        check_all_stored(model, directory, stored, Dia.quantized_kind, int8_stored_since=3)
     return model.eval()
 
 

@@ -178,6 +178,7 @@ class Dia(ProbedBatching, nn.Module):
     # text's rows (int4 would gain no speed there, only error); in int8 they take half the memory of bf16
     # (qkv: their fusion, as a directory written before format 3 quantizes it at load)
     QUANTIZED_INT8 = re.compile(r"encoder\.layers\.\d+\.(self_attention\.([qkvo]_proj|qkv)|mlp\.(gate_up|down)_proj)")
+    ALWAYS_INT8 = "the text encoder"  # QUANTIZED_INT8, in the load line
 
     @classmethod
     def quantized_kind(cls, name: str, kind: str) -> str | None:

@@ -21,7 +21,9 @@ from speechrs.engine.scheduler import END, Job, Scheduler, post
 from speechrs.errors import InvalidRequestError, ModelNotFoundError, ServerBusyError, ShuttingDownError
 from speechrs.hub import DEFAULT_DAC, ModelSource, resolve, resolve_dac
 from speechrs.linear.compute import ComputePlan, plan
+from speechrs.linear.kinds import check_quantization
 from speechrs.linear.quant_store import quantization_to_load
+from speechrs.weights import parse_dtype
 
 if TYPE_CHECKING:  # the pipelines import torch and the models: loaded when a model is
     from speechrs.dia.pipeline import DiaPipeline
@@ -63,18 +65,22 @@ def load_pipeline(
 ) -> Loaded:
     """Resolve a hub id or directory, detect family and layout, and build its pipeline on `device` with the compute
     path compute.plan chooses (dtype, int8 / int4 weights)."""
+    from speechrs.dia.model import Dia
     from speechrs.dia.pipeline import DiaPipeline
+    from speechrs.voxtral.model import Voxtral
     from speechrs.voxtral.pipeline import VoxtralPipeline
 
     asked, device = device, resolve_device(device)
     try:
-        how = plan(device, dtype, quantize, chosen_by="auto" if asked == "auto" else "")
-    except ValueError as e:
+        quantize = check_quantization(quantize)
+        parse_dtype(dtype)
+    except ValueError as e:  # before resolving the model: a mistake is said before any slow work
         raise InvalidRequestError(str(e)) from None
     source = resolve(model)
-    try:  # a `speechrs quantize` directory brings its own quantization; the summary names the family's layers
-        stored = quantization_to_load(source.directory, how.quantize)
-        how = plan(device, dtype, stored, chosen_by="auto" if asked == "auto" else "", family=source.family)
+    model_class = Dia if source.family == "dia" else Voxtral
+    try:  # a `speechrs quantize` directory brings its own quantization
+        stored = quantization_to_load(source.directory, quantize)
+        how = plan(device, dtype, stored, "auto" if asked == "auto" else "", model_class.ALWAYS_INT8)
     except ValueError as e:
         raise InvalidRequestError(str(e)) from None
     if source.family == "dia":

@@ -12,7 +12,7 @@ import torch
 
 from speechrs import kernels
 from speechrs.kernels.cpu import cpu_native_bf16
-from speechrs.linear.quant import check_quantization
+from speechrs.linear.kinds import check_quantization
 from speechrs.linear.upcast import KERNEL_ROWS, UPCAST_ROWS
 from speechrs.weights import parse_dtype
 
@@ -56,11 +56,11 @@ def _kernel(kind: str) -> str:
 
 
 def plan(
-    device: str, dtype: str = "auto", quantize: str | None = None, chosen_by: str = "", family: str = ""
+    device: str, dtype: str = "auto", quantize: str | None = None, chosen_by: str = "", always_int8: str = ""
 ) -> ComputePlan:
     """The path for `device` given the user's --dtype and --quantize; raises ValueError on a bad name.
-    chosen_by: how the device was picked, for the summary (e.g. "auto"); family ("voxtral" / "dia"), what the
-    summary says is quantized."""
+    chosen_by: how the device was picked, for the summary (e.g. "auto"); always_int8: what the model makes int8
+    whenever it is quantized (its ALWAYS_INT8, e.g. "the audio encoder"), for the summary."""
     kind = torch.device(device).type
     quantize = check_quantization(quantize)
     torch_dtype = parse_dtype(dtype)
@@ -76,9 +76,7 @@ def plan(
         raise ValueError("int4 weights run on the CPU only in this version; use --quantize int8 or none on " + kind)
     where = cpu_summary() if kind == "cpu" else str(torch.cuda.get_device_name(device) if kind == "cuda" else kind)
     if quantize is not None:
-        encoder = {"voxtral": " and the audio encoder's in int8", "dia": " and the text encoder's in int8"}.get(
-            family, ""
-        )  # the models' quantized_kind
+        encoder = f" and {always_int8}'s in int8" if always_int8 else ""
         how = f"{quantize} weight-only decoder linears{encoder} ({_kernel(kind)}), other weights {chosen}"
     elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16) and cpu_native_bf16():
         how = f"{chosen}; bf16 decode weights are packed for oneDNN"

@@ -40,7 +40,6 @@ from speechrs.linear.quant_codes import (
     weight_parts,
 )
 
-QUANTIZATIONS = ("int8", "int4")
 # From this many rows on (a prefill, a long batch), int8 codes are converted to bf16 for the call and multiplied
 # by the GEMM, then scaled: the weight-only kernel's 4x4 tiles reach ~130 GFLOP/s for 383 rows where oneDNN's bf16
 # GEMM reaches ~300 with the conversion (AVX-512 BF16). Measured on 16384 x 3072: kernel 14.6 / 58.7 / 110 ms at
@@ -74,14 +73,6 @@ DEQUANT_BLOCK_BYTES = 2**24
 # holds ~290 GFLOP/s at 16 rows (conversion 0.48 ms per 2048 x 3072): about even with the GEMM at 64 rows, which
 # wins above (the crossover not measured again).
 INT4_GEMM_ROWS = {"avx512": 64, "amx": 64, "avx2": 192}
-
-
-def check_quantization(name: str | None) -> str | None:
-    if name in (None, "", "none"):
-        return None
-    if name not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization '{name}'; choose {', '.join(QUANTIZATIONS)} or none")
-    return name
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

@@ -18,13 +18,15 @@ import json
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from speechrs.errors import UnsupportedModelError
-from speechrs.linear.quant import INT4_GROUP, QUANTIZATIONS, STORED, StoredInt4, StoredInt8, int4_codes, int8_codes
+from speechrs.linear.kinds import QUANTIZATIONS
+from speechrs.linear.quant import INT4_GROUP, STORED, StoredInt4, StoredInt8, int4_codes, int8_codes
 from speechrs.weights import checkpoint_files, read_safetensors, tensor_names
 
 MANIFEST = "speechrs-quantized.json"
@@ -62,10 +64,7 @@ def stored_quantization(directory: Path) -> str | None:
     return None if manifest is None else manifest["quantize"]
 
 
-def quantization_to_load(directory: Path, asked: str | None) -> str | None:
-    """The quantization a load uses: the stored one for a quantized directory (asking for it again is fine),
-    else what was asked."""
-    stored = stored_quantization(directory)
+def _to_load(directory: Path, stored: str | None, asked: str | None) -> str | None:
     if stored is None or asked in (None, stored):
         return stored or asked
     raise ValueError(
@@ -74,17 +73,37 @@ def quantization_to_load(directory: Path, asked: str | None) -> str | None:
     )
 
 
+def quantization_to_load(directory: Path, asked: str | None) -> str | None:
+    """The quantization a load uses: the stored one for a quantized directory (asking for it again is fine),
+    else what was asked."""
+    return _to_load(directory, stored_quantization(directory), asked)
+
+
+@dataclass
+class Stored:
+    """A `speechrs quantize` directory's tensors as install_stored() set the model up to take them."""
+
+    kind: str  # int8 / int4
+    format: int
+    tensors: Iterator[tuple[str, torch.Tensor]]
+    keep_dtype: Callable[[str], bool]  # codes and scales, kept in their own dtype when the rest is cast
+
+
 def install_stored(
-    model: nn.Module, directory: Path, quantized_kind: Callable[[str, str], str | None], mappings: list
-) -> tuple[Iterator[tuple[str, torch.Tensor]], Callable[[str], bool]] | None:
-    """For a directory `speechrs quantize` wrote (None for any other checkpoint): put a StoredInt8/StoredInt4 in
-    the place of every Linear whose codes it holds (each one the model quantizes to that kind when the
-    directory's is asked: `quantized_kind(name, kind)`), on the meta model, so the loader fills them like any
-    tensor. Returns the directory's tensors and which names are codes or scales (kept in their own dtype when the
-    rest is cast); check_all_stored() then checks what was used."""
+    model: nn.Module,
+    directory: Path,
+    quantized_kind: Callable[[str, str], str | None],
+    mappings: list,
+    asked: str | None = None,
+) -> Stored | None:
+    """For a directory `speechrs quantize` wrote (None for any other checkpoint; a ValueError where `asked` is
+    another quantization): put a StoredInt8/StoredInt4 in the place of every Linear whose codes it holds (each one
+    the model quantizes to that kind when the directory's is asked: `quantized_kind(name, kind)`), on the meta
+    model, so the loader fills them like any tensor. check_all_stored() then checks what was used."""
     manifest = _manifest(directory)
     if manifest is None:
         return None
+    _to_load(directory, manifest["quantize"], asked)
     asked, files = manifest["quantize"], checkpoint_files(directory, WEIGHTS, INDEX)
     names = [n for path in files for n in tensor_names(path)]
     modules = [(n.removesuffix(sfx), kind) for n in names for kind, sfx in _CODE_SUFFIX.items() if n.endswith(sfx)]
@@ -106,18 +125,21 @@ def install_stored(
         setattr(model.get_submodule(parent) if parent else model, leaf, holder)
     stored = {f"{m}.{b}" for m, _ in modules for b, _ in model.get_submodule(m).named_buffers() if b != "bias"}
     tensors = (item for path in files for item in read_safetensors(path, mappings))
-    return tensors, stored.__contains__
+    return Stored(manifest["quantize"], manifest["format"], tensors, stored.__contains__)
 
 
 def check_all_stored(
-    model: nn.Module, directory: Path, quantized_kind: Callable[[str, str], str | None], int8_stored_since: int
+    model: nn.Module,
+    directory: Path,
+    stored: Stored,
+    quantized_kind: Callable[[str, str], str | None],
+    int8_stored_since: int,
 ) -> None:
     """After the model's own quantizing step: every quantized Linear came from the directory's codes (none was
     quantized from a float weight, which would mean the directory lacks codes the loader expects; formats before
     `int8_stored_since` did not store the model's Linears always made int8) and none is left as a placeholder
     (codes for a Linear the loader does not quantize)."""
-    manifest = _manifest(directory)
-    older = manifest is not None and manifest["format"] < int8_stored_since
+    older = stored.format < int8_stored_since
     unstored = (lambda name: quantized_kind(name, "int4") == "int8") if older else None
     fresh = [
         n

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from speechrs.layers import half_split_to_interleaved
-from speechrs.linear.quant_store import check_all_stored, install_stored, quantization_to_load
+from speechrs.linear.quant_store import check_all_stored, install_stored
 from speechrs.voxtral.config import VoxtralConfig
 from speechrs.voxtral.model import Voxtral
 from speechrs.weights import checkpoint_files, load_into, read_safetensors, release_pages, release_unused, rename
@@ -90,17 +90,17 @@ def load_voxtral(
     """Build on the meta device, assign the checkpoint's tensors, then derive the fixed buffers (and quantize the
     decoder's linears, layer by layer, or take a `speechrs quantize` directory's codes)."""
     mappings: list = []
-    quantize = quantization_to_load(directory, quantize)
     cfg, tensors = canonical_tensors(directory, layout, mappings)  # a generator: nothing is read yet
     with torch.device("meta"):
         model = Voxtral(cfg)
-    stored = install_stored(model, directory, Voxtral.quantized_kind, mappings)  # a `speechrs quantize` directory
-    tensors, keep_dtype = stored or (tensors, None)
-    load_into(model, tensors, dtype, device, keep_dtype=keep_dtype)
+    stored = install_stored(model, directory, Voxtral.quantized_kind, mappings, quantize)  # `speechrs quantize`'s
+    if stored is not None:
+        tensors, quantize = stored.tensors, stored.kind
+    load_into(model, tensors, dtype, device, keep_dtype=stored.keep_dtype if stored else None)
     # pages of permuted / fused / packed / cast originals, layer by layer: the peak stays ~1x the weights
     release = functools.partial(release_pages, mappings)  # a weight quantized a part at a time, as it goes
     model.setup_buffers(after_layer=lambda: release_unused(mappings, model), quantize=quantize, release=release)
     release_unused(mappings, model)
     if stored is not None:
-        check_all_stored(model, directory, Voxtral.quantized_kind, int8_stored_since=2)
+        check_all_stored(model, directory, stored, Voxtral.quantized_kind, int8_stored_since=2)
     return model.eval()

@@ -198,6 +198,7 @@ class Voxtral(ProbedBatching, nn.Module):
         r"mm_whisper_embeddings\.(whisper_encoder\.transformer\.layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[12])"
         r"|audio_language_projection\.[02])"
     )
+    ALWAYS_INT8 = "the audio encoder"  # QUANTIZED_INT8, in the load line
 
     @classmethod
     def quantized_kind(cls, name: str, kind: str) -> str | None:
