@@ -59,7 +59,8 @@ def main():
     from bench_voxtral import encoder_gflop, prefill_gflop, write_checkpoint
     from machine import describe, limits
 
-    from speechrs.voxtral.pipeline import GenerationOptions, VoxtralPipeline
+    from speechrs.voxtral.events import GenerationOptions
+    from speechrs.voxtral.pipeline import VoxtralPipeline
     from speechrs.weights import parse_dtype
 
     args.cache.mkdir(parents=True, exist_ok=True)

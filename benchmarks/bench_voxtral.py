@@ -114,7 +114,8 @@ def prefill_gflop(cfg, tokens: int) -> float:
 def run_speechrs(ckpt: Path, clip: Path, n_new: int, dtype: str, quantize: str | None = None) -> dict:
     import torch
 
-    from speechrs.voxtral.pipeline import GenerationOptions, VoxtralPipeline
+    from speechrs.voxtral.events import GenerationOptions
+    from speechrs.voxtral.pipeline import VoxtralPipeline
     from speechrs.weights import parse_dtype
 
     base = rss_mb()

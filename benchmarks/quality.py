@@ -49,7 +49,7 @@ def compare(ref: torch.Tensor, ours: torch.Tensor, margin: float = 0.0) -> dict:
 
 def _voxtral_cases(pipeline, tokens: int) -> list[tuple[str, list[int], torch.Tensor, int]]:
     """(name, ids, mel, prompt length): the prompt, then `tokens` greedy tokens of this (float32) pipeline."""
-    from speechrs.voxtral.pipeline import Audio, GenerationOptions
+    from speechrs.voxtral.events import Audio, GenerationOptions
     from speechrs.voxtral.tekken import chat_prompt, transcription_prompt
 
     mel, n_audio, _ = pipeline._prepare_audio(str(CLIP))

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from speechrs import subtitles
 from speechrs.audio.vad import SplitOptions
 from speechrs.dia.events import AudioChunk, SpeakOptions, SpeechResult, Step
+from speechrs.dia.pipeline import check_reference
+from speechrs.dia.voice_store import VoiceStore
 from speechrs.engine.engine import Engine, Loaded, load_pipeline
 from speechrs.errors import InvalidRequestError, SpeechrsError
 from speechrs.messages import parse_messages
-from speechrs.voice_store import VoiceStore
-from speechrs.voxtral.pipeline import Done, GenerationOptions, Token, Usage
+from speechrs.voxtral.events import Done, GenerationOptions, Token, Usage
 from speechrs.voxtral.transcript import Segment
 
 DEFAULT_VOXTRAL = "mistralai/Voxtral-Mini-3B-2507"
@@ -115,14 +116,10 @@ class DiaModel:
         stream_audio, also AudioChunk(pcm, sample_rate) events as soon as the DAC can decode them (not
         loudness-normalised)."""
         opts = SpeakOptions(**options)
-        if voice is not None and (ref_audio is not None or ref_text is not None):
-            raise InvalidRequestError("give either a named voice or ref_audio with ref_text, not both", "voice")
-
-        def run():
-            audio, transcript = self.voices.reference(voice, self.pipeline) if voice else (ref_audio, ref_text)
-            return self.pipeline.speak(text, opts, stream_audio=stream_audio, ref_audio=audio, ref_text=transcript)
-
-        return Engine.run(run)
+        check_reference(voice, ref_audio, ref_text)
+        return Engine.run(
+            lambda: self.pipeline.speak_as(text, opts, stream_audio, voice, self.voices, ref_audio, ref_text)
+        )
 
 
 def _collect(events: Iterator) -> TextResult:

@@ -4,7 +4,7 @@ import base64
 import binascii
 
 from speechrs.errors import InvalidRequestError
-from speechrs.voxtral.pipeline import Audio
+from speechrs.voxtral.events import Audio
 
 
 def parse_messages(messages: list[dict], python_parts: bool = True) -> list[tuple[str, list]]:

@@ -5,7 +5,7 @@ import soundfile as sf
 
 import speechrs
 from speechrs.errors import InvalidRequestError
-from speechrs.voxtral.pipeline import Done, Token
+from speechrs.voxtral.events import Done, Token
 
 
 @pytest.fixture(scope="module")

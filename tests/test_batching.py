@@ -15,7 +15,7 @@ from speechrs.engine.engine import Engine
 from speechrs.linear.base import batch_invariant
 from speechrs.request import Request, StepInput
 from speechrs.voxtral import pipeline as voxtral_pipeline
-from speechrs.voxtral.pipeline import Audio, Done, GenerationOptions, Token
+from speechrs.voxtral.events import Audio, Done, GenerationOptions, Token
 
 
 @pytest.fixture

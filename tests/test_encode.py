@@ -4,9 +4,8 @@ pitch, and no decoded sample past full scale however hot the input."""
 import numpy as np
 import pytest
 
-from speechrs.audio.encode import _encode, decode, decoded_peak, encode
+from speechrs.audio.encode import _encode, decode, decoded_peak, encode, speech_bytes
 from speechrs.errors import InvalidRequestError
-from speechrs.server import openai_api as oa
 
 RATE = 44100
 CODECS = {"mp3": "mp3float", "opus": "opus", "aac": "aac", "flac": "flac"}
@@ -18,7 +17,7 @@ def tone(seconds=1.5, hz=440.0, amplitude=0.5):
 
 @pytest.mark.parametrize("fmt", list(CODECS))
 def test_each_format_decodes_to_the_same_tone(fmt):
-    data, content_type = oa.speech_bytes(tone(), RATE, fmt)
+    data, content_type = speech_bytes(tone(), RATE, fmt)
     pcm, rate, codec = decode(data)
     assert codec == CODECS[fmt] and content_type.startswith("audio/")
     assert rate == (48000 if fmt == "opus" else RATE)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from speechrs.audio.encode import speech_bytes
 from speechrs.errors import InvalidRequestError
 from speechrs.server import openai_api as oa
-from speechrs.voxtral.pipeline import GenerationOptions
+from speechrs.voxtral.events import GenerationOptions
 
 
 def test_chat_request_fields_become_the_cli_options():
@@ -93,7 +94,7 @@ def test_transcription_form_fields():
 @pytest.mark.parametrize("fmt,rate", [("flac", 44100), ("mp3", 44100), ("opus", 48000)])
 def test_compressed_speech_decodes_back(fmt, rate):
     pcm = (0.3 * np.sin(np.arange(44100) * 2 * np.pi * 440 / 44100)).astype(np.float32)
-    data, content_type = oa.speech_bytes(pcm, 44100, fmt)
+    data, content_type = speech_bytes(pcm, 44100, fmt)
     back, back_rate = sf.read(io.BytesIO(data))
     assert back_rate == rate and abs(len(back) / back_rate - 1.0) < 0.1
     assert content_type.startswith("audio/")

@@ -8,7 +8,8 @@ from speechrs.dia.checkpoint import load_dia
 from speechrs.dia.pipeline import DiaPipeline, SpeakOptions, encode_text
 from speechrs.linear.packing import PackedLinear, packable
 from speechrs.voxtral.checkpoint import load_voxtral
-from speechrs.voxtral.pipeline import GenerationOptions, VoxtralPipeline
+from speechrs.voxtral.events import GenerationOptions
+from speechrs.voxtral.pipeline import VoxtralPipeline
 from speechrs.voxtral.tekken import Tekken
 
 bf16 = torch.bfloat16

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from speechrs.voxtral.pipeline import Audio, Done, GenerationOptions, Token
+from speechrs.voxtral.events import Audio, Done, GenerationOptions, Token
 
 pytestmark = pytest.mark.reference
 N_NEW = 40

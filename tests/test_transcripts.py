@@ -14,7 +14,7 @@ from speechrs.api import VoxtralModel
 from speechrs.audio.decode import load, open_stream
 from speechrs.audio.vad import SplitOptions
 from speechrs.errors import AudioTooLongError, InvalidRequestError
-from speechrs.voxtral.pipeline import Done, GenerationOptions, Token
+from speechrs.voxtral.events import Done, GenerationOptions, Token
 from speechrs.voxtral.transcript import Progress, Segment
 
 SHORT = GenerationOptions(max_tokens=6)
@@ -111,7 +111,7 @@ def test_subtitles_parse_with_real_libraries(native_pipeline, paused_speech):
 
 def test_translation_uses_the_chat_prompt_per_segment(native_pipeline, paused_speech):
     """Each translated segment is what a chat request with that segment's audio and the instruction gives."""
-    from speechrs.voxtral.pipeline import Audio
+    from speechrs.voxtral.events import Audio
     from speechrs.voxtral.transcript import translation_instruction
 
     path, truth, duration = paused_speech

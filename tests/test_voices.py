@@ -9,8 +9,8 @@ from http_server import Server, error_of, post, request
 from test_cli import invoke
 
 import speechrs
+from speechrs.dia.voice_store import VoiceStore
 from speechrs.errors import AudioError, InvalidRequestError
-from speechrs.voice_store import VoiceStore
 
 TRANSCRIPT = "[S1] What the clip says."
 LINE = "[S1] Now in that voice."

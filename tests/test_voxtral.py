@@ -9,7 +9,8 @@ from speechrs.errors import AudioError, ModelNotFoundError, UnsupportedModelErro
 from speechrs.hub import detect, resolve
 from speechrs.layers import half_split_to_interleaved, interleaved_to_half_split
 from speechrs.voxtral.checkpoint import load_voxtral
-from speechrs.voxtral.pipeline import Audio, Done, GenerationOptions, VoxtralPipeline
+from speechrs.voxtral.events import Audio, Done, GenerationOptions
+from speechrs.voxtral.pipeline import VoxtralPipeline
 
 
 def _logits(pipeline, ids, mels):

@@ -1,5 +1,5 @@
 """Compressed speech for OpenAI's formats: mp3, opus, aac and flac, encoded with PyAV (its wheel bundles FFmpeg's
-encoders, so nothing is compiled or installed beside it). wav and pcm are written by hand (audio.py).
+encoders, so nothing is compiled or installed beside it). wav and pcm are written by hand (decode.py).
 
 Lossy codecs overshoot full scale on audio that sits near it, as Dia's tanh-limited, -14 LUFS output does (an
 Opus file of it decoded to a peak of 1.4, which a player then clips). So each lossy file is decoded back; while
@@ -10,6 +10,7 @@ import io
 
 import numpy as np
 
+from speechrs.audio.decode import to_s16le, wav_bytes
 from speechrs.errors import InvalidRequestError
 
 # format -> (container, codec, sample rate or None to keep the input's, content type)
@@ -87,3 +88,20 @@ def _float(samples: np.ndarray) -> np.ndarray:
     if samples.dtype.kind == "i":  # FLAC decodes to integers
         return (samples / float(-np.iinfo(samples.dtype).min)).astype(np.float32)
     return samples.astype(np.float32)
+
+
+def speech_content_type(fmt: str, rate: int) -> str:
+    if fmt == "wav":
+        return f"audio/wav; rate={rate}; channels=1"
+    if fmt == "pcm":
+        return f"audio/pcm; codecs=1; format=s16le; rate={rate}; channels=1"
+    return CONTENT_TYPES[fmt]
+
+
+def speech_bytes(pcm: np.ndarray, rate: int, fmt: str) -> tuple[bytes, str]:
+    """Encoded audio and its content type; wav and pcm as mistral.rs writes them, the rest by encode()."""
+    if fmt == "wav":
+        return wav_bytes(pcm, rate), speech_content_type(fmt, rate)
+    if fmt == "pcm":
+        return to_s16le(pcm), speech_content_type(fmt, rate)
+    return encode(pcm, rate, fmt), CONTENT_TYPES[fmt]

@@ -212,7 +212,7 @@ def speak(
     from speechrs import subtitles
     from speechrs.api import DiaModel
     from speechrs.cli.speak import finish_wav_sizes, open_output, run_speech
-    from speechrs.voice_store import VoiceStore
+    from speechrs.dia.voice_store import VoiceStore
 
     if captions is not None and captions.suffix.lower() not in (".srt", ".vtt"):
         _fail(f"--captions takes a .srt or .vtt file, not '{captions.name}'")
@@ -264,9 +264,9 @@ def speak(
                     finish_wav_sizes(out)
         else:
             result = run_speech(events, quiet, err)
-            from speechrs.server.openai_api import speech_bytes
+            from speechrs.audio.encode import speech_bytes
 
-            data = speech_bytes(result.pcm, result.sample_rate, fmt)[0]  # the server's encoders
+            data = speech_bytes(result.pcm, result.sample_rate, fmt)[0]
             with open_output(output) as out:
                 out.write(data)
         if captions is not None:

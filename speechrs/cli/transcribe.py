@@ -15,7 +15,7 @@ from speechrs import subtitles
 
 def run_transcript(events, stream_stdout: bool, quiet: bool, err: Console):
     """Drive the events; print deltas to stdout when stream_stdout; return the Done event."""
-    from speechrs.voxtral.pipeline import Done, Token
+    from speechrs.voxtral.events import Done, Token
     from speechrs.voxtral.transcript import Progress as AudioProgress
     from speechrs.voxtral.transcript import Segment
 

@@ -20,7 +20,7 @@ def _fail(message: str) -> NoReturn:
 
 
 def _store(voices_dir: Path | None):
-    from speechrs.voice_store import VoiceStore
+    from speechrs.dia.voice_store import VoiceStore
 
     return VoiceStore(voices_dir)
 

@@ -11,6 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from speechrs.dia.tempo import check_speed, with_speed
 from speechrs.errors import AudioTooLongError, InvalidRequestError
 from speechrs.request import Request, StepInput
 from speechrs.sampling import dia_pick, make_generator
+
+if TYPE_CHECKING:
+    from speechrs.dia.voice_store import VoiceStore
 
 # Per-generation sampling defaults, one place. v0.1: mistral.rs SpeechGenerationConfig::default.
 # 0626: the published settings (nari README / hf.py, transformers docs), not the bare generate() signature.
@@ -57,6 +61,12 @@ def delay(codes_TxC: torch.Tensor, delays: list[int], bos: int, pad: int) -> tor
 def undelay(delayed_RxC: torch.Tensor, delays: list[int], n_frames: int) -> torch.Tensor:
     """Delayed rows (BOS row first) -> (n_frames, C): frame f of channel c is row 1 + f + delay[c]."""
     return torch.stack([delayed_RxC[1 + d : 1 + d + n_frames, c] for c, d in enumerate(delays)], dim=1)
+
+
+def check_reference(voice: str | None, ref_audio, ref_text: str | None) -> None:
+    """A request names a saved voice or gives ref_audio with ref_text, not both (a 400 before any slow work)."""
+    if voice is not None and (ref_audio is not None or ref_text is not None):
+        raise InvalidRequestError("give either a named voice or ref_audio with ref_text, not both", "voice")
 
 
 class DiaPipeline:
@@ -117,6 +127,24 @@ class DiaPipeline:
         if not 1 <= full.cfg_scale <= 100:  # 3 is the published setting; far beyond it the logits overflow
             raise InvalidRequestError(f"cfg_scale must be in [1, 100], got {full.cfg_scale}")
         return full
+
+    def speak_as(
+        self,
+        text: str,
+        opts: SpeakOptions = SpeakOptions(),
+        stream_audio: bool = False,
+        voice: str | None = None,
+        voices: "VoiceStore | None" = None,
+        ref_audio=None,
+        ref_text: str | None = None,
+    ) -> Iterator[Step | AudioChunk | SpeechResult]:
+        """speak() in the voice a request names: a saved voice of `voices` (its codes encoded once and cached) or
+        ref_audio with ref_text, not both (check_reference)."""
+        check_reference(voice, ref_audio, ref_text)
+        if voice is not None:
+            assert voices is not None, "a named voice needs the voice store"
+            ref_audio, ref_text = voices.reference(voice, self)
+        return self.speak(text, opts, stream_audio=stream_audio, ref_audio=ref_audio, ref_text=ref_text)
 
     def speak(
         self,

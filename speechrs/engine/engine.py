@@ -265,7 +265,7 @@ class Engine:
         import numpy as np
 
         from speechrs.dia.events import SpeakOptions
-        from speechrs.voxtral.pipeline import GenerationOptions
+        from speechrs.voxtral.events import GenerationOptions
 
         for m in self.models:
             t0 = time.perf_counter()

@@ -12,6 +12,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from speechrs.audio.encode import speech_bytes, speech_content_type
+from speechrs.dia.pipeline import check_reference
+from speechrs.dia.voice_store import OPENAI_VOICES, VoiceStore
 from speechrs.engine.engine import Engine
 from speechrs.errors import (
     AudioError,
@@ -41,8 +44,7 @@ from speechrs.server.http import (
 )
 from speechrs.server.media import MediaPolicy, fetch_audio, fetch_url_or_base64
 from speechrs.server.transcripts import transcriptions, translations
-from speechrs.voice_store import OPENAI_VOICES, VoiceStore
-from speechrs.voxtral.pipeline import Audio, Done, Token
+from speechrs.voxtral.events import Audio, Done, Token
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +159,13 @@ async def speech(request: web.Request) -> web.StreamResponse:
     ref_url, ref_text = oa.speech_reference(body)
     loaded = engine.get(model_id, "dia", "/v1/audio/speech")
     voice = _named_voice(request.app[VOICES], body.get("voice"))
-    if voice is not None and (ref_url is not None or ref_text is not None):
-        raise InvalidRequestError("give either a named voice or ref_audio with ref_text, not both", "voice")
+    check_reference(voice, ref_url, ref_text)
     ref_audio = None if ref_url is None else await fetch_url_or_base64(ref_url, request.app[POLICY], "ref_audio")
     streamed = oa.streams_audio(fmt, stream_format)
     t0 = time.perf_counter()
 
     def run():  # in the engine's worker: encoding a voice the first time is a DAC encoder pass
-        audio, transcript = (ref_audio, ref_text) if voice is None else request.app[VOICES].reference(voice, loaded.dia)
-        return loaded.dia.speak(text, opts, stream_audio=streamed, ref_audio=audio, ref_text=transcript)
+        return loaded.dia.speak_as(text, opts, streamed, voice, request.app[VOICES], ref_audio, ref_text)
 
     async with aclosing(engine.stream(run)) as events:
         first = await first_event(events)  # request errors (bad options, text too long) are still 4xx here
@@ -174,7 +174,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
         result = await last_event(first, events)
     _count_speech(request, result, t0)
     # encoding (mp3, opus resampling) takes real time: keep it off the event loop
-    data, content_type = await asyncio.to_thread(oa.speech_bytes, result.pcm, result.sample_rate, fmt)
+    data, content_type = await asyncio.to_thread(speech_bytes, result.pcm, result.sample_rate, fmt)
     return web.Response(body=data, headers={"Content-Type": content_type})
 
 
@@ -187,7 +187,7 @@ async def _speech_stream(request, pipeline, first, events, fmt: str, stream_form
     if stream_format == "sse":
         resp = await sse_response(request)
     else:
-        resp = web.StreamResponse(headers={"Content-Type": oa.speech_content_type(fmt, rate)})
+        resp = web.StreamResponse(headers={"Content-Type": speech_content_type(fmt, rate)})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
         if fmt == "wav":

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from speechrs.dia.voice_store import VoiceStore
 from speechrs.engine.engine import Engine
 from speechrs.errors import RequestTimeoutError
 from speechrs.server.media import MediaPolicy
-from speechrs.voice_store import VoiceStore
 
 
 @dataclass

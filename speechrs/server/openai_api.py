@@ -9,13 +9,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import numpy as np
-
-from speechrs.audio.encode import CONTENT_TYPES, encode
 from speechrs.dia.events import SpeakOptions
 from speechrs.errors import InvalidRequestError
 from speechrs.subtitles import TRANSCRIPT_FORMATS
-from speechrs.voxtral.pipeline import Done, GenerationOptions, Usage
+from speechrs.voxtral.events import Done, GenerationOptions, Usage
 from speechrs.voxtral.transcript import language_name, target_language
 
 # OpenAI's six; wav and pcm by hand (exact mistral.rs bytes and content types), the others with PyAV (encode.py)
@@ -140,14 +137,6 @@ def speech_reference(body: dict) -> tuple[str | None, str | None]:
 def streams_audio(fmt: str, stream_format: str | None) -> bool:
     """Whether a speech request gets its audio as it is made: SSE, or raw pcm / wav bytes."""
     return stream_format == "sse" or (stream_format == "audio" and fmt in ("pcm", "wav"))
-
-
-def speech_content_type(fmt: str, rate: int) -> str:
-    if fmt == "wav":
-        return f"audio/wav; rate={rate}; channels=1"
-    if fmt == "pcm":
-        return f"audio/pcm; codecs=1; format=s16le; rate={rate}; channels=1"
-    return CONTENT_TYPES[fmt]
 
 
 def speech_done(n_in: int, steps: int, segments=()) -> dict:
@@ -301,14 +290,3 @@ def verbose_transcript(done: Done, language: str | None, to_language: str | None
         "segments": [s.as_dict() for s in done.segments or []],
         "usage": {"type": "duration", "seconds": duration},
     }
-
-
-def speech_bytes(pcm: np.ndarray, rate: int, fmt: str) -> tuple[bytes, str]:
-    """Encoded audio and its content type; wav and pcm as mistral.rs writes them, the rest by encode.py."""
-    from speechrs.audio.decode import to_s16le, wav_bytes
-
-    if fmt == "wav":
-        return wav_bytes(pcm, rate), speech_content_type(fmt, rate)
-    if fmt == "pcm":
-        return to_s16le(pcm), speech_content_type(fmt, rate)
-    return encode(pcm, rate, fmt), CONTENT_TYPES[fmt]

@@ -9,7 +9,7 @@ from speechrs import subtitles
 from speechrs.errors import InvalidRequestError
 from speechrs.server import openai_api as oa
 from speechrs.server.http import ENGINE, METRICS, first_event, last_event, send_event, sse_response, within_body_timeout
-from speechrs.voxtral.pipeline import Done, Token
+from speechrs.voxtral.events import Done, Token
 from speechrs.voxtral.transcript import Segment
 
 

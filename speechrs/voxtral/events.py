@@ -1,7 +1,14 @@
-"""What a Voxtral request yields: Token deltas, then Done; segmented requests (transcript.py) also Progress and
-each Segment as it ends."""
+"""What a Voxtral request takes (GenerationOptions, Audio parts of a chat) and yields: Token deltas, then Done;
+segmented requests (transcript.py) also Progress and each Segment as it ends. Torch-free, so the server's
+translation layer and the message parser import it without the model."""
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from speechrs.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from speechrs.audio.decode import AudioInput
 
 
 @dataclass
@@ -73,3 +80,26 @@ class Done:
     tokens: list[int] = field(default_factory=list)  # the generated ids, </s> excluded
     avg_logprob: float = 0.0  # mean log-probability of the chosen tokens under the model (</s> included)
     segments: list[Segment] | None = None  # when the audio was transcribed segment by segment
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_tokens: int | None = None  # None: pipeline.CHAT_MAX_TOKENS for chat, one per audio token for transcription
+    temperature: float = 0.0  # 0 is greedy; the model card advises 0 for transcription, 0.2 for chat
+    top_p: float = 1.0  # nucleus mass kept when sampling
+    seed: int | None = None  # fixes the sampling RNG; None draws a fresh seed
+
+    def validate(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise InvalidRequestError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0 <= self.temperature <= 10:
+            raise InvalidRequestError(f"temperature must be in [0, 10], got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class Audio:
+    """An audio part of a chat message; `source` is anything audio.decode.load accepts (AudioInput)."""
+
+    source: "AudioInput"

@@ -3,7 +3,6 @@ by iterating it, or batched with others by the engine's scheduler through `Voxtr
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from speechrs.request import PAUSE, Pause, Request, StepInput
 from speechrs.sampling import make_generator, sample_token
 from speechrs.voxtral import transcript
 from speechrs.voxtral.checkpoint import load_voxtral
-from speechrs.voxtral.events import Done, Token, Usage
+from speechrs.voxtral.events import Audio, Done, GenerationOptions, Token, Usage
 from speechrs.voxtral.model import Voxtral
 from speechrs.voxtral.tekken import AudioPart, Part, StreamDecoder, Tekken, chat_prompt, transcription_prompt
 
@@ -27,29 +26,6 @@ INITIAL_CACHE_TOKENS = 1024  # KV cache room beyond the prompt to start with; it
 # whole prefill. 1024 tokens is ~80 s of audio: prompts of one 30 s chunk (segmented transcripts, most chats) are
 # one piece, as before; the pieces give the same logits as one pass to float rounding (tests/test_batching.py).
 PREFILL_TOKENS = 1024
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    max_tokens: int | None = None  # None: CHAT_MAX_TOKENS for chat, one per audio token for transcription
-    temperature: float = 0.0  # 0 is greedy; the model card advises 0 for transcription, 0.2 for chat
-    top_p: float = 1.0  # nucleus mass kept when sampling
-    seed: int | None = None  # fixes the sampling RNG; None draws a fresh seed
-
-    def validate(self) -> None:
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise InvalidRequestError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if not 0 <= self.temperature <= 10:
-            raise InvalidRequestError(f"temperature must be in [0, 10], got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
-
-
-@dataclass(frozen=True)
-class Audio:
-    """An audio part of a chat message; `source` is anything audio_io.load accepts."""
-
-    source: audio_io.AudioInput
 
 
 class VoxtralPipeline:
