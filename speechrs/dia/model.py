@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechrs.dia.config import DiaConfig
-from speechrs.kernels.cpu import upcast_on_this_cpu
 from speechrs.layers import (
     KVCache,
     RequestRows,
@@ -29,10 +28,8 @@ from speechrs.layers import (
     rows_per_request,
     sdpa,
 )
-from speechrs.linear.base import ProbedBatching, fuse_linears
-from speechrs.linear.packing import Scratch, pack_fused, pack_linears, packable
-from speechrs.linear.quant import quantize_fused, quantize_linears
-from speechrs.linear.upcast import upcast_linears
+from speechrs.linear.base import ProbedBatching
+from speechrs.linear.prepare import Linears, prepare_linears
 
 
 def _rope(head_dim: int, cfg: DiaConfig, length: int, device) -> torch.Tensor:
@@ -198,44 +195,30 @@ class Dia(ProbedBatching, nn.Module):
         self._rope = torch.zeros(0)
         self._uncond: list[torch.Tensor] | None = None  # unconditional_values(), made once the weights are final
 
-    def prepare(self, after_layer=lambda: None, quantize: str | None = None) -> None:
-        """Fused self-attention projections, then every decoder linear and the logits head quantized (`quantize`
-        int8 / int4, quant.py; the text encoder's linears to int8 either way) or, on the CPU in bf16, every
-        per-step decoder weight packed for oneDNN (packing.py); without native bf16 the remaining bf16 linears
-        multiply many rows in fp32 (upcast.py). Call once the weights are real (after loading); `after_layer` runs
-        after each quantized encoder layer and each decoder layer, so the loader can drop the replaced originals
-        as it goes."""
-        for layer in self.encoder.layers:
-            a = layer.self_attention
-            if quantize is not None:  # QUANTIZED_INT8
-                quantize_fused(a, ["q_proj", "k_proj", "v_proj"], "qkv", "int8")
-                quantize_linears(a, ["o_proj"], "int8")
-                quantize_linears(layer.mlp, ["gate_up_proj", "down_proj"], "int8")
-                after_layer()
-            else:
-                a.qkv = fuse_linears(a.q_proj, a.k_proj, a.v_proj)
-        pack, scratch = quantize is None and packable(self.logits_dense.weight), Scratch()
-        for layer in self.decoder.layers:
-            a, c = layer.self_attention, layer.cross_attention
-            if quantize is not None:
-                quantize_fused(a, ["q_proj", "k_proj", "v_proj"], "qkv", quantize)
-                quantize_linears(a, ["o_proj"], quantize)
-                quantize_linears(c, ["q_proj", "k_proj", "v_proj", "o_proj"], quantize)
-                quantize_linears(layer.mlp, ["gate_up_proj", "down_proj"], quantize)
-            elif pack:
-                pack_fused(a, ["q_proj", "k_proj", "v_proj"], "qkv", scratch=scratch)
-                pack_linears(a, ["o_proj"])
-                pack_linears(c, ["q_proj", "o_proj"])  # cross k/v run once per request, on the text
-                pack_linears(layer.mlp, ["gate_up_proj", "down_proj"])
-            else:
-                a.qkv = fuse_linears(a.q_proj, a.k_proj, a.v_proj)
-            after_layer()
-        if quantize is not None:
-            quantize_linears(self, ["logits_dense"], quantize)
-        elif pack:
-            pack_linears(self, ["logits_dense"])
-        if upcast_on_this_cpu(self.decoder.embeddings.embed.weight):  # bf16 without hardware bf16 (upcast.py)
-            upcast_linears(self)
+    def prepare(self, after_layer=lambda: None, quantize: str | None = None, release=None) -> None:
+        """Call once the weights are real (after loading): the Linears made what this machine runs
+        (linear/prepare.py: the decoder's and the logits head `quantize`d, the text encoder's int8 with it; else
+        packed or fused), then the batching probe."""
+        encoder = [  # QUANTIZED_INT8
+            [
+                Linears(layer.self_attention, fused={"qkv": ["q_proj", "k_proj", "v_proj"]}, alone=["o_proj"]),
+                Linears(layer.mlp, alone=["gate_up_proj", "down_proj"]),
+            ]
+            for layer in self.encoder.layers
+        ]
+        decoder = [  # QUANTIZED; cross-attention's k/v run once per request, on the text: not packed
+            [
+                Linears(layer.self_attention, fused={"qkv": ["q_proj", "k_proj", "v_proj"]}, alone=["o_proj"]),
+                Linears(
+                    layer.cross_attention, alone=["q_proj", "k_proj", "v_proj", "o_proj"], unpacked=("k_proj", "v_proj")
+                ),
+                Linears(layer.mlp, alone=["gate_up_proj", "down_proj"]),
+            ]
+            for layer in self.decoder.layers
+        ]
+        prepare_linears(
+            self, encoder, decoder, "logits_dense", quantize, self.decoder.embeddings.embed.weight, after_layer, release
+        )
         first, p = self.decoder.layers[0], self.decoder.embeddings.embed.weight
         a, c = first.self_attention, first.cross_attention
         linears = [a.qkv, a.o_proj, c.q_proj, c.o_proj, first.mlp.gate_up_proj, first.mlp.down_proj]

@@ -36,7 +36,7 @@ HF_TO_CANONICAL = [
     (r"language_model\.model\.layers\.(\d+)\.mlp\.up_proj\.weight", r"layers.\1.feed_forward.w3.weight"),
     (r"audio_tower\.conv1\.(weight|bias)", rf"{_ENC}.conv_layers.0.\1"),
     (r"audio_tower\.conv2\.(weight|bias)", rf"{_ENC}.conv_layers.1.\1"),
-    (r"audio_tower\.embed_positions\.weight", None),  # fixed sinusoids, recomputed by setup_buffers()
+    (r"audio_tower\.embed_positions\.weight", None),  # fixed sinusoids, recomputed by prepare()
     (r"audio_tower\.layer_norm\.(weight|bias)", rf"{_ENC}.transformer.norm.\1"),
     (
         r"audio_tower\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)",
@@ -99,7 +99,7 @@ def load_voxtral(
     load_into(model, tensors, dtype, device, keep_dtype=stored.keep_dtype if stored else None)
     # pages of permuted / fused / packed / cast originals, layer by layer: the peak stays ~1x the weights
     release = functools.partial(release_pages, mappings)  # a weight quantized a part at a time, as it goes
-    model.setup_buffers(after_layer=lambda: release_unused(mappings, model), quantize=quantize, release=release)
+    model.prepare(after_layer=lambda: release_unused(mappings, model), quantize=quantize, release=release)
     release_unused(mappings, model)
     if stored is not None:
         check_all_stored(model, directory, stored, Voxtral.quantized_kind, int8_stored_since=2)

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechrs.kernels.cpu import upcast_on_this_cpu
 from speechrs.layers import (
     KVCache,
     RequestRows,
@@ -25,10 +24,8 @@ from speechrs.layers import (
     rows_per_request,
     sdpa,
 )
-from speechrs.linear.base import ProbedBatching, fuse_linears
-from speechrs.linear.packing import Scratch, pack_fused, pack_linears, packable
-from speechrs.linear.quant import quantize_fused, quantize_linears
-from speechrs.linear.upcast import upcast_linears
+from speechrs.linear.base import ProbedBatching
+from speechrs.linear.prepare import Linears, prepare_linears
 from speechrs.voxtral.config import EncoderConfig, VoxtralConfig
 
 
@@ -99,7 +96,7 @@ class WhisperEncoder(nn.Module):
             ]
         )
         self.transformer = EncoderTransformer(cfg)
-        # not stored in either checkpoint layout's canonical form; filled by setup_buffers()
+        # not stored in either checkpoint layout's canonical form; filled by prepare()
         self.register_buffer("embed_positions", torch.empty(0), persistent=False)
 
     def forward(self, mel_NxMxF: torch.Tensor) -> torch.Tensor:
@@ -142,7 +139,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
-        self.wqkv = None  # [wq; wk; wv], one Linear made by Voxtral.setup_buffers()
+        self.wqkv = None  # [wq; wk; wv], one Linear made by Voxtral.prepare()
 
     def forward(self, x, parts: list[tuple[int, torch.Tensor, KVCache]]) -> torch.Tensor:
         """x (B, T, D); parts: per request, in row order, (start, its RoPE rotations, its cache for this layer)."""
@@ -168,7 +165,7 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # gate
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
         self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # up
-        self.w13 = None  # [w1; w3], one Linear made by Voxtral.setup_buffers()
+        self.w13 = None  # [w1; w3], one Linear made by Voxtral.prepare()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)
@@ -189,7 +186,7 @@ class TransformerBlock(nn.Module):
 
 
 class Voxtral(ProbedBatching, nn.Module):
-    # the Linears setup_buffers quantizes (canonical names, before fusing): what `speechrs quantize` stores as codes
+    # the Linears prepare() quantizes (canonical names, before fusing): what `speechrs quantize` stores as codes
     QUANTIZED = re.compile(r"layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[123])|output")
 
     # ...and those it quantizes to int8 whatever was asked: the audio encoder's and the adapter's, which multiply
@@ -219,48 +216,27 @@ class Voxtral(ProbedBatching, nn.Module):
         self.caches: list[KVCache] = []
         self._rope_len = 0
 
-    def setup_buffers(self, after_layer=lambda: None, quantize: str | None = None, release=None) -> None:
-        """Derived tensors that no checkpoint stores; call after weights are assigned (meta -> real). The
-        decoder's projections are fused, then quantized (`quantize` int8 / int4: every decoder linear and the
-        output head, quant.py; the audio encoder's and adapter's linears to int8 either way) or on the CPU in
-        bf16 packed for oneDNN (packing.py); on a CPU without native bf16 the remaining bf16 linears multiply many
-        rows in fp32 (upcast.py). `after_layer` runs after each layer, so the loader can drop the replaced
-        originals as it goes; `release(part)` drops a part of the output head once it is quantized."""
+    def prepare(self, after_layer=lambda: None, quantize: str | None = None, release=None) -> None:
+        """Call once the weights are real (meta -> loaded): the audio encoder's fixed positions, then the Linears
+        made what this machine runs (linear/prepare.py: the decoder's and the output head `quantize`d, the audio
+        encoder's and adapter's int8 with it; else packed or fused), then the batching probe."""
         enc = self.cfg.encoder
         device = self.tok_embeddings.weight.device
-        self.mm_whisper_embeddings.whisper_encoder.embed_positions = sinusoids(enc.max_source_positions, enc.dim).to(
-            device
-        )
-        pack, scratch = quantize is None and packable(self.output.weight), Scratch()
         audio = self.mm_whisper_embeddings
-        for layer in audio.whisper_encoder.transformer.layers if quantize is not None else []:
-            quantize_linears(layer.attention, ["wq", "wk", "wv", "wo"], "int8")  # QUANTIZED_INT8
-            quantize_linears(layer.feed_forward, ["w1", "w2"], "int8")
-            after_layer()
-        if quantize is not None:
-            quantize_linears(audio.audio_language_projection, ["0", "2"], "int8")
-        for layer in self.layers:
-            a, ff = layer.attention, layer.feed_forward
-            if quantize is not None:
-                quantize_fused(a, ["wq", "wk", "wv"], "wqkv", quantize)
-                quantize_fused(ff, ["w1", "w3"], "w13", quantize)
-                quantize_linears(a, ["wo"], quantize)
-                quantize_linears(ff, ["w2"], quantize)
-            elif pack:
-                pack_fused(a, ["wq", "wk", "wv"], "wqkv", scratch=scratch)
-                pack_fused(ff, ["w1", "w3"], "w13", scratch=scratch)
-                pack_linears(a, ["wo"])
-                pack_linears(ff, ["w2"])
-            else:
-                a.wqkv = fuse_linears(a.wq, a.wk, a.wv)
-                ff.w13 = fuse_linears(ff.w1, ff.w3)
-            after_layer()
-        if quantize is not None:  # a part at a time, each `release`d (the loader's weights.release_pages)
-            quantize_linears(self, ["output"], quantize, release)
-        elif pack:
-            pack_linears(self, ["output"])
-        if upcast_on_this_cpu(self.tok_embeddings.weight):  # bf16 without hardware bf16: big matmuls in fp32
-            upcast_linears(self)
+        audio.whisper_encoder.embed_positions = sinusoids(enc.max_source_positions, enc.dim).to(device)
+        encoder: list[list[Linears]] = [  # QUANTIZED_INT8
+            [Linears(layer.attention, alone=["wq", "wk", "wv", "wo"]), Linears(layer.feed_forward, alone=["w1", "w2"])]
+            for layer in audio.whisper_encoder.transformer.layers
+        ]
+        encoder.append([Linears(audio.audio_language_projection, alone=["0", "2"])])
+        decoder = [  # QUANTIZED
+            [
+                Linears(layer.attention, fused={"wqkv": ["wq", "wk", "wv"]}, alone=["wo"]),
+                Linears(layer.feed_forward, fused={"w13": ["w1", "w3"]}, alone=["w2"]),
+            ]
+            for layer in self.layers
+        ]
+        prepare_linears(self, encoder, decoder, "output", quantize, self.tok_embeddings.weight, after_layer, release)
         first, p = self.layers[0], self.tok_embeddings.weight
         linears = [first.attention.wqkv, first.attention.wo, first.feed_forward.w13, first.feed_forward.w2, self.output]
         self.probe_batching(linears, 1, p.dtype, p.device)
