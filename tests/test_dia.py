@@ -6,7 +6,8 @@ import torch
 
 from speechrs.dia.checkpoint import load_dia
 from speechrs.dia.config import HF_0626, NARI_V01, DiaConfig
-from speechrs.dia.pipeline import DiaPipeline, SpeakOptions, SpeechResult, delay, encode_text, undelay
+from speechrs.dia.delay import delay, undelay
+from speechrs.dia.pipeline import DiaPipeline, SpeakOptions, SpeechResult, encode_text
 from speechrs.errors import InvalidRequestError, UnsupportedModelError
 
 TEXT = "[S1] Hello there. [S2] Hi! (laughs)"

@@ -8,6 +8,7 @@ from test_dia import TEXT, step0_logits
 
 from speechrs.dia.checkpoint import load_dia
 from speechrs.dia.config import HF_0626
+from speechrs.dia.delay import frames
 from speechrs.dia.pipeline import DiaPipeline, SpeakOptions, encode_text
 
 pytestmark = pytest.mark.reference
@@ -103,4 +104,4 @@ def test_voice_cloning_matches_transformers_generate_with_an_audio_prompt(dia_di
     )[-1]
     L = len(prompt)
     assert result.codes.shape[0] <= n - 16 and len(result.pcm) == result.codes.shape[0] * 512
-    assert torch.equal(torch.from_numpy(result.codes), pipeline.frames(ours, L, L + result.codes.shape[0]))
+    assert torch.equal(torch.from_numpy(result.codes), frames(ours, L, L + result.codes.shape[0], pipeline.cfg))

@@ -9,7 +9,7 @@ written is s + max_delay (transformers' DiaEOSDelayPatternLogitsProcessor; nari 
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,7 @@ from speechrs.audio import loudness
 from speechrs.dia.checkpoint import load_dia
 from speechrs.dia.config import HF_0626, NARI_V01
 from speechrs.dia.dac import DAC, load_dac
+from speechrs.dia.delay import delay, frames
 from speechrs.dia.events import AudioChunk, SpeakOptions, SpeakSettings, SpeechResult, SpeechSegment, Step
 from speechrs.dia.model import Dia, DiaRequestRows
 from speechrs.dia.script import PIECE_BYTES, encode_text, join_reference, speak_script, split_script
@@ -46,21 +47,6 @@ def _captioned(steps: Iterator, text: str) -> Iterator:
         if isinstance(event, SpeechResult):
             event.segments = [SpeechSegment(0, 0.0, event.duration_s, text)]
         yield event
-
-
-def delay(codes_TxC: torch.Tensor, delays: list[int], bos: int, pad: int) -> torch.Tensor:
-    """Undelayed (T, C) -> delayed (T + 1 + max_delay, C) with the BOS row first and PAD past the end."""
-    T, C = codes_TxC.shape
-    out = torch.full((T + 1 + max(delays), C), pad, dtype=codes_TxC.dtype)
-    for c, d in enumerate(delays):
-        out[: d + 1, c] = bos
-        out[d + 1 : d + 1 + T, c] = codes_TxC[:, c]
-    return out
-
-
-def undelay(delayed_RxC: torch.Tensor, delays: list[int], n_frames: int) -> torch.Tensor:
-    """Delayed rows (BOS row first) -> (n_frames, C): frame f of channel c is row 1 + f + delay[c]."""
-    return torch.stack([delayed_RxC[1 + d : 1 + d + n_frames, c] for c, d in enumerate(delays)], dim=1)
 
 
 def check_reference(voice: str | None, ref_audio, ref_text: str | None) -> None:
@@ -172,9 +158,12 @@ class DiaPipeline:
         if ref_audio is not None or ref_text is not None:
             text_ids, prompt = self._reference(pieces[0], ref_audio, ref_text, settings)
         if len(pieces) > 1:
-            steps = speak_script(self, pieces, settings, stream_audio, prompt, ref_text)
+            rate = self.codec.cfg.sample_rate
+            steps = speak_script(
+                self._piece(settings, stream_audio), self.cfg, rate, pieces, stream_audio, prompt, ref_text
+            )
         elif stream_audio:
-            steps = _captioned(speak_streamed(self, text_ids, settings, prompt), text)
+            steps = _captioned(self._piece(settings, True)(text_ids, prompt), text)
         else:
             steps = _captioned(self.speak_piece(text_ids, settings, prompt), text)
         return Request(self, with_speed(steps, settings.speed))
@@ -300,6 +289,15 @@ class DiaPipeline:
             logits = pending.logits
             r += 1
 
+    def _piece(self, opts: SpeakSettings, stream_audio: bool) -> Callable[[list[int], torch.Tensor | None], Iterator]:
+        """How one piece of text is spoken: streamed (AudioChunks as frames complete) or decoded whole."""
+        if stream_audio:
+            codec, cfg, device = self.codec, self.cfg, self.device
+            return lambda ids, prompt: speak_streamed(
+                self.generate_rows(ids, opts, prompt), codec, cfg, device, len(ids), prompt
+            )
+        return lambda ids, prompt: self.speak_piece(ids, opts, prompt)
+
     def speak_piece(
         self, text_ids: list[int], opts: SpeakSettings, prompt: torch.Tensor | None = None
     ) -> Iterator[Step | SpeechResult | StepInput]:
@@ -313,7 +311,7 @@ class DiaPipeline:
         t1 = time.perf_counter()
         n_frames = len(delayed) - 1 - self.cfg.max_delay - 1  # rows 1 .. end_row - 1 carry frames
         L = 0 if prompt is None else len(prompt)
-        codes = self.frames(delayed, L, max(n_frames, L))  # only what follows the reference
+        codes = frames(delayed, L, max(n_frames, L), self.cfg)  # only what follows the reference
         pcm = self.decode(codes, opts.normalize)
         yield SpeechResult(
             pcm,
@@ -326,11 +324,6 @@ class DiaPipeline:
                 "dac_s": time.perf_counter() - t1,
             },
         )
-
-    def frames(self, delayed_RxC: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Undelayed frames [start, stop) (T, C) of the delayed rows, codes outside 0..1023 set to 0 (mistral.rs)."""
-        codes = undelay(delayed_RxC, list(self.cfg.delay_pattern), stop)[start:]
-        return torch.where((codes < 0) | (codes >= self.cfg.eos), 0, codes)
 
     @torch.inference_mode()
     def decode(self, codes_TxC: torch.Tensor, normalize: bool = True) -> np.ndarray:

@@ -9,15 +9,14 @@ reference fit with room to spare. Text up to that is one generation, exactly as 
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import numpy as np
 import torch
 
 from speechrs.dia.config import DiaConfig
-from speechrs.dia.events import AudioChunk, SpeakSettings, SpeechResult, SpeechSegment, Step
-from speechrs.dia.streaming import speak_streamed
+from speechrs.dia.events import AudioChunk, SpeechResult, SpeechSegment, Step
 from speechrs.errors import InvalidRequestError
 
 PIECE_BYTES = 240
@@ -129,17 +128,24 @@ class Joiner:
 
 
 def speak_script(
-    p, pieces: list[str], opts: SpeakSettings, stream_audio: bool, prompt: torch.Tensor | None, ref_text: str | None
+    speak_piece: Callable[[list[int], torch.Tensor | None], Iterator],
+    cfg: DiaConfig,
+    rate: int,
+    pieces: list[str],
+    stream_audio: bool,
+    prompt: torch.Tensor | None,
+    ref_text: str | None,
 ) -> Iterator:
-    """The request's generator for several pieces: Steps (with piece numbers), AudioChunks when streaming, then
-    one SpeechResult with the joined audio, every piece's codes in order, and a caption per piece."""
-    t0, rate = time.perf_counter(), p.codec.cfg.sample_rate
+    """The request's generator for several pieces, each spoken by speak_piece(text ids, reference codes): Steps
+    (with piece numbers), AudioChunks when streaming, then one SpeechResult with the joined audio, every piece's
+    codes in order, and a caption per piece."""
+    t0 = time.perf_counter()
     joiner, out, segments, codes = Joiner(), [], [], []
     timings = {"steps": 0, "text_tokens": 0, "dac_s": 0.0, "pieces": len(pieces)}
     anchor = (prompt, ref_text) if prompt is not None else None  # the voice to come back to (see below)
     for k, piece in enumerate(pieces):
-        ids = encode_text(piece if prompt is None else join_reference(ref_text, piece), p.cfg)
-        inner = speak_streamed(p, ids, opts, prompt) if stream_audio else p.speak_piece(ids, opts, prompt)
+        ids = encode_text(piece if prompt is None else join_reference(ref_text, piece), cfg)
+        inner = speak_piece(ids, prompt)
         joiner.new_piece()
         start = joiner.emitted / rate  # the new piece starts where the held tail (its seam) starts
         result = None
@@ -164,7 +170,7 @@ def speak_script(
             timings[key] += result.timings[key]
         # the next piece's reference: this piece, unless it is too long to leave the next one room (a piece that
         # ran to the end of the rows), then the last voice that fits
-        if len(result.codes) <= p.cfg.audio_length // 2:
+        if len(result.codes) <= cfg.audio_length // 2:
             prompt, ref_text = torch.from_numpy(result.codes), piece
             anchor = anchor or (prompt, ref_text)
         elif anchor is not None:

@@ -11,30 +11,36 @@ is the DAC output with descript's tanh.
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from speechrs.dia.config import DiaConfig
+from speechrs.dia.dac import DAC
 from speechrs.dia.dac_stream import StreamingDecoder
-from speechrs.dia.events import AudioChunk, SpeakSettings, SpeechResult, Step
+from speechrs.dia.delay import frames
+from speechrs.dia.events import AudioChunk, SpeechResult, Step
 from speechrs.request import StepInput
-
-if TYPE_CHECKING:  # pipeline.py imports this module; the pipeline is only a parameter here
-    from speechrs.dia.pipeline import DiaPipeline
 
 FIRST_PIECE, LARGEST_PIECE = 16, 64  # frames pushed into the DAC: 0.19 s, doubling to 0.74 s (fastest: dac.py)
 
 
 def speak_streamed(
-    p: "DiaPipeline", text_ids: list[int], opts: SpeakSettings, prompt: torch.Tensor | None = None
+    rows_of_steps: Iterator[StepInput | tuple[Step, torch.Tensor]],
+    codec: DAC,
+    cfg: DiaConfig,
+    device,
+    n_text: int,
+    prompt: torch.Tensor | None = None,
 ) -> Iterator[Step | AudioChunk | SpeechResult | StepInput]:
-    """Frame indices here count from the first frame of the rows, the reference's (if any) included; only frames
-    after the reference's L are decoded, as in the whole-clip path (transformers decodes the new codes only)."""
+    """One piece's events from its decoder's (DiaPipeline.generate_rows: each Step with the delayed rows so far, and
+    the StepInputs for the driver), with the audio decoded as its frames complete. Frame indices here count from
+    the first frame of the rows, the reference's (if any) included; only frames after the reference's L are
+    decoded, as in the whole-clip path (transformers decodes the new codes only)."""
     t0 = time.perf_counter()
-    rate = p.codec.cfg.sample_rate
+    rate = codec.cfg.sample_rate
     L = 0 if prompt is None else len(prompt)
-    dac = StreamingDecoder(p.codec)
+    dac = StreamingDecoder(codec)
     pushed, size, dac_s = L, FIRST_PIECE, 0.0  # frames given to the DAC so far (the reference's count as given)
     pieces: list[np.ndarray] = []
     rows: torch.Tensor | None = None
@@ -44,7 +50,7 @@ def speak_streamed(
         """Frames [pushed, stop) into the DAC -> the audio that is final now, if any."""
         nonlocal pushed, size, dac_s
         t = time.perf_counter()
-        wave = dac.push(p.frames(rows, pushed, stop).T[None].to(p.device), end)[0]  # an inference tensor
+        wave = dac.push(frames(rows, pushed, stop, cfg).T[None].to(device), end)[0]  # an inference tensor
         pcm = torch.tanh(wave).float().cpu().numpy()
         dac_s += time.perf_counter() - t
         pushed, size = stop, min(2 * size, LARGEST_PIECE)
@@ -53,7 +59,7 @@ def speak_streamed(
         pieces.append(pcm)
         return AudioChunk(pcm, rate)
 
-    for item in p.generate_rows(text_ids, opts, prompt):
+    for item in rows_of_steps:
         if isinstance(item, StepInput):
             yield item  # for the driver (request.py)
             continue
@@ -70,14 +76,14 @@ def speak_streamed(
     if chunk is not None:
         yield chunk
     pcm = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-    codes = p.frames(rows, L, total)
+    codes = frames(rows, L, total, cfg)
     yield SpeechResult(
         pcm,
         rate,
         codes.numpy(),
         timings={
             "steps": step.step,
-            "text_tokens": len(text_ids),
+            "text_tokens": n_text,
             "decode_s": time.perf_counter() - t0 - dac_s,
             "dac_s": dac_s,
         },
