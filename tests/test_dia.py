@@ -139,8 +139,48 @@ def test_voice_cloning_errors(pipeline, clip):
     with pytest.raises(InvalidRequestError, match="takes both") as e:
         pipeline.speak(TEXT, ref_text="[S1] words")
     assert e.value.param == "ref_audio"
-    with pytest.raises(InvalidRequestError, match=r"ref_audio is 5\.\d s; with these max_tokens Dia has room"):
+    with pytest.raises(InvalidRequestError, match=r"ref_audio is 5\.\d s; Dia has room for a reference of 2\.3 s"):
         pipeline.speak(TEXT, ref_audio=str(clip), ref_text="[S1] words")  # the tiny Dia holds 256 rows
+
+
+def test_a_reference_must_leave_room_for_new_speech(pipeline, clip):
+    """A reference that fits the rows but leaves less than MIN_SPEECH_S of new speech is refused, named as the
+    request gave it; one that leaves enough is taken."""
+    import soundfile as sf
+
+    from speechrs.dia.pipeline import MIN_SPEECH_S
+
+    pcm, rate = sf.read(str(clip), dtype="float32")
+    frame_s = pipeline.codec.cfg.hop_length / pipeline.codec.cfg.sample_rate
+    room_s = (pipeline.cfg.audio_length - pipeline.cfg.max_delay - 1) * frame_s  # every row but the delay's
+    too_long = pcm[: int((room_s - MIN_SPEECH_S / 2) * rate)]  # fits the rows, leaves < MIN_SPEECH_S
+    with pytest.raises(InvalidRequestError, match="leaving at least 0.5 s for the new speech") as e:
+        pipeline.speak(TEXT, ref_audio=(too_long, rate), ref_text="[S1] words")
+    assert e.value.param == "ref_audio"
+    with pytest.raises(InvalidRequestError, match=r"^voice 'host' is") as e:
+        codes = torch.zeros(int(len(too_long) / rate / frame_s), pipeline.cfg.channels, dtype=torch.long)
+        pipeline.speak(TEXT, ref_audio=codes, ref_text="[S1] words", reference="voice 'host'")
+    assert e.value.param == "voice"
+    fits = pcm[: int(1.0 * rate)]
+    events = list(pipeline.speak(TEXT, SpeakOptions(max_tokens=64, seed=0), ref_audio=(fits, rate), ref_text="[S1] a"))
+    assert isinstance(events[-1], SpeechResult)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "[S1]", "[S1][S2] [S1]", "[S1]" * 400])
+def test_text_with_nothing_to_say_is_refused_before_any_step(pipeline, text):
+    with pytest.raises(InvalidRequestError, match="empty|only speaker tags") as e:
+        pipeline.speak(text)
+    assert e.value.param == "input"
+
+
+def test_a_generation_without_audio_is_an_error_not_an_empty_result():
+    from speechrs.dia.pipeline import _audible
+
+    empty = SpeechResult(np.zeros(0, np.float32), 44100, np.zeros((0, 9), np.int64), timings={})
+    with pytest.raises(InvalidRequestError, match="ended before making any audio"):
+        list(_audible(iter([empty])))
+    some = SpeechResult(np.zeros(512, np.float32), 44100, np.zeros((1, 9), np.int64), timings={})
+    assert list(_audible(iter([some]))) == [some]
 
 
 def test_a_reference_too_long_for_the_room_is_refused_before_it_is_encoded(pipeline, clip, monkeypatch):

@@ -7,6 +7,7 @@ max_tokens - max_delay), channel c is forced to EOS at row s + delay[c] and to P
 written is s + max_delay (transformers' DiaEOSDelayPatternLogitsProcessor; nari stops one row earlier).
 """
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from speechrs.dia.dac import DAC, load_dac
 from speechrs.dia.delay import delay, frames
 from speechrs.dia.events import AudioChunk, SpeakOptions, SpeakSettings, SpeechResult, SpeechSegment, Step
 from speechrs.dia.model import Dia, DiaRequestRows
-from speechrs.dia.script import PIECE_BYTES, encode_text, join_reference, speak_script, split_script
+from speechrs.dia.script import PIECE_BYTES, check_script, encode_text, join_reference, speak_script, split_script
 from speechrs.dia.streaming import speak_streamed
 from speechrs.dia.tempo import check_speed, with_speed
 from speechrs.errors import AudioTooLongError, InvalidRequestError
@@ -33,12 +34,23 @@ from speechrs.sampling import dia_pick, make_generator
 if TYPE_CHECKING:
     from speechrs.dia.voice_store import VoiceStore
 
-# Per-generation sampling defaults, one place. v0.1: mistral.rs SpeechGenerationConfig::default.
-# 0626: the published settings (nari README / hf.py, transformers docs), not the bare generate() signature.
+MIN_SPEECH_S = 0.5  # a reference must leave room for at least this much new speech (a short word)
+# Per-generation sampling defaults. v0.1: mistral.rs SpeechGenerationConfig::default. 0626: the settings of
+# nari-labs/dia's hf.py example and transformers' Dia docs, not generate()'s own defaults.
 DEFAULTS = {
     NARI_V01: SpeakOptions(temperature=1.3, top_p=0.95, top_k=35, cfg_scale=3.0),
     HF_0626: SpeakOptions(temperature=1.8, top_p=0.90, top_k=45, cfg_scale=3.0),
 }
+
+
+def _audible(steps: Iterator) -> Iterator:
+    """A request's events; a result with no audio (the model ended at once) is an error, not a success."""
+    for event in steps:
+        if isinstance(event, SpeechResult) and len(event.pcm) == 0:
+            raise InvalidRequestError(
+                "Dia ended before making any audio for this text; try other text, another seed, or more max_tokens"
+            )
+        yield event
 
 
 def _captioned(steps: Iterator, text: str) -> Iterator:
@@ -127,10 +139,11 @@ class DiaPipeline:
         """speak() in the voice a request names: a saved voice of `voices` (its codes encoded once and cached) or
         ref_audio with ref_text, not both (check_reference)."""
         check_reference(voice, ref_audio, ref_text)
-        if voice is not None:
-            assert voices is not None, "a named voice needs the voice store"
-            ref_audio, ref_text = voices.reference(voice, self)
-        return self.speak(text, opts, stream_audio=stream_audio, ref_audio=ref_audio, ref_text=ref_text)
+        if voice is None:
+            return self.speak(text, opts, stream_audio, ref_audio, ref_text)
+        assert voices is not None, "a named voice needs the voice store"
+        codes, transcript = voices.reference(voice, self)
+        return self.speak(text, opts, stream_audio, codes, transcript, reference=f"voice '{voice}'")
 
     def speak(
         self,
@@ -139,12 +152,15 @@ class DiaPipeline:
         stream_audio: bool = False,
         ref_audio=None,
         ref_text: str | None = None,
+        reference: str = "ref_audio",
     ) -> Iterator[Step | AudioChunk | SpeechResult]:
         """Steps as they happen, then one SpeechResult. With stream_audio, AudioChunks as well, as soon as the
         DAC can decode them (streaming.py); the result then holds their concatenation. ref_audio (anything
         audio.load takes) with ref_text, its transcript, clones that voice: the reference is DAC-encoded and
         prefilled, its transcript goes before `text` (as nari's and transformers' examples do), and only the new
-        speech comes back. Errors in the request are raised before any step."""
+        speech comes back; `reference` names it in errors (a saved voice's name). Errors in the request are raised
+        before any step; a generation that makes no audio raises at its end, never gives an empty result."""
+        check_script(text)
         settings = self.options(opts, stream_audio)
         if self.dac is None:  # before any work
             raise InvalidRequestError("no DAC decoder loaded; pass a DAC checkpoint (--dac)")
@@ -156,7 +172,7 @@ class DiaPipeline:
         pieces = split_script(text, budget) if len(text.encode()) > budget else [text]
         text_ids, prompt = encode_text(pieces[0], self.cfg), None  # text errors before the reference is encoded
         if ref_audio is not None or ref_text is not None:
-            text_ids, prompt = self._reference(pieces[0], ref_audio, ref_text, settings)
+            text_ids, prompt = self._reference(pieces[0], ref_audio, ref_text, settings, reference)
         if len(pieces) > 1:
             rate = self.codec.cfg.sample_rate
             steps = speak_script(
@@ -166,7 +182,7 @@ class DiaPipeline:
             steps = _captioned(self._piece(settings, True)(text_ids, prompt), text)
         else:
             steps = _captioned(self.speak_piece(text_ids, settings, prompt), text)
-        return Request(self, with_speed(steps, settings.speed))
+        return Request(self, with_speed(_audible(steps), settings.speed))
 
     @torch.inference_mode()
     def step(self, inputs: list[StepInput]) -> None:
@@ -177,7 +193,7 @@ class DiaPipeline:
             i.logits = logits[2 * b : 2 * b + 2]
 
     def _reference(
-        self, text: str, ref_audio, ref_text: str | None, opts: SpeakSettings
+        self, text: str, ref_audio, ref_text: str | None, opts: SpeakSettings, reference: str = "ref_audio"
     ) -> tuple[list[int], torch.Tensor]:
         """-> (the ids of the transcript and the text, joined by a space; the reference's codes (L, C)), checked,
         the cheap checks before the reference is encoded."""
@@ -190,8 +206,10 @@ class DiaPipeline:
                 "ref_text" if ref_audio else "ref_audio",
             )
         text_ids = encode_text(join_reference(ref_text, text), self.cfg)
-        room = self.cfg.audio_length - (opts.max_tokens or self.cfg.max_delay + 1)  # rows the reference may take
         frame_s = self.codec.cfg.hop_length / self.codec.cfg.sample_rate
+        # rows the reference may take: the rest must hold max_tokens steps, or at least MIN_SPEECH_S of new speech
+        least = self.cfg.max_delay + 1 + math.ceil(MIN_SPEECH_S / frame_s)
+        room = self.cfg.audio_length - max(opts.max_tokens or 0, least)
         try:  # the length is checked from the decoded samples, before the reference is resampled or encoded
             if isinstance(ref_audio, torch.Tensor):  # codes (L, C) encoded before: a named voice's (voice_store.py)
                 codes = ref_audio
@@ -204,9 +222,9 @@ class DiaPipeline:
                 return text_ids, codes
             too_long = len(codes) * frame_s
         raise InvalidRequestError(
-            f"ref_audio is {too_long:.1f} s; with these max_tokens Dia has room for {max(room, 0) * frame_s:.1f} s "
-            "(5-10 s works best)",
-            "ref_audio",
+            f"{reference} is {too_long:.1f} s; Dia has room for a reference of {max(room, 0) * frame_s:.1f} s here, "
+            f"leaving at least {MIN_SPEECH_S} s for the new speech (a shorter reference, or fewer max_tokens)",
+            "voice" if reference.startswith("voice") else "ref_audio",
         )
 
     def generate_codes(

@@ -2,9 +2,9 @@
 after the first generated with the previous piece's codes and text as its voice reference, so the speakers keep
 their voices; the pieces are joined with a short crossfade, and each becomes a caption with its times.
 
-Budget: Dia holds 3072 frames (35.7 s at 86.1 frames/s) for the reference and the new speech together, and its
-speech runs at about 15 bytes of text per second, so a piece is at most PIECE_BYTES (about 16 s): a piece and its
-reference fit with room to spare. Text up to that is one generation, exactly as before.
+Budget: Dia holds 3072 frames (35.7 s) for the reference and the new speech together, so a piece is at most
+PIECE_BYTES, about 16 s of speech (docs/architecture.md), and a piece and its reference fit with room to spare.
+Text within the budget is one generation.
 """
 
 import re
@@ -25,10 +25,16 @@ TAG = re.compile(r"(\[S[12]\])")
 SENTENCE_END = re.compile(r"(?<=[.!?…;:])\s+")
 
 
+def check_script(text: str) -> None:
+    """A script must say something besides its speaker tags (a 400 before any work)."""
+    if not TAG.sub("", text or "").strip():
+        what = "has only speaker tags" if text and text.strip() else "is empty"
+        raise InvalidRequestError(f"text {what}; give something to say, e.g. '[S1] Hello.'", "input")
+
+
 def encode_text(text: str, cfg: DiaConfig) -> list[int]:
     """UTF-8 bytes with [S1] -> 0x01 and [S2] -> 0x02 (nari, transformers' DiaTokenizer)."""
-    if not text or not text.strip():
-        raise InvalidRequestError("text is empty; give something to say, e.g. '[S1] Hello.'")
+    check_script(text)
     data = text.replace("[S1]", "\x01").replace("[S2]", "\x02").encode("utf-8")
     if len(data) > cfg.text_length:
         raise InvalidRequestError(
