@@ -35,7 +35,7 @@ TEXT = (
     "[S1] Dia is an open weights text to dialogue model. [S2] You get full control over scripts and voices. "
     "[S1] Wow. Amazing. (laughs)"
 )
-FULL_V01 = {  # nari-labs/Dia-1.6B config.json (mistralrs.md §2)
+FULL_V01 = {  # nari-labs/Dia-1.6B's config.json
     "version": "0.1",
     "model": {
         "encoder": {"n_layer": 12, "n_embd": 1024, "n_hidden": 4096, "n_head": 16, "head_dim": 128},

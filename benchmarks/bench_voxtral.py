@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 REPEATS = 5  # timings are the best of this many runs, as timeit advises: noise only ever adds time
 
-# Voxtral-Mini-3B-2507's real sizes (testing.md §1)
+# Voxtral-Mini-3B-2507's real sizes, as its params.json gives them
 FULL = {
     "dim": 3072,
     "n_layers": 30,

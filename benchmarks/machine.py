@@ -61,7 +61,7 @@ def bandwidth_gbs() -> float:
 
 def gemm_peak_gflops(dtype: torch.dtype, n: int = 2048) -> float:
     if dtype == torch.bfloat16 and not cpu_native_bf16():
-        n = 512  # emulated bf16 runs ~0.3 GFLOP/s on AVX2: a 2048^2 matmul takes a minute, five of them minutes
+        n = 512  # emulated bf16 is so slow (docs/performance.md, "The upcast path") that 2048^2 would take minutes
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     return 2 * n**3 / best_of(lambda: a @ b, repeats=3, min_s=0.5) / 1e9
 

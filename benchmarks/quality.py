@@ -8,7 +8,7 @@ Voxtral: the test clip's transcription prompt and a chat prompt about it, each f
 float32 model chooses greedily. Dia: a dialogue, the delayed rows the float32 model writes greedily (CFG 3, top-k
 45), and the CFG logits of every channel. The float32 model runs first and is freed before the quantized one
 loads, so the peak is one model at a time. Random weights have almost no margin between their top logits, so
-the figures say something about a format only on real weights (README, "Quantization").
+the figures say something about a format only on real weights (docs/performance.md, "Quality").
 """
 
 import argparse

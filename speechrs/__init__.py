@@ -12,8 +12,8 @@ def load(model: str = "mistralai/Voxtral-Mini-3B-2507", **kwargs):
 
 
 def quantize(model: str, output, quantize: str = "int8"):
-    """Write `model`'s decoder linears as int8 / int4 codes into the new directory `output`, which then loads with
-    speechrs.load(output) on any machine; see speechrs.quantize_checkpoint."""
+    """Write `model`'s linears as int8 / int4 codes (those a load with `quantize` quantizes) into the new directory
+    `output`, which then loads with speechrs.load(output) on any machine; see speechrs.quantize_checkpoint."""
     from speechrs.quantize_checkpoint import quantize_checkpoint
 
     return quantize_checkpoint(model, output, quantize)

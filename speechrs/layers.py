@@ -84,7 +84,8 @@ def interleaved_to_half_split(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def checkpoint_embedding(num_embeddings: int, dim: int) -> nn.Embedding:
     """An nn.Embedding whose weight the checkpoint fills (built on the meta device like the rest of a model):
-    without the random init, whose first normal_ on the meta device costs ~1.2 s of torch's imports per load."""
+    without the random init, whose first normal_ on the meta device pulls in slow torch imports at every load
+    (docs/performance.md, "Per-call and load costs")."""
     return nn.Embedding(num_embeddings, dim, _weight=torch.empty(num_embeddings, dim))
 
 
@@ -146,14 +147,13 @@ def rows_per_request(x: torch.Tensor, requests: list[RequestRows]) -> int:
 def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Attention of one query per row, q (B, H, 1, E), over all of k/v (B, K, S, E); K divides H (GQA).
 
-    In bf16/fp16 on the CPU, torch's flash-attention kernel spends 5-10x longer on a single query than two fp32
-    matmuls and a softmax (AVX-512 BF16, B=2 H=16 E=128: 333 vs 64 us at S=100, 3.6 ms vs 0.36 ms at S=1000;
-    measured in fp32 the kernel is as fast, so fp32 keeps it). The scores and the sum run in fp32, as the kernel
-    does; the grouped heads share their kv head without a copy (query head h reads kv head h // (H / K)). With
-    k/v in q's dtype on a CPU with AMX (cache_dtype keeps them bf16 there) torch's kernel is used; elsewhere a
-    bf16 k/v (a first step's own, not yet from the fp32 cache) takes the fp32 matmuls as before. A bf16 cache on a
-    CPU without native bf16 is read by speechrs's kernel (bf16_step_kernels), in fp32 sums likewise: Voxtral's
-    30 layers at 400 positions 11.6 -> 5.0 ms a token, Dia's cross-attention 3.2 -> 1.6 ms a step (2 Zen 3 cores)."""
+    In bf16/fp16 on the CPU, torch's flash-attention kernel spends several times longer on a single query than two
+    fp32 matmuls and a softmax (in fp32 it is as fast, so fp32 keeps it; docs/performance.md, "Attention of a
+    decode query"). The scores and the sum run in fp32, as the kernel does; the grouped heads share their kv head
+    without a copy (query head h reads kv head h // (H / K)). With k/v in q's dtype on a CPU with AMX (cache_dtype
+    keeps them bf16 there) torch's kernel is used; elsewhere a bf16 k/v (a first step's own, not yet from the fp32
+    cache) takes the fp32 matmuls as before. A bf16 cache on a CPU without native bf16 is read by speechrs's faster
+    kernel (bf16_step_kernels), in fp32 sums likewise."""
     if q.dtype == torch.float32 or q.device.type != "cpu" or (k.dtype == q.dtype and cpu_amx()):
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     B, H, _, E = q.shape

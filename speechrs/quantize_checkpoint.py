@@ -1,8 +1,9 @@
-"""`speechrs quantize MODEL -o DIR`: a checkpoint written with its decoder linears as int8 / int4 codes.
+"""`speechrs quantize MODEL -o DIR`: a checkpoint written with its linears as int8 / int4 codes.
 
-The same Linears as a load with `--quantize` (each family's model.QUANTIZED), quantized the same way (so a load
-of DIR computes exactly what a load of MODEL with `--quantize` does), one tensor at a time from the memory-mapped
-source; the result loads with `-m DIR` on any machine (quant_store.py has the format).
+The same Linears as a load with `--quantize` (each family's model.quantized_kind: the decoder's in the kind asked,
+the encoders' in int8), quantized the same way (so a load of DIR computes exactly what a load of MODEL with
+`--quantize` does), one tensor at a time from the memory-mapped source; the result loads with `-m DIR` on any
+machine (quant_store.py has the format).
 """
 
 from collections.abc import Callable

@@ -7,7 +7,7 @@ rows (and a `PAUSE` inside long work of its own, where others may take a step). 
 answers a StepInput by filling its `logits`, then resumes it:
 
 - alone (CLI, Python API): iterating a Request answers each StepInput with a batch-of-one step;
-- together (the server): engine.py's scheduler collects the StepInputs of every running request of a model and
+- together (the server): engine/scheduler.py collects the StepInputs of every running request of a model and
   answers them all with one batched step (`pipeline.step`), the linears reading each weight once for all rows.
 
 Both run the same pipeline code; the batched forward gives each request its own positions and caches, so a

@@ -14,7 +14,8 @@ def make_generator(seed: int | None, device="cpu") -> torch.Generator:
 
 def argmax(x_V: torch.Tensor) -> int:
     """The first index of the maximum, like torch.argmax, but split into 1024-wide rows that reduce in parallel:
-    ~4x faster on CPU for a 131k vocab (max(dim) returns the first maximum of each row, argmax the first row)."""
+    faster on a CPU for a 131k vocab (docs/performance.md, "Per-call and load costs"). max(dim) returns the first
+    maximum of each row, argmax the first row."""
     if x_V.shape[-1] % 1024 or x_V.shape[-1] < 65536:
         return int(x_V.argmax())
     values, indices = x_V.view(-1, 1024).max(-1)

@@ -1,4 +1,4 @@
-"""OpenAI's compressed speech formats through PyAV (speechrs/encode.py): the right codec, the right length and
+"""OpenAI's compressed speech formats through PyAV (speechrs/audio/encode.py): the right codec, the right length and
 pitch, and no decoded sample past full scale however hot the input."""
 
 import numpy as np

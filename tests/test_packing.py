@@ -1,4 +1,4 @@
-"""oneDNN-packed decode weights (speechrs/packing.py) give torch's Linear's numbers: bit for bit in bf16 (a lone
+"""oneDNN-packed decode weights (speechrs/linear/packing.py) give torch's Linear's numbers: bit for bit in bf16 (a lone
 row as torch computes it among others), and the same bits for a row alone as among other rows."""
 
 import pytest

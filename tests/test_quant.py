@@ -2,7 +2,7 @@
 dequantized weights, and each quantized model against the float32 model holding the dequantized weights,
 teacher-forced. Random tiny weights have almost no margin between their top logits, so what these tests can
 judge is that the fast path computes what it claims to; a format's quality on real weights is for
-benchmarks/quality.py (README)."""
+benchmarks/quality.py (docs/performance.md, "Quality")."""
 
 import pytest
 import torch
@@ -30,7 +30,7 @@ def _close_to_bf16_rounding(y: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 # each quantization with each CPU kernel, on any machine that can run it (the default picks one per CPU): speechrs's
-# AMX (int8 and int4 through the tile unit), AVX-512 BF16 and AVX2 kernels (linear_x86.c) and torch's
+# AMX (int8 and int4 through the tile unit), AVX-512 BF16 and AVX2 kernels (kernels/csrc/x86/) and torch's
 # _weight_int8pack_mm / _weight_int4pack_mm_for_cpu
 PATHS = [f"{kind}-{kernel}" for kind in ("int8", "int4") for kernel in ("amx", "avx512", "avx2", "torch")]
 SETTINGS = {"amx": "1", "avx512": "avx512", "avx2": "avx2", "torch": "0"}  # SPEECHRS_CPU_KERNELS for each

@@ -1,4 +1,4 @@
-"""Tiny seeded random checkpoints in the real on-disk layouts (testing.md §1-3). Run: python tests/tiny.py OUT
+"""Tiny seeded random checkpoints in the real on-disk layouts (docs/testing.md). Run: python tests/tiny.py OUT
 
 Each tensor comes from its own generator seeded by its name, so files do not depend on write order.
 Voxtral: native (params.json, consolidated.safetensors, tekken.json) and HF (config.json, 2 shards + index,
@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 from speechrs.layers import interleaved_to_half_split as permute_rope  # noqa: E402
 from speechrs.voxtral.model import sinusoids  # noqa: E402
 
-# ranks of the Voxtral v7 tekken (testing.md §3; mistral-common tests/test_tekken.py::get_special_tokens)
+# ranks of the Voxtral v7 tekken's special tokens (as mistral-common's tests/test_tekken.py::get_special_tokens)
 VOXTRAL_SPECIALS = {
     "<unk>": 0,
     "<s>": 1,
@@ -154,7 +154,7 @@ def voxtral_native_state(params: dict, seed: int = 0, dtype=torch.float32) -> di
 
 
 def write_tekken(path: Path) -> None:
-    """A Voxtral-style v7 tekken.json built from mistral_common's shipped tekken_240911.json (testing.md §3)."""
+    """A Voxtral-style v7 tekken.json built from mistral_common's shipped tekken_240911.json."""
     import mistral_common
 
     src = json.loads((Path(mistral_common.__file__).parent / "data" / "tekken_240911.json").read_text())

@@ -1,5 +1,5 @@
 """Tiny seeded Dia checkpoints (nari v0.1 and HF 0626 layouts, same weights) and a real-size random DAC
-in descript's (weight_g/weight_v) and transformers' (folded) layouts. testing.md §1-2."""
+in descript's (weight_g/weight_v) and transformers' (folded) layouts (docs/testing.md)."""
 
 import json
 import re

@@ -29,11 +29,12 @@ def _k_weighting(rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
 def biquad(b: np.ndarray, a: np.ndarray, x: np.ndarray, block: int = 256) -> np.ndarray:
     """scipy.signal.lfilter(b, a, x) for one biquad (a[0] == 1), zero initial state, in float64, to rounding.
 
-    scipy.signal costs ~1 s to import (scipy.stats comes with it), which a one-shot `speechrs speak` paid at its
-    end. Here the recursion runs a block at a time in matrix form: the biquad's state (transposed direct form II)
-    s' = A s + B x, y = C s + b0 x, so over a block of L samples starting in state s, y = T x + Obs s and the next
-    state is A^L s + R x, T the lower-triangular Toeplitz matrix of the impulse response, Obs the rows C A^n, R
-    the columns A^(L-1-k) B. Two matmuls over all blocks, then the state carried from block to block (2 numbers)."""
+    scipy.signal is slow to import (scipy.stats comes with it; docs/performance.md, "Per-call and load costs"),
+    which a one-shot `speechrs speak` paid at its end. Here the recursion runs a block at a time in matrix form:
+    the biquad's state (transposed direct form II) s' = A s + B x, y = C s + b0 x, so over a block of L samples
+    starting in state s, y = T x + Obs s and the next state is A^L s + R x, T the lower-triangular Toeplitz matrix
+    of the impulse response, Obs the rows C A^n, R the columns A^(L-1-k) B. Two matmuls over all blocks, then the
+    state carried from block to block (2 numbers)."""
     b0, b1, b2 = (float(v) for v in b)
     a1, a2 = float(a[1]), float(a[2])
     A = np.array([[-a1, 1.0], [-a2, 0.0]])

@@ -29,7 +29,7 @@ def matmul_by_row_blocks(x: torch.Tensor, n_out: int, weight_rows, block_bytes: 
     """x (M, K) @ W^T -> (M, n_out) in x's dtype, with W (n_out, K) made `block_bytes` of rows at a time (in x's
     dtype) by weight_rows(start, stop), start a multiple of 64, and each block multiplied while it is in cache:
     converting a whole weight for one call is a fresh 100 MB+ buffer whose page faults and memory traffic cost as
-    much as the GEMM (quant.py's and upcast.py's GEMM routes measure it)."""
+    much as the GEMM (docs/performance.md, "Quantized GEMM routes" and "The upcast path")."""
     step = max(64, block_bytes // x.element_size() // x.shape[1] // 64 * 64)
     y = torch.empty(len(x), n_out, dtype=x.dtype, device=x.device)
     for a in range(0, n_out, step):
@@ -40,7 +40,7 @@ def matmul_by_row_blocks(x: torch.Tensor, n_out: int, weight_rows, block_bytes: 
 
 def rows_like(y: torch.Tensor, x: torch.Tensor, n_out: int) -> torch.Tensor:
     """A Linear-like layer's contiguous rows y (M, n_out) in x's dtype and leading shape, without the calls that would
-    change nothing (a decode step makes ~100 of these, each a microsecond or two)."""
+    change nothing (a decode step makes ~100 of these)."""
     y = y if y.dtype == x.dtype else y.to(x.dtype)
     return y if x.dim() == 2 else y.view(*x.shape[:-1], n_out)
 
@@ -48,10 +48,10 @@ def rows_like(y: torch.Tensor, x: torch.Tensor, n_out: int) -> torch.Tensor:
 def fuse_linears(*linears: nn.Linear) -> nn.Linear:
     """One bias-free Linear for bias-free Linears that read the same input: their rows, concatenated. Each
     Linear's weight becomes a view into it, so the canonical parameters remain and nothing is stored twice. One
-    matmul instead of several is what a decode step of a small model is made of. In huge pages (~8% faster decode
-    steps through torch's kernels, measured on AVX-512) except where speechrs's bf16 kernel reads it (a CPU without
-    native bf16): there the kernel read 23-27 GB/s either way, and filling huge pages took the kernel's compaction
-    (THP defrag "madvise") as a model's load had filled memory: a bf16 Voxtral load 5.7-8.2 s, 3.2-4.4 without."""
+    matmul instead of several is what a decode step of a small model is made of. In huge pages (faster decode
+    steps through torch's kernels), except where speechrs's bf16 kernel reads it (a CPU without native bf16): it
+    gains nothing there, and filling huge pages slowed the load (docs/performance.md, "Packed weights and huge
+    pages")."""
     weights = [lin.weight.detach() for lin in linears]
     kernel_reads = weights[0].dtype == torch.bfloat16 and weights[0].device.type == "cpu" and bf16_step_kernels()
     empty = (lambda shape, dtype, device: torch.empty(shape, dtype=dtype)) if kernel_reads else huge_page_empty
@@ -93,8 +93,8 @@ def batch_invariant(linears: list[nn.Module], rows: int, dtype: torch.dtype, dev
 class ProbedBatching:
     """For a model: `batch_invariant`, probed (batch_invariant above) on the decode step's linears the first time
     it is read, so a load that never batches (the CLI's one request) skips the probe: 6 passes over the output head
-    and the first layer's linears, 2.6 s of a plain bf16 Voxtral load on 2 Zen 3 cores. A server reads it at warm-up
-    (Engine.warm_up). Until probe_batching() is called the answer is False."""
+    and the first layer's linears, seconds of a plain load (docs/performance.md, "Per-call and load costs"). A
+    server reads it at warm-up (Engine.warm_up). Until probe_batching() is called the answer is False."""
 
     _batch_probe: tuple | None = None
     _batch_invariant: bool | None = False

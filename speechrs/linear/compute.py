@@ -82,7 +82,7 @@ def plan(
         how = f"{chosen}; bf16 decode weights are packed for oneDNN"
     elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16):
         rows = KERNEL_ROWS if kernels.available() else UPCAST_ROWS
-        kernel = (  # the decode step's attention reads bf16 caches there (layers.bf16_step_kernels)
+        kernel = (  # the decode step's attention reads bf16 caches there (kernels.bf16_step_kernels)
             ", fewer through speechrs's AVX2 kernels (a decode step's attention too, over bf16 caches)"
             if kernels.available()
             else ""

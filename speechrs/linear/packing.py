@@ -2,19 +2,17 @@
 
 A decode step multiplies one or two rows by every decoder weight, so on a CPU it runs at the speed the weights
 stream from memory. oneDNN's blocked weight layout (`mkldnn._reorder_linear_weight`, the one torch.compile's CPU
-freezing pass uses) streams bf16 weights 10-25% faster than torch's row-major Linear on this project's machine.
-The results are torch's bit for bit for 2 or more rows. A single row is computed as the first of two equal rows:
-oneDNN's fp32 kernel sums a lone row in another order than a row among others (measured on AVX-512 with AMX,
-where its bf16 kernel does not; other CPUs' bf16 kernels were not checked), so a request decoded alone would
-differ in the last bit from the same request batched beside others (continuous batching needs them equal,
-layers.batch_invariant). A decode step streams the weights either way, so
+freezing pass uses) streams bf16 weights faster than torch's row-major Linear (docs/performance.md, "Packed weights
+and huge pages"). The results are torch's bit for bit for 2 or more rows. A single row is computed as the first of
+two equal rows: oneDNN's fp32 kernel, and its bf16 kernel without AMX, sum a lone row in another order than a row
+among others, so a request decoded alone would differ in the last bit from the same request batched beside others
+(continuous batching needs them equal, layers.batch_invariant). A decode step streams the weights either way, so
 the second row costs nothing measurable (benchmarks/machine.py: 1 and 2 rows run at the same GB/s).
 
 Used for bfloat16 weights on a CPU with native bf16, and for float32 weights on any CPU: oneDNN's fp32 kernel
-keeps its speed per row as rows are added, where torch's falls off (Dia's gate_up, 2 cores, AVX-512: 36 G
-row-params/s for 8 rows against 17.5), and a row's result does not depend on the other rows. Anything else keeps
-torch's nn.Linear, as does SPEECHRS_PACK_WEIGHTS=0 (for benchmarks, or to rule packing out when chasing a
-numerical question).
+keeps its speed per row as rows are added, where torch's falls off, and a row's result does not depend on the
+other rows. Anything else keeps torch's nn.Linear, as does SPEECHRS_PACK_WEIGHTS=0 (for benchmarks, or to rule
+packing out when chasing a numerical question).
 """
 
 import math
@@ -35,9 +33,8 @@ def packable(weight: torch.Tensor) -> bool:
     return weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16 and cpu_native_bf16())
 
 
-# The batch size oneDNN tunes the layout for. Measured on the real shapes (bf16, 2 cores), the 8-row layout was
-# the fastest of 1/2/4/8/16 for 1-row and 2-row decode steps (24.3 vs 22.1 GB/s for 2 rows against the 2-row
-# layout) and as fast as any for a 383-row prefill; any row count gives the same results.
+# The batch size oneDNN tunes the layout for: 8 rows was the fastest layout for 1- and 2-row decode steps and as
+# fast as any for a prefill (docs/performance.md, "Packed weights and huge pages"); any gives the same results.
 LAYOUT_ROWS = 8
 
 

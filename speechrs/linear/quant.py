@@ -1,17 +1,16 @@
 """Weight-only quantization at load (like mistral.rs's ISQ): int8 per output channel, int4 in groups.
 
-Activations stay floating point; only the weights are stored small and streamed from memory at a fraction of the
-bytes. The kernels are torch's own (anchors-2026-12.md §1a):
+Activations stay floating point; only the weights are held small, so a decode step streams a fraction of the bytes.
+Where speechrs's kernels build (kernels/) the codes are laid out for them at load. Elsewhere torch's own run:
 - int8: `aten._weight_int8pack_mm(x, w_int8 (N, K), scales (N,))`, symmetric, scale = absmax / 127 per row.
 - int4: `aten._weight_int4pack_mm_for_cpu(x, packed, group, scale_and_zero (K/g, N, 2))`, asymmetric in groups of
   `g` along K, w = (q - 8) * scale + zero with q in 0..15 (the "tinygemm" convention).
-On x86 both kernels are vectorised for bfloat16 activations only (a scalar loop otherwise), so activations are
-cast to bf16 around the call and back. The int4 packed layout depends on the ISA (32 or 64 rows per block), so
-weights are packed here, at load, on the machine that runs them.
+On x86 torch's kernels are vectorised for bfloat16 activations only, so activations are cast to bf16 around the
+call. Its int4 layout depends on the ISA, so weights are packed at load, on the machine that runs them. Many rows
+(a prefill) go through a GEMM on converted weights instead (DEQUANT_ROWS and after).
 
-The codes are made in quant_codes.py; speechrs's own kernels (kernels/) take the place of torch's where
-they were measured faster. Each layer's exact reference is `dequantized()`: the same weight in float32, which the
-tests compare against.
+The codes are made in quant_codes.py. Each layer's exact reference is `dequantized()`: the same weight in float32,
+which the tests compare against.
 """
 
 import torch
@@ -40,38 +39,16 @@ from speechrs.linear.quant_codes import (
     weight_parts,
 )
 
-# From this many rows on (a prefill, a long batch), int8 codes are converted to bf16 for the call and multiplied
-# by the GEMM, then scaled: the weight-only kernel's 4x4 tiles reach ~130 GFLOP/s for 383 rows where oneDNN's bf16
-# GEMM reaches ~300 with the conversion (AVX-512 BF16). Measured on 16384 x 3072: kernel 14.6 / 58.7 / 110 ms at
-# 16 / 64 / 128 rows, convert + GEMM 44 / 57 / 70 ms (benchmarks/machine.py has the per-path figures).
+# From this many rows on (a prefill), int8 codes are converted for oneDNN's GEMM (bf16, fp32 without native bf16)
+# and scaled after: it beats a weight-only kernel there (docs/performance.md, "Quantized GEMM routes").
 DEQUANT_ROWS = 64
-# ...except with speechrs's AVX2 kernel (linear_x86.c), which holds ~50 G multiply-adds/s from 8 rows to 192 where
-# converting to fp32 + the GEMM reaches 6 at 8 rows, 33 at 64, 43-48 at 128, 31-40 at 192 (2 Zen 3 cores, Voxtral's
-# 16384 x 3072 and 3072 x 8192); at 383 rows they are even.
-# With the AVX-512 BF16 variant, which holds ~300 G multiply-adds/s from 64 rows to 383 on 2 Zen 4 cores, converting
-# to bf16 + oneDNN's GEMM draws even at 128 rows and wins above: 16384 x 3072 kernel 21 / 43 / 64 / 128 ms at 64 /
-# 128 / 192 / 383 rows against 27 / 42 / 55 / 102, 3072 x 8192 11 / 21 / 31 / 63 against 13 / 20 / 27 / 50. (An
-# earlier reading on 2 Zen 5 cores put the crossing at 192-256.) The AVX2 figures above were measured before codes()
-# converted 6x faster; measured again after (2 Zen 3 cores, 2026-12-07): kernel 111-118 GFLOP/s from 64 to 383 rows,
-# convert + fp32 GEMM 89-92 / 109-118 / 118-129 / 136-142 / 142-155 at 64 / 128 / 192 / 256 / 383: even at ~150.
-# With AMX the bf16 GEMM runs ~5x faster again (2 Sapphire Rapids-class cores: 1.3-2.6 TFLOP/s) while the AVX-512
-# kernel's int8 falls to 3-4 GB/s of codes at 16 rows: the GEMM takes over where torch's kernel hands over too.
+# ...later with speechrs's AVX2 and AVX-512 kernels, which hold their speed to more rows; AMX's bf16 GEMM is faster.
 KERNEL_ROWS = {"avx2": 192, "avx512": 128, "amx": DEQUANT_ROWS}
-# ...converted a block of weight rows at a time, each block (16 MiB converted) multiplied while it is in cache:
-# the whole weight converted at once is a fresh 100 MB+ buffer per call, whose page faults and memory traffic cost
-# as much as the GEMM. 383 rows on AMX, bf16: 16384 x 3072 70 -> 40 ms, 3072 x 8192 36 -> 18 ms; the fp32 path
-# (SPEECHRS_NATIVE_BF16=0, same machine) 174 -> 140 and 87 -> 69 ms (blocks of 32 and 64 MiB were slower there).
+# Bytes of weight rows converted at a time, each block multiplied while in cache: a whole weight converted per call
+# is a fresh 100 MB+ buffer whose page faults cost as much as the GEMM.
 DEQUANT_BLOCK_BYTES = 2**24
-# From this many rows on, int4 weights blocked for speechrs's AVX-512 BF16 kernel are made bf16 a block at a time
-# (in C: 0.65 ms for 2048 x 3072; torch ops took 4-13) for oneDNN's bf16 GEMM, and those blocked for its AVX2 kernel
-# fp32 (in C too) for the fp32 GEMM where the CPU lacks native bf16: on 2 Zen 3 cores (2026-12-07) the AVX2 kernel
-# held 119-124 GFLOP/s from 32 rows to 383 on Voxtral's 16384 x 3072 and 3072 x 8192, the conversion + GEMM 53-66 /
-# 83-96 / 111-122 / 127-138 / 148-154 at 32 / 64 / 128 / 192 / 383 rows. Elsewhere (torch's kernels) the int4
-# kernel keeps every row count. On 2 Zen 4
-# cores, 16384 x 3072 and 3072 x 8192: the AVX-512 kernel held ~220 GFLOP/s from 16 rows on, the conversion + GEMM
-# 132 / 200-211 / 279-282 / 333-379 at 16 / 32 / 64 / 128-383 rows: even at ~40. On its 16-row layout the kernel
-# holds ~290 GFLOP/s at 16 rows (conversion 0.48 ms per 2048 x 3072): about even with the GEMM at 64 rows, which
-# wins above (the crossover not measured again).
+# From this many rows on, int4 weights blocked for speechrs's kernels are made bf16 (AVX-512 BF16, AMX) or fp32 (AVX2
+# without native bf16) in C for oneDNN's GEMM; elsewhere the int4 kernel takes every row count.
 INT4_GEMM_ROWS = {"avx512": 64, "amx": 64, "avx2": 192}
 
 
@@ -80,8 +57,8 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _buffer(module: nn.Module, name: str) -> torch.Tensor:
-    """A layer's buffer read from its dict: through nn.Module's __getattr__ the reads of a decode step's ~100
-    quantized calls cost ~5 us each call (2 Zen 3 cores: a call 24.7 -> 18.1 us)."""
+    """A layer's buffer read from its dict: nn.Module's __getattr__ adds a measurable share to each of a decode
+    step's ~100 quantized calls (docs/performance.md, "Per-call and load costs")."""
     t = module._buffers[name]
     assert t is not None, name
     return t
@@ -167,8 +144,8 @@ class Int8Linear(nn.Module):
             part = self.qweight[start // 16 : -(-stop // 16)].to(dtype)  # converted, then each k's 16 rows as a run
             return part.permute(1, 0, 2).reshape(self.in_features, -1).T[: stop - start]
         part = self.qweight[start // 8 : -(-stop // 8)]  # (n, K/8, 8, 8)
-        # a row's 8 codes at k..k+7 moved as one int64 back to (rows, K), then converted contiguously: 6x faster
-        # than one strided copy-and-convert of bytes (0.8 against 4.5 ms for a block of 2048 x 3072)
+        # a row's 8 codes at k..k+7 moved as one int64 back to (rows, K), then converted contiguously: several times
+        # faster than one strided copy-and-convert of bytes (docs/performance.md, "Quantized GEMM routes")
         words = part.view(torch.int64).view(len(part), self.in_features // 8, 8).transpose(1, 2).contiguous()
         return words.view(torch.int8).view(-1, self.in_features)[: stop - start].to(dtype)
 
@@ -210,7 +187,7 @@ class Int4Linear(nn.Module):
 
     # torch's: packed (N padded, K / 2) uint8 in its layout for this CPU, scale_zero (K / g, N padded, 2) bf16;
     # speechrs's AVX2 kernel: (N / 8, K / 2, 8) and (N / 8, K / g, 2, 8); its AVX-512 one: (N / 16, K / 8, 16, 4)
-    # and (N / 16, K / g, 2, 16) (linear_x86.c says why)
+    # and (N / 16, K / g, 2, 16) (kernels/csrc/x86/ says why)
     packed: torch.Tensor
     scale_zero: torch.Tensor
     quantized_at_load = False  # True when made from float weights here, False when read from stored codes
@@ -348,7 +325,7 @@ class Int4Linear(nn.Module):
     def weights(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows [start, stop) of the weight, (q - 8) * scale + zero computed in float32, as (rows, K) in `dtype`
         (blocked layout only; start a multiple of block_rows)."""
-        if self.kernel in kernels.INT4_WIDE and dtype == KERNEL_DTYPE:  # one pass in C, ~10x the torch ops below
+        if self.kernel in kernels.INT4_WIDE and dtype == KERNEL_DTYPE:  # one pass in C, much faster than torch ops
             return kernels.int4_weights(self.packed, self.scale_zero, self.group, start, stop)
         if self.kernel == "avx2" and dtype == torch.float32:  # in C too (the GEMM route without native bf16)
             return kernels.int4_weights_avx2(self.packed, self.scale_zero, self.group, start, stop)
@@ -432,8 +409,8 @@ def _from_stored(parts: list[nn.Module]) -> nn.Module:
 
 
 # A weight quantized with a `release` callback goes a part of this many bytes at a time, each released once its
-# codes are made: Voxtral's output head (768 MB of bf16) otherwise stood whole in memory beside its codes, 1 GB
-# above the load's final size at its peak.
+# codes are made: else a large weight (Voxtral's output head) stands whole beside its codes and raises the load's
+# peak memory (docs/performance.md, "Per-call and load costs").
 RELEASE_PART_BYTES = 2**26
 
 

@@ -1,8 +1,8 @@
 """Making quantized codes from float weights (quant.py's layers hold them): int8 per output row, int4 in groups.
 
-Two implementations of the same numbers, bit for bit: speechrs's quantizers (csrc/quantize.c, one pass per row
-from the weight's own dtype, straight into the layout the kernel streams) wherever its library runs, and torch ops
-(a row block at a time in fp32) elsewhere; tests/test_quantizer.py holds them equal. A fused projection's parts
+Two implementations of the same numbers, bit for bit: speechrs's quantizers (kernels/csrc/quantize.c, one pass per
+row from the weight's own dtype, straight into the layout the kernel streams) wherever its library runs, and torch
+ops (a row block at a time in fp32) elsewhere; tests/test_quantizer.py holds them equal. A fused projection's parts
 are quantized each into its rows of the whole, without a concatenated copy.
 """
 
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from speechrs import kernels
 
-INT4_GROUP = 32  # 32..256 allowed by the kernel; 32 keeps the most precision (anchors: group 128 lost much more)
+INT4_GROUP = 32  # 32..256 allowed by the kernel; 32 keeps the most precision (group 128 lost much more)
 INT4_ROWS = 64  # the packed layout's row block on AVX-512 (32 on AVX2): pad N to a multiple of both
 KERNEL_DTYPE = torch.bfloat16  # the activation dtype the CPU kernels are vectorised for
 # Rows are quantized a block at a time, each block ~16 MiB in float32: its several passes stay in the L2/L3
@@ -72,9 +72,10 @@ def int8_codes(weight: Weights, kernel: str | None = None, done: Done = None) ->
     """Symmetric per-row int8: codes (N, K) int8 and scales (N,) bf16 with weight ~= codes * scale[:, None]; the
     codes blocked for speechrs's `kernel` variant as blocked_codes() lays them out when one is named.
 
-    Where speechrs's library runs, its quantizer (csrc/quantize.c) computes the same numbers from each part in the
-    weight's own dtype, straight into the blocked layout: the torch ops below take ~10 passes in fp32 over a
-    concatenated copy (on 2 Zen 3 cores, Voxtral's int8 load 19 -> 4-6 s)."""
+    Where speechrs's library runs, its quantizer (kernels/csrc/quantize.c) computes the same numbers from each part
+    in the weight's own dtype, straight into the blocked layout: the torch ops below take ~10 passes in fp32 over a
+    concatenated copy, which made an int8 load several times longer (docs/performance.md, "Per-call and load
+    costs")."""
     parts = weight_parts(weight)
     n, k = sum(len(p) for p in parts), parts[0].shape[1]
     rows = rows_per_block("int8", kernel) if kernel else 1
@@ -119,17 +120,17 @@ def int8_kernel(device: torch.device, k: int) -> str | None:
 
 
 def blocked_codes(qweight: torch.Tensor, kernel: str) -> torch.Tensor:
-    """(N, K) codes -> the layout linear_x86.c streams, rows padded with zero codes to a block: (ceil(N/8), K/8,
-    8, 8), 8 rows' next 8 codes in 64 contiguous bytes; for the AMX kernel (ceil(N/16), K, 16), 16 rows' code of
-    each k in 16."""
+    """(N, K) codes -> the layout speechrs's int8 kernels stream (kernels/csrc/x86/), rows padded with zero codes
+    to a block: (ceil(N/8), K/8, 8, 8), 8 rows' next 8 codes in 64 contiguous bytes; for the AMX kernel
+    (ceil(N/16), K, 16), 16 rows' code of each k in 16."""
     n, k = qweight.shape
     r = rows_per_block("int8", kernel)
     qweight = F.pad(qweight, (0, 0, 0, -n % r)) if n % r else qweight
     if kernel == "amx":
         return qweight.view(-1, r, k).transpose(1, 2).contiguous()
     if qweight.is_contiguous() and qweight.storage_offset() % 8 == 0:
-        # a row's 8 codes moved as one int64: 2.6x faster than moving bytes (16384 x 3072: 68 -> 26 ms on Zen 3),
-        # most of what loading a `speechrs quantize` directory's int8 codes costs beyond reading them
+        # a row's 8 codes moved as one int64, faster than moving bytes: this is most of what loading a `speechrs
+        # quantize` directory's int8 codes costs beyond reading them (docs/performance.md, "Per-call and load costs")
         words = qweight.view(torch.int64).view(-1, r, k // 8).transpose(1, 2).contiguous()
         return words.view(torch.int8).view(-1, k // 8, r, 8)
     return qweight.view(-1, r, k // 8, 8).transpose(1, 2).contiguous()  # codes at any offset of a file

@@ -4,8 +4,8 @@ A quantized directory holds the source's own config and tokenizer files (so fami
 the source), `speechrs-quantized.json` (what was done, written last: a half-written directory does not load),
 and the weights under the models' canonical names (layout renames and RoPE permutations already applied) in
 `speechrs-quantized.safetensors`, or in shards with an index. Each Linear the loader would quantize is stored as
-`<name>.qweight` + `<name>.scale` (int8, quant.int8_codes) or `<name>.codes` + `<name>.scale_zero` (int4 in
-quant.int4_codes's portable layout: the kernel's own layout differs between AVX2 and AVX-512, so it is packed
+`<name>.qweight` + `<name>.scale` (int8, quant_codes.int8_codes) or `<name>.codes` + `<name>.scale_zero` (int4 in
+quant_codes.int4_codes's portable layout: the kernel's own layout differs between AVX2 and AVX-512, so it is packed
 at load on the machine that runs it); every other tensor is kept as the source had it. Each Linear is stored in
 the kind its model quantizes it to when that kind is asked (`quantized_kind`: Voxtral's audio encoder is int8 in
 an int4 directory too), and a Linear's bias is kept beside its codes.

@@ -1,12 +1,11 @@
 """bf16 weights on a CPU without native bf16: kept bf16 in memory, multiplied in fp32 where that is faster.
 
-Without AVX-512 BF16 / AMX, torch emulates bf16 matmuls, about 5x slower than fp32 (issue 16: Voxtral's encoder
-and prefill of one 30 s chunk took 280 s in bf16 and about 60 s in fp32 on a 2-core AVX2 EPYC). Holding a 3B
-model in fp32 doubles its memory, so the weights stay bf16 and a matmul of many rows (the encoder, a prefill)
-converts its weight to fp32 for that call: one layer's weight at a time is ever fp32, and the conversion is
-amortised over the rows; Voxtral's encoder's two convolutions likewise. A decode step's few rows read the bf16
-weight as it is: through speechrs's AVX2 kernel (linear_x86.c) where it runs, which streams 8 rows at a time with
-a prefetch, else torch's bf16 Linear.
+Without AVX-512 BF16 / AMX, torch emulates bf16 matmuls, several times slower than fp32 (docs/performance.md, "The
+upcast path"). Holding a 3B model in fp32 doubles its memory, so the weights stay bf16 and a matmul of many rows
+(the encoder, a prefill) converts its weight to fp32 for that call: one layer's weight at a time is ever fp32, and
+the conversion is amortised over the rows; Voxtral's encoder's two convolutions likewise. A decode step's few rows
+read the bf16 weight as it is: through speechrs's AVX2 kernel (kernels/csrc/x86/avx2.c) where it runs, which
+streams 8 rows at a time with a prefetch, else torch's bf16 Linear.
 """
 
 import torch
@@ -18,15 +17,11 @@ from speechrs.linear.base import matmul_by_row_blocks, rows_like
 
 # From this many rows on, a matmul is compute-bound and the fp32 GEMM wins despite converting the weight.
 UPCAST_ROWS = 16
-# ...but not against speechrs's bf16 kernel, which converts each weight in registers: on 2 Zen 3 cores it ran
-# 30-42 G multiply-adds/s from 32 to 256 rows where converting + the fp32 GEMM ran 7-19 at 32-128 rows and 23-34
-# at 256 (Voxtral's 16384 x 3072, 3072 x 8192, its encoder's 1280 x 5120); torch's bf16 Linear 2-4x slower than
-# the kernel from 2 rows on.
+# ...but not against speechrs's bf16 kernel, which converts each weight in registers and stays faster up to this
+# many rows (docs/performance.md, "The upcast path").
 KERNEL_ROWS = 256
 # The fp32 GEMM converts this many bytes of weight rows at a time and multiplies them while they are in cache: the
-# whole weight converted at once (a fresh 200 MB for Voxtral's 16384 x 3072) cost as much as the GEMM. On 2 Zen 3
-# cores (2026-12-07), 383 rows of 16384 x 3072: whole 112 GFLOP/s, blocks of 16 MiB 145, of 64 MiB 96 (the bf16
-# kernel 125-131); the encoder's 5120 x 1280 and 1280 x 5120 at 1500 rows even within the machine's noise (141-172).
+# whole weight converted at once (a fresh 200 MB for Voxtral's 16384 x 3072) cost as much as the GEMM.
 BLOCK_BYTES = 2**24
 
 
@@ -65,8 +60,8 @@ class UpcastLinear(nn.Module):
 
 class UpcastConv1d(nn.Module):
     """An nn.Conv1d over the same (bf16) weight and bias, computed in fp32 and rounded back: torch runs a bf16
-    Conv1d without native bf16 through its slow reference convolution (Voxtral's encoder's two: 20 s of a 30 s
-    chunk's 31 s encoder on 2 Zen 3 cores), an fp32 one through oneDNN (~0.2 s)."""
+    Conv1d without native bf16 through its slow reference convolution, an fp32 one through oneDNN (in bf16 Voxtral's
+    encoder's two took most of its time: docs/performance.md, "The upcast path")."""
 
     def __init__(self, conv: nn.Conv1d):
         super().__init__()
