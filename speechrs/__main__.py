@@ -1,3 +1,3 @@
-from speechrs.cli.app import app
+from speechrs.cli.main import app
 
 app()

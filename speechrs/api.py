@@ -59,7 +59,7 @@ class VoxtralModel:
         self, audio, language: str | None = None, timestamps: bool = False, max_segment_s: float = 30.0, **options
     ) -> Iterator:
         """Token events, then Done; segmented requests also give Progress and each Segment as it ends."""
-        opts, split = GenerationOptions(**options), _split(max_segment_s)
+        opts, split = GenerationOptions(**options), split_options(max_segment_s)
         return Engine.run(lambda: self.pipeline.transcribe(audio, language, opts, timestamps, split))
 
     def translate(
@@ -72,7 +72,7 @@ class VoxtralModel:
     def translate_stream(
         self, audio, to_language: str = "en", timestamps: bool = False, max_segment_s: float = 30.0, **options
     ) -> Iterator:
-        opts, split = GenerationOptions(**options), _split(max_segment_s)
+        opts, split = GenerationOptions(**options), split_options(max_segment_s)
         return Engine.run(lambda: self.pipeline.translate(audio, to_language, opts, timestamps, split))
 
     def chat(self, messages: list[dict], **options) -> TextResult:
@@ -129,7 +129,8 @@ def _collect(events: Iterator) -> TextResult:
     raise RuntimeError("generation ended without a Done event")
 
 
-def _split(max_segment_s: float) -> SplitOptions:
+def split_options(max_segment_s: float) -> SplitOptions:
+    """Segments of at most max_segment_s (1-30 s: a segment is one encoder chunk at most)."""
     if not 1.0 <= max_segment_s <= 30.0:  # a segment is one 30 s encoder chunk at most
         raise InvalidRequestError(f"max_segment_s must be in [1, 30], got {max_segment_s:g}", "max_segment_s")
     return SplitOptions(max_segment_s=max_segment_s)

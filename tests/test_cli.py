@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
-from speechrs.cli.app import app
+from speechrs.cli.main import app
 
 runner = CliRunner()
 
@@ -227,7 +228,7 @@ def test_speak_errors_are_one_line(case, dia_dirs, dac_dirs, native_dir, tmp_pat
     elif case == "missing_dac":
         dac, match = tmp_path / "no-dac", "neither a directory nor a hub id"
     else:
-        model, match = native_dir, "not a Dia model"
+        model, match = native_dir, "is a Voxtral model, not Dia"
     result = invoke("speak", text, "-m", model, "--dac", dac, "-o", tmp_path / "x.wav", "-q")
     assert result.exit_code == 1 and match in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.wav").exists()
@@ -343,3 +344,59 @@ def test_transcribe_writes_subtitles_and_verbose_json(native_dir, paused_speech,
 def test_transcript_option_errors_are_one_line(native_dir, clip, tmp_path, args, match):
     result = invoke("transcribe", clip, "-m", native_dir, *[a if a != "x.doc" else tmp_path / a for a in args])
     assert result.exit_code == 1 and match in result.stderr and len(result.stderr.strip().splitlines()) <= 2
+
+
+SPEAK_TEXT = "[S1] Hello there."
+
+
+@pytest.mark.parametrize(
+    "command, match",
+    [
+        (["speak", SPEAK_TEXT, "-o", "x.xyz"], "cannot tell the audio format from 'x.xyz'"),
+        (["speak", "[S1] [S2]", "-o", "x.wav"], "text has only speaker tags"),
+        (["speak", "  ", "-o", "x.wav"], "text is empty"),
+        (["speak", SPEAK_TEXT, "--speed", "9", "-o", "x.wav"], "speed must be in [0.25, 4.0]"),
+        (["speak", SPEAK_TEXT, "--top-p", "0", "-o", "x.wav"], "top_p must be in (0, 1]"),
+        (["speak", SPEAK_TEXT, "--voice", "nosuch", "-o", "x.wav"], "no voice named 'nosuch'"),
+        (["speak", SPEAK_TEXT, "--ref-audio", "NOTAUDIO", "--ref-text", "[S1] x", "-o", "x.wav"], "cannot decode"),
+        (["speak", SPEAK_TEXT, "--format", "mp3", "--stream", "-o", "x.mp3"], "--stream writes wav or pcm"),
+        (["speak", SPEAK_TEXT, "-m", "VOXTRAL", "-o", "x.wav"], "is a Voxtral model, not Dia"),
+        (["transcribe", "NOTAUDIO", "-m", "VOXTRAL"], "cannot decode"),
+        (["transcribe", "CLIP", "-m", "DIA"], "is a Dia model, not Voxtral"),
+        (["transcribe", "CLIP", "-m", "VOXTRAL", "--temperature", "20"], "temperature must be in [0, 10]"),
+    ],
+)
+def test_mistakes_are_said_before_the_model_loads(command, match, native_dir, dia_dirs, clip, tmp_path, monkeypatch):
+    """Each is one line and exit 1, and no model is loaded for it (a real one takes tens of seconds)."""
+    import speechrs.cli.main as cli_app
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the mistake was found")
+
+    monkeypatch.setattr(cli_app, "_load", no_load)
+    monkeypatch.setenv("SPEECHRS_VOICES_DIR", str(tmp_path / "voices"))
+    (tmp_path / "notes.txt").write_text("not audio at all")
+    names = {"NOTAUDIO": tmp_path / "notes.txt", "VOXTRAL": native_dir, "DIA": dia_dirs[0], "CLIP": clip}
+    args = [names.get(a, tmp_path / a if a.startswith("x.") else a) for a in command]
+    if command[0] == "speak" and "-m" not in command:
+        args += ["-m", dia_dirs[0]]
+    result = invoke(*args)
+    assert result.exit_code == 1 and match in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.glob("x.*"))
+
+
+def test_speak_at_a_terminal_with_no_text_says_so(dia_dirs, monkeypatch):
+    class Terminal:
+        def isatty(self):
+            return True
+
+        def read(self):
+            raise AssertionError("read a terminal")
+
+    import speechrs.cli.main as cli_app
+
+    monkeypatch.setattr(cli_app.sys, "stdin", Terminal())
+    with pytest.raises(typer.Exit) as exit_info:
+        cli_app._script_text("-", None)
+    assert exit_info.value.exit_code == 1

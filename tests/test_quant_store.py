@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 import speechrs
-from speechrs.cli.app import app
+from speechrs.cli.main import app
 from speechrs.dia.checkpoint import load_dia
 from speechrs.errors import UnsupportedModelError
 from speechrs.linear import quant, quant_store

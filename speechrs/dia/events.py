@@ -1,12 +1,15 @@
-"""What a Dia request takes and what it yields: the options, and the events of pipeline.py and streaming.py.
-
-Both modules import these from here, so neither imports the other at run time.
+"""What a Dia request takes and what it yields: the options, and the events of pipeline.py and of the modules it
+imports (streaming.py, script.py, tempo.py), which take them from here rather than from the pipeline.
 """
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from speechrs.errors import InvalidRequestError
+
+MIN_SPEED, MAX_SPEED = 0.25, 4.0  # speak's speed: a time stretch beyond these sounds broken
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,24 @@ class SpeakOptions:
     # False for streamed audio (integrated loudness needs the whole clip, so streamed audio cannot have it)
     normalize: bool | None = None
     speed: float | None = None  # 0.25-4.0: a pitch-preserving time stretch of the audio (tempo.py); None: 1
+
+    def check(self, max_steps: int | None = None, min_steps: int = 1, vocab: int | None = None) -> None:
+        """The ranges of the values given (None is a default, always valid): what any front door checks before the
+        model loads; the pipeline adds its config's bounds (max_steps, min_steps, vocab)."""
+        low, high = min_steps, max_steps
+        if self.max_tokens is not None and not (low <= self.max_tokens and (high is None or self.max_tokens <= high)):
+            bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+            raise InvalidRequestError(f"max_tokens must be {'in ' if high else ''}{bound}, got {self.max_tokens}")
+        if self.temperature is not None and not 0 <= self.temperature <= 10:
+            raise InvalidRequestError(f"temperature must be in [0, 10], got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and not (self.top_k >= 1 and (vocab is None or self.top_k <= vocab)):
+            raise InvalidRequestError(f"top_k must be in [1, {vocab or 'the vocabulary'}], got {self.top_k}")
+        if self.cfg_scale is not None and not 1 <= self.cfg_scale <= 100:  # far beyond 3 the logits overflow
+            raise InvalidRequestError(f"cfg_scale must be in [1, 100], got {self.cfg_scale}")
+        if self.speed is not None and not MIN_SPEED <= self.speed <= MAX_SPEED:
+            raise InvalidRequestError(f"speed must be in [{MIN_SPEED}, {MAX_SPEED}], got {self.speed:g}", "speed")
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from speechrs.dia.events import AudioChunk, SpeechResult
+from speechrs.dia.events import MAX_SPEED, MIN_SPEED, AudioChunk, SpeechResult
 from speechrs.errors import InvalidRequestError
 
-MIN_SPEED, MAX_SPEED = 0.25, 4.0
 CONTEXT = 8192  # input samples (0.19 s at 44.1 kHz) before each streamed chunk
 SEAM = 2048  # output samples crossfaded between two streamed chunks
 
@@ -29,7 +28,7 @@ def stretch(pcm: np.ndarray, speed: float) -> np.ndarray:
     """float32 mono -> the same speech `speed` times as fast (len / speed samples), at the same pitch."""
     if speed == 1.0 or len(pcm) == 0:
         return pcm
-    import librosa  # about a second to import: only when a speed is asked for
+    import librosa  # slow to import (docs/architecture.md): only when a speed is asked for
 
     out = librosa.effects.time_stretch(np.ascontiguousarray(pcm, dtype=np.float32), rate=speed)
     return np.clip(out, -1.0, 1.0).astype(np.float32)  # the vocoder can step over full scale by a little

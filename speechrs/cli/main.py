@@ -124,16 +124,27 @@ def transcribe(
     from speechrs.api import VoxtralModel
     from speechrs.cli.transcribe import render, run_transcript, write
 
-    if not audio.is_file():
-        _fail(f"audio file not found: {audio}")
     if output is not None and output_format is None and output.suffix.lower() not in subtitles.SUFFIX_FORMATS:
         _fail(f"cannot tell the format from '{output.name}': use .txt, .json, .srt or .vtt, or give --format")
     fmt = subtitles.format_for(output, output_format.value if output_format else None)
+    options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    try:  # what can be checked without the model, before it loads
+        from speechrs.api import split_options
+        from speechrs.audio.decode import open_stream
+        from speechrs.voxtral.events import GenerationOptions
+        from speechrs.voxtral.transcript import target_language
+
+        GenerationOptions(**options).validate()  # type: ignore[arg-type]
+        if translate_to:
+            target_language(translate_to)
+        split_options(max_segment_seconds)
+        open_stream(audio, 16000)  # reads the header only: a file that does not decode is refused now
+        _check_family(model, "voxtral", "transcribe needs audio in, text out")
+    except SpeechrsError as e:
+        _fail(str(e))
     try:
         loaded = _load(model, dtype.value, device, quiet, quantize=quantize.value)
-        if not isinstance(loaded, VoxtralModel):
-            _fail(f"{model} is not a Voxtral model; transcribe needs audio-in, text-out")
-        options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        assert isinstance(loaded, VoxtralModel)
         timestamps = fmt in ("verbose_json", "srt", "vtt")
         if translate_to:
             events = loaded.translate_stream(str(audio), translate_to, timestamps, max_segment_seconds, **options)
@@ -216,20 +227,32 @@ def speak(
 
     if captions is not None and captions.suffix.lower() not in (".srt", ".vtt"):
         _fail(f"--captions takes a .srt or .vtt file, not '{captions.name}'")
+    fmt = _speech_format(output, output_format.value if output_format else None)
+    if stream and fmt not in ("wav", "pcm"):
+        _fail(f"--stream writes wav or pcm as it is made; {fmt} is encoded whole: drop --stream")
+    text = _script_text(text, text_file)
+    store = VoiceStore(voices_dir) if voices_dir is not None else None
+    try:  # what can be checked without the model, before it loads
+        from speechrs.audio.decode import open_stream
+        from speechrs.dia.events import SpeakOptions
+        from speechrs.dia.pipeline import check_reference
+        from speechrs.dia.script import check_script
 
-    if text_file is not None:
-        try:
-            text = text_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            _fail(f"cannot read text file {text_file}: {e}")
-    elif text == "-":
-        text = sys.stdin.read()
+        check_script(text)
+        SpeakOptions(max_tokens, temperature, top_p, top_k, cfg_scale, seed, normalize, speed).check()  # in order
+        check_reference(voice, ref_audio, ref_text)
+        if voice is not None:
+            (store or VoiceStore()).get(voice)
+        if ref_audio is not None:
+            open_stream(ref_audio, 44100)  # reads the header only: a file that does not decode is refused now
+        _check_family(model, "dia", "speak needs text in, speech out")
+    except SpeechrsError as e:
+        _fail(str(e))
     try:
         loaded = _load(model, dtype.value, device, quiet, dac=dac, quantize=quantize.value)
-        if not isinstance(loaded, DiaModel):
-            _fail(f"{model} is not a Dia model; speak needs text-in, speech-out")
-        if voices_dir is not None:
-            loaded.voices = VoiceStore(voices_dir)
+        assert isinstance(loaded, DiaModel)
+        if store is not None:
+            loaded.voices = store
         events = loaded.speak_stream(
             text,
             stream_audio=stream,
@@ -247,12 +270,7 @@ def speak(
         )
         from speechrs.audio.decode import to_s16le, wav_stream_header
 
-        fmt = output_format.value if output_format else AUDIO_SUFFIXES.get(output.suffix.lower(), "wav")
         wav = fmt == "wav"
-        if stream and fmt not in ("wav", "pcm"):
-            raise InvalidRequestError(
-                f"--stream writes wav or pcm as it is made; {fmt} is encoded whole: drop --stream"
-            )
         if stream:
             events = iter(events)
             events = itertools.chain([next(events)], events)  # request errors surface before the output is opened
@@ -381,6 +399,43 @@ def serve(
         _fail(str(e))
     except OSError as e:
         _fail(f"cannot listen on {host}:{port}: {e.strerror}")
+
+
+def _speech_format(output: Path, given: str | None) -> str:
+    """--format, else -o's suffix (stdout: wav); an unknown suffix is refused rather than written as WAV."""
+    if given is not None:
+        return given
+    if str(output) == "-":
+        return "wav"
+    fmt = AUDIO_SUFFIXES.get(output.suffix.lower())
+    if fmt is None:
+        suffixes = ", ".join(sorted(AUDIO_SUFFIXES))
+        _fail(f"cannot tell the audio format from '{output.name}': use {suffixes}, or give --format")
+    return fmt
+
+
+def _script_text(text: str, text_file: Path | None) -> str:
+    """TEXT, --file's text, or standard input for '-' (refused at a terminal, where nothing would come)."""
+    if text_file is not None:
+        try:
+            return text_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(f"cannot read text file {text_file}: {e}")
+    if text != "-":
+        return text
+    if sys.stdin is None or sys.stdin.isatty():
+        _fail("no text to speak: give it as TEXT, with --file, or on standard input (echo '[S1] Hi.' | speechrs speak)")
+    return sys.stdin.read()
+
+
+def _check_family(model: str, family: str, why: str) -> None:
+    """The model's family from its files (a hub id is fetched as the load would), before anything loads."""
+    from speechrs.hub import resolve
+
+    found = resolve(model).family
+    if found != family:
+        names = {"voxtral": "Voxtral", "dia": "Dia"}
+        raise InvalidRequestError(f"{model} is a {names.get(found, found)} model, not {names[family]}; {why}")
 
 
 def _load(
