@@ -1,4 +1,4 @@
-"""speechrs's int8, int4 (AVX2 and AVX-512 BF16) and bf16 (AVX2) kernels (linear_x86.c): exact to float32 sums
+"""speechrs's int8, int4 (AVX2, AVX-512 BF16, AMX) and bf16 (AVX2) kernels (csrc/x86/): exact to float32 sums
 rounded once to bf16, a row's result independent of the rows beside it and of the thread count, built once into
 the cache, the variant chosen per CPU, and torch's kernels kept (with the reason said) where they are not used."""
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from speechrs import kernels
+from speechrs.kernels import build
 from speechrs.linear import compute, quant
 from speechrs.linear.upcast import UpcastLinear
 
@@ -175,7 +176,7 @@ def test_the_load_line_names_speechrs_s_kernels_where_they_run(variant, monkeypa
 )
 def test_the_default_takes_them_where_they_were_measured_faster(monkeypatch, level, flags, chosen):
     monkeypatch.delenv("SPEECHRS_CPU_KERNELS", raising=False)
-    monkeypatch.setattr(kernels, "_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(build, "_flags", lambda: frozenset(flags))  # where the variant is chosen
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: level)
     if chosen in ("avx2", "avx512", "amx"):
         if kernels.why_not() is not None:

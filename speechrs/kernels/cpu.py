@@ -21,16 +21,15 @@ def cpu_flags() -> frozenset[str] | None:
 
 
 # x86 flags (/proc/cpuinfo) of the instructions oneDNN's fast bf16 kernels use. oneDNN also "supports" bf16 on
-# plain AVX-512 by emulating it: a Xeon whose hypervisor hides AVX512_BF16 and AMX ran a 2048^3 bf16 matmul at
-# 60 GFLOP/s against fp32's 318 (issue 16, benchmarks/machine.py), so its support is not enough.
+# plain AVX-512 by emulating it, several times slower than fp32 (docs/kernels.md), so its support is not enough.
 X86_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "avx_ne_convert"})
 
 
 @functools.cache
 def cpu_native_bf16() -> bool:
     """Whether bf16 matmuls run in hardware here (oneDNN's AVX-512 BF16 / AMX / AVX-NE-CONVERT kernels). Without
-    it, torch emulates bf16 and its matmuls run about 5x slower than fp32 (measured on AVX2 and on AVX-512 without
-    BF16; issue 16). SPEECHRS_NATIVE_BF16=0 takes the path of a CPU without it (tests, benchmarks), =1 the other."""
+    it, torch emulates bf16 and its matmuls run several times slower than fp32 (docs/kernels.md).
+    SPEECHRS_NATIVE_BF16=0 takes the path of a CPU without it (tests, benchmarks), =1 the other."""
     forced = settings.native_bf16()
     if forced is not None:
         return forced
@@ -44,10 +43,9 @@ def cpu_native_bf16() -> bool:
 
 @functools.cache
 def cpu_amx() -> bool:
-    """Whether this CPU has AMX tiles for bf16 (Sapphire Rapids and later). There torch's bf16 flash-attention
-    kernel answers a decode query 1.5-2.3x faster than attend_one's fp32 matmuls (2 cores, B=2 H=16 K=4 E=128:
-    32 vs 56 us at S=100, 95 vs 216 us at S=500, 449 vs 588 us at S=1500); on AVX-512 BF16 without AMX it was
-    5-10x slower (attend_one). SPEECHRS_AMX=0 takes the other path, =1 this one."""
+    """Whether this CPU has AMX tiles for bf16. There torch's bf16 flash-attention kernel answers a decode query
+    faster than attend_one's fp32 matmuls, where on AVX-512 BF16 without AMX it is slower (docs/kernels.md).
+    SPEECHRS_AMX=0 takes the other path, =1 this one."""
     forced = settings.amx()
     if forced is not None:
         return forced

@@ -1,14 +1,13 @@
-/* The small ops of a bf16 decode step on a CPU without native bf16, on AVX2 + FMA (kernels/ calls them):
-   attention of one query per row over a bf16 KV cache (layers.attend_one), RMSNorm (layers.RMSNorm) and RoPE
-   (layers.apply_rope_interleaved) of a few rows. Each is a few torch ops of a few microseconds on such rows, but a
-   step has a hundred of them.
+/* The small ops of a bf16 decode step on a CPU without native bf16, on AVX2 + FMA (kernels/ calls them;
+   docs/kernels.md): attention of one query per row over a bf16 KV cache (layers.attend_one), RMSNorm
+   (layers.RMSNorm) and RoPE (layers.apply_rope_interleaved) of a few rows. Each is a few torch ops of a few
+   microseconds on such rows, but a step has a hundred of them.
 
    Attention.
 
-   Without native bf16 the caches were held in fp32 for torch's fp32 matmuls, and those batched matmuls of a few
-   rows streamed the cache at 8-13 GB/s (2 Zen 3 cores: Voxtral's 30 layers at 400 positions took 11.6 ms a
-   token, Dia's cross-attention 3.2 ms a step). Here k and v stay bf16 (half the bytes and half the memory; their
-   values are bf16 anyway, the outputs of bf16 linears) and are widened in registers, each kv head's keys and
+   Without native bf16 the caches were held in fp32 for torch's fp32 matmuls, whose batched matmuls of a few rows
+   read the cache well below the memory's bandwidth. Here k and v stay bf16 (half the bytes and half the memory;
+   their values are bf16 anyway, the outputs of bf16 linears) and are widened in registers, each kv head's keys and
    values read once for all the query heads that share it (GQA). Two calls around torch's softmax: the scores, then
    the weighted sum of the values; sums in fp32, the output rounded to bf16 once, as torch's fp32 path rounds it.
 
@@ -106,10 +105,9 @@ int speechrs_attend_values(const float *weights, const uint16_t *v, int64_t B, i
 }
 
 /* RMSNorm of M rows of D bf16 (layers.RMSNorm on bf16, as transformers computes it): in fp32, the row times
-   1 / sqrt(mean of its squares + eps), rounded to bf16, times the bf16 gain, rounded again. torch spends 40-80 us
-   on the eight ops this is for one row (2 Zen 3 cores): Dia's 54 norms a step took 3.3 ms, Voxtral's 61 a token 4.8.
-   The sum of squares runs in 8 lanes, in another order than torch's: the mean can differ in its last bit. D % 8 ==
-   0. */
+   1 / sqrt(mean of its squares + eps), rounded to bf16, times the bf16 gain, rounded again: one call for torch's
+   eight ops. The sum of squares runs in 8 lanes, in another order than torch's: the mean can differ in its last
+   bit. D % 8 == 0. */
 int speechrs_rms_norm(const uint16_t *x, int64_t M, int64_t D, const uint16_t *gain, float eps, uint16_t *y) {
     if (D % 8) return -1;
     for (int64_t m = 0; m < M; m++) {
@@ -131,9 +129,8 @@ int speechrs_rms_norm(const uint16_t *x, int64_t M, int64_t D, const uint16_t *g
 /* RoPE on interleaved pairs (layers.apply_rope_interleaved on bf16): x (B, H, T, E) bf16, element (b, h, t, e) at
    b * sb + h * sh + t * st + e (a transposed projection's view), rot (T, E / 2) complex64 read as (T, E) floats
    (cos, sin) per pair; out (B, H, T, E) bf16, contiguous. Each pair (a, b) times (c, s) as torch multiplies complex
-   numbers, (ac - bs, as + bc) in fp32 with each product rounded, then rounded once to bf16. torch's six ops take
-   ~18 us for a decode step's (2, 16, 1, 128), this call with its Python ~9 (2 Zen 3 cores); a step has 36-60 of
-   them. E even. */
+   numbers, (ac - bs, as + bc) in fp32 with each product rounded, then rounded once to bf16: one call for torch's
+   six ops. E even. */
 int speechrs_rope(const uint16_t *x, int64_t B, int64_t H, int64_t T, int64_t E, int64_t sb, int64_t sh, int64_t st,
                   const float *rot, uint16_t *out) {
     if (E % 2) return -1;

@@ -1,4 +1,5 @@
-/* Helpers the AVX2 kernels share (linear_x86.c, csrc/decode.c): bf16 in and out, fp32 sums. */
+/* What the kernels' files share (x86/avx2.c, x86/avx512.c, x86/amx.c, decode.c): bf16 in and out and fp32 sums on
+   AVX2, and the AVX-512 BF16 pieces the AMX kernels reuse. */
 #ifndef SPEECHRS_CPU_KERNELS_H
 #define SPEECHRS_CPU_KERNELS_H
 #include <immintrin.h>
@@ -51,5 +52,36 @@ static inline float hsum(__m256 a) {
     s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     return _mm_cvtss_f32(s);
 }
+
+/* a helper one file defines for another: hidden, not part of the library's interface (ctypes) */
+#define SPEECHRS_INTERNAL __attribute__((visibility("hidden")))
+
+/* The AVX-512 BF16 kernels' target (x86/avx512.c, x86/amx.c): the library itself is built for AVX2 + FMA, and
+   these functions run only where kernels/ has read the CPU's flags. SPEECHRS_NO_AVX512: a compiler too old for
+   AVX-512 BF16 intrinsics (gcc < 10), which then builds the AVX2 kernels alone. */
+#ifndef SPEECHRS_NO_AVX512
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+
+/* the 16-row int4 layout's code stream (x86/avx512.c, x86/amx.c) prefetched 64 steps of 64 bytes ahead */
+#define PREFETCH_INT4 4096
+
+/* q - 8 in bf16 (exact) for q = 0..15, written twice: vpermw reads 5 index bits (see tile4_avx512). */
+AVX512 static inline __m512i int4_table(void) {
+    __m512i table = _mm512_setzero_si512();
+    for (int q = 0; q < 16; q++) {
+        float f = (float)(q - 8);
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        table = _mm512_mask_set1_epi16(table, (__mmask32)(0x10001u << q), (short)(u >> 16));
+    }
+    return table;
+}
+
+/* The 16-row int4 kernels' activations (x86/avx512.c): x (M, K) with each chunk of 8 reordered as the pairs (x0 x4)
+   (x2 x6) (x1 x5) (x3 x7) that the converted codes line up with, and each group's sum (for the zero points);
+   buffers the caller frees; -1 (nothing to free) if none could be had. */
+SPEECHRS_INTERNAL int speechrs_int4_activations(const uint16_t *x, int64_t M, int64_t K, int64_t group,
+                                                uint16_t **xp_out, float **xsum_out);
+#endif
 
 #endif

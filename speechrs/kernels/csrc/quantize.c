@@ -1,4 +1,4 @@
-/* Weight quantization at load, AVX2 (speechrs/kernels/ builds this file with linear_x86.c and calls it).
+/* Weight quantization at load, AVX2 (speechrs/kernels/ builds this file with the x86/ kernels and calls it).
 
    The same numbers as quant.py's torch reference, bit for bit: every step below is the fp32 operation torch
    performs (true division, not a reciprocal; round half to even; the scale rounded to bf16 after x (1 + 2^-7)),
@@ -115,9 +115,8 @@ void speechrs_quantize_int8(const void *w, int dtype, int64_t N, int64_t K, int6
    0: codes (N, K / 2) uint8 and scale_zero (K / g, N, 2) fp32 (bf16 values), its rows `sz_ld` apart (N, or more
       when these are rows of a larger weight): the portable layout;
    8 or 16: rows row0 .. row0 + N of the layouts speechrs's int4 kernels read (quant.Int4Linear), written in place
-      of the portable one and a re-blocking copy (1.5 s of Voxtral's int4 load on 2 Zen 3 cores): codes [R/8][K/2][8
-      rows] (AVX2) or [R/16][K/8][16 rows][4 bytes] (AVX-512 BF16, AMX), scale_zero [R/b][K/g][scale, zero][b rows]
-      bf16; `sz_ld` unused. */
+      of the portable one and a re-blocking copy: codes [R/8][K/2][8 rows] (AVX2) or [R/16][K/8][16 rows][4 bytes]
+      (AVX-512 BF16, AMX), scale_zero [R/b][K/g][scale, zero][b rows] bf16; `sz_ld` unused. */
 void speechrs_quantize_int4(const void *w, int dtype, int64_t N, int64_t K, int64_t ld, int64_t g, uint8_t *codes,
                             void *scale_zero, int64_t sz_ld, int64_t block, int64_t row0, int threads) {
 #pragma omp parallel for schedule(dynamic, 16) num_threads(threads)
@@ -164,7 +163,7 @@ void speechrs_quantize_int4(const void *w, int dtype, int64_t N, int64_t K, int6
 }
 
 /* The int4 weights of blocks [b0, b1) of speechrs's AVX2 int4 layout (8 rows to a block: codes [N/8][K/2][8 rows],
-   scale_zero [N/8][K/g][scale, zero][8 rows] bf16; linear_x86.c) made fp32 for a GEMM (quant.Int4Linear's
+   scale_zero [N/8][K/g][scale, zero][8 rows] bf16; x86/avx2.c) made fp32 for a GEMM (quant.Int4Linear's
    prefill path without native bf16): w = (q - 8) * scale + zero, the multiply and the add each rounded in fp32
    (torch's order: Int4Linear.dequantized() exactly). Written k-major, out (K, 8 (b1 - b0)): each step's 8 code
    bytes are 8 rows of two k, so every store is 8 contiguous floats, and the GEMM reads out as the transpose of
