@@ -46,7 +46,7 @@ def test_dac_decode_matches_transformers_dacmodel(dac, dac_dirs, codes):
 
 @pytest.mark.parametrize("length", [0, 1, 255, 256, 257, 3 * 44100 + 17])
 def test_the_biquads_equal_scipys_lfilter(length):
-    """loudness.biquad replaces scipy.signal.lfilter (~1 s to import): the K-weighting stages at two rates, to
+    """loudness.biquad replaces scipy.signal.lfilter (slow to import): the K-weighting stages at two rates, to
     float64 rounding (scipy is installed beside librosa)."""
     from scipy.signal import lfilter
 
@@ -154,8 +154,8 @@ def _resident_kib(path) -> int:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads /proc/self/smaps (Linux)")
 def test_a_loaded_dac_keeps_none_of_its_checkpoint_s_pages_resident(dac_dirs):
-    """Every weight the DAC keeps is a copy (folded, or channels-last), so the mapped checkpoint's pages are all
-    released: before, the convolutions' pages stayed resident beside their copies (0.2 GB of a full-size DAC)."""
+    """Every weight the DAC keeps is a copy (folded, or channels-last), so no page of the mapped checkpoint may stay
+    resident beside its copy."""
     path = dac_dirs[1] / "model.safetensors"
     dac = load_dac(dac_dirs[1])
     assert _resident_kib(path) < path.stat().st_size / 1024 / 20

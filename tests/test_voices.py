@@ -1,4 +1,4 @@
-"""Named voices (speechrs/voice_store.py): saved once, encoded once, the same speech as passing the clip itself,
+"""Named voices (speechrs/dia/voice_store.py): saved once, encoded once, the same speech as passing the clip itself,
 from the Python API, the CLI and the server; damaged or unknown voices are clear errors."""
 
 import json

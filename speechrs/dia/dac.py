@@ -151,15 +151,8 @@ class DAC(nn.Module):
     def decode_pre_tanh(self, codes_BxQxT: torch.Tensor, chunk: int = 64) -> torch.Tensor:
         """codes (B, Q, T) -> waveform before the final tanh, (B, T * hop).
 
-        Decoded `chunk` frames at a time on a stream (dac_stream.py: each convolution keeps the inputs its next
-        outputs need; channels-last 2D convolutions), equal to one pass of the decoder's modules to float rounding,
-        while activations stay those of about `chunk` frames (35 s at once would need ~2 GB). 430 frames on Zen 4
-        (2 cores, full-size DAC), chunk 32 / 64 / 128 / 256: 5.83 / 4.97 / 5.28 / 6.36 s, +274 / +376 / +631 / +508
-        MiB of peak RSS (before the stream's layers copied their tails, 5.38 s and +854 MiB at 64, +1450 at 128).
-        With the Snakes in place (Zen 3, 64 frames a push): 1.05 -> 0.58 GB allocated per push, 3% faster, the same
-        bits; the live peak is ~+110 MiB, glibc's heap holding the rest (430 frames: +262-311 MiB, was +353-425).
-        With the upsampled layers' activations held to 8192 samples (StreamingDecoder.max_samples): +191 MiB, the
-        same speed (the heap grows with the largest activations: 4096 gave the same, 16384 +284)."""
+        Decoded `chunk` frames at a time on a stream (dac_stream.py), equal to one pass to float rounding, so memory
+        stays that of about `chunk` frames whatever the length; 64 is the fastest chunk (docs/architecture.md)."""
         T = codes_BxQxT.shape[-1]
         stream = StreamingDecoder(self, codes_BxQxT.shape[0])
         starts = range(0, T, chunk) or [0]  # no frames: the stream's end alone, no samples
@@ -263,6 +256,6 @@ def load_dac(directory: Path, device="cpu") -> DAC:
     load_into(model, iter(renamed.items()), torch.float32, device)
     del raw, tensors, renamed
     as_channels_last(model)  # copies the convolutions' weights: after it, the file's pages of those are unused too
-    release_unused(mappings, model)  # the encoder's, the unfolded weight-norm pages and the copied weights' (~0.2 GB)
+    release_unused(mappings, model)  # unused file pages: the encoder's, weight norm's g/v, the copied weights'
     model.source = directory
     return model.eval()

@@ -1,17 +1,8 @@
-"""The DAC decoder run on a stream of frames: each frame's layers are computed once, whatever the pieces.
+"""The DAC decoder on a stream of frames: every frame passes each layer once, however the frames are pieced.
 
-Decoding overlapping pieces (each with 16 frames of context on both sides, which the decoder's ~10-frame reach
-needs) computes every context frame again: for the pieces a streamed reply starts with (16, 32, 64 frames) that
-is 1.5-3x the work of the frames themselves, and the DAC took half of a batched server's time (issue 15, py-spy
-on 8 concurrent Dia streams). Here every convolution keeps the inputs its next outputs still need, so a frame
-passes each layer once, and a piece goes out as soon as its samples no longer depend on frames to come.
-
-Each layer emits only samples that are final; the layers' own lags add up (about 10 frames in all, the decoder's
-reach to the right). Per layer, over the whole stream, the operations are the whole-clip decoder's, the
-convolutions computed over other block boundaries: equal to one full pass to float rounding (tests/test_dac.py).
-
-Activations are (B, C, 1, N) in channels-last layout and the convolutions 2D (as_channels_last: faster in oneDNN).
-Axes: B batch, C channels, N samples at the layer's rate.
+Each convolution keeps the inputs its next outputs need and emits only final samples, so no frame is decoded twice
+(overlapping pieces would redo the decoder's reach, about 10 frames each way: docs/architecture.md); the output is
+one whole-clip pass to float rounding (tests/test_dac.py). Axes: B batch, C channels, N samples at the layer's rate.
 """
 
 from typing import TYPE_CHECKING
@@ -32,8 +23,7 @@ def _cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _tail(x: torch.Tensor, n: int) -> torch.Tensor:
-    """The last n samples, copied: a view would keep the whole piece's activation alive until the next push (every
-    layer's, so a push's activations all stayed: +1.45 GiB of peak RSS at 128 frames, +0.85 at 64)."""
+    """The last n samples, copied: a view would keep the whole piece's activation alive until the next push."""
     return x[..., x.shape[-1] - n :].clone()
 
 
@@ -42,10 +32,8 @@ def _empty(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def as_channels_last(dac: "DAC") -> None:
-    """Store the decoder's convolution weights as (out, in, 1, k) in channels-last order, each module's own
-    weight becoming a view of it: the stream runs 2D convolutions over (B, C, 1, N) in channels-last layout, which
-    oneDNN computes 1.18x faster than conv1d over the whole decoder (128 frames: 1.125 -> 0.957 s on AMX, 1.56 ->
-    1.32 s with oneDNN limited to AVX2; a C=192, dilation 9 layer 179 -> 304 GFLOP/s). Nothing is stored twice."""
+    """Store the decoder's convolution weights as (out, in, 1, k) channels-last, each module's weight a view of it:
+    oneDNN runs 2D channels-last convolutions over (B, C, 1, N) faster than conv1d (docs/architecture.md)."""
     for m in dac.decoder.modules():
         if isinstance(m, nn.Conv1d | nn.ConvTranspose1d):
             w4 = m.weight.detach()[:, :, None].contiguous(memory_format=CL)
@@ -57,10 +45,8 @@ def _w4(conv: nn.Module) -> torch.Tensor:
 
 
 class _Conv:
-    """nn.Conv1d (stride 1, zero padding P = reach on each side) on a stream: it keeps the last 2P inputs (at first
-    the P zeros of the left padding); the end of the stream adds the P zeros of the right padding. `before` (a
-    Snake), when given, is applied to the inputs on their way in, written straight into the convolution's input (no
-    activation-sized temporary)."""
+    """nn.Conv1d (stride 1, zero padding P each side) on a stream: it keeps the last 2P inputs (at first the left
+    padding) and the stream's end adds the right padding. `before` (a Snake) writes straight into its input."""
 
     def __init__(self, conv: nn.Conv1d, batch: int, before: nn.Module | None = None):
         self.conv, self.weight, self.before = conv, _w4(conv), before
@@ -88,10 +74,8 @@ class _Conv:
         return F.conv2d(z, self.weight, self.conv.bias, dilation=(1, self.conv.dilation[0]))
 
     def _unfolded(self, z_BxCx1xL: torch.Tensor) -> torch.Tensor:
-        """The convolution (dilation 1) as one matmul of the input's windows, copied out (span times the input),
-        by the weight's channels-last view (out, span * in): where the weight outweighs that copy. oneDNN copies the
-        weight into its own layout on every call: the first convolution (1024 -> 1536, 7 taps, 44 MB) took 31.2 ms
-        for a 64-frame piece, this 11.9 (2 Zen 3 cores; the decode's peak RSS did not move: it is held elsewhere)."""
+        """A dilation-1 convolution as one matmul of the input's windows by the weight's channels-last view, for a
+        weight larger than the windows: oneDNN re-lays the weight out per call (slower: docs/architecture.md)."""
         B, C, _, L = z_BxCx1xL.shape  # z channels-last and fresh: in memory (B, L, C) from offset 0
         n, out = L - self.span + 1, self.conv.out_channels
         windows = z_BxCx1xL.as_strided((B, n, self.span, C), (L * C, C, C, 1))  # window t: samples t .. t + span - 1
@@ -102,9 +86,8 @@ class _Conv:
 
 
 class _ConvTranspose:
-    """nn.ConvTranspose1d (kernel 2s, stride s, padding p) on a stream: each input sample adds to 2s outputs, so
-    the last s outputs of a piece wait for the next piece's overlap; the first and last p outputs are cropped, as
-    the padding does over the whole clip."""
+    """nn.ConvTranspose1d (kernel 2s, stride s, padding p) on a stream: each input adds to 2s outputs, so a piece's
+    last s outputs wait for the next piece; the first and last p outputs are cropped, as the padding does."""
 
     def __init__(self, conv: nn.ConvTranspose1d, batch: int):
         self.conv, w4 = conv, _w4(conv)  # (in, out, 1, 2s), channels-last: in memory (in, 2s, out)
@@ -115,10 +98,8 @@ class _ConvTranspose:
         self.to_crop = self.crop
 
     def _upsampled(self, x_BxCx1xN: torch.Tensor) -> torch.Tensor:
-        """conv_transpose (no bias) of the piece, (B, out, 1, (n + 1) s) channels-last, as one matmul and an
-        overlap-add: input sample t gives outputs t s .. t s + 2s - 1. oneDNN's conv_transpose2d copied the weight
-        into its own layout on every call (a transient 75 MB for the first upsampling, 1536 -> 768 x 16) and ran
-        that layer at 38 GFLOP/s on 64 frames, the matmul 76 (2 Zen 3 cores; the other three layers within 5%)."""
+        """conv_transpose (no bias) as one matmul and an overlap-add (input t gives outputs t s .. t s + 2s - 1):
+        oneDNN's conv_transpose2d re-lays the weight out per call (slower: docs/architecture.md)."""
         B, C, _, n = x_BxCx1xN.shape
         s, out = self.stride, self.conv.out_channels
         y = (x_BxCx1xN.permute(0, 2, 3, 1).reshape(B * n, C) @ self.weight).view(B, n, 2, s, out)
@@ -147,8 +128,8 @@ class _ConvTranspose:
 
 class _Residual:
     """ResidualUnit on a stream: its convolution lags, so the skip path keeps the inputs not yet matched by outputs.
-    The first Snake writes into conv1's input, the second works in place on conv1's output, the skip is added in
-    place: per push, the activations allocated are conv1's input and the two convolutions' outputs."""
+    The first Snake writes conv1's input, the second and the skip work in place: a push allocates only the
+    convolutions' inputs and outputs."""
 
     def __init__(self, unit: nn.Module, batch: int):
         self.snake1, conv1, self.snake2, self.conv2 = unit.block
@@ -168,10 +149,8 @@ class _Residual:
 
 
 class StreamingDecoder:
-    """One stream's DAC decode: push(codes of the next frames) -> the waveform samples (before tanh) that are final
-    now; push(..., end=True) at the end returns the rest. Over the stream, T frames give T * hop samples. Within a
-    push no activation is longer than `max_samples` (the layers after an upsampling go on in pieces): the memory a
-    push takes is bounded whatever its frames."""
+    """One stream's DAC decode: push(codes of the next frames) -> the waveform samples (before tanh) final so far;
+    push(..., end=True) gives the rest. No activation in a push exceeds `max_samples`, so its memory is bounded."""
 
     def __init__(self, dac: "DAC", batch: int = 1, max_samples: int = 8192):
         self.dac, self.max_samples = dac, max_samples
@@ -198,8 +177,7 @@ class StreamingDecoder:
         return self._through(x, 0, end).reshape(B, -1)  # (B, 1, 1, samples) -> (B, samples)
 
     def _through(self, x_BxCx1xN: torch.Tensor, first: int, end: bool) -> torch.Tensor:
-        """x through layers[first:]; an activation longer than max_samples goes on in pieces (each layer is a
-        stream), so the upsampled layers' activations stay within max_samples whatever the frames pushed."""
+        """x through layers[first:]; an activation longer than max_samples goes on in pieces (each layer streams)."""
         x = x_BxCx1xN
         for i in range(first, len(self.layers)):
             if x.shape[-1] > self.max_samples:

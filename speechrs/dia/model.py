@@ -247,8 +247,8 @@ class Dia(ProbedBatching, nn.Module):
             a = layer.cross_attention
             k = a.heads(a.k_proj, enc_BxSxD, a.n_kv_heads)
             k = apply_rope_interleaved(k, rot) if cfg.cross_rope else k
-            # in cache_dtype, and contiguous: every decode step reads them whole (a strided view cost a
-            # gather copy of each per step, ~0.5 ms a layer; `to` alone keeps the view when the dtype is already it)
+            # contiguous in cache_dtype: every decode step reads them whole, and a strided view would cost a gather
+            # copy per step (docs/architecture.md); `to` alone keeps the view when the dtype already matches
             dtype = cache_dtype(enc_BxSxD)
             ks.append(k.to(dtype).contiguous())
             vs.append(a.heads(a.v_proj, enc_BxSxD, a.n_kv_heads).to(dtype).contiguous())
@@ -265,11 +265,10 @@ class Dia(ProbedBatching, nn.Module):
     def unconditional_values(self) -> list[torch.Tensor]:
         """Per decoder layer, the cross-attention output (1, H, 1, E) of an all-zero text, any length, any query.
 
-        Zero bytes embed every position alike, and attention over identical values returns that value whatever its
-        weights (they sum to 1): so every encoder layer keeps the positions identical, the encoder's output is one
-        vector whatever the length, every position's cross-attention value is the same, and so is the attention
-        output. RoPE rotates queries and keys, never values. One position computes it exactly; the references'
-        sums over S positions give it up to rounding. Computed once (the weights do not change after prepare())."""
+        Zero bytes embed every position alike and attention over identical values returns that value (its weights
+        sum to 1), so the encoder keeps the positions identical and every cross-attention value is one vector; RoPE
+        never rotates values. One position gives it exactly, the references' sums over S positions to rounding;
+        computed once, as the weights do not change after prepare()."""
         if self._uncond is None:
             p = self.decoder.embeddings.embed.weight
             with torch.no_grad():  # in the caller's mode (inference tensors inside its inference_mode), no autograd

@@ -113,17 +113,7 @@ class DiaPipeline:
             seed=opts.seed,
             speed=check_speed(pick(opts.speed, 1.0)),
         )
-        low = self.cfg.max_delay + 1
-        if full.max_tokens is not None and not low <= full.max_tokens <= self.cfg.audio_length:
-            raise InvalidRequestError(f"max_tokens must be in [{low}, {self.cfg.audio_length}], got {full.max_tokens}")
-        if not 0 <= full.temperature <= 10:
-            raise InvalidRequestError(f"temperature must be in [0, 10], got {full.temperature}")
-        if not 0 < full.top_p <= 1:
-            raise InvalidRequestError(f"top_p must be in (0, 1], got {full.top_p}")
-        if not 1 <= full.top_k <= self.cfg.audio_vocab:
-            raise InvalidRequestError(f"top_k must be in [1, {self.cfg.audio_vocab}], got {full.top_k}")
-        if not 1 <= full.cfg_scale <= 100:  # 3 is the published setting; far beyond it the logits overflow
-            raise InvalidRequestError(f"cfg_scale must be in [1, 100], got {full.cfg_scale}")
+        opts.check(self.cfg.audio_length, self.cfg.max_delay + 1, self.cfg.audio_vocab)
         return full
 
     def speak_as(

@@ -1,12 +1,11 @@
 """Streamed Dia audio: DAC-decode frames while the decoder is still generating.
 
-A frame is complete max_delay (15) steps after channel 0 wrote it. Complete frames are pushed into the request's own
+A frame is complete max_delay (15) steps after channel 0 wrote it. Complete frames go into the request's own
 streaming DAC decoder (dac_stream.py) in pieces that start small, for a short time to first audio, and double up to
-64 frames (the fastest piece, and less memory than 128: dac.py); each push returns the samples that no longer
-depend on frames to come (the decoder reaches about 10 frames to the right, so the first push of 16 frames gives
-about 6 frames of audio). Every frame passes the DAC once. The concatenated chunks equal the whole-clip decode
-within float rounding (tests/test_dia_streaming.py). Loudness normalisation needs the whole clip, so streamed audio
-is the DAC output with descript's tanh.
+64 frames, the fastest piece (docs/architecture.md). Each push returns the samples later frames can no longer change
+(the decoder reaches about 10 frames ahead), so every frame passes the DAC once and the chunks join into the
+whole-clip decode to float rounding (tests/test_dia_streaming.py). Loudness normalisation needs the whole clip, so
+streamed audio is the DAC output with descript's tanh.
 """
 
 import time
@@ -22,7 +21,7 @@ from speechrs.dia.delay import frames
 from speechrs.dia.events import AudioChunk, SpeechResult, Step
 from speechrs.request import StepInput
 
-FIRST_PIECE, LARGEST_PIECE = 16, 64  # frames pushed into the DAC: 0.19 s, doubling to 0.74 s (fastest: dac.py)
+FIRST_PIECE, LARGEST_PIECE = 16, 64  # frames pushed into the DAC: 0.19 s, doubling to 0.74 s (the fastest piece)
 
 
 def speak_streamed(

@@ -1,5 +1,5 @@
 """Named voices for Dia: a reference clip and its transcript saved under a name, with the clip's DAC codes cached
-beside it, so a voice is encoded once (a DAC encoder pass takes about as long as the clip on a CPU).
+beside it, so a voice is encoded once (a DAC encoder pass is slow on a CPU: docs/architecture.md).
 
     <voices dir>/<name>/clip.<ext>    the reference file exactly as it was added (arrays: a float WAV)
     <voices dir>/<name>/voice.json    {"text": "[S1] ...", "seconds": 6.2}

@@ -1,7 +1,7 @@
 """Reference voices for Dia voice cloning: audio -> DAC codes, with the most recent encodings kept.
 
-A server is often asked for many lines in the same voice; encoding the reference (a DAC encoder pass, about as
-long as the audio on a CPU) then happens once. Entries are keyed by a hash of the 44.1 kHz samples.
+A server is often asked for many lines in the same voice, and a DAC encoder pass is slow on a CPU
+(docs/architecture.md), so each reference is encoded once. Entries are keyed by a hash of the 44.1 kHz samples.
 """
 
 import hashlib

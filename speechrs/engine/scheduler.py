@@ -1,15 +1,16 @@
 """The engine's worker: continuous batching of decoder steps across the requests of each model.
 
-nano-vllm's shape (style.md 1.11) on request.py's generators: `waiting` holds requests made but not started,
-`running` those that have started. Each pass of the worker
+nano-vllm's scheduler, over request.py's generators: `waiting` holds requests made but not started, `running`
+those that have started. Each pass of the worker
 1. takes new jobs from the queue and makes their requests (the cheap checks: a bad request fails here, alone);
 2. admits at most one waiting request per model while the model runs fewer than `max_batch`: its own work up to
    its first decoder step (audio encoder and prompt, or text encoder and reference) runs now, between two steps
-   of the others, so running streams pause for one prefill, not for a whole request (a long audio's encoder
-   yields a Pause after each 30 s chunk, and the others take a step before the next);
+   of the others, so running streams pause for one prefill, not for a whole request (a long audio's encoder and a
+   long prompt's prefill yield a Pause between pieces);
 3. drops requests whose client went away or whose deadline passed (their generators are closed: clean-up runs);
 4. runs one batched decoder step per model over every running request waiting for one, and resumes each up to
-   its next step (sampling, streaming pieces, the DAC, events for its client).
+   its next step (sampling, streaming pieces, the DAC, events for its client);
+5. resumes the requests that paused in their own work, up to their next step or Pause.
 An error raised inside a request (bad audio found late, a DAC failure) fails that request alone; an error in a
 batched step fails the requests of that step. Events go to each request's asyncio queue via call_soon_threadsafe.
 """

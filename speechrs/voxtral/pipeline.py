@@ -21,10 +21,9 @@ from speechrs.voxtral.tekken import AudioPart, Part, StreamDecoder, Tekken, chat
 
 CHAT_MAX_TOKENS = 1024  # default completion budget for chat; transcription scales with the audio
 INITIAL_CACHE_TOKENS = 1024  # KV cache room beyond the prompt to start with; it doubles when needed
-# A prompt longer than this is prefilled this many tokens at a time, other requests taking a step between two
-# pieces: a 20-minute one-prompt transcript (~16,000 tokens) would otherwise stop every running stream for its
-# whole prefill. 1024 tokens is ~80 s of audio: prompts of one 30 s chunk (segmented transcripts, most chats) are
-# one piece, as before; the pieces give the same logits as one pass to float rounding (tests/test_batching.py).
+# A longer prompt is prefilled this many tokens (about 80 s of audio) at a time, other requests stepping between
+# pieces, so a long one-prompt transcript does not stall every running stream; a 30 s chunk's prompt is one piece.
+# The pieces give one pass's logits to float rounding (tests/test_batching.py).
 PREFILL_TOKENS = 1024
 
 
