@@ -400,3 +400,40 @@ def test_speak_at_a_terminal_with_no_text_says_so(dia_dirs, monkeypatch):
     with pytest.raises(typer.Exit) as exit_info:
         cli_app._script_text("-", None)
     assert exit_info.value.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    "command", [["transcribe"], ["speak"], ["serve"], ["quantize"], ["voices", "add"], ["voices", "list"], []]
+)
+def test_the_helps_read_at_80_columns(command):
+    """No option name cut, flags without a type, values named, defaults stated, arguments as the text names them."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"}, color=False)
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "…" not in text and "<bool>" not in text and "<str>" not in text.split("Options")[-1]
+    assert max(len(line) for line in text.splitlines()) <= 80
+    if command == ["voices", "add"]:
+        assert "NAME CLIP" in text.splitlines()[1]
+    if command == ["serve"]:
+        for panel in ("Models and compute", "Network, security and logs", "Limits", "Media and voices"):
+            assert panel in text
+        words = " ".join(text.translate(str.maketrans("│╭╮╰╯─", "      ")).split())
+        assert "[default: 4 on a CPU, 8 on MPS, 16 on CUDA]" in words
+
+
+def test_served_names_default_to_the_directory_and_keep_the_path_as_an_alias(native_dir):
+    from speechrs.engine.engine import Engine, Loaded, served_name
+    from speechrs.errors import InvalidRequestError
+    from speechrs.hub import detect
+    from speechrs.server.app import check_served_names
+
+    assert served_name(str(native_dir)) == native_dir.name and served_name("org/model") == "org/model"
+    with pytest.raises(InvalidRequestError, match="another model's"):
+        check_served_names(["a/x", "b/x"], ["x", "x"])
+    with pytest.raises(InvalidRequestError, match="keeps for a family's first model"):
+        check_served_names(["a"], ["whisper-1"])
+    loaded = Loaded("mine", detect(native_dir), None, None, aliases=(str(native_dir),))  # type: ignore[arg-type]
+    engine = Engine.__new__(Engine)
+    engine.models = [loaded]
+    assert engine.get("mine", "voxtral", "/r") is engine.get(str(native_dir), "voxtral", "/r") is loaded
+    assert engine.get("gpt-4o-transcribe", "voxtral", "/r") is loaded

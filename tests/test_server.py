@@ -35,6 +35,37 @@ def api(native_dir, dia_dirs, dac_dirs):
 # ---- the happy paths, equal to the Python API ----
 
 
+def test_openai_model_names_reach_the_family_s_first_model(client, api, clip):
+    """Code written for OpenAI's API runs unchanged: its model names stand for the first model of the family their
+    route needs; a name of the other family is a 400 that says so."""
+    import openai
+
+    with open(clip, "rb") as f:
+        out = client.audio.transcriptions.create(model="whisper-1", file=f, language="en", extra_body={"max_tokens": 8})
+    assert out.text == api[0].transcribe(clip, language="en", max_tokens=8).text
+    for name in ("tts-1", "gpt-4o-mini-tts"):
+        speech = client.audio.speech.create(
+            model=name, voice="alloy", input=SPEAK, response_format="wav", extra_body={"max_tokens": 30}
+        )
+        assert speech.content[:4] == b"RIFF"
+    with pytest.raises(openai.BadRequestError, match="OpenAI's name for a voxtral model"):
+        client.audio.speech.create(model="whisper-1", voice="alloy", input=SPEAK)
+
+
+def test_each_request_is_one_line_on_the_access_log(client, clip, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="speechrs.access"):
+        with open(clip, "rb") as f:
+            client.audio.transcriptions.create(model="default", file=f, extra_body={"max_tokens": 4})
+        with pytest.raises(Exception):  # noqa: B017 (the error's class is the client's business; the line is ours)
+            client.audio.speech.create(model="nosuch", voice="alloy", input=SPEAK)
+    lines = [r.getMessage() for r in caplog.records if r.name == "speechrs.access"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("POST /v1/audio/transcriptions 200 tiny-voxtral in ") and lines[0].endswith("s")
+    assert lines[1].startswith("POST /v1/audio/speech 404 - ") and "model 'nosuch' is not loaded" in lines[1]
+
+
 def test_transcription_equals_the_python_api(client, api, clip):
     with open(clip, "rb") as f:
         out = client.audio.transcriptions.create(model="default", file=f, language="en", extra_body={"max_tokens": 16})
@@ -195,7 +226,12 @@ def test_speech_in_compressed_formats(server, fmt, magic):
 def test_models_health_metrics(server):
     with urllib.request.urlopen(server.url + "/v1/models") as r:
         data = json.loads(r.read())["data"]
-    assert [(m["id"], m["family"]) for m in data] == [("tiny-voxtral", "voxtral"), ("tiny-dia", "dia")]
+    assert [(m["id"], m["family"]) for m in data][:2] == [("tiny-voxtral", "voxtral"), ("tiny-dia", "dia")]
+    aliases = {m["id"]: m["alias_of"] for m in data[2:]}
+    assert aliases == {
+        **dict.fromkeys(("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"), "tiny-voxtral"),
+        **dict.fromkeys(("tts-1", "tts-1-hd", "gpt-4o-mini-tts"), "tiny-dia"),
+    }
     with urllib.request.urlopen(server.url + "/health") as r:
         assert json.loads(r.read()) == {"status": "ok"}
     with urllib.request.urlopen(server.url + "/metrics") as r:

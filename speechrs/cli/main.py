@@ -12,8 +12,9 @@ import typer
 from rich.console import Console
 
 from speechrs import settings
+from speechrs.cli.help import Command, Group
 from speechrs.cli.quantize import quantize as quantize_command
-from speechrs.cli.voices import VoicesDir
+from speechrs.cli.voices import VOICES_DIR_HELP, VoicesDir
 from speechrs.cli.voices import app as voices_app
 from speechrs.errors import InvalidRequestError, SpeechrsError
 from speechrs.linear.kinds import CHOICES
@@ -22,13 +23,14 @@ if TYPE_CHECKING:  # torch and the models load when a command runs, not when the
     from speechrs.api import DiaModel, VoxtralModel
 
 app = typer.Typer(
+    cls=Group,
     add_completion=False,
     no_args_is_help=True,
     help="Local speech models: Voxtral transcription, Dia dialogue text-to-speech.",
 )
 err = Console(stderr=True, soft_wrap=True)  # one message, one line: no hard wraps
 app.add_typer(voices_app, name="voices")
-app.command("quantize")(quantize_command)
+app.command("quantize", cls=Command)(quantize_command)
 
 
 class OutputFormat(str, Enum):
@@ -84,7 +86,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=Command)
 def transcribe(
     audio: Annotated[Path, typer.Argument(help="Audio file of any length: wav, flac, ogg or mp3, any rate/channels.")],
     model: Annotated[
@@ -163,7 +165,7 @@ def transcribe(
         err.print(f"wrote {output} ({fmt})", highlight=False)
 
 
-@app.command()
+@app.command(cls=Command)
 def speak(
     text: Annotated[str, typer.Argument(help="What to say, with [S1]/[S2] speaker tags; '-' reads stdin.")] = "-",
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the audio; - is stdout.")] = Path(
@@ -302,64 +304,152 @@ def speak(
         )
 
 
-@app.command()
+MODELS, NETWORK, LIMITS, MEDIA = "Models and compute", "Network, security and logs", "Limits", "Media and voices"
+
+
+class LogLevel(str, Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+@app.command(cls=Command)
 def serve(
-    model: Annotated[list[str], typer.Option("-m", "--model", help="Hub id or directory; repeat to serve several.")],
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 1234,
-    dtype: Annotated[DType, typer.Option(help=DTYPE_HELP)] = DType.auto,
+    model: Annotated[
+        list[str],
+        typer.Option("-m", "--model", help="Hub id or directory; repeat to serve several.", rich_help_panel=MODELS),
+    ],
+    served_model_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="The id clients use for each -m, in the same order \\[default: the directory's name, or the hub id]",
+            rich_help_panel=MODELS,
+        ),
+    ] = None,
+    dac: Annotated[
+        str | None, typer.Option(help="DAC for Dia models \\[default: the generation's]", rich_help_panel=MODELS)
+    ] = None,
+    dtype: Annotated[DType, typer.Option(help=DTYPE_HELP, rich_help_panel=MODELS)] = DType.auto,
     quantize: Annotated[
         list[Quantize] | None,
-        typer.Option(help=QUANTIZE_HELP + " Once for every model, or once per -m, in the same order."),
+        typer.Option(
+            help=QUANTIZE_HELP + " Once for every model, or once per -m, in the same order \\[default: none]",
+            rich_help_panel=MODELS,
+        ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")] = "auto",
-    dac: Annotated[str | None, typer.Option(help="DAC for Dia models \\[default: the generation's]")] = None,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest request body or fetched audio, MiB.")] = 25.0,
+    device: Annotated[
+        str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", rich_help_panel=MODELS)
+    ] = "auto",
+    no_warmup: Annotated[
+        bool,
+        typer.Option("--no-warmup", help="Skip the one tiny request per model before serving.", rich_help_panel=MODELS),
+    ] = False,
+    host: Annotated[str, typer.Option(help="Address to listen on.", rich_help_panel=NETWORK)] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", rich_help_panel=NETWORK)] = 1234,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar=settings.API_KEY,
+            help="Require 'Authorization: Bearer KEY' on every /v1 route.",
+            rich_help_panel=NETWORK,
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Host name clients may use besides loopback and --host (repeatable; * for any).",
+            rich_help_panel=NETWORK,
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Send CORS headers to this browser origin (repeatable; * for any).", rich_help_panel=NETWORK),
+    ] = None,
+    no_ui: Annotated[
+        bool,
+        typer.Option("--no-ui", help="Do not serve the page at / (speak and transcribe).", rich_help_panel=NETWORK),
+    ] = False,
+    log_level: Annotated[
+        LogLevel, typer.Option(help="debug, info (one line per request), warning or error.", rich_help_panel=NETWORK)
+    ] = LogLevel.info,
+    no_access_log: Annotated[
+        bool,
+        typer.Option(
+            "--no-access-log",
+            help="No line per request (they go to stderr at --log-level info).",
+            rich_help_panel=NETWORK,
+        ),
+    ] = False,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Requests of one model decoded together \\[default: 4 on a CPU, 8 on MPS, 16 on CUDA]",
+            rich_help_panel=LIMITS,
+        ),
+    ] = None,
+    max_queue: Annotated[
+        int,
+        typer.Option(min=0, help="Requests that may wait beyond a full batch; more get a 429.", rich_help_panel=LIMITS),
+    ] = 16,
+    request_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=1,
+            help="Seconds a request may run, waiting included; then a 408 \\[default: no limit]",
+            rich_help_panel=LIMITS,
+        ),
+    ] = None,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds a client has to send its request body; then a 408.", rich_help_panel=LIMITS
+        ),
+    ] = 30.0,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="On SIGTERM: seconds the running request may finish; queued ones get 503.",
+            rich_help_panel=LIMITS,
+        ),
+    ] = 30.0,
+    max_upload_mb: Annotated[
+        float, typer.Option(help="Largest request body or fetched audio, MiB.", rich_help_panel=LIMITS)
+    ] = 25.0,
     max_audio_seconds: Annotated[
-        float, typer.Option(help="Longest audio accepted per input (long audio is transcribed in segments).")
+        float,
+        typer.Option(
+            help="Longest audio accepted per input (long audio is transcribed in segments).", rich_help_panel=LIMITS
+        ),
     ] = 14400.0,
     max_input_chars: Annotated[
-        int, typer.Option(min=1, help="Longest text accepted per speech request (long scripts go piece by piece).")
+        int,
+        typer.Option(
+            min=1,
+            help="Longest text accepted per speech request (long scripts go piece by piece).",
+            rich_help_panel=LIMITS,
+        ),
     ] = 20000,
     allowed_local_media_path: Annotated[
         list[Path] | None,
         typer.Option(
-            help="Allow file:// audio under this directory (repeatable); any path is allowed on loopback hosts."
+            help="Allow file:// audio under this directory (repeatable); any path is allowed on loopback hosts.",
+            rich_help_panel=MEDIA,
         ),
     ] = None,
     allow_private_media: Annotated[
-        bool, typer.Option(help="Let http(s) audio URLs reach loopback/private addresses (trusted networks only).")
+        bool,
+        typer.Option(
+            "--allow-private-media",
+            help="Let http(s) audio URLs reach loopback/private addresses (trusted networks only).",
+            rich_help_panel=MEDIA,
+        ),
     ] = False,
-    warmup: Annotated[bool, typer.Option(help="Run one tiny request per model before serving.")] = True,
-    api_key: Annotated[
-        str | None,
-        typer.Option(envvar=settings.API_KEY, help="Require 'Authorization: Bearer KEY' on every /v1 route."),
+    voices_dir: Annotated[
+        Path | None, typer.Option("--voices-dir", help=VOICES_DIR_HELP, rich_help_panel=MEDIA)
     ] = None,
-    allowed_host: Annotated[
-        list[str] | None,
-        typer.Option(help="A Host name clients may use besides loopback and --host (repeatable; * for any)."),
-    ] = None,
-    cors_origin: Annotated[
-        list[str] | None, typer.Option(help="Send CORS headers to this browser origin (repeatable; * for any).")
-    ] = None,
-    max_queue: Annotated[
-        int, typer.Option(min=0, help="Requests that may wait beyond a full batch; more get a 429.")
-    ] = 16,
-    max_batch: Annotated[
-        int | None,
-        typer.Option(min=1, help="Requests of one model decoded together [default: 4 on a CPU, 16 on CUDA]."),
-    ] = None,
-    request_timeout: Annotated[
-        float | None, typer.Option(min=1, help="Seconds a request may run, waiting included; then a 408.")
-    ] = None,
-    body_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds a client has to send its request body; then a 408.")
-    ] = 30.0,
-    shutdown_grace: Annotated[
-        float, typer.Option(min=0, help="On SIGTERM: seconds the running request may finish; queued ones get 503.")
-    ] = 30.0,
-    no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not serve the page at / (speak and transcribe).")] = False,
-    voices_dir: VoicesDir = None,
 ):
     """Serve the models over an OpenAI-compatible HTTP API, and a page at / to try them in a browser."""
     from speechrs.server.app import run
@@ -373,6 +463,9 @@ def serve(
     try:
         run(
             model,
+            served_names=served_model_name or None,
+            log_level=log_level.value,
+            access_log=not no_access_log,
             quantize=per_model,
             max_queue=max_queue,
             max_batch=max_batch,
@@ -392,7 +485,7 @@ def serve(
             max_input_chars=max_input_chars,
             allowed_dirs=tuple(allowed_local_media_path or ()),
             allow_private_hosts=allow_private_media,
-            warmup=warmup,
+            warmup=not no_warmup,
             log=lambda msg: err.print(msg, highlight=False),
         )
     except SpeechrsError as e:

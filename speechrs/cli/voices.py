@@ -6,11 +6,14 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from speechrs.cli.help import Command, Group
 from speechrs.errors import SpeechrsError
 
-app = typer.Typer(no_args_is_help=True, help="Named voices for Dia: a reference clip and its transcript.")
+app = typer.Typer(cls=Group, no_args_is_help=True, help="Named voices for Dia: a reference clip and its transcript.")
 err = Console(stderr=True, soft_wrap=True)
-VOICES_DIR_HELP = "Where voices are kept \\[default: $SPEECHRS_VOICES_DIR or ~/.local/share/speechrs/voices]"
+VOICES_DIR_HELP = (
+    "Where named voices are kept \\[default: $SPEECHRS_VOICES_DIR, else speechrs/voices under ~/.local/share]"
+)
 VoicesDir = Annotated[Path | None, typer.Option("--voices-dir", help=VOICES_DIR_HELP)]
 
 
@@ -25,7 +28,7 @@ def _store(voices_dir: Path | None):
     return VoiceStore(voices_dir)
 
 
-@app.command()
+@app.command(cls=Command)
 def add(
     name: Annotated[str, typer.Argument(help="The voice's name: letters, digits, '_', '-', '.'")],
     clip: Annotated[Path, typer.Argument(help="A 5-10 s recording of the voice (wav, flac, ogg, mp3).")],
@@ -44,7 +47,7 @@ def add(
     err.print(f"added voice '{voice.name}' ({voice.seconds:.1f} s) in {voice.directory}", highlight=False)
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_voices(voices_dir: VoicesDir = None):
     """The saved voices: name, length, transcript (one per line on stdout)."""
     store = _store(voices_dir)
@@ -55,7 +58,7 @@ def list_voices(voices_dir: VoicesDir = None):
         err.print(f"no voices in {store.directory}; add one with: speechrs voices add NAME clip.wav --text '[S1] ...'")
 
 
-@app.command()
+@app.command(cls=Command)
 def remove(name: Annotated[str, typer.Argument(help="The voice to delete.")], voices_dir: VoicesDir = None):
     """Delete voice NAME."""
     try:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from speechrs.engine.scheduler import END, Job, Scheduler, post
@@ -32,12 +33,27 @@ if TYPE_CHECKING:  # the pipelines import torch and the models: loaded when a mo
 log = logging.getLogger(__name__)
 
 
+# OpenAI's model names, taken for the first loaded model of the family their routes need, so code written for
+# OpenAI's API runs unchanged
+OPENAI_MODELS = {
+    "voxtral": ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"),
+    "dia": ("tts-1", "tts-1-hd", "gpt-4o-mini-tts"),
+}
+
+
+def served_name(model: str) -> str:
+    """The id a model is served as by default: a local directory's name, else the hub id as given."""
+    path = Path(model).expanduser()
+    return path.resolve().name if path.is_dir() else model
+
+
 @dataclass
 class Loaded:
-    name: str  # the id it was loaded by, as clients name it
+    name: str  # the id clients name it by (--served-model-name, else served_name of the -m given)
     source: ModelSource
     pipeline: "VoxtralPipeline | DiaPipeline"
     plan: ComputePlan  # the device, dtype and quantization it was loaded with, and why
+    aliases: tuple[str, ...] = ()  # other names clients may use: the -m it was loaded by
 
     @property
     def family(self) -> str:
@@ -90,7 +106,7 @@ def load_pipeline(
         )
     else:
         pipeline = VoxtralPipeline.load(source.directory, source.layout, how.dtype, device, how.quantize)
-    return Loaded(model, source, pipeline, how)
+    return Loaded(served_name(model), source, pipeline, how, (model,) if served_name(model) != model else ())
 
 
 def resolve_device(device: str) -> str:
@@ -162,8 +178,12 @@ class Engine:
         return self.scheduler.draining
 
     def get(self, model: str | None, family: str, route: str) -> Loaded:
-        """`model` as a client names it; "default" (or None) is the first loaded model of `family`."""
-        if model in (None, "", "default"):
+        """`model` as a client names it: a served name or alias; "default" (or None), or one of OpenAI's model names
+        for `family` (OPENAI_MODELS), is the first loaded model of `family`."""
+        for other, names in OPENAI_MODELS.items():
+            if model in names and other != family:
+                raise InvalidRequestError(f"'{model}' is OpenAI's name for a {other} model; {route} needs {family}")
+        if model in (None, "", "default") or model in OPENAI_MODELS.get(family, ()):
             for m in self.models:
                 if m.family == family:
                     return m
@@ -172,7 +192,7 @@ class Engine:
                 f"{', '.join(f'{m.name} ({m.family})' for m in self.models)}"
             )
         for m in self.models:
-            if m.name == model:
+            if model == m.name or model in m.aliases:
                 if m.family != family:
                     raise InvalidRequestError(f"model '{model}' is a {m.family} model; {route} needs {family}")
                 return m

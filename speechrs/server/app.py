@@ -15,7 +15,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from speechrs.audio.encode import speech_bytes, speech_content_type
 from speechrs.dia.pipeline import check_reference
 from speechrs.dia.voice_store import OPENAI_VOICES, VoiceStore
-from speechrs.engine.engine import Engine
+from speechrs.engine.engine import OPENAI_MODELS, Engine, served_name
 from speechrs.errors import (
     AudioError,
     InvalidRequestError,
@@ -33,11 +33,14 @@ from speechrs.server.http import (
     BODY_TIMEOUT,
     ENGINE,
     METRICS,
+    NOTE,
     POLICY,
     VOICES,
     Metrics,
+    Note,
     first_event,
     last_event,
+    note,
     send_event,
     sse_response,
     within_body_timeout,
@@ -47,6 +50,7 @@ from speechrs.server.transcripts import transcriptions, translations
 from speechrs.voxtral.events import Audio, Done, Token
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("speechrs.access")  # one line per request (serve --access-log)
 
 
 _STATUS = {
@@ -62,7 +66,9 @@ _STATUS = {
 @web.middleware
 async def errors(request: web.Request, handler):
     """Every failure becomes an OpenAI error body; only real faults are 5xx, and none shows a traceback."""
-    metrics = request.app[METRICS]
+    metrics, t0 = request.app[METRICS], time.perf_counter()
+    request[NOTE] = Note()
+    reason = ""
     try:
         response = await handler(request)
     except ConnectionResetError:  # the client went away; nobody to answer
@@ -87,8 +93,33 @@ async def errors(request: web.Request, handler):
         response = web.json_response(
             oa.error_body("internal server error; see the server log", "server_error"), status=500
         )
+    if response.status >= 400 and isinstance(response, web.Response) and response.body is not None:
+        reason = _error_message(response.body)
     metrics.requests[(request.path if request.match_info.route.resource else "unmatched", response.status)] += 1
+    _log_request(request, response.status, time.perf_counter() - t0, reason)
     return response
+
+
+def _error_message(body) -> str:
+    try:
+        return str(json.loads(bytes(body))["error"]["message"])[:200]
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def _log_request(request: web.Request, status: int, seconds: float, reason: str) -> None:
+    """One line per request on the access log: method, route, status, model, audio in / out, time, and why not."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    note = request[NOTE]
+    parts = [request.method, request.path, str(status), note.model or "-"]
+    if note.audio_in_s:
+        parts.append(f"in {note.audio_in_s:.1f}s")
+    if note.audio_out_s:
+        parts.append(f"out {note.audio_out_s:.1f}s")
+    parts.append(f"{seconds:.2f}s")
+    line = " ".join(parts) + (f": {reason}" if reason else "")
+    access_log.log(logging.WARNING if status >= 500 else logging.INFO, line)
 
 
 async def _json(request: web.Request) -> dict:
@@ -124,6 +155,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     engine, policy = request.app[ENGINE], request.app[POLICY]
     model_id, messages, opts, stream, include_usage = oa.chat_request(await _json(request))
     loaded = engine.get(model_id, "voxtral", "/v1/chat/completions")
+    note(request, loaded.name)
     parsed = await _resolve_audio(parse_messages(messages, python_parts=False), policy)
     async with aclosing(engine.stream(lambda: loaded.voxtral.chat(parsed, opts))) as events:
         return await _chat_response(request, loaded.name, events, stream, include_usage)
@@ -133,7 +165,7 @@ async def _chat_response(request, model: str, events, stream: bool, include_usag
     first = await first_event(events)
     if not stream:
         done = await last_event(first, events)
-        request.app[METRICS].audio_in_s += done.usage.audio_seconds
+        note(request, audio_in_s=done.usage.audio_seconds)
         return web.json_response(oa.chat_completion(model, done.text, done.finish_reason, done.usage))
     cid = f"chatcmpl-{uuid.uuid4().hex}"
     resp = await sse_response(request)
@@ -143,7 +175,7 @@ async def _chat_response(request, model: str, events, stream: bool, include_usag
         if isinstance(event, Token) and event.text:
             await send_event(resp, oa.chat_chunk(cid, model, {"content": event.text}))
         elif isinstance(event, Done):
-            request.app[METRICS].audio_in_s += event.usage.audio_seconds
+            note(request, audio_in_s=event.usage.audio_seconds)
             await send_event(resp, oa.chat_chunk(cid, model, {}, event.finish_reason))
             if include_usage:
                 await send_event(resp, oa.chat_chunk(cid, model, {}, usage=event.usage))
@@ -158,6 +190,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
     model_id, text, fmt, opts, stream_format = oa.speech_request(body)
     ref_url, ref_text = oa.speech_reference(body)
     loaded = engine.get(model_id, "dia", "/v1/audio/speech")
+    note(request, loaded.name)
     voice = _named_voice(request.app[VOICES], body.get("voice"))
     check_reference(voice, ref_url, ref_text)
     ref_audio = None if ref_url is None else await fetch_url_or_base64(ref_url, request.app[POLICY], "ref_audio")
@@ -230,16 +263,19 @@ async def voices(request: web.Request) -> web.Response:
 
 
 def _count_speech(request, result, t0: float) -> None:
-    metrics = request.app[METRICS]
-    metrics.audio_out_s += result.duration_s
-    metrics.speech_wall_s += time.perf_counter() - t0
+    note(request, audio_out_s=result.duration_s)
+    request.app[METRICS].speech_wall_s += time.perf_counter() - t0
 
 
 async def models(request: web.Request) -> web.Response:
-    data = [
-        {"id": m.name, "object": "model", "created": 0, "owned_by": "speechrs", "family": m.family}
-        for m in request.app[ENGINE].models
-    ]
+    """The served models, then OpenAI's names for the families loaded, each naming the model it stands for."""
+    loaded = request.app[ENGINE].models
+    data = [{"id": m.name, "object": "model", "created": 0, "owned_by": "speechrs", "family": m.family} for m in loaded]
+    for family, names in OPENAI_MODELS.items():
+        first = next((m for m in loaded if m.family == family), None)
+        if first is not None:
+            alias = {"object": "model", "created": 0, "owned_by": "speechrs", "family": family, "alias_of": first.name}
+            data += [{"id": n, **alias} for n in names]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -300,6 +336,33 @@ def make_app(
     return app
 
 
+def set_up_logging(level: str, access: bool) -> None:
+    """speechrs's loggers at `level` on stderr; the access log (one line per request) at info, unless `access` is
+    off."""
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    speechrs_log = logging.getLogger("speechrs")
+    speechrs_log.setLevel(level.upper())
+    if not any(getattr(h, "speechrs", False) for h in speechrs_log.handlers):
+        handler.speechrs = True  # type: ignore[attr-defined]
+        speechrs_log.addHandler(handler)
+        speechrs_log.propagate = False
+    access_log.setLevel(logging.INFO if access else logging.WARNING)
+
+
+def check_served_names(models: list[str], names: list[str]) -> None:
+    """One served name per -m, none twice and none of OpenAI's (they stand for a family's first model)."""
+    if len(names) != len(models):
+        raise InvalidRequestError(f"--served-model-name is given {len(names)} times for {len(models)} models")
+    taken = {n for family in OPENAI_MODELS.values() for n in family} | {"default"}
+    for i, name in enumerate(names):
+        if name in taken or name in names[:i]:
+            why = "another model's" if name in names[:i] else "a name speechrs keeps for a family's first model"
+            raise InvalidRequestError(f"cannot serve {models[i]} as '{name}': that is {why}; give --served-model-name")
+
+
 def build(
     models: list[str],
     *,
@@ -312,15 +375,19 @@ def build(
     max_queue: int | None = None,
     max_batch: int | None = None,
     request_timeout_s: float | None = None,
+    served_names: list[str] | None = None,
     log=print,
 ) -> Engine:
-    """Load every model; quantize[i] (int8, int4 or none) is model i's."""
+    """Load every model; quantize[i] (int8, int4 or none) is model i's, served_names[i] the id it is served as."""
     from speechrs.engine.engine import load_pipeline
 
+    names = served_names or [served_name(m) for m in models]
+    check_served_names(models, names)
     loaded = []
-    for name, q in zip(models, quantize or ["none"] * len(models), strict=True):
+    for name, q, served in zip(models, quantize or ["none"] * len(models), names, strict=True):
         t0 = time.perf_counter()
         m = load_pipeline(name, dtype, device, dac, q)
+        m.name, m.aliases = served, tuple(a for a in (name,) if a != served)
         if m.family == "voxtral":
             m.voxtral.max_audio_s = max_audio_s
         else:
@@ -358,10 +425,16 @@ def run(
     shutdown_grace_s: float = 30.0,
     ui: bool = True,
     voices_dir=None,
+    served_names: list[str] | None = None,
+    log_level: str = "info",
+    access_log: bool = True,
     log=print,
 ) -> None:
-    """Load, warm up and serve until interrupted. file:// audio is open on loopback hosts, else per allowed_dirs."""
+    """Load, warm up and serve until interrupted. file:// audio is open on loopback hosts, else per allowed_dirs.
+    Requests are logged one line each on stderr at log_level info (access_log)."""
     security = security or Security()
+    set_up_logging(log_level, access_log)
+    check_served_names(models, served_names or [served_name(m) for m in models])  # before any model loads
     if not is_loopback(host) and not security.api_key:
         log(
             f"warning: listening on {host} without an API key: anyone who can reach this port can use the models; "
@@ -378,6 +451,7 @@ def run(
         max_queue=max_queue,
         max_batch=max_batch,
         request_timeout_s=request_timeout_s,
+        served_names=served_names,
         log=log,
     )
     if warmup:

@@ -14,6 +14,26 @@ from speechrs.server.media import MediaPolicy
 
 
 @dataclass
+class Note:
+    """What a request's log line says beyond method, route, status and time: its model and audio seconds."""
+
+    model: str = ""
+    audio_in_s: float = 0.0
+    audio_out_s: float = 0.0
+
+
+def note(request: web.Request, model: str = "", audio_in_s: float = 0.0, audio_out_s: float = 0.0) -> None:
+    """Count audio seconds in the app's metrics and in the request's log line; name its model."""
+    metrics, line = request.app[METRICS], request.get(NOTE)
+    metrics.audio_in_s += audio_in_s
+    metrics.audio_out_s += audio_out_s
+    if line is not None:
+        line.model = model or line.model
+        line.audio_in_s += audio_in_s
+        line.audio_out_s += audio_out_s
+
+
+@dataclass
 class Metrics:
     requests: Counter = field(default_factory=Counter)  # (route, status) -> count
     audio_in_s: float = 0.0
@@ -56,6 +76,7 @@ ENGINE = web.AppKey("engine", Engine)
 POLICY = web.AppKey("policy", MediaPolicy)
 METRICS = web.AppKey("metrics", Metrics)
 BODY_TIMEOUT = web.AppKey("body_timeout_s", float)  # seconds a client has to send its whole body
+NOTE = web.RequestKey("note", Note)  # the request's log line (the errors middleware sets it)
 VOICES = web.AppKey("voices", VoiceStore)  # Dia's named voices (voice_store.py)
 
 

@@ -8,7 +8,7 @@ from aiohttp import BodyPartReader, web
 from speechrs import subtitles
 from speechrs.errors import InvalidRequestError
 from speechrs.server import openai_api as oa
-from speechrs.server.http import ENGINE, METRICS, first_event, last_event, send_event, sse_response, within_body_timeout
+from speechrs.server.http import ENGINE, first_event, last_event, note, send_event, sse_response, within_body_timeout
 from speechrs.voxtral.events import Done, Token
 from speechrs.voxtral.transcript import Segment
 
@@ -28,6 +28,7 @@ async def _transcript(request: web.Request, translate: bool) -> web.StreamRespon
         raise InvalidRequestError("'file' is required and must not be empty", "file")
     req = oa.transcription_request(form, translate)
     loaded = engine.get(req.model, "voxtral", str(request.rel_url.path))
+    note(request, loaded.name)
     pipeline = loaded.voxtral
 
     def run():
@@ -40,7 +41,7 @@ async def _transcript(request: web.Request, translate: bool) -> web.StreamRespon
         if req.stream:
             return await _stream(request, first, events)
         done = await last_event(first, events)
-    request.app[METRICS].audio_in_s += done.usage.audio_seconds
+    note(request, audio_in_s=done.usage.audio_seconds)
     if req.fmt == "text":
         return web.Response(text=done.text, content_type="text/plain")
     if req.fmt in ("srt", "vtt"):
@@ -63,7 +64,7 @@ async def _stream(request: web.Request, first, events) -> web.StreamResponse:
             body = {"type": "transcript.text.segment", "id": f"seg_{event.id}", "start": round(event.start, 3)}
             await send_event(resp, {**body, "end": round(event.end, 3), "text": event.text})
         elif isinstance(event, Done):
-            request.app[METRICS].audio_in_s += event.usage.audio_seconds
+            note(request, audio_in_s=event.usage.audio_seconds)
             usage = oa.transcription(event.text, event.usage)["usage"]
             await send_event(resp, {"type": "transcript.text.done", "text": event.text, "usage": usage})
         event = await first_event(events)
