@@ -312,6 +312,11 @@ def test_file_urls_read_regular_files_only_off_the_event_loop_with_one_answer(se
             b'{"input": "[S1] Hi."}',
             {"Content-Type": "application/json", "Content-Encoding": "gzip"},
         ),
+        (
+            "/v1/audio/speech",
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03corrupt",
+            {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        ),
         ("/v1/audio/speech", b'{"input": "[S1] \\ud800 lone surrogate"}', {"Content-Type": "application/json"}),
         ("/v1/audio/transcriptions", b"--x\r\n\r\n--x--\r\n", {"Content-Type": "multipart/form-data"}),
         (
@@ -320,7 +325,7 @@ def test_file_urls_read_regular_files_only_off_the_event_loop_with_one_answer(se
             {"Content-Type": "multipart/form-data; boundary=b"},
         ),
     ],
-    ids=["unknown-charset", "false-gzip", "lone-surrogate", "no-boundary", "non-utf8-field"],
+    ids=["unknown-charset", "false-gzip", "corrupt-gzip", "lone-surrogate", "no-boundary", "non-utf8-field"],
 )
 def test_undecodable_bodies_are_a_400(server, path, body, headers):
     from http_server import request
@@ -339,6 +344,23 @@ def test_the_body_cap_covers_multipart_text_fields(server):
         server, "POST", "/v1/audio/transcriptions", body, {"Content-Type": "multipart/form-data; boundary=b"}
     )
     assert status == 413, raw
+
+
+def test_the_body_cap_covers_many_fields_and_skips_unknown_ones(server):
+    """Ten 0.5 MiB fields (5 MiB in all) under the 2 MiB cap: a 413 with an OpenAI body, whatever their names; a
+    field longer than a text field's limit is a 400 naming it."""
+    from http_server import request
+
+    field = b"a" * 2**19
+    parts = b"".join(
+        b'--b\r\nContent-Disposition: form-data; name="x%d"\r\n\r\n' % i + field + b"\r\n" for i in range(10)
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    status, _, raw = request(server, "POST", "/v1/audio/transcriptions", parts + b"--b--\r\n", headers)
+    assert status == 413 and json.loads(raw)["error"]["code"] == "413", raw
+    body = b'--b\r\nContent-Disposition: form-data; name="language"\r\n\r\n' + b"a" * 2**17 + b"\r\n--b--\r\n"
+    status, _, raw = request(server, "POST", "/v1/audio/transcriptions", body, headers)
+    assert status == 400 and json.loads(raw)["error"]["param"] == "language", raw
 
 
 def test_a_full_queue_answers_429_with_retry_after_at_once(engine):

@@ -32,6 +32,7 @@ from speechrs.server.guard import Security, add_cors_headers, is_loopback, make_
 from speechrs.server.http import (
     BODY_TIMEOUT,
     ENGINE,
+    MAX_UPLOAD,
     METRICS,
     NOTE,
     POLICY,
@@ -305,6 +306,7 @@ def make_app(
     app.on_response_prepare.append(add_cors_headers)
     app[ENGINE], app[POLICY], app[METRICS] = engine, policy or MediaPolicy(), Metrics()
     app[BODY_TIMEOUT] = body_timeout_s
+    app[MAX_UPLOAD] = max_upload_bytes
     app[VOICES] = VoiceStore(voices_dir)
     app.router.add_routes(
         [

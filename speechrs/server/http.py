@@ -75,6 +75,7 @@ class Metrics:
 ENGINE = web.AppKey("engine", Engine)
 POLICY = web.AppKey("policy", MediaPolicy)
 METRICS = web.AppKey("metrics", Metrics)
+MAX_UPLOAD = web.AppKey("max_upload_bytes", int)  # the largest request body, multipart bodies included
 BODY_TIMEOUT = web.AppKey("body_timeout_s", float)  # seconds a client has to send its whole body
 NOTE = web.RequestKey("note", Note)  # the request's log line (the errors middleware sets it)
 VOICES = web.AppKey("voices", VoiceStore)  # Dia's named voices (voice_store.py)

@@ -169,6 +169,13 @@ def _form_text(form: dict, key: str) -> str | None:
     return value or None
 
 
+# the multipart fields a transcription reads (the rest of OpenAI's, e.g. prompt or include[], are skipped unread)
+TRANSCRIPTION_FIELDS = frozenset(
+    {"model", "language", "response_format", "temperature", "top_p", "max_tokens", "seed", "stream", "to_language"}
+    | {"timestamp_granularities"}
+)
+
+
 def transcription_request(form: dict, translate: bool = False) -> TranscriptionRequest:
     """Multipart fields (strings; lists for fields sent as name[]) -> the request. A translation goes to English
     unless the `to_language` extension names another language."""

@@ -8,7 +8,16 @@ from aiohttp import BodyPartReader, web
 from speechrs import subtitles
 from speechrs.errors import InvalidRequestError
 from speechrs.server import openai_api as oa
-from speechrs.server.http import ENGINE, first_event, last_event, note, send_event, sse_response, within_body_timeout
+from speechrs.server.http import (
+    ENGINE,
+    MAX_UPLOAD,
+    first_event,
+    last_event,
+    note,
+    send_event,
+    sse_response,
+    within_body_timeout,
+)
 from speechrs.voxtral.events import Done, Token
 from speechrs.voxtral.transcript import Segment
 
@@ -72,6 +81,9 @@ async def _stream(request: web.Request, first, events) -> web.StreamResponse:
     return resp
 
 
+FIELD_BYTES = 2**16  # a text field (language, model, ...) at most
+
+
 async def _read_form(request: web.Request) -> tuple[dict[str, str | list[str]], bytes | None]:
     """A multipart/form-data body -> (its text fields, the 'file' field's bytes); malformed bodies are a 400.
     A field named with a trailing [] (timestamp_granularities[]) may repeat: its values become a list."""
@@ -79,6 +91,23 @@ async def _read_form(request: web.Request) -> tuple[dict[str, str | list[str]], 
         raise InvalidRequestError("send multipart/form-data with a 'file' field", "file")
     form: dict[str, str | list[str]] = {}
     audio: bytes | None = None
+    left = request.app[MAX_UPLOAD]  # the whole body's cap, over every part
+
+    async def part_bytes(part: BodyPartReader, limit: int, keep: bool) -> bytes:
+        """The part's bytes, read a chunk at a time against the body's cap and the part's own `limit`."""
+        nonlocal left
+        chunks, size = [], 0
+        while chunk := await part.read_chunk(2**16):
+            size, left = size + len(chunk), left - len(chunk)
+            if left < 0:
+                raise web.HTTPRequestEntityTooLarge(
+                    max_size=request.app[MAX_UPLOAD], actual_size=request.app[MAX_UPLOAD] - left
+                )
+            if size > limit:
+                raise InvalidRequestError(f"form field '{part.name}' is longer than {limit} bytes", part.name)
+            if keep:
+                chunks.append(chunk)
+        return b"".join(chunks)
 
     async def read() -> None:
         nonlocal audio
@@ -87,10 +116,10 @@ async def _read_form(request: web.Request) -> tuple[dict[str, str | list[str]], 
             if not isinstance(part, BodyPartReader):
                 raise InvalidRequestError("nested multipart bodies are not supported; send flat form fields", "file")
             if part.name == "file":
-                audio = bytes(await part.read())
-            elif part.name:
+                audio = await part_bytes(part, request.app[MAX_UPLOAD], keep=True)
+            elif part.name and part.name.removesuffix("[]") in oa.TRANSCRIPTION_FIELDS:
                 try:
-                    value = (await part.read()).decode("utf-8")
+                    value = (await part_bytes(part, FIELD_BYTES, keep=True)).decode("utf-8")
                 except UnicodeDecodeError:
                     raise InvalidRequestError(f"form field '{part.name}' is not UTF-8 text", part.name) from None
                 if part.name.endswith("[]"):
@@ -99,6 +128,8 @@ async def _read_form(request: web.Request) -> tuple[dict[str, str | list[str]], 
                         values.append(value)
                 else:
                     form[part.name] = value
+            else:  # a field speechrs does not read: skipped, counted against the cap, not kept
+                await part_bytes(part, request.app[MAX_UPLOAD], keep=False)
 
     try:
         await within_body_timeout(request, read)
