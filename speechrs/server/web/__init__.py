@@ -5,7 +5,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+FILES = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
 HERE = Path(__file__).parent
 # the page loads nothing from elsewhere and talks only to this server; blob: for the WAV it builds (played and
 # read back)
@@ -35,5 +35,10 @@ def _file(name: str, content_type: str) -> web.Response:
     return web.Response(body=(HERE / name).read_bytes(), content_type=content_type, charset="utf-8", headers=HEADERS)
 
 
+async def favicon(request: web.Request) -> web.Response:
+    """Browsers ask for /favicon.ico whatever the page links: the same icon."""
+    return _file("favicon.svg", FILES["favicon.svg"])
+
+
 def routes() -> list[web.RouteDef]:
-    return [web.get("/", index), web.get("/ui/{name}", asset)]
+    return [web.get("/", index), web.get("/favicon.ico", favicon), web.get("/ui/{name}", asset)]

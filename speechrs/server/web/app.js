@@ -63,7 +63,7 @@ function modelOf(family) {
 
 async function loadModels() {
   const body = await (await api("/v1/models")).json();
-  models = body.data;
+  models = body.data.filter((m) => !m.alias_of); // the served models, not OpenAI's names for them
   $("models").textContent = models.length
     ? "models: " + models.map((m) => `${m.id} (${m.family})`).join(", ")
     : "no models loaded";
@@ -208,6 +208,7 @@ async function transcribe() {
       $("transcript").textContent += event.delta;
       $("transcribe-status").textContent = "transcribing…";
     } else if (event.type === "transcript.text.segment") {
+      if (!segments.length) $("transcript").textContent = ""; // the text is shown once: as the segments now
       segments.push(event);
       const item = document.createElement("li");
       const time = document.createElement("time");
@@ -216,7 +217,7 @@ async function transcribe() {
       $("segments").append(item);
     } else if (event.type === "transcript.text.done") {
       done = event;
-      $("transcript").textContent = event.text;
+      if (!segments.length) $("transcript").textContent = event.text;
     }
   }
   const seconds = (performance.now() - t0) / 1000;
@@ -264,21 +265,22 @@ async function toggleRecording() {
 
 // ---- wiring ----
 
-function guarded(button, work) {
+function guarded(button, work, status) {
   $(button).addEventListener("click", async () => {
     $(button).disabled = true;
     try {
       await work();
     } catch (e) {
       showError(e.message);
+      $(status).textContent = "failed: see the message above";
     } finally {
       $(button).disabled = false;
     }
   });
 }
 
-guarded("speak-button", speak);
-guarded("transcribe-button", transcribe);
+guarded("speak-button", speak, "speak-status");
+guarded("transcribe-button", transcribe, "transcribe-status");
 $("record-button").addEventListener("click", () => toggleRecording().catch((e) => showError(e.message)));
 $("audio-file").addEventListener("change", () => { recorded = null; });
 $("key-form").addEventListener("submit", (e) => {
