@@ -437,3 +437,23 @@ def test_served_names_default_to_the_directory_and_keep_the_path_as_an_alias(nat
     engine.models = [loaded]
     assert engine.get("mine", "voxtral", "/r") is engine.get(str(native_dir), "voxtral", "/r") is loaded
     assert engine.get("gpt-4o-transcribe", "voxtral", "/r") is loaded
+
+
+def test_speed_prepares_the_time_stretch_before_the_model_loads(dia_dirs, tmp_path, monkeypatch):
+    """librosa's first use (its kernels compile) happens under a status line before the load, not unannounced
+    after the generation."""
+    import speechrs.cli.main as cli_app
+    from speechrs.dia import tempo
+    from speechrs.errors import InvalidRequestError
+
+    calls = []
+    monkeypatch.setattr(tempo, "warm_up", lambda: calls.append("warm_up"))
+
+    def load(*args, **kwargs):
+        calls.append("load")
+        raise InvalidRequestError("stopped here")
+
+    monkeypatch.setattr(cli_app, "_load", load)
+    result = invoke("speak", SPEAK_TEXT, "-m", dia_dirs[0], "--speed", "1.5", "-o", tmp_path / "x.wav")
+    assert result.exit_code == 1 and "stopped here" in result.stderr and calls == ["warm_up", "load"]
+    tempo.stretch(tempo.np.zeros(10, tempo.np.float32), 1.0)  # speed 1 never stretches

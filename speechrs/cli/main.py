@@ -250,6 +250,15 @@ def speak(
         _check_family(model, "dia", "speak needs text in, speech out")
     except SpeechrsError as e:
         _fail(str(e))
+    if speed is not None and speed != 1.0:
+        from speechrs.dia.tempo import warm_up
+
+        with (
+            err.status("preparing --speed's time stretch (librosa's first use)", spinner="dots")
+            if not quiet
+            else _nullcontext()
+        ):
+            warm_up()
     try:
         loaded = _load(model, dtype.value, device, quiet, dac=dac, quantize=quantize.value)
         assert isinstance(loaded, DiaModel)

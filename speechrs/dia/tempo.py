@@ -34,6 +34,12 @@ def stretch(pcm: np.ndarray, speed: float) -> np.ndarray:
     return np.clip(out, -1.0, 1.0).astype(np.float32)  # the vocoder can step over full scale by a little
 
 
+def warm_up() -> None:
+    """librosa's import and its first time stretch (which compiles its kernels on a machine's first use): done
+    before a request, where a front door can say so, not unannounced at the end of one."""
+    stretch(np.zeros(4 * CONTEXT, np.float32), 2.0)
+
+
 class StreamStretch:
     def __init__(self, speed: float):
         self.speed = speed
