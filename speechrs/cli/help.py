@@ -34,18 +34,24 @@ def _name_values(params) -> None:
             param.metavar = _metavar(param)
 
 
-class Command(TyperCommand):
-    """A typer command whose helps name their values (METAVARS) and show flags bare."""
+class _Named:
+    """Helps that name their values (METAVARS) and show flags, --help included, bare."""
+
+    params: list
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         _name_values(self.params)
 
     def get_help_option(self, ctx):
-        option = super().get_help_option(ctx)
+        option = super().get_help_option(ctx)  # type: ignore[misc]
         if option is not None:
             option.metavar = ""
         return option
+
+
+class Command(_Named, TyperCommand):
+    """A typer command with _Named's helps, its arguments in the usage line as the text names them."""
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -56,15 +62,5 @@ class Command(TyperCommand):
         return pieces
 
 
-class Group(TyperGroup):
+class Group(_Named, TyperGroup):
     """A typer group (the app, `voices`) whose own options read as Command's do."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        _name_values(self.params)
-
-    def get_help_option(self, ctx):
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""
-        return option

@@ -2,7 +2,7 @@
 
 A server on loopback is still reachable from every web page the user opens: a cross-site page can send a
 CORS-simple POST (text/plain, no preflight), and a DNS-rebinding page can talk to 127.0.0.1 under its own host
-name and read the answers. So (issue 14):
+name and read the answers. So:
 - the Host header must name a loopback address, the address the server is bound to, or an --allowed-host (421);
 - JSON routes take application/json only (415), which a cross-site page cannot send without a preflight;
 - CORS headers are sent only for the origins given with --cors-origin;
