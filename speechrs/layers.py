@@ -12,14 +12,12 @@ from torch import nn
 
 from speechrs.kernels import bf16_step_kernels
 from speechrs.kernels.cpu import cpu_amx, upcast_on_this_cpu
-
-# RMSNorm's and RoPE's kernels take up to this many elements (a decode step's rows); torch's ops, parallel, the rest
-STEP_KERNEL_ELEMENTS = 2**16
+from speechrs.linear import routes
 
 
 def step_kernels_for(x: torch.Tensor):
-    """bf16_step_kernels() for a decode step's few bf16 CPU rows x (up to STEP_KERNEL_ELEMENTS), else None."""
-    if x.dtype != torch.bfloat16 or x.numel() > STEP_KERNEL_ELEMENTS or x.device.type != "cpu":
+    """bf16_step_kernels() for a decode step's few bf16 CPU rows x (up to routes.STEP_KERNEL_ELEMENTS), else None."""
+    if x.dtype != torch.bfloat16 or x.numel() > routes.STEP_KERNEL_ELEMENTS or x.device.type != "cpu":
         return None
     return bf16_step_kernels()
 

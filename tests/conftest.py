@@ -129,3 +129,15 @@ def paused_speech(tmp_path_factory):
         pytest.skip(str(e))
     sf.write(d / "paused.wav", pcm, 22050)
     return d / "paused.wav", truth, len(pcm) / 22050
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cpu_answers():
+    """What the CPU computes fast is cached per process; a test that forces an answer (SPEECHRS_NATIVE_BF16,
+    SPEECHRS_AMX, SPEECHRS_CPU_KERNELS) must not leave it cached for the next. Torn down after monkeypatch has
+    restored the environment."""
+    yield
+    from speechrs.kernels import bf16_step_kernels, cpu
+
+    for cached in (cpu.cpu_native_bf16, cpu.cpu_amx, bf16_step_kernels):
+        cached.cache_clear()

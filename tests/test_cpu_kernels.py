@@ -7,7 +7,7 @@ import torch
 
 from speechrs import kernels
 from speechrs.kernels import build
-from speechrs.linear import compute, quant
+from speechrs.linear import compute, quant, routes
 from speechrs.linear.upcast import UpcastLinear
 
 NAMES = {"avx2": "AVX2", "avx512": "AVX-512 BF16", "amx": "AMX / AVX-512 BF16"}  # in load lines and reprs
@@ -59,8 +59,8 @@ def _weight(layer: torch.nn.Module) -> torch.Tensor:
 def test_the_kernels_are_exact_to_float32_sums_rounded_once_to_bf16(variant, kind, rows, monkeypatch):
     _bf16_variant(kind, variant)
     # the kernel at every row count (test_quant has the GEMM routes')
-    monkeypatch.setattr(quant, "INT4_GEMM_ROWS", {})
-    monkeypatch.setattr(quant, "KERNEL_ROWS", dict.fromkeys(("avx2", "avx512", "amx"), 10**6))
+    monkeypatch.setattr(routes, "INT4_GEMM_ROWS", {})
+    monkeypatch.setattr(routes, "INT8_KERNEL_ROWS", dict.fromkeys(("avx2", "avx512", "amx"), 10**6))
     # N not a multiple of the 8-row block; K = 9 int4 groups, 36 int8 steps
     layer = _layer(kind, 100, 288, variant=variant)
     x = torch.randn(rows, 288, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)

@@ -13,7 +13,7 @@ from speechrs import kernels
 from speechrs.dia.checkpoint import load_dia
 from speechrs.dia.pipeline import DiaPipeline, SpeakOptions, encode_text
 from speechrs.kernels import cpu
-from speechrs.linear import quant, quant_codes
+from speechrs.linear import quant, quant_codes, routes
 from speechrs.linear.quant import Int4Linear, Int8Linear
 from speechrs.voxtral.checkpoint import load_voxtral
 from speechrs.voxtral.tekken import transcription_prompt
@@ -96,7 +96,7 @@ def test_int4_prefill_rows_take_the_bf16_gemm_and_agree_with_the_kernel(monkeypa
     scale = exact.abs().max()
     assert (gemm.double() - kernel.double()).abs().max() <= 3 * 2**-8 * scale
     assert (gemm.double() - exact).abs().max() <= 2 * 2**-8 * scale
-    monkeypatch.setattr(quant, "INT4_GEMM_ROWS", {})
+    monkeypatch.setattr(routes, "INT4_GEMM_ROWS", {})
     assert torch.equal(layer(x), kernel)  # below dequant_rows: the kernel
 
 
@@ -111,7 +111,7 @@ def test_int4_prefill_rows_without_native_bf16_take_the_fp32_gemm(monkeypatch):
     try:
         g = torch.Generator().manual_seed(3)
         layer = Int4Linear.quantize(torch.randn(1000, 256, generator=g) / 16)
-        assert layer.gemm_dtype == torch.float32 and layer.dequant_rows == quant.INT4_GEMM_ROWS["avx2"]
+        assert layer.gemm_dtype == torch.float32 and layer.dequant_rows == routes.INT4_GEMM_ROWS["avx2"]
         assert torch.equal(layer.weights(0, 1000, torch.float32), layer.dequantized())
         assert torch.equal(layer.weights(64, 203, torch.float32), layer.dequantized()[64:203])
         x = torch.randn(layer.dequant_rows, 256, generator=g)

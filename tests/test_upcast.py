@@ -9,7 +9,8 @@ from quality import compare, voxtral_logits
 from speechrs import kernels
 from speechrs.kernels.cpu import cpu_native_bf16
 from speechrs.linear.packing import PackedLinear
-from speechrs.linear.upcast import KERNEL_ROWS, UPCAST_ROWS, UpcastConv1d, UpcastLinear
+from speechrs.linear.routes import BF16_KERNEL_ROWS, UPCAST_ROWS
+from speechrs.linear.upcast import UpcastConv1d, UpcastLinear
 from speechrs.voxtral.checkpoint import load_voxtral
 from speechrs.voxtral.tekken import transcription_prompt
 
@@ -39,7 +40,7 @@ def test_many_rows_multiply_in_float32_and_few_in_bf16(decode_kernel):
         linear.weight.copy_(torch.randn(96, 64, generator=g))
         linear.bias.copy_(torch.randn(96, generator=g))
     up = UpcastLinear(linear)
-    x = torch.randn(KERNEL_ROWS if up.kernel else UPCAST_ROWS, 64, generator=g).to(torch.bfloat16)
+    x = torch.randn(BF16_KERNEL_ROWS if up.kernel else UPCAST_ROWS, 64, generator=g).to(torch.bfloat16)
     exact = F.linear(x.float(), linear.weight.float(), linear.bias.float()).to(torch.bfloat16)
     assert torch.equal(up(x), exact)
     assert up.kernel == (decode_kernel == "speechrs")

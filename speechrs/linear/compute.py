@@ -12,8 +12,8 @@ import torch
 
 from speechrs import kernels
 from speechrs.kernels.cpu import cpu_native_bf16
+from speechrs.linear import routes
 from speechrs.linear.kinds import check_quantization
-from speechrs.linear.upcast import KERNEL_ROWS, UPCAST_ROWS
 from speechrs.weights import parse_dtype
 
 
@@ -81,7 +81,7 @@ def plan(
     elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16) and cpu_native_bf16():
         how = f"{chosen}; bf16 decode weights are packed for oneDNN"
     elif kind == "cpu" and torch_dtype not in (torch.float32, torch.float16):
-        rows = KERNEL_ROWS if kernels.available() else UPCAST_ROWS
+        rows = routes.BF16_KERNEL_ROWS if kernels.available() else routes.UPCAST_ROWS
         kernel = (  # the decode step's attention reads bf16 caches there (kernels.bf16_step_kernels)
             ", fewer through speechrs's AVX2 kernels (a decode step's attention too, over bf16 caches)"
             if kernels.available()

@@ -7,7 +7,7 @@ Where speechrs's kernels build (kernels/) the codes are laid out for them at loa
   `g` along K, w = (q - 8) * scale + zero with q in 0..15 (the "tinygemm" convention).
 On x86 torch's kernels are vectorised for bfloat16 activations only, so activations are cast to bf16 around the
 call. Its int4 layout depends on the ISA, so weights are packed at load, on the machine that runs them. Many rows
-(a prefill) go through a GEMM on converted weights instead (DEQUANT_ROWS and after).
+(a prefill) go through a GEMM on converted weights instead (routes.DEQUANT_ROWS and after).
 
 The codes are made in quant_codes.py. Each layer's exact reference is `dequantized()`: the same weight in float32,
 which the tests compare against.
@@ -19,6 +19,7 @@ from torch import nn
 
 from speechrs import kernels
 from speechrs.kernels.cpu import cpu_native_bf16
+from speechrs.linear import routes
 from speechrs.linear.base import matmul_by_row_blocks, rows_like
 from speechrs.linear.quant_codes import (
     INT4_GROUP,
@@ -39,17 +40,9 @@ from speechrs.linear.quant_codes import (
     weight_parts,
 )
 
-# From this many rows on (a prefill), int8 codes are converted for oneDNN's GEMM (bf16, fp32 without native bf16)
-# and scaled after: it beats a weight-only kernel there (docs/performance.md, "Quantized GEMM routes").
-DEQUANT_ROWS = 64
-# ...later with speechrs's AVX2 and AVX-512 kernels, which hold their speed to more rows; AMX's bf16 GEMM is faster.
-KERNEL_ROWS = {"avx2": 192, "avx512": 128, "amx": DEQUANT_ROWS}
 # Bytes of weight rows converted at a time, each block multiplied while in cache: a whole weight converted per call
 # is a fresh 100 MB+ buffer whose page faults cost as much as the GEMM.
 DEQUANT_BLOCK_BYTES = 2**24
-# From this many rows on, int4 weights blocked for speechrs's kernels are made bf16 (AVX-512 BF16, AMX) or fp32 (AVX2
-# without native bf16) in C for oneDNN's GEMM; elsewhere the int4 kernel takes every row count.
-INT4_GEMM_ROWS = {"avx512": 64, "amx": 64, "avx2": 192}
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +123,7 @@ class Int8Linear(nn.Module):
     @property
     def dequant_rows(self) -> int:
         """From this many rows on, the codes are converted for a GEMM instead of going through a kernel."""
-        return KERNEL_ROWS.get(self.kernel or "", DEQUANT_ROWS)
+        return routes.INT8_KERNEL_ROWS.get(self.kernel or "", routes.DEQUANT_ROWS)
 
     def codes(self, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.int8) -> torch.Tensor:
         """Rows [start, stop) of the codes as (rows, K) in `dtype` (start a multiple of block_rows when blocked;
@@ -308,7 +301,7 @@ class Int4Linear(nn.Module):
         (where C makes them: speechrs's AVX-512 / AMX layout in bf16, its AVX2 layout in fp32)."""
         native = cpu_native_bf16()
         if (self.kernel in kernels.INT4_WIDE and native) or (self.kernel == "avx2" and not native):
-            return INT4_GEMM_ROWS.get(self.kernel, 2**62)
+            return routes.INT4_GEMM_ROWS.get(self.kernel, 2**62)
         return 2**62
 
     @property

@@ -13,21 +13,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechrs import kernels
+from speechrs.linear import routes
 from speechrs.linear.base import matmul_by_row_blocks, rows_like
 
-# From this many rows on, a matmul is compute-bound and the fp32 GEMM wins despite converting the weight.
-UPCAST_ROWS = 16
-# ...but not against speechrs's bf16 kernel, which converts each weight in registers and stays faster up to this
-# many rows (docs/performance.md, "The upcast path").
-KERNEL_ROWS = 256
 # The fp32 GEMM converts this many bytes of weight rows at a time and multiplies them while they are in cache: the
 # whole weight converted at once (a fresh 200 MB for Voxtral's 16384 x 3072) cost as much as the GEMM.
 BLOCK_BYTES = 2**24
 
 
 class UpcastLinear(nn.Module):
-    """An nn.Linear over the same (bf16) weight and bias, computing in fp32 from UPCAST_ROWS rows on, or below
-    KERNEL_ROWS through speechrs's bf16 kernel where it runs."""
+    """An nn.Linear over the same (bf16) weight and bias, computing in fp32 from routes.UPCAST_ROWS rows on, or
+    below routes.BF16_KERNEL_ROWS through speechrs's bf16 kernel where it runs."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -40,11 +36,11 @@ class UpcastLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if self.kernel and rows < KERNEL_ROWS:
+        if self.kernel and rows < routes.BF16_KERNEL_ROWS:
             y = kernels.bf16_linear(x.reshape(-1, self.in_features), self.weight)
             y = y if self.bias is None else y + self.bias
             return rows_like(y, x, self.out_features)
-        if rows < UPCAST_ROWS:
+        if rows < routes.UPCAST_ROWS:
             return F.linear(x, self.weight, self.bias)
         weight = self.weight.detach()
         rows_x = x.reshape(-1, self.in_features).float()
@@ -53,7 +49,7 @@ class UpcastLinear(nn.Module):
         return rows_like(y, x, self.out_features)
 
     def extra_repr(self) -> str:
-        kernel = f", under {KERNEL_ROWS} rows through speechrs's AVX2 kernel" if self.kernel else ""
+        kernel = f", under {routes.BF16_KERNEL_ROWS} rows through speechrs's AVX2 kernel" if self.kernel else ""
         shape = f"in_features={self.in_features}, out_features={self.out_features}"
         return f"{shape}, {self.weight.dtype} upcast to fp32{kernel}"
 
