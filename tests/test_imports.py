@@ -14,7 +14,7 @@ LAYERS = [
     ("speechrs.kernels",),  # CPU detection, the C kernels and their build
     ("speechrs.linear", "speechrs.audio"),  # compute plan and Linear-like layers; audio in and out
     ("speechrs.layers",),  # RoPE, RMSNorm, attention, KV caches
-    ("speechrs.voxtral", "speechrs.dia"),  # the families: config, checkpoint, model, then pipeline
+    ("speechrs.voxtral", "speechrs.dia", "speechrs.align"),  # the families (model, then pipeline); the aligner
     ("speechrs.engine",),  # loaded pipelines, the scheduler
     ("speechrs.server", "speechrs.cli", "speechrs.api"),  # the front doors
 ]
