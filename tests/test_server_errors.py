@@ -119,6 +119,9 @@ def test_speech_errors(server):
     assert status == 400 and err["param"] == "response_format" and "wav, pcm, mp3, opus, aac, flac" in err["message"]
     status, err = error_of(post(server, "/v1/audio/speech", {"input": "", "response_format": "wav"}))
     assert status == 400 and "empty" in err["message"]
+    for tags in ("[S1][S2] [S1]", "[S1]" * 500):  # speaker tags only, short or long enough to be split: was a 500
+        status, err = error_of(post(server, "/v1/audio/speech", {"input": tags}))
+        assert status == 400 and "only speaker tags" in err["message"] and err["param"] == "input"
     status, err = error_of(post(server, "/v1/audio/speech", {"input": "a" * 2000}))  # one "word" over a piece
     assert status == 400 and "does not fit in one piece" in err["message"]
     status, err = error_of(post(server, "/v1/audio/speech", {"model": "tiny-voxtral", "input": "hi"}))
