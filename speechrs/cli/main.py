@@ -141,7 +141,7 @@ def transcribe(
             target_language(translate_to)
         split_options(max_segment_seconds)
         open_stream(audio, 16000)  # reads the header only: a file that does not decode is refused now
-        _check_family(model, "voxtral", "transcribe needs audio in, text out")
+        _check_family(model, "voxtral", "transcribe needs audio in, text out", quiet)
     except SpeechrsError as e:
         _fail(str(e))
     try:
@@ -247,7 +247,7 @@ def speak(
             (store or VoiceStore()).get(voice)
         if ref_audio is not None:
             open_stream(ref_audio, 44100)  # reads the header only: a file that does not decode is refused now
-        _check_family(model, "dia", "speak needs text in, speech out")
+        _check_family(model, "dia", "speak needs text in, speech out", quiet)
     except SpeechrsError as e:
         _fail(str(e))
     if speed is not None and speed != 1.0:
@@ -530,11 +530,13 @@ def _script_text(text: str, text_file: Path | None) -> str:
     return sys.stdin.read()
 
 
-def _check_family(model: str, family: str, why: str) -> None:
-    """The model's family from its files (a hub id is fetched as the load would), before anything loads."""
+def _check_family(model: str, family: str, why: str, quiet: bool) -> None:
+    """The model's family from its files, before anything loads (a hub id not yet cached is fetched here, as the
+    load would, under a status line)."""
     from speechrs.hub import resolve
 
-    found = resolve(model).family
+    with err.status(f"finding {model}", spinner="dots") if not quiet else _nullcontext():
+        found = resolve(model).family
     if found != family:
         names = {"voxtral": "Voxtral", "dia": "Dia"}
         raise InvalidRequestError(f"{model} is a {names.get(found, found)} model, not {names[family]}; {why}")

@@ -106,7 +106,8 @@ def load_pipeline(
         )
     else:
         pipeline = VoxtralPipeline.load(source.directory, source.layout, how.dtype, device, how.quantize)
-    return Loaded(served_name(model), source, pipeline, how, (model,) if served_name(model) != model else ())
+    name = served_name(model)
+    return Loaded(name, source, pipeline, how, (model,) if name != model else ())
 
 
 def resolve_device(device: str) -> str:

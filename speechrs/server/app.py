@@ -436,7 +436,6 @@ def run(
     Requests are logged one line each on stderr at log_level info (access_log)."""
     security = security or Security()
     set_up_logging(log_level, access_log)
-    check_served_names(models, served_names or [served_name(m) for m in models])  # before any model loads
     if not is_loopback(host) and not security.api_key:
         log(
             f"warning: listening on {host} without an API key: anyone who can reach this port can use the models; "
