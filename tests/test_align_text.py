@@ -5,7 +5,7 @@ import pytest
 
 from speechrs.align.text import DELIMITER, speak_number, spell, spoken_words
 
-UPPER = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ'") | {DELIMITER}  # wav2vec2-base-960h's letters
+UPPER = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ'") | {DELIMITER, "<pad>", "<s>", "</s>", "<unk>"}  # wav2vec2-base-960h's
 FRENCH = set("abcdefghijklmnopqrstuvwxyzàâçéèêëîïôùûü'") | {DELIMITER}  # a lower-case vocabulary with accents
 
 

@@ -69,7 +69,8 @@ def speak_number(word: str, language: str) -> str | None:
 def spell(text: str, vocab: set[str]) -> str:
     """`text` in the vocabulary's characters: its case (the vocabulary's letters are one case or both), accents
     dropped where only the bare letter is known, word breaks as DELIMITER, anything else left out."""
-    upper = any(c.isupper() for c in vocab) and not any(c.islower() for c in vocab)
+    letters = [c for c in vocab if len(c) == 1 and c.isalpha()]  # not the special tokens such as <pad>
+    upper = any(c.isupper() for c in letters) and not any(c.islower() for c in letters)
     out = []
     for char in text.upper() if upper else text.lower():
         if char in vocab and char != DELIMITER:
