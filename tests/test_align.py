@@ -359,3 +359,21 @@ def test_forced_align_equals_torchaudio():
         )
         assert path.tolist() == expected[0].tolist()
         assert abs(score - float(log_probs[np.arange(n_frames), expected[0].numpy()].astype(np.float64).sum())) < 1e-5
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_aligner_times_every_word_of_a_stretch_inside_it(loaded, variant):
+    """The loaded tiny model's emission, its log-softmax and time_words together: whatever the (random) model hears,
+    every word comes back in order, inside the stretch, non-overlapping; and too short a stretch interpolates."""
+    from speechrs.align.aligner import Aligner
+
+    aligner = Aligner(loaded[variant])
+    pcm = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    words = aligner.words(pcm, "a bad cab", "en", start_s=12.0)
+    assert [w.word for w in words] == ["a", "bad", "cab"]
+    assert words[0].start >= 12.0 and words[-1].end <= 13.0 + 1e-9
+    assert all(w.start <= w.end for w in words) and all(
+        a.end <= b.start for a, b in zip(words, words[1:], strict=False)
+    )
+    short = aligner.words(pcm[:100], "a bad cab", "en", start_s=1.0)
+    assert [w.aligned for w in short] == [False] * 3 and short[-1].end == pytest.approx(1.0 + 100 / 16000)
