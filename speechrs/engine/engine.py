@@ -77,10 +77,16 @@ class Loaded:
 
 
 def load_pipeline(
-    model: str, dtype: str = "auto", device: str = "auto", dac: str | None = None, quantize: str | None = None
+    model: str,
+    dtype: str = "auto",
+    device: str = "auto",
+    dac: str | None = None,
+    quantize: str | None = None,
+    served: str | None = None,
 ) -> Loaded:
     """Resolve a hub id or directory, detect family and layout, and build its pipeline on `device` with the compute
-    path compute.plan chooses (dtype, int8 / int4 weights)."""
+    path compute.plan chooses (dtype, int8 / int4 weights). `served`: the id clients use (default served_name),
+    the -m text staying an alias."""
     from speechrs.dia.model import Dia
     from speechrs.dia.pipeline import DiaPipeline
     from speechrs.voxtral.model import Voxtral
@@ -106,7 +112,7 @@ def load_pipeline(
         )
     else:
         pipeline = VoxtralPipeline.load(source.directory, source.layout, how.dtype, device, how.quantize)
-    name = served_name(model)
+    name = served or served_name(model)
     return Loaded(name, source, pipeline, how, (model,) if name != model else ())
 
 

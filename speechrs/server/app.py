@@ -388,8 +388,7 @@ def build(
     loaded = []
     for name, q, served in zip(models, quantize or ["none"] * len(models), names, strict=True):
         t0 = time.perf_counter()
-        m = load_pipeline(name, dtype, device, dac, q)
-        m.name, m.aliases = served, tuple(a for a in (name,) if a != served)
+        m = load_pipeline(name, dtype, device, dac, q, served)
         if m.family == "voxtral":
             m.voxtral.max_audio_s = max_audio_s
         else:
