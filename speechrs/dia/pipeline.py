@@ -26,7 +26,7 @@ from speechrs.dia.events import AudioChunk, SpeakOptions, SpeakSettings, SpeechR
 from speechrs.dia.model import Dia, DiaRequestRows
 from speechrs.dia.script import PIECE_BYTES, check_script, encode_text, join_reference, speak_script, split_script
 from speechrs.dia.streaming import speak_streamed
-from speechrs.dia.tempo import check_speed, with_speed
+from speechrs.dia.tempo import with_speed
 from speechrs.errors import AudioTooLongError, InvalidRequestError
 from speechrs.request import Request, StepInput
 from speechrs.sampling import dia_pick, make_generator
@@ -103,7 +103,8 @@ class DiaPipeline:
                 "streamed audio cannot be loudness-normalised (that needs the whole clip); "
                 "leave normalize unset or false when streaming"
             )
-        full = SpeakSettings(
+        opts.check(self.cfg.audio_length, self.cfg.max_delay + 1, self.cfg.audio_vocab)
+        return SpeakSettings(
             temperature=pick(opts.temperature, d.temperature),
             top_p=pick(opts.top_p, d.top_p),
             top_k=pick(opts.top_k, d.top_k),
@@ -111,10 +112,8 @@ class DiaPipeline:
             normalize=pick(opts.normalize, not stream_audio),
             max_tokens=opts.max_tokens,
             seed=opts.seed,
-            speed=check_speed(pick(opts.speed, 1.0)),
+            speed=pick(opts.speed, 1.0),
         )
-        opts.check(self.cfg.audio_length, self.cfg.max_delay + 1, self.cfg.audio_vocab)
-        return full
 
     def speak_as(
         self,

@@ -11,17 +11,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from speechrs.dia.events import MAX_SPEED, MIN_SPEED, AudioChunk, SpeechResult
-from speechrs.errors import InvalidRequestError
+from speechrs.dia.events import AudioChunk, SpeechResult
 
 CONTEXT = 8192  # input samples (0.19 s at 44.1 kHz) before each streamed chunk
 SEAM = 2048  # output samples crossfaded between two streamed chunks
-
-
-def check_speed(speed: float) -> float:
-    if not MIN_SPEED <= speed <= MAX_SPEED:
-        raise InvalidRequestError(f"speed must be in [{MIN_SPEED}, {MAX_SPEED}], got {speed:g}", "speed")
-    return speed
 
 
 def stretch(pcm: np.ndarray, speed: float) -> np.ndarray:
