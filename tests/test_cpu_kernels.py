@@ -157,11 +157,8 @@ def test_the_load_line_names_speechrs_s_kernels_where_they_run(variant, monkeypa
         assert f"{kind} weight-only decoder linears (speechrs's {name} kernel)" in summary, summary
     monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "0")  # a bf16 model on a CPU without native bf16
     compute.cpu_native_bf16.cache_clear()
-    try:
-        summary = compute.plan("cpu", "bfloat16").summary
-        assert "matmuls of 256+ rows (encoder, prefill) and attention run in fp32, fewer through speechrs's" in summary
-    finally:
-        compute.cpu_native_bf16.cache_clear()
+    summary = compute.plan("cpu", "bfloat16").summary
+    assert "matmuls of 256+ rows (encoder, prefill) and attention run in fp32, fewer through speechrs's" in summary
 
 
 @pytest.mark.parametrize(
@@ -219,11 +216,8 @@ def test_models_batch_requests_through_them(variant, native_dir, dia_dirs, kind,
     dtype, quantize = (torch.bfloat16, None) if kind == "bf16" else (torch.float32, kind)
     monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "0")
     cpu_native_bf16.cache_clear()
-    try:
-        voxtral = load_voxtral(native_dir, "native", dtype, quantize=quantize)
-        dia = load_dia(dia_dirs[0], dtype, quantize=quantize)
-    finally:
-        cpu_native_bf16.cache_clear()
+    voxtral = load_voxtral(native_dir, "native", dtype, quantize=quantize)
+    dia = load_dia(dia_dirs[0], dtype, quantize=quantize)
     kernel = True if kind == "bf16" else variant
     assert voxtral.output.kernel == kernel and dia.logits_dense.kernel == kernel
     assert voxtral.batch_invariant and dia.batch_invariant

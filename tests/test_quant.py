@@ -42,8 +42,7 @@ def gemm(request, monkeypatch) -> str:
     bf16, emulated by torch on one without) or fp32 (=0, the route of a CPU without)."""
     monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "1" if request.param == "bf16" else "0")
     cpu.cpu_native_bf16.cache_clear()
-    yield request.param
-    cpu.cpu_native_bf16.cache_clear()  # the environment is restored after this, so the next call reads it again
+    return request.param  # the cached answer is cleared after the test (conftest)
 
 
 def _choose_kernel(path: str, monkeypatch) -> str:
@@ -108,20 +107,17 @@ def test_int4_prefill_rows_without_native_bf16_take_the_fp32_gemm(monkeypatch):
     monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "0")
     quant.cpu_native_bf16.cache_clear()
     monkeypatch.setattr(quant, "DEQUANT_BLOCK_BYTES", 64 * 256 * 4)  # several row blocks, as a full-size layer has
-    try:
-        g = torch.Generator().manual_seed(3)
-        layer = Int4Linear.quantize(torch.randn(1000, 256, generator=g) / 16)
-        assert layer.gemm_dtype == torch.float32 and layer.dequant_rows == routes.INT4_GEMM_ROWS["avx2"]
-        assert torch.equal(layer.weights(0, 1000, torch.float32), layer.dequantized())
-        assert torch.equal(layer.weights(64, 203, torch.float32), layer.dequantized()[64:203])
-        x = torch.randn(layer.dequant_rows, 256, generator=g)
-        exact = F.linear(x.to(torch.bfloat16).double(), layer.dequantized().double())
-        gemm = layer(x).double()
-        assert bool(((gemm - exact).abs() <= 2**-8 * exact.abs() + 1e-6).all())
-        kernel = kernels.int4_linear(x[:3], layer.packed, layer.scale_zero, 32, 1000, "avx2")
-        assert torch.equal(layer(x[:3]), kernel)  # below dequant_rows: the kernel
-    finally:
-        quant.cpu_native_bf16.cache_clear()
+    g = torch.Generator().manual_seed(3)
+    layer = Int4Linear.quantize(torch.randn(1000, 256, generator=g) / 16)
+    assert layer.gemm_dtype == torch.float32 and layer.dequant_rows == routes.INT4_GEMM_ROWS["avx2"]
+    assert torch.equal(layer.weights(0, 1000, torch.float32), layer.dequantized())
+    assert torch.equal(layer.weights(64, 203, torch.float32), layer.dequantized()[64:203])
+    x = torch.randn(layer.dequant_rows, 256, generator=g)
+    exact = F.linear(x.to(torch.bfloat16).double(), layer.dequantized().double())
+    gemm = layer(x).double()
+    assert bool(((gemm - exact).abs() <= 2**-8 * exact.abs() + 1e-6).all())
+    kernel = kernels.int4_linear(x[:3], layer.packed, layer.scale_zero, 32, 1000, "avx2")
+    assert torch.equal(layer(x[:3]), kernel)  # below dequant_rows: the kernel
 
 
 def test_quantization_error_is_within_half_a_step():

@@ -19,8 +19,7 @@ from speechrs.voxtral.tekken import transcription_prompt
 def no_native_bf16(monkeypatch):
     monkeypatch.setenv("SPEECHRS_NATIVE_BF16", "0")
     cpu_native_bf16.cache_clear()
-    yield
-    cpu_native_bf16.cache_clear()  # the environment is restored after this, so the next call reads it again
+    # the cached answer is cleared after the test, once the environment is restored (conftest)
 
 
 @pytest.fixture(params=["speechrs", "torch"])
@@ -111,7 +110,4 @@ def test_native_bf16_needs_the_cpu_flags_not_only_onednn(monkeypatch, flags, nat
     monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     cpu_native_bf16.cache_clear()
-    try:
-        assert cpu_native_bf16() is native
-    finally:
-        cpu_native_bf16.cache_clear()
+    assert cpu_native_bf16() is native
